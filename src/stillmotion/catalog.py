@@ -1,0 +1,423 @@
+"""Every model stillmotion serves, with its real limits. The single source of truth.
+
+Tool schemas (model enums, descriptions), validation, `list_models`, the
+`stillmotion://models` resource and `stillmotion models` are all generated from this table.
+
+Sources: the seed (`seed-image-to-video.txt`) for Kling's image rules and prompt lengths;
+Kling's published capability map (provider-apis.md 1.4) for which model serves which feature;
+DashScope (2.2) and xAI (3.2) for Wan and Grok; SPEC section 6 for the offline engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Provider = Literal["klingai", "alibaba", "xai", "local"]
+ToolName = Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"]
+GENERATION_TOOLS: tuple[ToolName, ...] = ("animate_image", "interpolate_frames", "camera_move", "motion_brush")
+CAMERA_TYPES = ("simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward")
+CAMERA_AXES = ("horizontal", "vertical", "pan", "tilt", "roll", "zoom")
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    formats: tuple[str, ...]
+    """Pillow format names accepted by content: JPEG, PNG, WEBP, BMP."""
+    max_bytes: int
+    min_side: int
+    max_side: int | None
+    min_aspect: float
+    """width/height lower bound (0.4 = 1:2.5)."""
+    max_aspect: float
+
+    def describe(self) -> str:
+        fmts = "/".join(f.lower().replace("jpeg", "jpg/jpeg") for f in self.formats)
+        side = f"each side >= {self.min_side} px" + (f" and <= {self.max_side} px" if self.max_side else "")
+        lo = 1 / self.min_aspect
+        return (
+            f"{fmts}, <= {self.max_bytes // MB} MB, {side}, aspect ratio between "
+            f"1:{lo:g} and {self.max_aspect:g}:1"
+        )
+
+
+KLING_IMAGES = ImageRules(("JPEG", "PNG"), 10 * MB, 300, None, 1 / 2.5, 2.5)
+WAN_IMAGES = ImageRules(("JPEG", "PNG", "BMP", "WEBP"), 20 * MB, 240, 8000, 1 / 8, 8.0)
+XAI_IMAGES = ImageRules(("JPEG", "PNG", "WEBP"), 20 * MB, 64, None, 1 / 8, 8.0)
+LOCAL_IMAGES = ImageRules(("JPEG", "PNG", "WEBP"), 50 * MB, 64, 8192, 1 / 4, 4.0)
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Where a model serves a tool: in which modes and for which durations."""
+
+    modes: tuple[str, ...] | None = None
+    """None = any of the model's modes."""
+    durations: tuple[int, ...] | None = None
+    """None = any of the model's durations."""
+    camera_types: tuple[str, ...] = CAMERA_TYPES
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    id: str
+    provider: Provider
+    title: str
+    summary: str
+    direct_name: str | None
+    gateway_id: str | None
+    durations: tuple[int, ...]
+    default_duration: int
+    modes: tuple[str, ...]
+    """Kling quality modes; () = the model takes no mode field."""
+    prompt_max: int
+    negative_prompt_max: int | None
+    prompt_required: bool
+    image_rules: ImageRules
+    features: dict[str, Feature]
+    """Tools the provider's capability map publishes for this model."""
+    cfg_scale: bool = False
+    sound: tuple[str, ...] = ()
+    """Modes in which `sound: on` (and voices) is available; () = no sound."""
+    voices: bool = False
+    audio: bool = False
+    """Wan `audio` (flash only)."""
+    resolutions: tuple[str, ...] = ()
+    default_resolution: str | None = None
+    aspect_ratios: tuple[str, ...] = ()
+    seed: bool = False
+    interpolation_silent_only: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def is_local(self) -> bool:
+        return self.provider == "local"
+
+    def serves(self, tool: str) -> bool:
+        return tool in self.features
+
+    def describe_durations(self) -> str:
+        d = self.durations
+        if len(d) > 2 and d == tuple(range(d[0], d[-1] + 1)):
+            return f"{d[0]}-{d[-1]} s"
+        return "/".join(str(x) for x in d) + " s"
+
+    def to_public(self, *, routes: list[str] | None = None, tools: Iterable[str] | None = None) -> dict[str, Any]:
+        feats: dict[str, Any] = {}
+        for tool, feat in self.features.items():
+            feats[tool] = {
+                "modes": list(feat.modes) if feat.modes is not None else list(self.modes),
+                "durations": list(feat.durations) if feat.durations is not None else list(self.durations),
+            }
+            if tool == "camera_move":
+                feats[tool]["camera_types"] = list(feat.camera_types)
+        out: dict[str, Any] = {
+            "id": self.id,
+            "provider": self.provider,
+            "title": self.title,
+            "summary": self.summary,
+            "direct_name": self.direct_name,
+            "gateway_id": self.gateway_id,
+            "tools": sorted(tools) if tools is not None else sorted(self.features),
+            "features": feats,
+            "durations": list(self.durations),
+            "default_duration": self.default_duration,
+            "modes": list(self.modes),
+            "prompt": {
+                "max_chars": self.prompt_max,
+                "required": self.prompt_required,
+            },
+            "negative_prompt": (
+                {"max_chars": self.negative_prompt_max} if self.negative_prompt_max is not None else None
+            ),
+            "image": {
+                "formats": [f.lower() for f in self.image_rules.formats],
+                "max_bytes": self.image_rules.max_bytes,
+                "min_side_px": self.image_rules.min_side,
+                "max_side_px": self.image_rules.max_side,
+                "aspect_ratio_range": [round(self.image_rules.min_aspect, 4), self.image_rules.max_aspect],
+                "rule": self.image_rules.describe(),
+            },
+            "options": {
+                "cfg_scale": self.cfg_scale,
+                "sound": {"modes": list(self.sound)} if self.sound else False,
+                "voices": self.voices,
+                "audio": self.audio,
+                "resolutions": list(self.resolutions),
+                "default_resolution": self.default_resolution,
+                "aspect_ratios": list(self.aspect_ratios),
+                "seed": self.seed,
+            },
+            "notes": list(self.notes),
+        }
+        if routes is not None:
+            out["routes"] = routes
+        return out
+
+
+# -- Kling ---------------------------------------------------------------------------------
+
+_KLING_SUMMARIES = {
+    "v1": "Kling 1.0: first/last frame and motion brush in std and pro (5 s).",
+    "v1.5": "Kling 1.5: the only model with camera control (simple, pro, 5 s); motion brush in pro.",
+    "v1.6": "Kling 1.6: first/last frame in pro; pro renders 1080p.",
+    "v2-master": "Kling 2.0 Master: no mode, no cfg_scale.",
+    "v2.1": "Kling 2.1: first/last frame in pro only.",
+    "v2.1-master": "Kling 2.1 Master: 1080p, no mode.",
+    "v2.5-turbo": "Kling 2.5 Turbo: faster generation, lower cost; first/last frame in pro.",
+    "v2.6": "Kling 2.6: audio-visual co-generation (sound and voices in pro), cinematic motion.",
+    "v3.0": "Kling 3.0: 3-15 s clips, enhanced consistency, sound in std and pro.",
+}
+
+
+def kling_direct_name(model_id: str) -> str:
+    """`klingai/kling-v2.6-i2v` -> `kling-v2-6`; `klingai/kling-v3.0-i2v` -> `kling-v3`."""
+    name = model_id.removeprefix("klingai/").removesuffix("-i2v")
+    head, _, tail = name.partition("-v")
+    version = tail
+    # drop a trailing ".0" of the version number only
+    parts = version.split("-", 1)
+    if parts[0].endswith(".0"):
+        parts[0] = parts[0][:-2]
+    version = "-".join(parts).replace(".", "-")
+    return f"{head}-v{version}"
+
+
+def _kling(
+    version: str,
+    *,
+    modes: tuple[str, ...],
+    durations: tuple[int, ...] = (5, 10),
+    features: dict[str, Feature],
+    cfg_scale: bool,
+    sound: tuple[str, ...] = (),
+    voices: bool = False,
+    gateway: bool = False,
+    silent_interp: bool = False,
+    notes: tuple[str, ...] = (),
+) -> ModelSpec:
+    mid = f"klingai/kling-{version}-i2v"
+    return ModelSpec(
+        id=mid,
+        provider="klingai",
+        title=f"Kling {version.removeprefix('v')} image-to-video",
+        summary=_KLING_SUMMARIES[version],
+        direct_name=kling_direct_name(mid),
+        gateway_id=mid if gateway else None,
+        durations=durations,
+        default_duration=5,
+        modes=modes,
+        prompt_max=2500,
+        negative_prompt_max=2500,
+        prompt_required=False,
+        image_rules=KLING_IMAGES,
+        features={"animate_image": Feature(), **features},
+        cfg_scale=cfg_scale,
+        sound=sound,
+        voices=voices,
+        interpolation_silent_only=silent_interp,
+        notes=notes,
+    )
+
+
+_STD_PRO = ("std", "pro")
+_PRO = ("pro",)
+KLING_MODELS = (
+    _kling(
+        "v1",
+        modes=_STD_PRO,
+        features={
+            "interpolate_frames": Feature(modes=_STD_PRO, durations=(5,)),
+            "motion_brush": Feature(modes=_STD_PRO, durations=(5,)),
+        },
+        cfg_scale=True,
+    ),
+    _kling(
+        "v1.5",
+        modes=_STD_PRO,
+        features={
+            "interpolate_frames": Feature(modes=_PRO),
+            "motion_brush": Feature(modes=_PRO, durations=(5,)),
+            "camera_move": Feature(modes=_PRO, durations=(5,), camera_types=("simple",)),
+        },
+        cfg_scale=True,
+    ),
+    _kling("v1.6", modes=_STD_PRO, features={"interpolate_frames": Feature(modes=_PRO)}, cfg_scale=True),
+    _kling("v2-master", modes=(), features={}, cfg_scale=False),
+    _kling("v2.1", modes=_STD_PRO, features={"interpolate_frames": Feature(modes=_PRO)}, cfg_scale=False),
+    _kling("v2.1-master", modes=(), features={}, cfg_scale=False),
+    _kling(
+        "v2.5-turbo",
+        modes=_STD_PRO,
+        features={"interpolate_frames": Feature(modes=_PRO)},
+        cfg_scale=False,
+        gateway=True,
+    ),
+    _kling(
+        "v2.6",
+        modes=_STD_PRO,
+        features={"interpolate_frames": Feature(modes=_PRO)},
+        cfg_scale=False,
+        sound=_PRO,
+        voices=True,
+        gateway=True,
+        silent_interp=True,
+        notes=("std renders silent only; sound and voices need pro",),
+    ),
+    _kling(
+        "v3.0",
+        modes=_STD_PRO,
+        durations=tuple(range(3, 16)),
+        features={"interpolate_frames": Feature()},
+        cfg_scale=True,
+        sound=_STD_PRO,
+        voices=True,
+        gateway=True,
+        notes=(
+            "voices: Kling's capability map says no voice control on v3, its field docs and the AI SDK "
+            "say v2.6 and later; stillmotion sends them",
+        ),
+    ),
+)
+
+# -- Wan, xAI, local -----------------------------------------------------------------------
+
+WAN_MODELS = (
+    ModelSpec(
+        id="alibaba/wan-v2.6-i2v",
+        provider="alibaba",
+        title="Alibaba Wan 2.6 image-to-video",
+        summary="Wan 2.6: standard quality image animation, 2-15 s, 720P or 1080P.",
+        direct_name="wan2.6-i2v",
+        gateway_id="alibaba/wan-v2.6-i2v",
+        durations=tuple(range(2, 16)),
+        default_duration=5,
+        modes=(),
+        prompt_max=1500,
+        negative_prompt_max=500,
+        prompt_required=True,
+        image_rules=WAN_IMAGES,
+        features={"animate_image": Feature()},
+        resolutions=("720P", "1080P"),
+        default_resolution="720P",
+        seed=True,
+    ),
+    ModelSpec(
+        id="alibaba/wan-v2.6-i2v-flash",
+        provider="alibaba",
+        title="Alibaba Wan 2.6 Flash image-to-video",
+        summary="Wan 2.6 Flash: faster generation, optional generated audio.",
+        direct_name="wan2.6-i2v-flash",
+        gateway_id="alibaba/wan-v2.6-i2v-flash",
+        durations=tuple(range(2, 16)),
+        default_duration=5,
+        modes=(),
+        prompt_max=1500,
+        negative_prompt_max=500,
+        prompt_required=True,
+        image_rules=WAN_IMAGES,
+        features={"animate_image": Feature()},
+        audio=True,
+        resolutions=("720P", "1080P"),
+        default_resolution="720P",
+        seed=True,
+    ),
+)
+
+XAI_MODEL = ModelSpec(
+    id="xai/grok-imagine-video",
+    provider="xai",
+    title="xAI Grok Imagine Video",
+    summary="Grok Imagine: 1-15 s, 480p or 720p; output keeps the image's aspect unless aspect_ratio is set.",
+    direct_name="grok-imagine-video",
+    gateway_id="spacexai/grok-imagine-video",
+    durations=tuple(range(1, 16)),
+    default_duration=5,
+    modes=(),
+    prompt_max=4096,
+    negative_prompt_max=None,
+    prompt_required=True,
+    image_rules=XAI_IMAGES,
+    features={"animate_image": Feature()},
+    resolutions=("480p", "720p"),
+    default_resolution="480p",
+    aspect_ratios=("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"),
+)
+
+LOCAL_MODEL = ModelSpec(
+    id="local/preview",
+    provider="local",
+    title="Offline preview engine",
+    summary=(
+        "Offline CPU engine: real, deterministic H.264 previews of every operation, no key, no network, free. "
+        "It moves the pixels it is given (camera moves, optical-flow morphs, masked motion); "
+        "it does not invent new content."
+    ),
+    direct_name=None,
+    gateway_id=None,
+    durations=tuple(range(1, 16)),
+    default_duration=5,
+    modes=(),
+    prompt_max=2500,
+    negative_prompt_max=2500,
+    prompt_required=False,
+    image_rules=LOCAL_IMAGES,
+    features={t: Feature() for t in GENERATION_TOOLS},
+    resolutions=("480p", "720p", "1080p"),
+    default_resolution="720p",
+)
+
+ALL_MODELS: tuple[ModelSpec, ...] = (LOCAL_MODEL, *KLING_MODELS, *WAN_MODELS, XAI_MODEL)
+MODELS: dict[str, ModelSpec] = {m.id: m for m in ALL_MODELS}
+ALIASES: dict[str, str] = {"spacexai/grok-imagine-video": "xai/grok-imagine-video"}
+
+
+def resolve_model_id(model_id: str) -> str | None:
+    mid = ALIASES.get(model_id, model_id)
+    return mid if mid in MODELS else None
+
+
+def models_for_tool(tool: str, *, strict: bool = True) -> list[ModelSpec]:
+    """Models a tool's `model` enum lists: the capability map's, or every Kling model when not strict."""
+    out = []
+    for m in ALL_MODELS:
+        if m.serves(tool) or (not strict and m.provider == "klingai" and tool in GENERATION_TOOLS):
+            out.append(m)
+    return out
+
+
+def model_ids_for_tool(tool: str, *, strict: bool = True) -> list[str]:
+    ids = [m.id for m in models_for_tool(tool, strict=strict)]
+    if "xai/grok-imagine-video" in ids:
+        ids.append("spacexai/grok-imagine-video")
+    return ids
+
+
+def catalog_table() -> list[dict[str, Any]]:
+    return [m.to_public() for m in ALL_MODELS]
+
+
+def tool_model_rules(tool: str, *, strict: bool = True) -> str:
+    """Per-model rules of one tool in words, for its description."""
+    lines = []
+    for m in models_for_tool(tool, strict=strict):
+        feat = m.features.get(tool)
+        parts = []
+        if m.modes:
+            modes = feat.modes if feat and feat.modes else m.modes
+            parts.append("mode " + "|".join(modes))
+        durs = feat.durations if feat and feat.durations else m.durations
+        parts.append(
+            "duration " + ("/".join(map(str, durs)) + " s" if len(durs) <= 3 else f"{durs[0]}-{durs[-1]} s")
+        )
+        if tool == "camera_move" and feat is not None and feat.camera_types != CAMERA_TYPES:
+            parts.append("camera types " + "|".join(feat.camera_types))
+        if feat is None:
+            parts.append("outside Kling's capability map (sent with a warning)")
+        if m.prompt_required:
+            parts.append("prompt required")
+        lines.append(f"- {m.id}: " + ", ".join(parts))
+    return "\n".join(lines)

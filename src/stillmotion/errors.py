@@ -1,0 +1,144 @@
+"""One error tree for the whole server.
+
+    StillmotionError(kind, message, retryable, provider_code)
+    ├── InvalidInput        kind=invalid_input   bad argument; names argument, rule, allowed values
+    ├── MissingCredentials  kind=auth            no key for the chosen route; names the env vars
+    ├── AuthError           kind=auth            the provider refused the key
+    ├── QuotaError          kind=quota           balance / resource pack / credits used up (never retried)
+    ├── RateLimited         kind=rate_limited    retried with backoff, honours Retry-After
+    │   └── ConcurrencyLimited                   the provider's parallel-task limit: the job waits locally
+    ├── ContentFiltered     kind=content_filtered
+    ├── ProviderError       kind=provider_error  retryable when the provider said 5xx
+    ├── JobTimeout          kind=timeout
+    ├── Expired             kind=expired         the task or its result URL expired
+    ├── Cancelled           kind=cancelled
+    └── Interrupted         kind=interrupted     a crash left a submission whose fate cannot be looked up
+
+Messages never contain secrets: providers build them from the provider's answer, never from
+request headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+ErrorKind = Literal[
+    "invalid_input",
+    "auth",
+    "quota",
+    "rate_limited",
+    "content_filtered",
+    "provider_error",
+    "timeout",
+    "expired",
+    "cancelled",
+    "interrupted",
+]
+
+
+class StillmotionError(Exception):
+    kind: ErrorKind = "provider_error"
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider_code: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider_code = provider_code
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "message": self.message,
+            "retryable": self.retryable,
+            "provider_code": self.provider_code,
+        }
+
+
+def _fmt_allowed(allowed: object) -> str:
+    if isinstance(allowed, str):
+        return allowed
+    if isinstance(allowed, Sequence):
+        return ", ".join(str(a) for a in allowed)
+    return str(allowed)
+
+
+class InvalidInput(StillmotionError):
+    """A request that breaks a rule. The text names the argument, the rule and what is allowed."""
+
+    kind: ErrorKind = "invalid_input"
+
+    def __init__(self, argument: str, rule: str, allowed: object | None = None) -> None:
+        text = f"Invalid argument '{argument}': {rule}"
+        if allowed is not None:
+            text += f" Allowed: {_fmt_allowed(allowed)}."
+        super().__init__(text)
+        self.argument = argument
+        self.rule = rule
+        self.allowed = allowed
+
+
+class MissingCredentials(StillmotionError):
+    kind: ErrorKind = "auth"
+
+
+class AuthError(StillmotionError):
+    kind: ErrorKind = "auth"
+
+
+class QuotaError(StillmotionError):
+    kind: ErrorKind = "quota"
+
+
+class RateLimited(StillmotionError):
+    kind: ErrorKind = "rate_limited"
+    retryable = True
+
+
+class ConcurrencyLimited(RateLimited):
+    """The account's parallel-task limit: the job waits in our queue and is submitted later."""
+
+
+class ContentFiltered(StillmotionError):
+    kind: ErrorKind = "content_filtered"
+
+
+class ProviderError(StillmotionError):
+    kind: ErrorKind = "provider_error"
+
+
+class JobTimeout(StillmotionError):
+    kind: ErrorKind = "timeout"
+
+
+class Expired(StillmotionError):
+    kind: ErrorKind = "expired"
+
+
+class Cancelled(StillmotionError):
+    kind: ErrorKind = "cancelled"
+
+
+class Interrupted(StillmotionError):
+    kind: ErrorKind = "interrupted"
+
+
+class AmbiguousSubmission(StillmotionError):
+    """The create request was sent but its answer was lost (read timeout, dropped connection).
+
+    Whether the provider started the task is unknown; the runner asks the provider to recover
+    the task (Kling by external_task_id, the Gateway by idempotency key) or ends the job as
+    ``interrupted``. It is never turned into a blind second submission.
+    """
+
+    kind: ErrorKind = "interrupted"

@@ -1,0 +1,372 @@
+"""H.264 MP4 writing and reading with PyAV, streaming (never all frames in memory).
+
+Frames are ``uint8`` RGB numpy arrays of shape (H, W, 3). Files are written as libx264
+High profile, yuv420p, limited ("tv"/MPEG) range, converted with and tagged as BT.709,
+``+faststart`` (moov first) and ``+bitexact``. With the fixed encoder thread count the
+bytes are reproducible on one machine; across machines compare pixels, not hashes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import av.error
+import numpy as np
+from av.video.frame import VideoFrame
+from numpy.typing import NDArray
+
+logger = logging.getLogger(__name__)
+
+Frame = NDArray[np.uint8]
+
+ENCODER_THREADS = 2
+AUDIO_RATE = 48000
+AUDIO_FRAME_SAMPLES = 1024
+_PREFETCH_DEPTH = 3
+
+# AVCOL_* values (libavutil/pixfmt.h).
+_BT709 = 1
+_RANGE_MPEG = 1
+_RANGE_JPEG = 2
+_SPC_BT470BG = 5
+_SPC_SMPTE170M = 6
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    duration_s: float
+    has_audio: bool
+    codec: str
+
+
+def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
+    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        shape = getattr(frame, "shape", None)
+        dtype = getattr(frame, "dtype", type(frame).__name__)
+        raise ValueError(f"frames must be RGB uint8 (H, W, 3) arrays, got {dtype} {shape}")
+    h, w = int(frame.shape[0]), int(frame.shape[1])
+    if size is None:
+        if w % 2 or h % 2:
+            raise ValueError(f"H.264 yuv420p needs even width and height, got {w}x{h}")
+        if w < 2 or h < 2:
+            raise ValueError(f"frame too small: {w}x{h}")
+    elif (w, h) != size:
+        raise ValueError(f"inconsistent frame size: {w}x{h}, expected {size[0]}x{size[1]}")
+    return w, h
+
+
+def _to_yuv(frame: np.ndarray) -> VideoFrame:
+    rgb = VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    out = rgb.reformat(
+        format="yuv420p",
+        src_colorspace="itu709",
+        dst_colorspace="itu709",
+        dst_color_range="MPEG",
+        threads=1,
+    )
+    return out
+
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _prefetch(frames: Iterable[np.ndarray], depth: int) -> Iterator[tuple[np.ndarray, VideoFrame]]:
+    """Pull frames (and convert them to YUV) in a worker thread while the caller encodes.
+
+    Rendering (OpenCV) and colour conversion (swscale) release the GIL, so the frame
+    producer overlaps with x264. The order is kept, so the output is unchanged. The
+    producer's exceptions are re-raised here; closing this generator stops the worker.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    iterator = iter(frames)
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        size: tuple[int, int] | None = None
+        try:
+            for frame in iterator:
+                size = _check_frame(frame, size)
+                if not put((frame, _to_yuv(frame))):
+                    break
+        except BaseException as exc:
+            put(_Failure(exc))
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None and stop.is_set():
+                try:
+                    close()
+                except Exception:
+                    logger.debug("frame iterator close failed", exc_info=True)
+        put(_DONE)
+
+    worker = threading.Thread(target=work, name="stillmotion-frames", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+def encode_frames(
+    frames: Iterable[np.ndarray],
+    path: Path,
+    *,
+    fps: int = 24,
+    crf: int = 23,
+    preset: str = "veryfast",
+    silent_audio: bool = False,
+) -> int:
+    """Stream ``frames`` into an H.264 MP4 at ``path``; return the number of frames.
+
+    Raises ValueError for odd sizes, inconsistent sizes, non-RGB-uint8 frames, or no
+    frames at all (the partly written file is left for the caller to remove).
+    ``silent_audio`` adds a silent AAC stereo 48 kHz track covering the video.
+    """
+    if not isinstance(fps, int) or fps <= 0:
+        raise ValueError(f"fps must be a positive integer, got {fps!r}")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in [0, 51], got {crf}")
+    container: Any = None
+    vstream: Any = None
+    astream: Any = None
+    count = 0
+    audio_samples = 0
+    source = _prefetch(frames, _PREFETCH_DEPTH)
+    try:
+        for frame, yuv in source:
+            if container is None:
+                h, w = frame.shape[:2]
+                container = av.open(
+                    str(path), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}
+                )
+                vstream = container.add_stream("libx264", rate=Fraction(fps))
+                vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
+                vstream.time_base = Fraction(1, fps)
+                cc = vstream.codec_context
+                cc.thread_count = ENCODER_THREADS
+                cc.colorspace = _BT709
+                cc.color_primaries = _BT709
+                cc.color_trc = _BT709
+                cc.color_range = _RANGE_MPEG
+                vstream.options = {"crf": str(crf), "preset": preset, "profile": "high"}
+                if silent_audio:
+                    astream = container.add_stream("aac", rate=AUDIO_RATE)
+                    astream.layout = "stereo"
+                    astream.format = "fltp"
+            yuv.pts = count
+            yuv.time_base = Fraction(1, fps)
+            for packet in vstream.encode(yuv):
+                container.mux(packet)
+            count += 1
+            if astream is not None:
+                audio_samples = _mux_silence(container, astream, audio_samples, count * AUDIO_RATE / fps)
+        if container is None:
+            raise ValueError("no frames to encode")
+        for packet in vstream.encode(None):
+            container.mux(packet)
+        if astream is not None:
+            _mux_silence(container, astream, audio_samples, count * AUDIO_RATE / fps)
+            for packet in astream.encode(None):
+                container.mux(packet)
+    finally:
+        source.close()
+        if container is not None:
+            container.close()
+    logger.debug("encoded %d frames to %s", count, path)
+    return count
+
+
+def _mux_silence(container: Any, astream: Any, done: int, until: float) -> int:
+    """Encode silent AAC frames until ``until`` samples are covered; return samples done."""
+    while done < until:
+        af = av.AudioFrame.from_ndarray(
+            np.zeros((2, AUDIO_FRAME_SAMPLES), np.float32), format="fltp", layout="stereo"
+        )
+        af.sample_rate = AUDIO_RATE
+        af.pts = done
+        af.time_base = Fraction(1, AUDIO_RATE)
+        for packet in astream.encode(af):
+            container.mux(packet)
+        done += AUDIO_FRAME_SAMPLES
+    return done
+
+
+def _open_input(path: Path) -> Any:
+    try:
+        container = av.open(str(path), "r")
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a decodable MP4: {path.name}: {exc}") from exc
+    fmt = str(getattr(container.format, "name", ""))
+    if "mp4" not in fmt and "mov" not in fmt:
+        container.close()
+        raise ValueError(f"not a decodable MP4: {path.name}: container format is {fmt!r}")
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"not a decodable MP4: {path.name}: no video stream")
+    return container
+
+
+def _rgb(frame: VideoFrame) -> Frame:
+    """RGB conversion honouring the stream's matrix and range (BT.709 unless tagged 601)."""
+    spc = int(frame.colorspace)
+    if spc in (_SPC_BT470BG, _SPC_SMPTE170M) or (spc != _BT709 and frame.height < 720):
+        src_space = "itu601"
+    else:
+        src_space = "itu709"
+    src_range = "JPEG" if int(frame.color_range) == _RANGE_JPEG else "MPEG"
+    out = frame.reformat(
+        format="rgb24", src_colorspace=src_space, src_color_range=src_range, dst_color_range="JPEG", threads=1
+    )
+    arr: Frame = out.to_ndarray()
+    return arr
+
+
+def _decode(path: Path) -> Iterator[VideoFrame]:
+    """Decode every video frame, turning any FFmpeg error into ValueError."""
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            yield from container.decode(stream)
+        except av.error.FFmpegError as exc:
+            raise ValueError(f"not a decodable MP4: {path.name}: {exc}") from exc
+    finally:
+        container.close()
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Measure a video by decoding every frame (streaming).
+
+    Raises ``ValueError("not a decodable MP4: ...")`` for anything that is not an MP4/MOV
+    with a decodable video stream, including truncated files: every frame the container
+    declares must decode.
+    """
+    path = Path(path)
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        declared = int(stream.frames or 0)
+        width, height = int(stream.codec_context.width), int(stream.codec_context.height)
+        codec = str(stream.codec_context.name)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        has_audio = bool(container.streams.audio)
+        count = 0
+        first_pts: int | None = None
+        last_pts: int | None = None
+        try:
+            for frame in container.decode(stream):
+                count += 1
+                if frame.pts is not None:
+                    first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
+                    last_pts = frame.pts if last_pts is None else max(last_pts, frame.pts)
+                width, height = frame.width, frame.height
+        except av.error.FFmpegError as exc:
+            raise ValueError(f"not a decodable MP4: {path.name}: {exc}") from exc
+        if count == 0:
+            raise ValueError(f"not a decodable MP4: {path.name}: no frame decodes")
+        if declared and count < declared:
+            raise ValueError(
+                f"not a decodable MP4: {path.name}: truncated ({count} of {declared} frames decode)"
+            )
+        fps = float(rate) if rate else 0.0
+        duration = 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif first_pts is not None and last_pts is not None and stream.time_base is not None and fps > 0:
+            duration = float((last_pts - first_pts) * stream.time_base) + 1.0 / fps
+        if duration <= 0.0 and fps > 0:
+            duration = count / fps
+        if fps <= 0.0 and duration > 0:
+            fps = count / duration
+        return VideoInfo(
+            width=width,
+            height=height,
+            fps=round(fps, 6),
+            frame_count=count,
+            duration_s=round(duration, 6) if math.isfinite(duration) else 0.0,
+            has_audio=has_audio,
+            codec=codec,
+        )
+    finally:
+        container.close()
+
+
+def declared_frame_count(path: Path) -> int:
+    """The frame count from the container header (0 when unknown); no decoding."""
+    container = _open_input(Path(path))
+    try:
+        return int(container.streams.video[0].frames or 0)
+    finally:
+        container.close()
+
+
+def iter_frames(path: Path) -> Iterator[Frame]:
+    """Decode frames one by one as RGB uint8 (BT.709 unless the stream is tagged 601)."""
+    for frame in _decode(Path(path)):
+        yield _rgb(frame)
+
+
+def read_frame(path: Path, index: int) -> Frame:
+    """Frame ``index`` (negative counts from the end, -1 = last), decoded streaming."""
+    if index >= 0:
+        for i, frame in enumerate(_decode(Path(path))):
+            if i == index:
+                return _rgb(frame)
+        raise IndexError(f"frame {index} out of range")
+    tail: deque[VideoFrame] = deque(maxlen=-index)
+    for frame in _decode(Path(path)):
+        tail.append(frame)
+    if len(tail) < -index:
+        raise IndexError(f"frame {index} out of range")
+    return _rgb(tail[0])
+
+
+def first_and_last_frames(path: Path) -> tuple[Frame, Frame]:
+    """The first and the last frame, decoding once and holding only those two."""
+    first: Frame | None = None
+    last: VideoFrame | None = None
+    for frame in _decode(Path(path)):
+        if first is None:
+            first = _rgb(frame)
+        last = frame
+    if first is None or last is None:
+        raise ValueError(f"not a decodable MP4: {Path(path).name}: no frame decodes")
+    return first, _rgb(last)

@@ -1,0 +1,179 @@
+"""Camera moves over a still image, rendered as homographies (OpenCV, CPU).
+
+A camera spec is a mapping, either ``{"type": "simple", "config": {axis: strength}}`` with
+axes ``horizontal``, ``vertical``, ``pan``, ``tilt``, ``roll``, ``zoom`` (strengths in
+[-10, 10], missing axes are 0), or ``{"type": PRESET}`` with PRESET one of ``down_back``,
+``forward_up``, ``right_turn_forward``, ``left_turn_forward``.
+
+Signs follow the seed (they describe the CAMERA; the content moves the opposite way).
+Image coordinates are pixels, x to the right, y down, origin top-left:
+
+============  =======================================  ====================================
+axis          +10 / -10 means                          content motion on screen
+============  =======================================  ====================================
+horizontal    camera moves right / left by W/4         -10: content shifts right by W/4
+vertical      camera moves up / down by H/4            -10: content shifts up by H/4
+pan           camera turns right / left by 15 deg      -10: content slides right
+              (rotation about the vertical y axis)
+tilt          camera tilts up / down by 15 deg         -10: content slides up
+              (rotation about the horizontal x axis)
+roll          camera rolls clockwise / counter-        -10: content turns 30 deg clockwise
+              clockwise by 30 deg
+zoom          wider / narrower field of view, 2x       -10: content grows 2x (scale 2.0);
+                                                       +10: shrinks (scale 0.5)
+============  =======================================  ====================================
+
+Pan and tilt are rotation homographies ``K R K^-1`` with focal length f = 0.9 W about the
+image centre; roll and zoom act about the image centre; zoom's content scale is
+``2 ** (-zoom / 10)``. Every strength is linear in between (5 = half the amplitude).
+
+Timing: the move is eased with smoothstep over the clip (zoom is interpolated
+geometrically, i.e. on its exponent). Frame 0 is the input image exactly.
+
+Presets (strengths on the same scale, each phase eased with its own smoothstep over the
+given fraction of the clip):
+
+* ``down_back``: vertical -5 and zoom +5 over the whole clip (descend while pulling back:
+  content rises by H/8 and shrinks to 0.707).
+* ``forward_up``: zoom -5 and tilt +5 over the whole clip (push in to 1.414x while tilting
+  up 7.5 deg: content grows and slides down).
+* ``right_turn_forward``: pan +6 (9 deg right) over t in [0, 0.55], then zoom -5 over
+  t in [0.45, 1] (the phases overlap slightly so the camera never stops).
+* ``left_turn_forward``: the mirror, pan -6 then zoom -5.
+
+Revealed borders are filled "reflect_blur" style (see ``frames.ReflectBlurWarper``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .frames import Frame, ReflectBlurWarper, as_rgb_frame, check_n_frames, clip_time, smoothstep
+
+logger = logging.getLogger(__name__)
+
+CameraSpec = Mapping[str, Any]
+
+AXES: tuple[str, ...] = ("horizontal", "vertical", "pan", "tilt", "roll", "zoom")
+
+PAN_TILT_DEG_PER_UNIT = 1.5
+ROLL_DEG_PER_UNIT = 3.0
+TRANSLATION_FRACTION_PER_UNIT = 0.025
+FOCAL_FRACTION = 0.9
+
+# (axis, strength, phase start, phase end) in normalised clip time.
+Phase = tuple[str, float, float, float]
+PRESETS: dict[str, tuple[Phase, ...]] = {
+    "down_back": (("vertical", -5.0, 0.0, 1.0), ("zoom", 5.0, 0.0, 1.0)),
+    "forward_up": (("zoom", -5.0, 0.0, 1.0), ("tilt", 5.0, 0.0, 1.0)),
+    "right_turn_forward": (("pan", 6.0, 0.0, 0.55), ("zoom", -5.0, 0.45, 1.0)),
+    "left_turn_forward": (("pan", -6.0, 0.0, 0.55), ("zoom", -5.0, 0.45, 1.0)),
+}
+CAMERA_TYPES: tuple[str, ...] = ("simple", *PRESETS)
+
+
+def camera_phases(camera: CameraSpec) -> tuple[Phase, ...]:
+    """Validate ``camera`` and return its phases (a simple move is one phase per axis)."""
+    if not isinstance(camera, Mapping):
+        raise ValueError("camera must be a mapping with a 'type'")
+    kind = camera.get("type")
+    if kind == "simple":
+        config = camera.get("config") or {}
+        if not isinstance(config, Mapping):
+            raise ValueError("camera.config must be a mapping of axis -> strength")
+        unknown = sorted(set(config) - set(AXES))
+        if unknown:
+            raise ValueError(f"unknown camera axes {unknown}; allowed: {list(AXES)}")
+        phases: list[Phase] = []
+        for axis in AXES:
+            raw = config.get(axis, 0) or 0
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+                raise ValueError(f"camera.config.{axis} must be a number, got {raw!r}")
+            value = float(raw)
+            if not math.isfinite(value) or not -10.0 <= value <= 10.0:
+                raise ValueError(f"camera.config.{axis} must be in [-10, 10], got {raw!r}")
+            if value != 0.0:
+                phases.append((axis, value, 0.0, 1.0))
+        return tuple(phases)
+    if isinstance(kind, str) and kind in PRESETS:
+        return PRESETS[kind]
+    raise ValueError(f"camera.type must be one of {list(CAMERA_TYPES)}, got {kind!r}")
+
+
+def axis_strengths(phases: tuple[Phase, ...], t: float) -> dict[str, float]:
+    """Eased strength of every axis at normalised clip time ``t``."""
+    values = dict.fromkeys(AXES, 0.0)
+    for axis, strength, t0, t1 in phases:
+        local = 1.0 if t1 <= t0 else (t - t0) / (t1 - t0)
+        values[axis] += strength * smoothstep(local)
+    return values
+
+
+def homography_from_strengths(values: Mapping[str, float], width: int, height: int) -> NDArray[np.float64]:
+    """3x3 homography (input pixel -> output pixel) for the given axis strengths."""
+    cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+    f = FOCAL_FRACTION * width
+    h: NDArray[np.float64] = np.eye(3)
+    pan, tilt = values.get("pan", 0.0), values.get("tilt", 0.0)
+    if pan or tilt:
+        # Camera turning left (pan < 0) moves content right: +phi about y shifts x by +f tan(phi).
+        phi = math.radians(-PAN_TILT_DEG_PER_UNIT * pan)
+        # Camera tilting down (tilt < 0) moves content up: +psi about x shifts y by -f tan(psi).
+        psi = math.radians(-PAN_TILT_DEG_PER_UNIT * tilt)
+        ry = np.array([[math.cos(phi), 0.0, math.sin(phi)], [0.0, 1.0, 0.0], [-math.sin(phi), 0.0, math.cos(phi)]])
+        rx = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(psi), -math.sin(psi)], [0.0, math.sin(psi), math.cos(psi)]])
+        k = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
+        h = k @ ry @ rx @ np.linalg.inv(k)
+    roll, zoom = values.get("roll", 0.0), values.get("zoom", 0.0)
+    if roll or zoom:
+        # Content angle, counter-clockwise on screen: camera rolling counter-clockwise
+        # (roll < 0) turns the content clockwise (negative angle).
+        angle = math.radians(ROLL_DEG_PER_UNIT * roll)
+        scale = 2.0 ** (-zoom / 10.0)
+        # y points down, so a counter-clockwise on-screen rotation is [[c, s], [-s, c]].
+        c, s = scale * math.cos(angle), scale * math.sin(angle)
+        a = np.array([[c, s, cx - c * cx - s * cy], [-s, c, cy + s * cx - c * cy], [0.0, 0.0, 1.0]])
+        h = a @ h
+    horizontal, vertical = values.get("horizontal", 0.0), values.get("vertical", 0.0)
+    if horizontal or vertical:
+        dx = -TRANSLATION_FRACTION_PER_UNIT * width * horizontal
+        dy = TRANSLATION_FRACTION_PER_UNIT * height * vertical
+        h = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy], [0.0, 0.0, 1.0]]) @ h
+    return h
+
+
+def camera_homography(camera: CameraSpec, t: float, width: int, height: int) -> NDArray[np.float64]:
+    """3x3 homography mapping input pixel coords to output coords at clip time ``t``.
+
+    ``t`` is the normalised clip time in [0, 1] (0 = first frame, 1 = last frame); the
+    smoothstep easing (per preset phase) is applied here, so t=0 is the identity and t=1
+    the full move.
+    """
+    phases = camera_phases(camera)
+    return homography_from_strengths(axis_strengths(phases, min(1.0, max(0.0, t))), width, height)
+
+
+def camera_frames(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterator[Frame]:
+    """Stream ``n_frames`` frames of the camera move over ``img`` (frame 0 == ``img``)."""
+    src = as_rgb_frame(img)
+    phases = camera_phases(camera)
+    check_n_frames(n_frames)
+    return _camera_frames(src, phases, n_frames)
+
+
+def _camera_frames(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> Iterator[Frame]:
+    height, width = src.shape[:2]
+    warper = ReflectBlurWarper(src)
+    eye = np.eye(3)
+    for i in range(n_frames):
+        h = homography_from_strengths(axis_strengths(phases, clip_time(i, n_frames)), width, height)
+        if np.allclose(h, eye, rtol=0.0, atol=1e-9):
+            yield src.copy()
+        else:
+            yield warper(h)

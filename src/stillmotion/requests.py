@@ -1,0 +1,180 @@
+"""Typed tool arguments shared by the tools and the providers.
+
+Option objects mirror the seed's `providerOptions` (snake_case here; each provider maps them to
+its own wire names). Every object forbids unknown keys so that a typo is an error, not a silent
+drop. Per-model limits (durations, which options a model takes) are checked in `validation.py`
+against the catalog; the bounds here are the ones no model exceeds.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .catalog import CAMERA_TYPES
+
+Strength = Annotated[float, Field(ge=-10, le=10)]
+PollInterval = Annotated[int, Field(ge=50, le=600_000, description="How often to check the task, ms (default 5000).")]
+PollTimeout = Annotated[
+    int, Field(ge=1000, le=7_200_000, description="Give up polling after this many ms (default 600000).")
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(_Strict):
+    """Exactly one axis non-zero, each in [-10, 10]; seed signs (camera motion)."""
+
+    horizontal: Strength = Field(0, description="Camera translation along x; negative = left.")
+    vertical: Strength = Field(0, description="Camera translation along y; negative = down.")
+    pan: Strength = Field(0, description="Camera rotation around the y axis; negative = left.")
+    tilt: Strength = Field(0, description="Camera rotation around the x axis; negative = down.")
+    roll: Strength = Field(0, description="Camera rotation around the z axis; negative = counter-clockwise.")
+    zoom: Strength = Field(0, description="Focal length change; negative = narrower field of view (content grows).")
+
+
+CameraType = Literal["simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward"]
+assert set(CameraType.__args__) == set(CAMERA_TYPES)  # type: ignore[attr-defined]
+
+
+class CameraControl(_Strict):
+    type: CameraType = Field(
+        description=(
+            "simple: one axis from `config`; down_back: descend and pull back; forward_up: push in while "
+            "tilting up; right_turn_forward / left_turn_forward: turn, then push in."
+        )
+    )
+    config: CameraConfig | None = Field(
+        None, description="Required for type simple (exactly one non-zero axis); must be absent for the other types."
+    )
+
+
+class Point(_Strict):
+    x: float = Field(description="Pixels from the input image's LEFT edge.")
+    y: float = Field(description="Pixels from the input image's BOTTOM edge (origin bottom-left).")
+
+
+class BoxShape(_Strict):
+    box: Annotated[list[float], Field(min_length=4, max_length=4)] = Field(
+        description="[x0, y0, x1, y1] in input-image pixels, origin bottom-left."
+    )
+
+
+class PolygonShape(_Strict):
+    polygon: Annotated[list[Annotated[list[float], Field(min_length=2, max_length=2)]], Field(min_length=3)] = Field(
+        description="[[x, y], ...] in input-image pixels, origin bottom-left, at least 3 points."
+    )
+
+
+MaskInput = Annotated[
+    str | BoxShape | PolygonShape,
+    Field(
+        description=(
+            "A mask image (any image form: path, file:// or http(s) URL, data: URI, base64, stillmotion:// "
+            "resource; white = selected) or a shape the server rasterises at the input image's resolution: "
+            '{"box": [x0, y0, x1, y1]} or {"polygon": [[x, y], ...]} in input-image pixels, origin bottom-left.'
+        )
+    ),
+]
+
+
+class DynamicMask(_Strict):
+    mask: MaskInput
+    trajectory: list[Point] = Field(
+        description=(
+            "Path the masked region follows, in input-image pixels with the origin at the BOTTOM-LEFT corner. "
+            "2-77 points for a 5 s clip (the upper bound scales with duration)."
+        )
+    )
+
+
+class KlingOptions(_Strict):
+    mode: Literal["std", "pro"] | None = Field(
+        None, description="std (default) or pro. Some features need pro on some models (see the model rules)."
+    )
+    cfg_scale: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        None, description="Prompt adherence 0-1 (default 0.5). Not supported on Kling v2.x."
+    )
+    sound: Literal["on", "off"] | None = Field(None, description="Generate audio (v2.6 pro, v3). Default off.")
+    voices: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=2)] | None = Field(
+        None,
+        description="Up to 2 Kling voice ids; need sound on. Refer to them in the prompt as <<<voice_1>>>, <<<voice_2>>>.",
+    )
+    watermark: bool | None = Field(None, description="Ask Kling for a watermarked result.")
+    poll_interval_ms: PollInterval | None = None
+    poll_timeout_ms: PollTimeout | None = None
+
+
+class WanOptions(_Strict):
+    audio: bool | None = Field(
+        None, description="Generate audio (wan-v2.6-i2v-flash only). Default false (DashScope's own default is true)."
+    )
+    resolution: Literal["720P", "1080P"] | None = Field(None, description="Output tier; default 720P.")
+    prompt_extend: bool | None = Field(None, description="Let DashScope rewrite the prompt (its default true).")
+    seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
+    watermark: bool | None = None
+    poll_interval_ms: PollInterval | None = None
+    poll_timeout_ms: PollTimeout | None = None
+
+
+class XaiOptions(_Strict):
+    resolution: Literal["480p", "720p"] | None = Field(None, description="Default 480p.")
+    aspect_ratio: Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] | None = Field(
+        None,
+        description=(
+            "Override the output aspect ratio. WARNING: this STRETCHES the input image; leave it out to keep the "
+            "image's own aspect ratio."
+        ),
+    )
+    poll_interval_ms: PollInterval | None = None
+    poll_timeout_ms: PollTimeout | None = None
+
+
+class LocalOptions(_Strict):
+    resolution: Literal["480p", "720p", "1080p"] = Field(
+        "720p", description="Short side of the output; the input's aspect ratio is kept."
+    )
+
+
+ProviderOptionsField = Literal["kling", "wan", "xai", "local"]
+OPTION_FIELDS: dict[str, str] = {"klingai": "kling", "alibaba": "wan", "xai": "xai", "local": "local"}
+
+
+class StoredImage(BaseModel):
+    """An input image (or mask) as the job keeps it: a checked local copy, plus the URL it came from."""
+
+    path: str
+    url: str | None = None
+    mime: str
+    width: int
+    height: int
+    bytes: int
+    sha256: str
+
+
+class StoredMask(BaseModel):
+    image: StoredImage
+    trajectory: list[tuple[float, float]]
+
+
+class GenerationRequest(BaseModel):
+    """The normalised, validated request a job stores and a provider maps to its wire format."""
+
+    tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"]
+    model: str
+    route: Literal["direct", "gateway", "local"]
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    duration: int
+    image: StoredImage
+    end_image: StoredImage | None = None
+    camera: CameraControl | None = None
+    dynamic_masks: list[StoredMask] = Field(default_factory=list)
+    static_mask: StoredImage | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    """The provider's option object, dumped without None values."""
+    poll_interval_ms: int = 5000
+    poll_timeout_ms: int = 600_000

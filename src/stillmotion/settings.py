@@ -1,0 +1,184 @@
+"""Environment -> typed settings. Secrets are wrapped so that no repr or log shows them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import platformdirs
+
+Route = Literal["auto", "direct", "gateway"]
+Transport = Literal["stdio", "http", "inproc"]
+
+DEFAULT_BASE_URLS = {
+    "klingai": "https://api-singapore.klingai.com",
+    "alibaba": "https://dashscope-intl.aliyuncs.com",
+    "xai": "https://api.x.ai/v1",
+    "gateway": "https://ai-gateway.vercel.sh/v4/ai",
+}
+
+
+class Secret:
+    """A credential. ``str()``/``repr()`` never reveal it; use ``.reveal()`` at the wire."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _secret(env: Mapping[str, str], *names: str) -> Secret | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return Secret(value)
+    return None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    output_dir: Path
+    input_roots: tuple[Path, ...] | None
+    """None = unrestricted; () = local paths refused."""
+    allow_private_network: bool
+    default_model: str
+    strict_capabilities: bool
+    route: Route
+    transport: Transport
+    kling_api_key: Secret | None = None
+    kling_access_key: Secret | None = None
+    kling_secret_key: Secret | None = None
+    alibaba_api_key: Secret | None = None
+    xai_api_key: Secret | None = None
+    gateway_api_key: Secret | None = None
+    base_urls: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BASE_URLS))
+    http_token: Secret | None = None
+    poll_interval_ms: int = 5000
+    poll_timeout_ms: int = 600_000
+    retry_base_ms: int = 1000
+    max_retries: int = 5
+    local_concurrency: int = 1
+    max_fetch_bytes: int = 50 * 1024 * 1024
+    max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    test_hold_file: Path | None = None
+    """Test hook: while this file exists, local renders pause after their first frames."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
+        env = os.environ if env is None else env
+        home = Path(env.get("STILLMOTION_HOME") or platformdirs.user_data_dir("stillmotion")).expanduser()
+        output_dir = Path(env.get("STILLMOTION_OUTPUT_DIR") or home / "outputs").expanduser()
+        roots_raw = env.get("STILLMOTION_INPUT_ROOTS", "")
+        roots: tuple[Path, ...] | None
+        if roots_raw.strip():
+            roots = tuple(Path(p).expanduser().resolve() for p in roots_raw.split(os.pathsep) if p.strip())
+        else:
+            roots = () if transport == "http" else None
+        route_raw = env.get("STILLMOTION_ROUTE", "auto").strip().lower() or "auto"
+        if route_raw not in ("auto", "direct", "gateway"):
+            raise ValueError(f"STILLMOTION_ROUTE must be auto, direct or gateway, got {route_raw!r}")
+        base_urls = dict(DEFAULT_BASE_URLS)
+        for key, var in (
+            ("klingai", "KLINGAI_BASE_URL"),
+            ("alibaba", "ALIBABA_BASE_URL"),
+            ("xai", "XAI_BASE_URL"),
+            ("gateway", "AI_GATEWAY_BASE_URL"),
+        ):
+            value = env.get(var, "").strip()
+            if value:
+                base_urls[key] = value.rstrip("/")
+        hold = env.get("STILLMOTION_TEST_HOLD_FILE", "").strip()
+        return cls(
+            home=home,
+            output_dir=output_dir,
+            input_roots=roots,
+            allow_private_network=_flag(env, "STILLMOTION_ALLOW_PRIVATE_NETWORK", False),
+            default_model=env.get("STILLMOTION_DEFAULT_MODEL", "").strip() or "local/preview",
+            strict_capabilities=_flag(env, "STILLMOTION_STRICT_CAPABILITIES", True),
+            route=route_raw,  # type: ignore[arg-type]
+            transport=transport,
+            kling_api_key=_secret(env, "KLINGAI_API_KEY"),
+            kling_access_key=_secret(env, "KLINGAI_ACCESS_KEY"),
+            kling_secret_key=_secret(env, "KLINGAI_SECRET_KEY"),
+            alibaba_api_key=_secret(env, "ALIBABA_API_KEY", "DASHSCOPE_API_KEY"),
+            xai_api_key=_secret(env, "XAI_API_KEY"),
+            gateway_api_key=_secret(env, "AI_GATEWAY_API_KEY"),
+            base_urls=base_urls,
+            http_token=_secret(env, "STILLMOTION_HTTP_TOKEN"),
+            poll_interval_ms=_int(env, "STILLMOTION_POLL_INTERVAL_MS", 5000),
+            poll_timeout_ms=_int(env, "STILLMOTION_POLL_TIMEOUT_MS", 600_000),
+            retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
+            local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
+            test_hold_file=Path(hold) if hold else None,
+        )
+
+    def has_direct_key(self, provider: str) -> bool:
+        if provider == "klingai":
+            return self.kling_api_key is not None or (
+                self.kling_access_key is not None and self.kling_secret_key is not None
+            )
+        if provider == "alibaba":
+            return self.alibaba_api_key is not None
+        if provider == "xai":
+            return self.xai_api_key is not None
+        return False
+
+    def trusted_origins(self) -> set[str]:
+        """Origins of the configured base URLs: result downloads from them are allowed even on loopback."""
+        out: set[str] = set()
+        for url in self.base_urls.values():
+            parts = urlsplit(url)
+            if parts.scheme and parts.netloc:
+                out.add(f"{parts.scheme}://{parts.netloc}".lower())
+        return out
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "jobs.sqlite3"
+
+    @property
+    def inputs_dir(self) -> Path:
+        return self.home / "inputs"
+
+
+DIRECT_KEY_VARS = {
+    "klingai": "KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY)",
+    "alibaba": "ALIBABA_API_KEY (or DASHSCOPE_API_KEY)",
+    "xai": "XAI_API_KEY",
+}

@@ -1,0 +1,407 @@
+"""Every rule of the seed and the capability map, checked before anything is sent.
+
+`plan_request` checks what needs no I/O (model, route, credentials, lengths, durations, modes,
+options, camera); `load_inputs` fetches and checks the images, masks and trajectories. A failed
+rule raises InvalidInput (or MissingCredentials) naming the argument, the rule and the allowed
+values. Options a model ignores become warnings, never silent drops.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from .catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
+from .errors import InvalidInput, MissingCredentials
+from .media.images import LoadedImage, check_image, rasterize_shape
+from .requests import (
+    OPTION_FIELDS,
+    BoxShape,
+    CameraControl,
+    DynamicMask,
+    KlingOptions,
+    LocalOptions,
+    MaskInput,
+    PolygonShape,
+    WanOptions,
+    XaiOptions,
+)
+from .settings import DIRECT_KEY_VARS, Settings
+
+RouteName = Literal["direct", "gateway", "local"]
+VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
+PROVIDER_LABEL = {"klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "local": "the offline engine"}
+
+
+@dataclass
+class ToolArgs:
+    tool: str
+    model: str | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    duration: int | None = None
+    image: str | None = None
+    end_image: str | None = None
+    camera: CameraControl | None = None
+    dynamic_masks: list[DynamicMask] | None = None
+    static_mask: MaskInput | None = None
+    kling: KlingOptions | None = None
+    wan: WanOptions | None = None
+    xai: XaiOptions | None = None
+    local: LocalOptions | None = None
+    image_argument: str = "image"
+
+
+@dataclass
+class Plan:
+    spec: ModelSpec
+    route: RouteName
+    duration: int
+    options: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    poll_interval_ms: int = 5000
+    poll_timeout_ms: int = 600_000
+
+
+def max_trajectory_points(duration: int) -> int:
+    """77 points for 5 s (Kling's rule), scaled linearly with duration."""
+    return max(2, (77 * duration) // 5)
+
+
+def choose_route(spec: ModelSpec, settings: Settings) -> RouteName:
+    if spec.is_local:
+        return "local"
+    direct_ok = settings.has_direct_key(spec.provider)
+    gateway_ok = settings.gateway_api_key is not None
+    label = PROVIDER_LABEL[spec.provider]
+    if settings.route == "direct":
+        if direct_ok:
+            return "direct"
+        raise MissingCredentials(
+            f"{spec.id} on the direct route needs {DIRECT_KEY_VARS[spec.provider]} "
+            f"(STILLMOTION_ROUTE=direct). Set it, or use the Vercel AI Gateway with AI_GATEWAY_API_KEY."
+        )
+    if settings.route == "gateway":
+        if spec.gateway_id is None:
+            raise InvalidInput(
+                "model",
+                f"{spec.id} is not served by the Vercel AI Gateway (STILLMOTION_ROUTE=gateway); it is served by "
+                f"the direct {label} route (STILLMOTION_ROUTE=direct or auto with {DIRECT_KEY_VARS[spec.provider]}).",
+                gateway_models(),
+            )
+        if gateway_ok:
+            return "gateway"
+        raise MissingCredentials(f"{spec.id} on the gateway route needs AI_GATEWAY_API_KEY.")
+    if direct_ok:
+        return "direct"
+    if gateway_ok:
+        if spec.gateway_id is not None:
+            return "gateway"
+        raise InvalidInput(
+            "model",
+            f"{spec.id} is not served by the Vercel AI Gateway, and no direct {label} key is set; the direct "
+            f"route can serve it: set {DIRECT_KEY_VARS[spec.provider]}.",
+            gateway_models(),
+        )
+    raise MissingCredentials(
+        f"{spec.id} needs a key: set {DIRECT_KEY_VARS[spec.provider]} for the direct {label} API"
+        + (", or AI_GATEWAY_API_KEY for the Vercel AI Gateway" if spec.gateway_id else "")
+        + ". Or use model local/preview, which needs no key."
+    )
+
+
+def gateway_models() -> list[str]:
+    return [m.id for m in MODELS.values() if m.gateway_id]
+
+
+def _dump(opt: BaseModel | None) -> dict[str, Any]:
+    return {} if opt is None else opt.model_dump(exclude_none=True)
+
+
+def plan_request(args: ToolArgs, settings: Settings) -> Plan:
+    tool = args.tool
+    assert tool in GENERATION_TOOLS
+    model_arg = args.model or settings.default_model
+    mid = resolve_model_id(model_arg)
+    allowed_models = [m.id for m in models_for_tool(tool, strict=settings.strict_capabilities)]
+    if mid is None:
+        raise InvalidInput("model", f"unknown model {model_arg!r} for {tool}.", allowed_models)
+    spec = MODELS[mid]
+    warnings: list[str] = []
+    feature = spec.features.get(tool)
+    if feature is None:
+        if spec.provider == "klingai" and not settings.strict_capabilities:
+            warnings.append(
+                f"{spec.id} is not listed for {tool} in Kling's capability map; sent anyway because "
+                "STILLMOTION_STRICT_CAPABILITIES=0. Kling may reject or ignore it."
+            )
+        else:
+            capable = [m.id for m in models_for_tool(tool, strict=True)]
+            raise InvalidInput(
+                "model",
+                f"{spec.id} cannot serve {tool} (Kling's published capability map"
+                + (
+                    "; set STILLMOTION_STRICT_CAPABILITIES=0 to send it anyway)."
+                    if spec.provider == "klingai"
+                    else ")."
+                ),
+                capable,
+            )
+    route = choose_route(spec, settings)
+
+    # -- options objects: the model's own is used; others are ignored with a warning
+    own_field = OPTION_FIELDS[spec.provider]
+    given: dict[str, BaseModel | None] = {"kling": args.kling, "wan": args.wan, "xai": args.xai, "local": args.local}
+    for name, value in given.items():
+        if value is not None and name != own_field:
+            keys = sorted(_dump(value)) or ["(empty)"]
+            warnings.append(
+                f"'{name}' options ({', '.join(keys)}) are ignored: {spec.id} is a {PROVIDER_LABEL[spec.provider]} model"
+                + (f" (its options object is '{own_field}')." if own_field != "local" else ".")
+            )
+            if spec.is_local:
+                _local_ignored_note(name, value, warnings)
+
+    # -- prompt
+    prompt = args.prompt
+    if prompt is not None and not prompt.strip():
+        prompt = None
+    if spec.prompt_required and prompt is None:
+        raise InvalidInput("prompt", f"{spec.id} requires a prompt describing the motion.", f"1-{spec.prompt_max} characters")
+    if prompt is not None and len(prompt) > spec.prompt_max:
+        raise InvalidInput(
+            "prompt", f"is {len(prompt)} characters; {spec.id} accepts at most {spec.prompt_max}.", f"<= {spec.prompt_max} characters"
+        )
+    if args.negative_prompt:
+        if spec.negative_prompt_max is None:
+            warnings.append(f"negative_prompt is ignored: {spec.id} has no negative prompt.")
+        elif len(args.negative_prompt) > spec.negative_prompt_max:
+            raise InvalidInput(
+                "negative_prompt",
+                f"is {len(args.negative_prompt)} characters; {spec.id} accepts at most {spec.negative_prompt_max}.",
+                f"<= {spec.negative_prompt_max} characters",
+            )
+        elif spec.is_local:
+            warnings.append("negative_prompt is ignored by local/preview (it moves pixels, it does not generate).")
+    if spec.is_local and prompt is not None and tool != "animate_image":
+        warnings.append(f"prompt is not used by local/preview for {tool}; the motion comes from the tool's arguments.")
+
+    # -- duration
+    durations = feature.durations if feature and feature.durations else spec.durations
+    duration = args.duration if args.duration is not None else spec.default_duration
+    if duration not in durations:
+        where = f" for {tool}" if feature and feature.durations else ""
+        raise InvalidInput(
+            "duration", f"{duration} s is not offered by {spec.id}{where}.", [f"{d}" for d in durations]
+        )
+
+    options: dict[str, Any] = {}
+    interval = settings.poll_interval_ms
+    timeout = settings.poll_timeout_ms
+    if spec.provider == "klingai":
+        options, interval, timeout = _kling_options(args, spec, tool, prompt, warnings, settings)
+    elif spec.provider == "alibaba":
+        opts = args.wan or WanOptions()
+        if opts.audio is not None and not spec.audio:
+            raise InvalidInput(
+                "wan.audio", f"{spec.id} cannot generate audio; only the flash model can.", ["alibaba/wan-v2.6-i2v-flash"]
+            )
+        options = _dump(opts)
+        if spec.audio:
+            options.setdefault("audio", False)
+        options.setdefault("resolution", spec.default_resolution)
+        interval = opts.poll_interval_ms or interval
+        timeout = opts.poll_timeout_ms or timeout
+    elif spec.provider == "xai":
+        opts_x = args.xai or XaiOptions()
+        options = _dump(opts_x)
+        options.setdefault("resolution", spec.default_resolution)
+        if opts_x.aspect_ratio is not None:
+            warnings.append(f"aspect_ratio {opts_x.aspect_ratio} stretches the input image to that shape.")
+        interval = opts_x.poll_interval_ms or interval
+        timeout = opts_x.poll_timeout_ms or timeout
+    else:
+        options = (args.local or LocalOptions()).model_dump()
+    for k in ("poll_interval_ms", "poll_timeout_ms"):
+        options.pop(k, None)
+
+    # -- camera
+    if tool == "camera_move":
+        _check_camera(args.camera, spec, feature)
+    if tool == "motion_brush":
+        masks = args.dynamic_masks or []
+        if not 1 <= len(masks) <= 6:
+            raise InvalidInput("dynamic_masks", f"has {len(masks)} entries.", "1 to 6 dynamic masks")
+        hi = max_trajectory_points(duration)
+        for i, dm in enumerate(masks):
+            n = len(dm.trajectory)
+            if not 2 <= n <= hi:
+                raise InvalidInput(
+                    f"dynamic_masks[{i}].trajectory",
+                    f"has {n} points; a {duration} s clip takes 2-{hi} points (77 per 5 s, scaled with duration).",
+                    f"2-{hi} points",
+                )
+    return Plan(spec, route, duration, options, warnings, interval, timeout)
+
+
+def _local_ignored_note(name: str, value: BaseModel, warnings: list[str]) -> None:
+    dumped = _dump(value)
+    if dumped.get("sound") == "on" or dumped.get("voices") or dumped.get("audio"):
+        warnings.append("local/preview renders silent video: sound, voices and audio are not generated.")
+
+
+def _kling_options(
+    args: ToolArgs, spec: ModelSpec, tool: str, prompt: str | None, warnings: list[str], settings: Settings
+) -> tuple[dict[str, Any], int, int]:
+    opts = args.kling or KlingOptions()
+    feature = spec.features.get(tool)
+    out: dict[str, Any] = {}
+    if spec.modes:
+        mode = opts.mode or "std"
+        allowed = feature.modes if feature and feature.modes else spec.modes
+        if mode not in allowed:
+            needs = " or ".join(allowed)
+            raise InvalidInput(
+                "kling.mode",
+                f"{tool} on {spec.id} needs mode {needs}; got {mode!r}"
+                + (" (the default). stillmotion never upgrades the mode silently: set kling.mode" if opts.mode is None else "")
+                + ".",
+                list(allowed),
+            )
+        out["mode"] = mode
+    elif opts.mode is not None:
+        raise InvalidInput("kling.mode", f"{spec.id} has no quality modes; leave mode out.", "(no mode)")
+    mode_now = out.get("mode")
+    if opts.cfg_scale is not None:
+        if not spec.cfg_scale:
+            raise InvalidInput(
+                "kling.cfg_scale",
+                f"{spec.id} does not support cfg_scale (Kling v2.x models do not).",
+                [m.id for m in MODELS.values() if m.cfg_scale],
+            )
+        out["cfg_scale"] = opts.cfg_scale
+    sound = opts.sound
+    if sound == "on":
+        if not spec.sound:
+            raise InvalidInput(
+                "kling.sound", f"{spec.id} cannot generate sound; sound needs Kling v2.6 or later.",
+                [m.id for m in MODELS.values() if m.sound],
+            )
+        if mode_now not in spec.sound:
+            raise InvalidInput("kling.sound", f"sound on {spec.id} needs mode {'|'.join(spec.sound)}.", list(spec.sound))
+        if tool == "interpolate_frames" and spec.interpolation_silent_only:
+            raise InvalidInput("kling.sound", f"first/last-frame clips on {spec.id} are silent only.", ["off"])
+    if sound is not None:
+        if not spec.sound and sound == "off":
+            warnings.append(f"sound is ignored: {spec.id} renders silent video.")
+        else:
+            out["sound"] = sound
+    voices = opts.voices or []
+    if voices:
+        if not spec.voices:
+            raise InvalidInput("kling.voices", f"{spec.id} does not take voices (v2.6 and later).", [m.id for m in MODELS.values() if m.voices])
+        if sound != "on":
+            raise InvalidInput("kling.voices", "voices need kling.sound set to 'on'.", ["sound: on"])
+        out["voices"] = voices
+    refs = {int(n) for n in VOICE_REF.findall(prompt or "")}
+    for n in sorted(refs):
+        if n < 1 or n > len(voices):
+            raise InvalidInput(
+                "prompt",
+                f"refers to <<<voice_{n}>>> but kling.voices lists {len(voices)} voice(s).",
+                [f"<<<voice_{i + 1}>>>" for i in range(len(voices))] or "no voice references without kling.voices",
+            )
+    if opts.watermark is not None:
+        out["watermark"] = opts.watermark
+    return (
+        out,
+        opts.poll_interval_ms or settings.poll_interval_ms,
+        opts.poll_timeout_ms or settings.poll_timeout_ms,
+    )
+
+
+def _check_camera(camera: CameraControl | None, spec: ModelSpec, feature: Any) -> None:
+    if camera is None:
+        raise InvalidInput("camera", "is required.", "{type: simple, config: {...}} or a preset type")
+    allowed_types = feature.camera_types if feature is not None else ("simple",)
+    if camera.type not in allowed_types:
+        raise InvalidInput("camera.type", f"{spec.id} supports only these camera types.", list(allowed_types))
+    if camera.type == "simple":
+        if camera.config is None:
+            raise InvalidInput(
+                "camera.config",
+                "type simple needs a config with exactly one non-zero axis in [-10, 10].",
+                list(CAMERA_AXES),
+            )
+        nonzero = [a for a in CAMERA_AXES if getattr(camera.config, a) != 0]
+        if len(nonzero) != 1:
+            raise InvalidInput(
+                "camera.config",
+                f"type simple needs exactly one non-zero axis; got {len(nonzero)}"
+                + (f" ({', '.join(nonzero)})" if nonzero else "")
+                + ".",
+                [f"{a} in [-10, 10]" for a in CAMERA_AXES],
+            )
+    elif camera.config is not None:
+        raise InvalidInput("camera.config", f"type {camera.type} takes no config; leave it out.", "(absent)")
+
+
+# -- inputs that need I/O ------------------------------------------------------------------
+
+
+@dataclass
+class LoadedInputs:
+    image: LoadedImage
+    end_image: LoadedImage | None = None
+    dynamic: list[tuple[LoadedImage, list[tuple[float, float]]]] = field(default_factory=list)
+    static_mask: LoadedImage | None = None
+
+
+def check_masks_and_paths(inputs: LoadedInputs, spec: ModelSpec, args: ToolArgs) -> None:
+    img = inputs.image
+    masks: list[tuple[str, LoadedImage]] = [
+        (f"dynamic_masks[{i}].mask", m) for i, (m, _) in enumerate(inputs.dynamic)
+    ]
+    if inputs.static_mask is not None:
+        masks.append(("static_mask", inputs.static_mask))
+    first_res: tuple[int, int] | None = None
+    for name, m in masks:
+        if m.format not in spec.image_rules.formats:
+            raise InvalidInput(name, f"is a {m.format} image; masks take the input image's formats.", [f.lower() for f in spec.image_rules.formats])
+        ar_img = img.width / img.height
+        ar_mask = m.width / m.height
+        if abs(ar_mask - ar_img) / ar_img > 0.01:
+            raise InvalidInput(
+                name,
+                f"is {m.width}x{m.height}; a mask must have the input image's aspect ratio ({img.width}x{img.height}).",
+                f"aspect ratio {ar_img:.4f} (within 1%)",
+            )
+        if first_res is None:
+            first_res = (m.width, m.height)
+        elif (m.width, m.height) != first_res:
+            raise InvalidInput(
+                name,
+                f"is {m.width}x{m.height} but the other masks are {first_res[0]}x{first_res[1]}; all masks must share one resolution.",
+                f"{first_res[0]}x{first_res[1]}",
+            )
+    for i, (_, traj) in enumerate(inputs.dynamic):
+        for j, (x, y) in enumerate(traj):
+            if not (0 <= x <= img.width - 1 and 0 <= y <= img.height - 1):
+                raise InvalidInput(
+                    f"dynamic_masks[{i}].trajectory[{j}]",
+                    f"point ({x:g}, {y:g}) lies outside the {img.width}x{img.height} input image.",
+                    f"x in [0, {img.width - 1}], y in [0, {img.height - 1}] (pixels, origin bottom-left)",
+                )
+
+
+def check_images(inputs: LoadedInputs, spec: ModelSpec, args: ToolArgs) -> None:
+    check_image(inputs.image, spec.image_rules, argument=args.image_argument, model=spec.id)
+    if inputs.end_image is not None:
+        check_image(inputs.end_image, spec.image_rules, argument="end_image", model=spec.id)
+
+
+def shape_to_image(mask: BoxShape | PolygonShape, width: int, height: int, argument: str) -> LoadedImage:
+    return rasterize_shape(mask.model_dump(), width, height, argument)
