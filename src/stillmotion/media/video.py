@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import av.error
@@ -32,7 +32,7 @@ Frame = NDArray[np.uint8]
 ENCODER_THREADS = 2
 AUDIO_RATE = 48000
 AUDIO_FRAME_SAMPLES = 1024
-_PREFETCH_DEPTH = 3
+_QUEUE_DEPTH = 3
 
 # AVCOL_* values (libavutil/pixfmt.h).
 _BT709 = 1
@@ -81,66 +81,79 @@ def _to_yuv(frame: np.ndarray) -> VideoFrame:
     return out
 
 
-_DONE = object()
+class _Writer:
+    """Owns the PyAV container; every method runs on the encoder thread."""
+
+    def __init__(self, path: Path, fps: int, crf: int, preset: str, silent_audio: bool) -> None:
+        self.path, self.fps, self.crf, self.preset, self.silent_audio = path, fps, crf, preset, silent_audio
+        self.container: Any = None
+        self.vstream: Any = None
+        self.astream: Any = None
+        self.count = 0
+        self.audio_samples = 0
+
+    def _open(self, w: int, h: int) -> None:
+        self.container = av.open(
+            str(self.path), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}
+        )
+        v = self.container.add_stream("libx264", rate=Fraction(self.fps))
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        v.time_base = Fraction(1, self.fps)
+        cc = v.codec_context
+        cc.thread_count = ENCODER_THREADS
+        cc.colorspace = _BT709
+        cc.color_primaries = _BT709
+        cc.color_trc = _BT709
+        cc.color_range = _RANGE_MPEG
+        v.options = {"crf": str(self.crf), "preset": self.preset, "profile": "high"}
+        self.vstream = v
+        if self.silent_audio:
+            a = self.container.add_stream("aac", rate=AUDIO_RATE)
+            a.layout = "stereo"
+            a.format = "fltp"
+            self.astream = a
+
+    def write(self, frame: np.ndarray) -> None:
+        if self.container is None:
+            self._open(int(frame.shape[1]), int(frame.shape[0]))
+        yuv = _to_yuv(frame)
+        yuv.pts = self.count
+        yuv.time_base = Fraction(1, self.fps)
+        for packet in self.vstream.encode(yuv):
+            self.container.mux(packet)
+        self.count += 1
+        if self.astream is not None:
+            self._silence(self.count * AUDIO_RATE / self.fps)
+
+    def _silence(self, until: float) -> None:
+        """Encode silent AAC frames until ``until`` samples are covered."""
+        while self.audio_samples < until:
+            af = av.AudioFrame.from_ndarray(
+                np.zeros((2, AUDIO_FRAME_SAMPLES), np.float32), format="fltp", layout="stereo"
+            )
+            af.sample_rate = AUDIO_RATE
+            af.pts = self.audio_samples
+            af.time_base = Fraction(1, AUDIO_RATE)
+            for packet in self.astream.encode(af):
+                self.container.mux(packet)
+            self.audio_samples += AUDIO_FRAME_SAMPLES
+
+    def finish(self) -> None:
+        for packet in self.vstream.encode(None):
+            self.container.mux(packet)
+        if self.astream is not None:
+            self._silence(self.count * AUDIO_RATE / self.fps)
+            for packet in self.astream.encode(None):
+                self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.container is not None:
+            self.container.close()
+            self.container = None
 
 
-class _Failure:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-def _prefetch(frames: Iterable[np.ndarray], depth: int) -> Iterator[tuple[np.ndarray, VideoFrame]]:
-    """Pull frames (and convert them to YUV) in a worker thread while the caller encodes.
-
-    Rendering (OpenCV) and colour conversion (swscale) release the GIL, so the frame
-    producer overlaps with x264. The order is kept, so the output is unchanged. The
-    producer's exceptions are re-raised here; closing this generator stops the worker.
-    """
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    iterator = iter(frames)
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        size: tuple[int, int] | None = None
-        try:
-            for frame in iterator:
-                size = _check_frame(frame, size)
-                if not put((frame, _to_yuv(frame))):
-                    break
-        except BaseException as exc:
-            put(_Failure(exc))
-            return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None and stop.is_set():
-                try:
-                    close()
-                except Exception:
-                    logger.debug("frame iterator close failed", exc_info=True)
-        put(_DONE)
-
-    worker = threading.Thread(target=work, name="stillmotion-frames", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-    finally:
-        stop.set()
-        worker.join()
+_FINISH = object()
+_ABORT = object()
 
 
 def encode_frames(
@@ -154,77 +167,79 @@ def encode_frames(
 ) -> int:
     """Stream ``frames`` into an H.264 MP4 at ``path``; return the number of frames.
 
+    ``frames`` is consumed on the calling thread (so a generator may call back into
+    thread-bound code); colour conversion and x264 run on one helper thread with a queue
+    of a few frames, so rendering overlaps encoding (OpenCV, swscale and x264 release the
+    GIL). The output does not depend on this: frames are encoded in order.
+
     Raises ValueError for odd sizes, inconsistent sizes, non-RGB-uint8 frames, or no
-    frames at all (the partly written file is left for the caller to remove).
+    frames at all (a partly written file is left for the caller to remove).
     ``silent_audio`` adds a silent AAC stereo 48 kHz track covering the video.
     """
     if not isinstance(fps, int) or fps <= 0:
         raise ValueError(f"fps must be a positive integer, got {fps!r}")
     if not 0 <= crf <= 51:
         raise ValueError(f"crf must be in [0, 51], got {crf}")
-    container: Any = None
-    vstream: Any = None
-    astream: Any = None
+    writer = _Writer(Path(path), fps, crf, preset, silent_audio)
+    q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            while True:
+                item = q.get()
+                if item is _ABORT:
+                    return
+                if item is _FINISH:
+                    writer.finish()
+                    return
+                writer.write(item)
+        except BaseException as exc:  # re-raised on the calling thread
+            failure.append(exc)
+        finally:
+            writer.close()
+
+    def put(item: object) -> None:
+        while True:
+            if failure:
+                raise failure[0]
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if not worker.is_alive():
+                    raise RuntimeError("encoder thread stopped") from (failure[0] if failure else None)
+
+    worker = threading.Thread(target=work, name="stillmotion-encoder", daemon=True)
+    size: tuple[int, int] | None = None
     count = 0
-    audio_samples = 0
-    source = _prefetch(frames, _PREFETCH_DEPTH)
+    finished = False
     try:
-        for frame, yuv in source:
-            if container is None:
-                h, w = frame.shape[:2]
-                container = av.open(
-                    str(path), "w", format="mp4", options={"movflags": "+faststart", "fflags": "+bitexact"}
-                )
-                vstream = container.add_stream("libx264", rate=Fraction(fps))
-                vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
-                vstream.time_base = Fraction(1, fps)
-                cc = vstream.codec_context
-                cc.thread_count = ENCODER_THREADS
-                cc.colorspace = _BT709
-                cc.color_primaries = _BT709
-                cc.color_trc = _BT709
-                cc.color_range = _RANGE_MPEG
-                vstream.options = {"crf": str(crf), "preset": preset, "profile": "high"}
-                if silent_audio:
-                    astream = container.add_stream("aac", rate=AUDIO_RATE)
-                    astream.layout = "stereo"
-                    astream.format = "fltp"
-            yuv.pts = count
-            yuv.time_base = Fraction(1, fps)
-            for packet in vstream.encode(yuv):
-                container.mux(packet)
+        for frame in frames:
+            size = _check_frame(frame, size)
+            if count == 0:
+                worker.start()
+            put(frame)
             count += 1
-            if astream is not None:
-                audio_samples = _mux_silence(container, astream, audio_samples, count * AUDIO_RATE / fps)
-        if container is None:
+        if count == 0:
             raise ValueError("no frames to encode")
-        for packet in vstream.encode(None):
-            container.mux(packet)
-        if astream is not None:
-            _mux_silence(container, astream, audio_samples, count * AUDIO_RATE / fps)
-            for packet in astream.encode(None):
-                container.mux(packet)
+        put(_FINISH)
+        finished = True
     finally:
-        source.close()
-        if container is not None:
-            container.close()
+        if worker.is_alive() and not finished:
+            # Drop queued frames, then tell the encoder to stop.
+            while True:
+                try:
+                    q.get_nowait()
+                except queue.Empty:
+                    break
+            q.put(_ABORT)
+        if worker.ident is not None:
+            worker.join()
+    if failure:
+        raise failure[0]
     logger.debug("encoded %d frames to %s", count, path)
     return count
-
-
-def _mux_silence(container: Any, astream: Any, done: int, until: float) -> int:
-    """Encode silent AAC frames until ``until`` samples are covered; return samples done."""
-    while done < until:
-        af = av.AudioFrame.from_ndarray(
-            np.zeros((2, AUDIO_FRAME_SAMPLES), np.float32), format="fltp", layout="stereo"
-        )
-        af.sample_rate = AUDIO_RATE
-        af.pts = done
-        af.time_base = Fraction(1, AUDIO_RATE)
-        for packet in astream.encode(af):
-            container.mux(packet)
-        done += AUDIO_FRAME_SAMPLES
-    return done
 
 
 def _open_input(path: Path) -> Any:
@@ -253,8 +268,7 @@ def _rgb(frame: VideoFrame) -> Frame:
     out = frame.reformat(
         format="rgb24", src_colorspace=src_space, src_color_range=src_range, dst_color_range="JPEG", threads=1
     )
-    arr: Frame = out.to_ndarray()
-    return arr
+    return cast(Frame, out.to_ndarray())
 
 
 def _decode(path: Path) -> Iterator[VideoFrame]:
@@ -331,9 +345,15 @@ def probe_video(path: Path) -> VideoInfo:
 
 def declared_frame_count(path: Path) -> int:
     """The frame count from the container header (0 when unknown); no decoding."""
+    return stream_header(path)[0]
+
+
+def stream_header(path: Path) -> tuple[int, int, int]:
+    """(declared frame count or 0, width, height) of the first video stream; no decoding."""
     container = _open_input(Path(path))
     try:
-        return int(container.streams.video[0].frames or 0)
+        stream = container.streams.video[0]
+        return int(stream.frames or 0), int(stream.codec_context.width), int(stream.codec_context.height)
     finally:
         container.close()
 

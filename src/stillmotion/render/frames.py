@@ -7,13 +7,16 @@ OpenCV order.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Iterator
+from typing import Literal, cast
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
 Frame = NDArray[np.uint8]
+_FULL_COVERAGE = 0.999
+_BAND_ROWS = 12
 FloatImage = NDArray[np.float32]
 Resolution = Literal["480p", "720p", "1080p"]
 
@@ -21,7 +24,7 @@ SHORT_SIDE: dict[str, int] = {"480p": 480, "720p": 720, "1080p": 1080}
 
 
 def _even(value: float) -> int:
-    return max(2, 2 * int(math.floor(value / 2.0 + 0.5)))
+    return max(2, 2 * math.floor(value / 2.0 + 0.5))
 
 
 def working_size(width: int, height: int, resolution: Resolution) -> tuple[int, int]:
@@ -59,8 +62,7 @@ def fit_image(img: np.ndarray, size: tuple[int, int]) -> Frame:
         return src.copy()
     shrinking = w * h < sw * sh
     interp = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
-    out: Frame = cv2.resize(src, (w, h), interpolation=interp)
-    return out
+    return cast(Frame, cv2.resize(src, (w, h), interpolation=interp))
 
 
 def smoothstep(t: float) -> float:
@@ -90,7 +92,7 @@ def _scaled_homography(h: NDArray[np.float64], fx: float, fy: float) -> NDArray[
 
 
 def is_affine(h: NDArray[np.float64], tol: float = 1e-12) -> bool:
-    return abs(h[2, 0]) < tol and abs(h[2, 1]) < tol
+    return bool(abs(h[2, 0]) < tol and abs(h[2, 1]) < tol)
 
 
 def warp(
@@ -117,9 +119,11 @@ class ReflectBlurWarper:
     """Warps one source image repeatedly with "reflect_blur" borders.
 
     Pixels that map inside the source are warped sharply; revealed pixels (outside the
-    source) come from a blurred 1/8-scale copy warped with BORDER_REFLECT101, blended in
-    by a feathered coverage mask computed at 1/4 scale. When no pixel is revealed the
-    frame is a plain sharp warp. There are never black bars.
+    source) come from a blurred 1/8-scale copy warped with BORDER_REFLECT101 (a mirror
+    of the image, so colours continue across the edge), and a feathered coverage mask
+    computed at 1/4 scale blends the two across the seam, only in the boxes that hold
+    the seam. When no pixel is revealed the frame is a plain sharp warp. There are never
+    black bars.
     """
 
     def __init__(self, img: np.ndarray) -> None:
@@ -132,8 +136,6 @@ class ReflectBlurWarper:
         cw, ch = max(2, round(self.w / 4)), max(2, round(self.h / 4))
         self._cov_size = (cw, ch)
         self._ones = np.ones((ch, cw), np.float32)
-        self._sharp = np.empty_like(self.img)
-        self._out = np.empty_like(self.img)
         self._fill = np.empty_like(self.img)
         self._cov_full = np.empty((self.h, self.w), np.float32)
         self._inv_full = np.empty((self.h, self.w), np.float32)
@@ -157,16 +159,52 @@ class ReflectBlurWarper:
         """The warped frame; a fresh array each call (callers may keep it)."""
         size = (self.w, self.h)
         if not self.reveals_border(h):
-            out: Frame = warp(self.img, h, size, border=cv2.BORDER_REFLECT101)
-            return out
-        warp(self.img, h, size, border=cv2.BORDER_REFLECT101, dst=self._sharp)
+            return warp(self.img, h, size, border=cv2.BORDER_REFLECT101)
         hs = _scaled_homography(h, self._small_size[0] / self.w, self._small_size[1] / self.h)
         small = warp(self._small, hs, self._small_size, border=cv2.BORDER_REFLECT101)
         cv2.resize(small, size, dst=self._fill, interpolation=cv2.INTER_LINEAR)
+        # Sharp pixels over the blurred fill; BORDER_TRANSPARENT leaves revealed pixels alone
+        # (and skips OpenCV's slow per-pixel border path).
+        out: Frame = self._fill.copy()
+        warp(self.img, h, size, border=cv2.BORDER_TRANSPARENT, dst=out)
         hc = _scaled_homography(h, self._cov_size[0] / self.w, self._cov_size[1] / self.h)
         cov = warp(self._ones, hc, self._cov_size, border=cv2.BORDER_CONSTANT, border_value=0.0)
         cov = cv2.GaussianBlur(cov, (0, 0), 1.0, borderType=cv2.BORDER_REPLICATE)
         cv2.resize(cov, size, dst=self._cov_full, interpolation=cv2.INTER_LINEAR)
         np.subtract(np.float32(1.0), self._cov_full, out=self._inv_full)
-        result: Frame = cv2.blendLinear(self._sharp, self._fill, self._cov_full, self._inv_full)
-        return result
+        for ys, xs in self._blend_rois(cov < _FULL_COVERAGE):
+            cv2.blendLinear(
+                out[ys, xs], self._fill[ys, xs], self._cov_full[ys, xs], self._inv_full[ys, xs], dst=out[ys, xs]
+            )
+        return out
+
+    def _blend_rois(self, need: NDArray[np.bool_]) -> Iterator[tuple[slice, slice]]:
+        """Disjoint full-resolution boxes covering every pixel whose coverage is below 1.
+
+        ``need`` is at 1/4 scale. The valid area is convex, so in each row the pixels to
+        blend are a prefix and a suffix; bands of rows get a left and a right box.
+        """
+        ch, cw = need.shape
+        fy, fx = self.h / ch, self.w / cw
+        for r0 in range(0, ch, _BAND_ROWS):
+            r1 = min(ch, r0 + _BAND_ROWS)
+            # Bilinear upscaling reads one quarter-res row/column beyond each side.
+            cols: NDArray[np.bool_] = np.asarray(need[max(0, r0 - 1) : min(ch, r1 + 1)].any(axis=0))
+            if not cols.any():
+                continue
+            y0 = round(r0 * fy)
+            y1 = self.h if r1 == ch else round(r1 * fy)
+            if cols.all():
+                yield slice(y0, y1), slice(0, self.w)
+                continue
+            left = int(np.argmin(cols))
+            right = int(np.argmin(cols[::-1]))
+            lx = min(self.w, int(np.ceil((left + 1) * fx)))
+            rx = min(self.w, int(np.ceil((right + 1) * fx)))
+            if lx + rx >= self.w:
+                yield slice(y0, y1), slice(0, self.w)
+                continue
+            if lx > 0 and left > 0:
+                yield slice(y0, y1), slice(0, lx)
+            if rx > 0 and right > 0:
+                yield slice(y0, y1), slice(self.w - rx, self.w)

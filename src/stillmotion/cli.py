@@ -1,0 +1,182 @@
+"""Command line: `stillmotion` (stdio server), `serve --http`, `demo`, `models`, `jobs`, `run`.
+
+stdout belongs to the MCP protocol when serving stdio; everything else logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from . import __version__
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="stillmotion", description="MCP server that animates still images into MP4s.")
+    parser.add_argument("--version", action="version", version=f"stillmotion {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (stderr)")
+    sub = parser.add_subparsers(dest="command")
+    serve = sub.add_parser("serve", help="serve MCP (stdio by default, or streamable HTTP)")
+    serve.add_argument("--http", action="store_true", help="streamable HTTP at /mcp instead of stdio")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    demo = sub.add_parser("demo", help="render five preview videos offline and check that each decodes")
+    demo.add_argument("--out", default="stillmotion-demo", help="folder for the videos (default ./stillmotion-demo)")
+    sub.add_parser("models", help="the model catalog")
+    jobs = sub.add_parser("jobs", help="recent jobs")
+    jobs.add_argument("--status", default=None)
+    jobs.add_argument("--limit", type=int, default=20)
+    run = sub.add_parser("run", help="call any tool from a shell")
+    run.add_argument("tool")
+    run.add_argument("arguments", nargs="?", default="{}", help="JSON object of tool arguments")
+    run.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+
+    if args.command in (None, "serve"):
+        return _serve(getattr(args, "http", False), getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8765))
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(Path(args.out))
+    if args.command == "models":
+        return _models()
+    if args.command == "jobs":
+        return _jobs(args.status, args.limit)
+    if args.command == "run":
+        return anyio.run(_run_tool, args.tool, args.arguments, args.wait)
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _serve(http: bool, host: str, port: int) -> int:
+    from .server import build_server
+    from .settings import Settings
+
+    if not http:
+        settings = Settings.from_env(transport="stdio")
+        build_server(settings).run()
+        return 0
+    from .http import serve_http
+
+    settings = Settings.from_env(transport="http")
+    return serve_http(settings, host, port)
+
+
+def _models() -> int:
+    from .catalog import MODELS
+    from .settings import Settings
+    from .validation import choose_route
+
+    settings = Settings.from_env()
+    rows = [("model", "tools", "durations", "modes", "route now")]
+    for m in MODELS.values():
+        try:
+            route = choose_route(m, settings)
+        except Exception:
+            route = "needs a key"
+        tools = ",".join(t.replace("_image", "").replace("_frames", "").replace("_move", "").replace("_brush", "")
+                         for t in m.features)
+        rows.append((m.id, tools, m.describe_durations(), "|".join(m.modes) or "-", route))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+    return 0
+
+
+def _jobs(status: str | None, limit: int) -> int:
+    from .jobs.store import JobStore
+    from .settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.db_path.exists():
+        print("no jobs yet")
+        return 0
+    store = JobStore(settings.db_path)
+    try:
+        rows = store.list(status=status, limit=limit)
+    finally:
+        store.close()
+    if not rows:
+        print("no jobs")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
+        path = (r.result or {}).get("video", {}).get("path", "") if r.status == "succeeded" else ""
+        err = (r.error or {}).get("kind", "")
+        print(f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}")
+    return 0
+
+
+async def _run_tool(tool: str, raw: str, wait: bool) -> int:
+    from mcp import Client
+
+    from .server import build_server
+
+    try:
+        arguments: dict[str, Any] = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        print(f"arguments must be a JSON object: {exc}", file=sys.stderr)
+        return 2
+    server = build_server()
+    async with Client(server) as client:
+        result = await client.call_tool(tool, arguments)
+        structured = result.structured_content
+        if result.is_error or not wait or not structured or "job_id" not in structured:
+            _print_result(result)
+            return 1 if result.is_error else 0
+        job_id = structured["job_id"]
+
+        async def bar(progress: float, total: float | None, message: str | None) -> None:
+            width = 30
+            frac = progress / (total or 1.0)
+            filled = int(frac * width)
+            sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {frac:5.0%} {message or ''}   ")
+            sys.stderr.flush()
+
+        while True:
+            result = await client.call_tool("check_job", {"job_id": job_id, "wait_seconds": 30}, progress_callback=bar)
+            st = (result.structured_content or {}).get("status")
+            if result.is_error or st in ("succeeded", "failed", "cancelled"):
+                break
+        sys.stderr.write("\n")
+        _print_result(result)
+        return 0 if st == "succeeded" else 1
+
+
+def _print_result(result: Any) -> None:
+    if result.structured_content:
+        print(json.dumps(result.structured_content, indent=2))
+    for block in result.content:
+        if getattr(block, "type", None) == "text":
+            print(block.text, file=sys.stderr)
+
+
+def sample_image_path() -> Path:
+    return Path(str(resources.files("stillmotion") / "assets" / "sample.jpg"))
+
+
+def default_demo_home() -> Path:
+    return Path(tempfile.mkdtemp(prefix="stillmotion-demo-"))
+
+
+__all__ = ["main", "os"]

@@ -1,0 +1,75 @@
+"""Streamable HTTP transport: /mcp on 127.0.0.1 by default, bearer token required off loopback."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from typing import Any
+
+import uvicorn
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .server import build_server
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 8 * 14 * 1024 * 1024  # eight 10 MB images as base64, with room for the JSON around them
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BearerGate:
+    """Requires `Authorization: Bearer <STILLMOTION_HTTP_TOKEN>` on every request when a token is set."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope.get("headers") or [])
+            auth = headers.get(b"authorization", b"")
+            ok = auth.startswith(b"Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)
+            if not ok:
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+                await send({"type": "http.response.body", "body": b'{"error":"missing or wrong bearer token"}'})
+                return
+        await self.app(scope, receive, send)
+
+
+def build_http_app(settings: Settings, host: str, port: int) -> Any:
+    if not _is_loopback(host) and settings.http_token is None:
+        raise SystemExit(
+            f"refusing to serve on {host}: binding off loopback requires STILLMOTION_HTTP_TOKEN (a bearer token)"
+        )
+    server = build_server(settings)
+    hosts = [f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "localhost", f"[::1]:{port}"]
+    origins = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
+    if not _is_loopback(host):
+        hosts += [host, f"{host}:{port}"]
+        origins += [f"http://{host}:{port}", f"https://{host}"]
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
+    app: Any = server.streamable_http_app(
+        streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security
+    )
+    if settings.http_token is not None:
+        app = BearerGate(app, settings.http_token.reveal())
+    return app
+
+
+def serve_http(settings: Settings, host: str, port: int) -> int:
+    app = build_http_app(settings, host, port)
+    log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0

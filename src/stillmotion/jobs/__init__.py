@@ -1,0 +1,1 @@
+"""Durable jobs: the SQLite store and the runner that drives them to an end."""

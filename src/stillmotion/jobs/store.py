@@ -1,0 +1,232 @@
+"""The job store: one SQLite file under STILLMOTION_HOME, WAL mode, one row per job.
+
+Public `status` is what agents see (queued, running, downloading, succeeded, failed, cancelled);
+`stage` is the runner's own bookmark for resuming after a crash:
+
+    new -> submitting -> polling -> downloading -> done
+             (create request in flight: after a crash the provider is asked to recover it)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import InvalidInput
+
+Status = Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
+Stage = Literal["new", "submitting", "polling", "downloading", "done"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{7,63}$")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    model TEXT NOT NULL,
+    route TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    progress REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    request TEXT NOT NULL,
+    args_hash TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    operation TEXT,
+    provider_task_id TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    result TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    provider_done_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+"""
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(8)
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not JOB_ID_RE.match(job_id):
+        raise InvalidInput("job_id", f"{str(job_id)[:80]!r} is not a job id.", "^[a-z0-9][a-z0-9_-]{7,63}$")
+    return job_id
+
+
+def args_fingerprint(args: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class JobRow:
+    id: str
+    tool: str
+    model: str
+    route: str
+    status: Status
+    stage: Stage
+    progress: float | None
+    created_at: float
+    updated_at: float
+    request: dict[str, Any]
+    args_hash: str
+    idempotency_key: str | None
+    operation: dict[str, Any] | None
+    provider_task_id: str | None
+    warnings: list[str]
+    error: dict[str, Any] | None
+    result: dict[str, Any] | None
+    attempts: int
+    provider_done_at: float | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+_JSON_COLS = {"request", "operation", "warnings", "error", "result"}
+
+
+class JobStore:
+    """Thread-safe; every write commits before it returns (a kill -9 loses nothing acknowledged)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def _row(self, r: sqlite3.Row) -> JobRow:
+        d = dict(r)
+        for col in _JSON_COLS:
+            if d[col] is not None:
+                d[col] = json.loads(d[col])
+        return JobRow(**d)
+
+    def get(self, job_id: str) -> JobRow | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return self._row(r) if r else None
+
+    def by_idempotency_key(self, key: str) -> JobRow | None:
+        with self._lock:
+            r = self._db.execute("SELECT * FROM jobs WHERE idempotency_key=?", (key,)).fetchone()
+        return self._row(r) if r else None
+
+    def list(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
+        q = "SELECT * FROM jobs"
+        params: tuple[Any, ...] = ()
+        if status:
+            q += " WHERE status=?"
+            params = (status,)
+        q += " ORDER BY created_at DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(q, (*params, limit)).fetchall()
+        return [self._row(r) for r in rows]
+
+    def unfinished(self) -> list[JobRow]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs WHERE status IN ('queued','running','downloading') ORDER BY created_at"
+            ).fetchall()
+        return [self._row(r) for r in rows]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        job_id: str,
+        tool: str,
+        model: str,
+        route: str,
+        request: dict[str, Any],
+        args_hash: str,
+        idempotency_key: str | None,
+        warnings: list[str],
+    ) -> JobRow:
+        now = time.time()
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
+                " args_hash, idempotency_key, warnings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job_id,
+                    tool,
+                    model,
+                    route,
+                    "queued",
+                    "new",
+                    None,
+                    now,
+                    now,
+                    json.dumps(request),
+                    args_hash,
+                    idempotency_key,
+                    json.dumps(warnings),
+                ),
+            )
+        row = self.get(job_id)
+        assert row is not None
+        return row
+
+    def update(self, job_id: str, **fields: Any) -> JobRow:
+        if not fields:
+            row = self.get(job_id)
+            assert row is not None
+            return row
+        fields["updated_at"] = time.time()
+        cols = []
+        vals: list[Any] = []
+        for k, v in fields.items():
+            cols.append(f"{k}=?")
+            vals.append(json.dumps(v) if k in _JSON_COLS and v is not None else v)
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id=?", (*vals, job_id))
+        row = self.get(job_id)
+        assert row is not None
+        return row
+
+    def update_unless_terminal(self, job_id: str, **fields: Any) -> JobRow | None:
+        """Atomically apply `fields` only if the job has not ended (a cancel wins over a late result)."""
+        fields["updated_at"] = time.time()
+        cols = []
+        vals: list[Any] = []
+        for k, v in fields.items():
+            cols.append(f"{k}=?")
+            vals.append(json.dumps(v) if k in _JSON_COLS and v is not None else v)
+        with self._lock:
+            cur = self._db.execute(
+                f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
+                (*vals, job_id),
+            )
+            changed = cur.rowcount
+        return self.get(job_id) if changed else None
+
+    def set_progress(self, job_id: str, progress: float | None) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE jobs SET progress=?, updated_at=? WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
+                (progress, time.time(), job_id),
+            )

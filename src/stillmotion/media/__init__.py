@@ -1,0 +1,1 @@
+"""Media: video encoding, probing and frame extraction; contact sheets."""

@@ -1,0 +1,112 @@
+"""Pictures of a video: a small contact sheet (poster) and the last frame, as PNG bytes."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import cast
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from .video import Frame, _decode, _rgb, probe_video, read_frame, stream_header
+
+logger = logging.getLogger(__name__)
+
+MAX_SHEET_BYTES = 95_000
+_GAP = 2
+_BACKGROUND = (24, 24, 24)
+
+
+def _pick_indices(n_frames: int, count: int) -> list[int]:
+    """``count`` evenly spaced frame indices, first and last included."""
+    if count <= 1 or n_frames <= 1:
+        return [0] * max(1, count)
+    return [round(i * (n_frames - 1) / (count - 1)) for i in range(count)]
+
+
+def _tiles(path: Path, indices: list[int], size: tuple[int, int]) -> list[Frame]:
+    """Decode once, keeping only the wanted frames, shrunk to ``size`` (W, H)."""
+    wanted: dict[int, list[int]] = {}
+    for slot, index in enumerate(indices):
+        wanted.setdefault(index, []).append(slot)
+    tiles: list[Frame | None] = [None] * len(indices)
+    last = None
+    for i, frame in enumerate(_decode(path)):
+        last = frame
+        for slot in wanted.get(i, ()):
+            tiles[slot] = cast(Frame, cv2.resize(_rgb(frame), size, interpolation=cv2.INTER_AREA))
+    if last is None:
+        raise ValueError(f"not a decodable MP4: {path.name}: no frame decodes")
+    # A header that overstated the frame count: fill from the last frame.
+    fallback: Frame | None = None
+    out: list[Frame] = []
+    for tile in tiles:
+        if tile is None:
+            if fallback is None:
+                fallback = cast(Frame, cv2.resize(_rgb(last), size, interpolation=cv2.INTER_AREA))
+            tile = fallback
+        out.append(tile)
+    return out
+
+
+def _sheet(tiles: list[Frame], columns: int, rows: int, size: tuple[int, int]) -> Frame:
+    tw, th = size
+    width = columns * tw + (columns - 1) * _GAP
+    height = rows * th + (rows - 1) * _GAP
+    sheet = np.empty((height, width, 3), np.uint8)
+    sheet[:] = _BACKGROUND
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        y, x = r * (th + _GAP), c * (tw + _GAP)
+        sheet[y : y + th, x : x + tw] = tile
+    return sheet
+
+
+def _png(img: Frame, colors: int | None) -> bytes:
+    pil = Image.fromarray(img, "RGB")
+    if colors is not None:
+        pil = pil.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    buf = io.BytesIO()
+    if colors is None:
+        pil.save(buf, format="PNG", compress_level=6)
+    else:
+        pil.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def contact_sheet_png(path: Path, *, columns: int = 3, rows: int = 2, tile_width: int = 200) -> bytes:
+    """Evenly spaced frames (first and last included) tiled into one small palette PNG.
+
+    Reads the frame count from the header (decoding to count only when it is missing),
+    then decodes once, streaming. The PNG is kept under ~95 KB by reducing the palette
+    and, if that is not enough, the tile size.
+    """
+    path = Path(path)
+    if columns < 1 or rows < 1 or tile_width < 8:
+        raise ValueError("columns and rows must be >= 1 and tile_width >= 8")
+    declared, w, h = stream_header(path)
+    n = declared or probe_video(path).frame_count
+    if w <= 0 or h <= 0:
+        raise ValueError(f"not a decodable MP4: {path.name}: no frame size")
+    indices = _pick_indices(n, columns * rows)
+    tw = tile_width
+    data = b""
+    while True:
+        size = (tw, max(2, round(tw * h / w)))
+        sheet = _sheet(_tiles(path, indices, size), columns, rows, size)
+        for colors in (256, 128, 64, 32):
+            data = _png(sheet, colors)
+            if len(data) <= MAX_SHEET_BYTES:
+                return data
+        if tw <= 48:
+            logger.warning("contact sheet for %s is %d bytes", path.name, len(data))
+            return data
+        tw = max(48, int(tw * 0.8))
+
+
+def last_frame_png(path: Path) -> bytes:
+    """The final frame at full resolution, as PNG."""
+    return _png(read_frame(Path(path), -1), None)

@@ -1,0 +1,1 @@
+"""Providers: one small interface (start -> operation, status -> pending/completed/failed)."""

@@ -1,0 +1,97 @@
+"""The provider interface every route implements.
+
+A provider is a mapping between a `GenerationRequest` and one HTTP API. It never sleeps, polls
+or retries: polling, retries, timeouts, idempotency and downloads live once, in `jobs/runner.py`.
+
+    start(job)              -> StartResult(operation, provider_task_id, warnings[, completed])
+    status(job, operation)  -> Status(pending | completed | failed, progress, video)
+    recover(job)            -> StartResult | None   (after a crash or a lost create answer)
+
+`operation` is opaque, JSON-serialisable and enough to resume from another process. A provider
+whose started job cannot be resumed (the Gateway's single streamed call) returns `completed`
+straight from `start` and raises `Interrupted` from `status`.
+"""
+
+from __future__ import annotations
+
+import base64
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from ..errors import StillmotionError
+from ..requests import GenerationRequest, StoredImage
+from ..settings import Settings
+
+
+@dataclass
+class VideoResult:
+    url: str | None = None
+    data_b64: str | None = None
+    media_type: str = "video/mp4"
+    url_expires_at: float | None = None
+
+
+@dataclass
+class Status:
+    state: Literal["pending", "completed", "failed"]
+    progress: float | None = None
+    """0-1 when the provider reports it."""
+    video: VideoResult | None = None
+    error: StillmotionError | None = None
+
+
+@dataclass
+class StartResult:
+    operation: dict[str, Any]
+    provider_task_id: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    completed: Status | None = None
+    """Set when the provider finished the whole generation inside start (streamed flows)."""
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    request: GenerationRequest
+
+    def image_bytes(self, image: StoredImage) -> bytes:
+        return Path(image.path).read_bytes()
+
+    def raw_b64(self, image: StoredImage) -> str:
+        return base64.b64encode(self.image_bytes(image)).decode("ascii")
+
+    def data_uri(self, image: StoredImage) -> str:
+        return f"data:{image.mime};base64,{self.raw_b64(image)}"
+
+    def url_or_raw_b64(self, image: StoredImage) -> str:
+        """Kling's form: the original URL if there was one, else base64 with no data: prefix."""
+        return image.url or self.raw_b64(image)
+
+    def url_or_data_uri(self, image: StoredImage) -> str:
+        """Wan's and xAI's form: the original URL if there was one, else a data: URI."""
+        return image.url or self.data_uri(image)
+
+
+class Provider(ABC):
+    """A remote route. `name` is the catalog provider; `route` is direct or gateway."""
+
+    name: str
+    route: Literal["direct", "gateway"]
+
+    def __init__(self, client: httpx.AsyncClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    @abstractmethod
+    async def start(self, job: JobContext) -> StartResult: ...
+
+    @abstractmethod
+    async def status(self, job: JobContext, operation: dict[str, Any]) -> Status: ...
+
+    async def recover(self, job: JobContext) -> StartResult | None:
+        """Find a task whose create answer was lost. None = cannot be looked up (never resubmit)."""
+        return None

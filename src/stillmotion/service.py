@@ -1,0 +1,259 @@
+"""The application without MCP: submit, check, cancel and list jobs. Tools are thin wrappers.
+
+Holds the store, the shared httpx client and the runner for the life of the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+import httpx
+
+from .catalog import MODELS
+from .errors import InvalidInput
+from .jobs.runner import JobRunner
+from .jobs.store import JobRow, JobStore, args_fingerprint, new_job_id, validate_job_id
+from .media.images import LoadedImage, load_image
+from .media.net import UrlGuard
+from .media.publish import publish_video
+from .providers.base import JobContext, Provider
+from .providers.local import render_job
+from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
+from .settings import Settings
+from .validation import LoadedInputs, ToolArgs, check_images, check_masks_and_paths, plan_request, shape_to_image
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[JobRow], Awaitable[None]]
+RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
+
+
+def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, route: str) -> Provider:
+    """The provider class for (catalog provider, route). Imported lazily: each is a small mapping module."""
+    if route == "gateway":
+        from .providers.gateway import GatewayProvider
+
+        return GatewayProvider(client, settings)
+    if provider == "klingai":
+        from .providers.kling import KlingProvider
+
+        return KlingProvider(client, settings)
+    if provider == "alibaba":
+        from .providers.wan import WanProvider
+
+        return WanProvider(client, settings)
+    if provider == "xai":
+        from .providers.xai import XaiProvider
+
+        return XaiProvider(client, settings)
+    raise ValueError(f"no provider for {provider} via {route}")
+
+
+@dataclass
+class Service:
+    settings: Settings
+    store: JobStore
+    client: httpx.AsyncClient
+    runner: JobRunner
+
+    @classmethod
+    def create(
+        cls,
+        settings: Settings,
+        client: httpx.AsyncClient,
+        on_change: Callable[[str], Awaitable[None]] | None = None,
+    ) -> Service:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.output_dir.mkdir(parents=True, exist_ok=True)
+        store = JobStore(settings.db_path)
+
+        def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> list[str]:
+            return render_job(ctx, out, progress, hold_file=settings.test_hold_file)
+
+        runner = JobRunner(
+            store=store,
+            settings=settings,
+            client=client,
+            provider_factory=lambda provider, route: make_provider(client, settings, provider, route),
+            local_render=local,
+            publish=publish_video,
+            on_change=on_change,
+        )
+        return cls(settings, store, client, runner)
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        await self.runner.start(tg)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- submit --------------------------------------------------------------------------
+
+    async def submit(self, args: ToolArgs, *, raw_args: dict[str, Any], idempotency_key: str | None) -> JobRow:
+        """Validate everything, store the job, start it. Raises InvalidInput/MissingCredentials."""
+        fingerprint = args_fingerprint({"tool": args.tool, **raw_args})
+        if idempotency_key is not None:
+            existing = self.store.by_idempotency_key(idempotency_key)
+            if existing is not None:
+                return self._same_or_error(existing, fingerprint)
+        plan = plan_request(args, self.settings)
+        inputs = await self._load_inputs(args, plan.spec.id)
+        check_images(inputs, plan.spec, args)
+        check_masks_and_paths(inputs, plan.spec, args)
+
+        job_id = new_job_id()
+        folder = self.settings.inputs_dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def keep(img: LoadedImage, name: str) -> StoredImage:
+            path = folder / f"{name}.{img.ext}"
+            path.write_bytes(img.data)
+            return StoredImage(
+                path=str(path), url=img.url, mime=img.mime, width=img.width, height=img.height,
+                bytes=len(img.data), sha256=img.sha256,
+            )
+
+        request = GenerationRequest(
+            tool=args.tool,  # type: ignore[arg-type]
+            model=plan.spec.id,
+            route=plan.route,
+            prompt=args.prompt if args.prompt and args.prompt.strip() else None,
+            negative_prompt=args.negative_prompt or None,
+            duration=plan.duration,
+            image=keep(inputs.image, "image"),
+            end_image=keep(inputs.end_image, "end_image") if inputs.end_image else None,
+            camera=args.camera,
+            dynamic_masks=[
+                StoredMask(image=keep(m, f"dynamic_mask_{i}"), trajectory=traj)
+                for i, (m, traj) in enumerate(inputs.dynamic)
+            ],
+            static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
+            options=plan.options,
+            poll_interval_ms=plan.poll_interval_ms,
+            poll_timeout_ms=plan.poll_timeout_ms,
+        )
+        try:
+            row = self.store.create(
+                job_id=job_id,
+                tool=args.tool,
+                model=plan.spec.id,
+                route=plan.route,
+                request=request.model_dump(mode="json"),
+                args_hash=fingerprint,
+                idempotency_key=idempotency_key,
+                warnings=plan.warnings,
+            )
+        except sqlite3.IntegrityError:
+            # the same key won a race with us: answer with that job
+            shutil.rmtree(folder, ignore_errors=True)
+            assert idempotency_key is not None
+            existing = self.store.by_idempotency_key(idempotency_key)
+            assert existing is not None
+            return self._same_or_error(existing, fingerprint)
+        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
+        self.runner.launch(job_id)
+        return row
+
+    def _same_or_error(self, existing: JobRow, fingerprint: str) -> JobRow:
+        if existing.args_hash != fingerprint:
+            raise InvalidInput(
+                "idempotency_key",
+                f"was already used for job {existing.id} with different arguments; the same key must come with "
+                "the same arguments (use a new key for a new request).",
+                f"the arguments of job {existing.id}, or a new key",
+            )
+        return existing
+
+    async def _load_inputs(self, args: ToolArgs, model: str) -> LoadedInputs:
+        rules = MODELS[model].image_rules
+        cap = max(rules.max_bytes + 1, self.settings.max_fetch_bytes) if not MODELS[model].is_local else self.settings.max_fetch_bytes
+        guard = UrlGuard(self.settings.allow_private_network, frozenset())
+
+        async def load(value: str, argument: str) -> LoadedImage:
+            return await load_image(
+                value,
+                argument=argument,
+                client=self.client,
+                guard=guard,
+                input_roots=self.settings.input_roots,
+                resolve_resource=self.resource_path,
+                max_bytes=cap,
+            )
+
+        assert args.image is not None
+        image = await load(args.image, args.image_argument)
+        inputs = LoadedInputs(image=image)
+        if args.end_image is not None:
+            inputs.end_image = await load(args.end_image, "end_image")
+        for i, dm in enumerate(args.dynamic_masks or []):
+            name = f"dynamic_masks[{i}].mask"
+            if isinstance(dm.mask, BoxShape | PolygonShape):
+                mask = shape_to_image(dm.mask, image.width, image.height, name)
+            else:
+                mask = await load(dm.mask, name)
+            inputs.dynamic.append((mask, [(p.x, p.y) for p in dm.trajectory]))
+        if args.static_mask is not None:
+            sm = args.static_mask
+            if isinstance(sm, BoxShape | PolygonShape):
+                inputs.static_mask = shape_to_image(sm, image.width, image.height, "static_mask")
+            else:
+                inputs.static_mask = await load(sm, "static_mask")
+        return inputs
+
+    # -- read / wait / cancel ------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobRow:
+        validate_job_id(job_id)
+        row = self.store.get(job_id)
+        if row is None:
+            raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
+        return row
+
+    async def wait(self, job_id: str, wait_seconds: float, on_update: ProgressFn | None = None) -> JobRow:
+        """Wait up to `wait_seconds` for the job to end, calling `on_update` whenever it changes."""
+        row = self.get(job_id)
+        deadline = time.monotonic() + max(0.0, wait_seconds)
+        last_seen: tuple[Any, ...] = ()
+        while True:
+            key = (row.status, row.progress)
+            if on_update is not None and key != last_seen:
+                await on_update(row)
+            last_seen = key
+            remaining = deadline - time.monotonic()
+            if row.terminal or remaining <= 0:
+                return row
+            await self.runner.wait_change(job_id, min(remaining, 1.0))
+            row = self.get(job_id)
+
+    def cancel(self, job_id: str) -> tuple[JobRow, bool]:
+        row = self.get(job_id)
+        if row.terminal:
+            return row, False
+        self.runner.cancel(job_id)
+        return self.get(job_id), True
+
+    def list(self, status: str | None, limit: int) -> list[JobRow]:
+        return self.store.list(status=status, limit=limit)
+
+    def resource_path(self, job_id: str, name: str) -> Path | None:
+        """Path of a finished job's file; None when the job or file does not exist."""
+        if name not in RESOURCE_FILES:
+            return None
+        try:
+            validate_job_id(job_id)
+        except InvalidInput:
+            return None
+        row = self.store.get(job_id)
+        if row is None or row.status != "succeeded":
+            return None
+        path = self.settings.output_dir / job_id / name
+        return path if path.is_file() else None

@@ -1,0 +1,1 @@
+"""The MCP layer: tool functions that only translate between MCP and `service.Service`."""

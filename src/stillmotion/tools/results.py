@@ -1,0 +1,166 @@
+"""The job result every job tool returns: a declared output schema plus content blocks."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
+from pydantic import BaseModel, Field
+
+from ..jobs.store import JobRow
+
+
+class JobErrorInfo(BaseModel):
+    kind: Literal[
+        "invalid_input", "auth", "quota", "rate_limited", "content_filtered", "provider_error",
+        "timeout", "expired", "cancelled", "interrupted",
+    ]
+    message: str
+    retryable: bool
+    provider_code: str | None = None
+
+
+class VideoFile(BaseModel):
+    uri: str
+    path: str
+    mime_type: str = "video/mp4"
+    bytes: int
+    duration_s: float
+    width: int
+    height: int
+    fps: float
+    frame_count: int | None = None
+    has_audio: bool
+    sha256: str
+    provider_url: str | None = None
+    provider_url_expires_at: float | None = None
+
+
+class ImageFile(BaseModel):
+    uri: str
+    path: str
+    mime_type: str = "image/png"
+
+
+class JobResult(BaseModel):
+    job_id: str
+    tool: str
+    model: str
+    route: Literal["direct", "gateway", "local"]
+    status: Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
+    progress: float | None = Field(None, description="0-1 when known")
+    created_at: str
+    updated_at: str
+    provider_task_id: str | None = None
+    warnings: list[str] = Field(default_factory=list)
+    error: JobErrorInfo | None = None
+    next_step: str
+    video: VideoFile | None = None
+    poster: ImageFile | None = Field(None, description="Contact sheet: a few frames in one PNG.")
+    last_frame: ImageFile | None = Field(None, description="The final frame as PNG; use its uri to chain clips.")
+
+
+class JobList(BaseModel):
+    jobs: list[JobResult]
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+_NEXT_BY_ERROR = {
+    "invalid_input": "Fix the argument named in the error and call the tool again.",
+    "auth": "The provider refused the key: check the API key environment variable, then start a new job.",
+    "quota": "The provider account is out of balance or credits: top it up before starting a new job.",
+    "rate_limited": "The provider is rate-limiting: wait a minute, then start the job again.",
+    "content_filtered": "The provider's safety filter blocked this: change the prompt or the image and start a new job.",
+    "provider_error": "The provider failed: start the job again later, or try another model.",
+    "timeout": "The provider took longer than poll_timeout_ms: start a new job with a longer poll timeout.",
+    "expired": "The task or its result expired before it could be fetched: start a new job.",
+    "cancelled": "The job was cancelled.",
+    "interrupted": (
+        "The server restarted while the create request was in flight: check the provider's console before "
+        "starting the job again, to avoid paying twice."
+    ),
+}
+
+
+def next_step(row: JobRow) -> str:
+    if row.status == "succeeded":
+        return (
+            f"Done. The MP4 is at video.path; chain another clip from stillmotion://jobs/{row.id}/last-frame.png."
+        )
+    if row.status in ("failed", "cancelled"):
+        kind = (row.error or {}).get("kind", "provider_error")
+        return _NEXT_BY_ERROR.get(kind, _NEXT_BY_ERROR["provider_error"])
+    hint = "a few seconds" if row.route == "local" else "one to several minutes"
+    return f"Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
+
+
+def job_result(row: JobRow) -> JobResult:
+    result = row.result or {}
+    video = result.get("video") if row.status == "succeeded" else None
+    return JobResult(
+        job_id=row.id,
+        tool=row.tool,
+        model=row.model,
+        route=row.route,  # type: ignore[arg-type]
+        status=row.status,
+        progress=row.progress,
+        created_at=_iso(row.created_at),
+        updated_at=_iso(row.updated_at),
+        provider_task_id=row.provider_task_id,
+        warnings=row.warnings,
+        error=JobErrorInfo.model_validate(row.error) if row.error else None,
+        next_step=next_step(row),
+        video=VideoFile.model_validate(video) if video else None,
+        poster=ImageFile.model_validate(result["poster"]) if video and result.get("poster") else None,
+        last_frame=ImageFile.model_validate(result["last_frame"]) if video and result.get("last_frame") else None,
+    )
+
+
+def summary_text(res: JobResult) -> str:
+    head = f"Job {res.job_id} ({res.tool} on {res.model} via {res.route}): {res.status}"
+    if res.progress is not None and res.status in ("running", "downloading"):
+        head += f", {res.progress:.0%}"
+    lines = [head + "."]
+    if res.video is not None:
+        v = res.video
+        lines.append(
+            f"Video: {v.path} ({v.width}x{v.height}, {v.duration_s:.2f} s at {v.fps:g} fps, {v.bytes} bytes"
+            + (", with audio" if v.has_audio else "")
+            + ")."
+        )
+    if res.error is not None:
+        lines.append(f"Error ({res.error.kind}): {res.error.message}")
+    for w in res.warnings:
+        lines.append(f"Warning: {w}")
+    lines.append(res.next_step)
+    return "\n".join(lines)
+
+
+def call_result(row: JobRow) -> CallToolResult:
+    res = job_result(row)
+    content: list[ContentBlock] = [TextContent(type="text", text=summary_text(res))]
+    if res.video is not None:
+        content.append(
+            ResourceLink(
+                type="resource_link",
+                name=f"{res.job_id}.mp4",
+                title=f"{res.tool} video",
+                uri=res.video.uri,
+                mime_type="video/mp4",
+                size=res.video.bytes,
+                description=f"{res.video.width}x{res.video.height}, {res.video.duration_s:.2f} s; file: {res.video.path}",
+            )
+        )
+        if res.poster is not None and Path(res.poster.path).is_file():
+            data = Path(res.poster.path).read_bytes()
+            content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/png"))
+    return CallToolResult(
+        content=content,
+        structured_content=res.model_dump(mode="json"),
+    )
