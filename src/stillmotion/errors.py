@@ -142,3 +142,9 @@ class AmbiguousSubmission(StillmotionError):
     """
 
     kind: ErrorKind = "interrupted"
+
+
+class ProviderRejectedInput(StillmotionError):
+    """The provider refused a request parameter that our own checks let through."""
+
+    kind: ErrorKind = "invalid_input"

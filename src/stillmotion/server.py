@@ -26,7 +26,15 @@ from . import __version__
 from .catalog import MODELS, catalog_table, model_ids_for_tool, models_for_tool, tool_model_rules
 from .errors import StillmotionError
 from .jobs.store import JobRow
-from .requests import CameraControl, DynamicMask, KlingOptions, LocalOptions, MaskInput, WanOptions, XaiOptions
+from .requests import (
+    CameraControl,
+    DynamicMask,
+    KlingOptions,
+    LocalOptions,
+    MaskInput,
+    WanOptions,
+    XaiOptions,
+)
 from .service import Service
 from .settings import Settings
 from .tools.results import JobList, JobResult, call_result, job_result

@@ -29,7 +29,14 @@ from .providers.base import JobContext, Provider
 from .providers.local import render_job
 from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
 from .settings import Settings
-from .validation import LoadedInputs, ToolArgs, check_images, check_masks_and_paths, plan_request, shape_to_image
+from .validation import (
+    LoadedInputs,
+    ToolArgs,
+    check_images,
+    check_masks_and_paths,
+    plan_request,
+    shape_to_image,
+)
 
 log = logging.getLogger(__name__)
 

@@ -494,7 +494,7 @@ class FakeServer:
         self._port = int(server.server_address[1])
         self._thread = threading.Thread(
             target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.01},
             name=f"{type(self).__name__}",
             daemon=True,
         )

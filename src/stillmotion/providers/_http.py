@@ -48,10 +48,10 @@ async def send(
     headers: dict[str, str],
     json: Any | None = None,
     creates: bool = False,
-    timeout: httpx.Timeout = API_TIMEOUT,
+    timeouts: httpx.Timeout = API_TIMEOUT,
 ) -> httpx.Response:
     try:
-        return await client.request(method, url, headers=headers, json=json, timeout=timeout)
+        return await client.request(method, url, headers=headers, json=json, timeout=timeouts)
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise ProviderError(f"could not connect to {httpx.URL(url).host}: {type(exc).__name__}", retryable=True) from exc
     except (httpx.ReadTimeout, httpx.WriteTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:

@@ -70,7 +70,7 @@ def render_job(
         static = _fit_mask(decode_mask(ctx.image_bytes(req.static_mask)), size) if req.static_mask else None
         frames = brush_frames(start, regions, static, n)
     else:
-        frames, camera, why = animate_frames(start, req.prompt, n)
+        frames, _camera, why = animate_frames(start, req.prompt, n)
         warnings.append(
             f"local/preview animates a still by camera motion only ({why}); it does not generate new content."
         )
