@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import re
+import ssl
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,13 +33,16 @@ def b64(data: bytes) -> str:
 
 
 def decode_frames(data: bytes) -> list[np.ndarray]:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+_TLS = ssl.create_default_context()  # built once: httpx.Client() would load the CA bundle per test
 
 
 @pytest.fixture
 def client() -> Iterator[httpx.Client]:
-    with httpx.Client(timeout=5.0) as c:
+    with httpx.Client(timeout=5.0, verify=_TLS) as c:
         yield c
 
 
@@ -48,7 +53,7 @@ def client() -> Iterator[httpx.Client]:
 
 def test_sample_mp4_is_a_decodable_moving_h264_clip() -> None:
     data = sample_mp4()
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
         assert (stream.codec_context.width, stream.codec_context.height) == (320, 240)
@@ -135,17 +140,21 @@ def test_inject_answers_then_returns_to_normal(client: httpx.Client) -> None:
 def test_injected_requests_are_still_validated(client: httpx.Client) -> None:
     with KlingFake() as fake:
         fake.inject_code(1303)
-        r = client.post(fake.url(KLING), json=kling_body(duration=5), headers={"Authorization": "Bearer kling-test-key"})
+        r = client.post(
+            fake.url(KLING), json=kling_body(duration=5), headers={"Authorization": "Bearer kling-test-key"}
+        )
         assert r.status_code == 429
         assert fake.violations == ["image2video: field 'duration' must be a string, got int"]
 
 
 def test_hang_makes_the_client_time_out_but_the_task_exists() -> None:
-    with KlingFake() as fake, httpx.Client(timeout=0.3) as client:
+    with KlingFake() as fake, httpx.Client(timeout=0.3, verify=_TLS) as client:
         fake.inject_hang(f"POST {KLING}", seconds=2.0)
         t0 = time.monotonic()
         with pytest.raises(httpx.ReadTimeout):
-            client.post(fake.url(KLING), json=kling_body(), headers={"Authorization": "Bearer kling-test-key"})
+            client.post(
+                fake.url(KLING), json=kling_body(), headers={"Authorization": "Bearer kling-test-key"}
+            )
         assert time.monotonic() - t0 < 1.5
         assert fake.task_for_external("job-42") is not None
     assert not fake.running
@@ -247,7 +256,9 @@ def test_kling_failed_outcome(client: httpx.Client) -> None:
         r = client.get(fake.url(f"{KLING}/{tid}"), headers=auth)
         assert r.status_code == 200 and r.json()["code"] == 0
         d = r.json()["data"]
-        assert d["task_status"] == "failed" and d["task_status_msg"] == "Failure to pass the risk control system"
+        assert (
+            d["task_status"] == "failed" and d["task_status_msg"] == "Failure to pass the risk control system"
+        )
         assert "task_result" not in d
 
 
@@ -261,7 +272,7 @@ SMALL_PNG = b64(sample_png(100, 100))
         ({"image": "data:image/png;base64," + PNG}, "without a 'data:' prefix"),
         ({"duration": 5}, "field 'duration' must be a string, got int"),
         ({"duration": "20"}, "field 'duration' must be one of"),
-        ({"duration": "7"}, "supports duration \"5\" or \"10\""),
+        ({"duration": "7"}, 'supports duration "5" or "10"'),
         ({"aspect_ratio": "16:9"}, "unknown field 'aspect_ratio'"),
         ({"model": "kling-v1"}, "unknown field 'model'"),
         ({"model_name": "kling-v9"}, "field 'model_name' must be one of"),
@@ -283,7 +294,11 @@ SMALL_PNG = b64(sample_png(100, 100))
         ({"callback_url": "ftp://x"}, "callback_url"),
         ({"sound": "on", "mode": "std"}, "sound needs mode 'pro'"),
         (
-            {"image_tail": "https://example.com/end.png", "camera_control": {"type": "down_back"}, "sound": "off"},
+            {
+                "image_tail": "https://example.com/end.png",
+                "camera_control": {"type": "down_back"},
+                "sound": "off",
+            },
             "mutually exclusive",
         ),
         (
@@ -299,7 +314,11 @@ SMALL_PNG = b64(sample_png(100, 100))
             "2-77 points",
         ),
         (
-            {"dynamic_masks": [{"mask": "https://e.com/m.png", "trajectories": [{"x": 1.5, "y": 1}, {"x": 2, "y": 2}]}]},
+            {
+                "dynamic_masks": [
+                    {"mask": "https://e.com/m.png", "trajectories": [{"x": 1.5, "y": 1}, {"x": 2, "y": 2}]}
+                ]
+            },
             "must be exactly {'x': int, 'y': int}",
         ),
         ({"multi_shot": True, "shot_type": None}, "shot_type' is required"),
@@ -307,7 +326,9 @@ SMALL_PNG = b64(sample_png(100, 100))
 )
 def test_kling_rejects_wrong_bodies(client: httpx.Client, change: dict[str, Any], fragment: str) -> None:
     with KlingFake() as fake:
-        r = client.post(fake.url(KLING), json=kling_body(**change), headers={"Authorization": "Bearer kling-test-key"})
+        r = client.post(
+            fake.url(KLING), json=kling_body(**change), headers={"Authorization": "Bearer kling-test-key"}
+        )
         assert r.status_code == 400, r.text
         assert r.json()["code"] == 1201 and set(r.json()) == {"code", "message", "request_id"}
         assert fake.violations, "a violation must be recorded"
@@ -318,9 +339,15 @@ def test_kling_rejects_wrong_bodies(client: httpx.Client, change: dict[str, Any]
 def test_kling_accepts_base64_and_the_capability_maps_own_features(client: httpx.Client) -> None:
     auth = {"Authorization": "Bearer kling-test-key"}
     mask = b64(sample_png(320, 240))
-    bodies = [
+    bodies: list[dict[str, Any]] = [
         {"model_name": "kling-v2-5-turbo", "image": PNG, "prompt": "go"},
-        {"model_name": "kling-v3", "image": b64(sample_jpeg(640, 480)), "prompt": "go", "duration": "12", "sound": "on"},
+        {
+            "model_name": "kling-v3",
+            "image": b64(sample_jpeg(640, 480)),
+            "prompt": "go",
+            "duration": "12",
+            "sound": "on",
+        },
         {
             "model_name": "kling-v1-5",
             "mode": "pro",
@@ -404,13 +431,16 @@ def test_kling_jwt_auth(client: httpx.Client) -> None:
     with KlingFake(access_key="AK", secret_key="SK") as fake:
 
         def call(token: str) -> httpx.Response:
-            return client.get(fake.url(KLING), params={"pageNum": 1, "pageSize": 5}, headers={"Authorization": f"Bearer {token}"})
+            return client.get(
+                fake.url(KLING),
+                params={"pageNum": 1, "pageSize": 5},
+                headers={"Authorization": f"Bearer {token}"},
+            )
 
         assert call(fake.make_jwt()).status_code == 200
-        time.sleep(1.05)
-        assert call(fake.make_jwt()).status_code == 200
+        assert call(fake.make_jwt(nbf_ago=6)).status_code == 200
         assert len(fake.jwt_payloads) == 2 and fake.jwt_payloads[0]["iss"] == "AK"
-        assert fake.jwt_payloads[0]["exp"] != fake.jwt_payloads[1]["exp"]  # fresh token per request
+        assert fake.jwt_tokens[0] != fake.jwt_tokens[1]
         assert set(fake.jwt_payloads[0]) == {"iss", "exp", "nbf"}
         assert fake.violations == []
 
@@ -429,7 +459,9 @@ def test_kling_jwt_auth(client: httpx.Client) -> None:
         now = time.time()
         assert call(fake.make_jwt(claims={"exp": now + 1800.5})).json()["code"] == 1002
         assert "integer seconds" in fake.violations[-1]
-        hs512 = jwt.encode({"iss": "AK", "exp": int(now) + 1800, "nbf": int(now) - 5}, "SK" * 40, algorithm="HS512")
+        hs512 = jwt.encode(
+            {"iss": "AK", "exp": int(now) + 1800, "nbf": int(now) - 5}, "SK" * 40, algorithm="HS512"
+        )
         assert call(hs512).json()["code"] == 1002
         assert "HS256" in fake.violations[-1]
         assert len(fake.violations) == 4
@@ -444,13 +476,18 @@ def test_kling_concurrency_limit(client: httpx.Client) -> None:
         assert r.status_code == 429
         assert r.json()["code"] == 1303 and r.json()["message"] == "parallel task over resource pack limit"
         client.get(fake.url(f"{KLING}/{first['data']['task_id']}"), headers=auth)  # finishes it
-        assert client.post(fake.url(KLING), json=kling_body(external_task_id="b"), headers=auth).status_code == 200
+        assert (
+            client.post(fake.url(KLING), json=kling_body(external_task_id="b"), headers=auth).status_code
+            == 200
+        )
         assert fake.concurrency_rejections == 1 and fake.violations == []
 
 
 def test_kling_list_query_is_checked(client: httpx.Client) -> None:
     with KlingFake() as fake:
-        r = client.get(fake.url(KLING), params={"pageNum": 0}, headers={"Authorization": "Bearer kling-test-key"})
+        r = client.get(
+            fake.url(KLING), params={"pageNum": 0}, headers={"Authorization": "Bearer kling-test-key"}
+        )
         assert r.status_code == 400 and "pageNum" in fake.violations[0]
 
 
@@ -460,7 +497,10 @@ def test_generation_seconds_finishes_by_wall_time(client: httpx.Client) -> None:
         fake.generation_seconds = 0.3
         tid = client.post(fake.url(KLING), json=kling_body(), headers=auth).json()["data"]["task_id"]
         for _ in range(3):
-            assert client.get(fake.url(f"{KLING}/{tid}"), headers=auth).json()["data"]["task_status"] == "processing"
+            assert (
+                client.get(fake.url(f"{KLING}/{tid}"), headers=auth).json()["data"]["task_status"]
+                == "processing"
+            )
         time.sleep(0.35)
         assert client.get(fake.url(f"{KLING}/{tid}"), headers=auth).json()["data"]["task_status"] == "succeed"
         task = fake.tasks[tid]
@@ -537,7 +577,10 @@ def test_wan_accepts_a_data_uri_and_minimal_parameters(client: httpx.Client) -> 
 @pytest.mark.parametrize(
     ("mutate", "fragment"),
     [
-        (lambda b: b["parameters"].update(duration="5"), "'parameters.duration' must be an integer, got string"),
+        (
+            lambda b: b["parameters"].update(duration="5"),
+            "'parameters.duration' must be an integer, got string",
+        ),
         (lambda b: b["parameters"].update(duration=5.0), "must be an integer, got float"),
         (lambda b: b["parameters"].update(duration=16), "2..15"),
         (lambda b: b["input"].update(img_url=PNG), "raw base64"),
@@ -582,7 +625,9 @@ def test_wan_headers_and_auth(client: httpx.Client) -> None:
         assert r.json()["message"] == "current user api does not support synchronous calls"
         assert "X-DashScope-Async" in fake.violations[0]
         fake.clear()
-        r = client.post(fake.url(WAN_CREATE), json=wan_body(), headers={**WAN_HEADERS, "Authorization": "Bearer bad"})
+        r = client.post(
+            fake.url(WAN_CREATE), json=wan_body(), headers={**WAN_HEADERS, "Authorization": "Bearer bad"}
+        )
         assert (r.status_code, r.json()["code"]) == (401, "InvalidApiKey")
         assert fake.violations == [] and fake.auth_failures
         r = client.get(fake.url("/api/v1/tasks/x"))
@@ -607,7 +652,10 @@ def test_wan_outcomes_and_unknown_ids(client: httpx.Client) -> None:
         r = client.get(fake.url("/api/v1/tasks/does-not-exist"), headers=auth)
         assert r.status_code == 200 and r.json()["output"]["task_status"] == "UNKNOWN"
         fake.expire_task(ids[4])
-        assert client.get(fake.url(f"/api/v1/tasks/{ids[4]}"), headers=auth).json()["output"]["task_status"] == "UNKNOWN"
+        assert (
+            client.get(fake.url(f"/api/v1/tasks/{ids[4]}"), headers=auth).json()["output"]["task_status"]
+            == "UNKNOWN"
+        )
         fake.inject_code("Throttling.RateQuota")
         r = client.post(fake.url(WAN_CREATE), json=wan_body(), headers=WAN_HEADERS)
         assert (r.status_code, r.json()["code"]) == (429, "Throttling.RateQuota")
@@ -654,14 +702,20 @@ def test_xai_reference_example_pending_then_done(client: httpx.Client) -> None:
         assert done["video"]["respect_moderation"] is True and done["video"]["duration"] == 8
         assert len(decode_frames(client.get(done["video"]["url"]).content)) == 24
         # image as a data URI is fine too
-        r = client.post(fake.url(XAI_CREATE), json=xai_body(image={"url": "data:image/png;base64," + PNG}), headers=XAI_AUTH)
+        r = client.post(
+            fake.url(XAI_CREATE),
+            json=xai_body(image={"url": "data:image/png;base64," + PNG}),
+            headers=XAI_AUTH,
+        )
         assert r.status_code == 200
         assert fake.violations == []
 
 
 def test_xai_auth(client: httpx.Client) -> None:
     with XaiFake("xai-secretXy") as fake:
-        r = client.post(fake.url(XAI_CREATE), json=xai_body(), headers={"Authorization": "Bearer xai-wrongXy"})
+        r = client.post(
+            fake.url(XAI_CREATE), json=xai_body(), headers={"Authorization": "Bearer xai-wrongXy"}
+        )
         assert r.status_code == 400
         assert r.json() == {
             "code": "Client specified an invalid argument",
@@ -688,7 +742,9 @@ def test_xai_auth(client: httpx.Client) -> None:
         ({"image": {"url": "data:image/png;base64," + b64(b"nope")}}, 400, "must decode to"),
     ],
 )
-def test_xai_rejects_wrong_bodies(client: httpx.Client, change: dict[str, Any], status: int, fragment: str) -> None:
+def test_xai_rejects_wrong_bodies(
+    client: httpx.Client, change: dict[str, Any], status: int, fragment: str
+) -> None:
     with XaiFake("xai-key") as fake:
         r = client.post(fake.url(XAI_CREATE), json=xai_body(**change), headers=XAI_AUTH)
         assert r.status_code == status, r.text
@@ -702,11 +758,18 @@ def test_xai_outcomes_and_errors(client: httpx.Client) -> None:
         fake.pending_status = 200
         for kind in ("moderated", "failed", "expired"):
             fake.script_outcome(kind)
-        ids = [client.post(fake.url(XAI_CREATE), json=xai_body(), headers=XAI_AUTH).json()["request_id"] for _ in range(3)]
+        ids = [
+            client.post(fake.url(XAI_CREATE), json=xai_body(), headers=XAI_AUTH).json()["request_id"]
+            for _ in range(3)
+        ]
         got = [client.get(fake.url(f"/v1/videos/{i}"), headers=XAI_AUTH) for i in ids]
         assert all(g.status_code == 200 for g in got)
         mod, failed, expired = (g.json() for g in got)
-        assert mod["status"] == "done" and mod["video"] == {"url": "", "duration": 8, "respect_moderation": False}
+        assert mod["status"] == "done" and mod["video"] == {
+            "url": "",
+            "duration": 8,
+            "respect_moderation": False,
+        }
         assert failed["status"] == "failed" and failed["error"]["code"] == "internal_error"
         assert expired == {"status": "expired"}
         assert client.get(fake.url(f"/v1/videos/{uuid.uuid4()}"), headers=XAI_AUTH).status_code == 404
@@ -719,7 +782,9 @@ def test_xai_outcomes_and_errors(client: httpx.Client) -> None:
         assert r.status_code == 429 and r.headers["retry-after"] == "2" and "rate limit" in r.json()["error"]
         fake.inject(f"POST {XAI_CREATE}", status=400, json=fake.error_body("bad", "nested"))
         r = client.post(fake.url(XAI_CREATE), json=xai_body(), headers=XAI_AUTH)
-        assert r.json() == {"error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}}
+        assert r.json() == {
+            "error": {"message": "bad", "type": "invalid_request_error", "param": None, "code": None}
+        }
         assert fake.violations == []
 
 
@@ -778,8 +843,12 @@ def test_gateway_start_status_flow(client: httpx.Client) -> None:
         # base64 results
         fake.result_as_base64 = True
         fake.polls_until_done = 1
-        op2 = client.post(base + "/video-model/start", json=gw_body(), headers=gw_headers(**{"idempotency-key": "k2"}))
-        res = client.post(base + "/video-model/status", json={"operation": op2.json()["operation"]}, headers=gw_headers())
+        op2 = client.post(
+            base + "/video-model/start", json=gw_body(), headers=gw_headers(**{"idempotency-key": "k2"})
+        )
+        res = client.post(
+            base + "/video-model/status", json={"operation": op2.json()["operation"]}, headers=gw_headers()
+        )
         res = res.json()
         assert res["videos"][0]["type"] == "base64"
         assert base64.b64decode(res["videos"][0]["data"]) == sample_mp4()
@@ -799,7 +868,9 @@ def test_gateway_error_and_cancelled_statuses(client: httpx.Client) -> None:
             body = gw_body(providerOptions={"alibaba": {"audio": False, "negativePrompt": "blur"}})
             op = client.post(fake.url("/v4/ai/video-model/start"), json=body, headers=h).json()["operation"]
             r = client.post(
-                fake.url("/v4/ai/video-model/status"), json={"operation": op}, headers=gw_headers("alibaba/wan-v2.6-i2v-flash")
+                fake.url("/v4/ai/video-model/status"),
+                json={"operation": op},
+                headers=gw_headers("alibaba/wan-v2.6-i2v-flash"),
             )
             assert r.json() == want
         assert fake.violations == []
@@ -877,9 +948,18 @@ def test_gateway_sse_flow_when_start_is_unsupported(client: httpx.Client) -> Non
     with GatewayFake("gw-key", start_status_supported=False) as fake:
         fake.heartbeats = 3
         fake.heartbeat_interval_s = 0.02
-        r = client.post(fake.url("/v4/ai/video-model/start"), json=gw_body(), headers={**gw_headers(), "idempotency-key": "k"})
+        r = client.post(
+            fake.url("/v4/ai/video-model/start"),
+            json=gw_body(),
+            headers={**gw_headers(), "idempotency-key": "k"},
+        )
         assert r.status_code == 404 and r.json()["error"]["type"] == "not_found"
-        assert client.post(fake.url("/v4/ai/video-model/status"), json={"operation": {}}, headers=gw_headers()).status_code == 404
+        assert (
+            client.post(
+                fake.url("/v4/ai/video-model/status"), json={"operation": {}}, headers=gw_headers()
+            ).status_code
+            == 404
+        )
         h = {**gw_headers("spacexai/grok-imagine-video"), "accept": "text/event-stream"}
         body = gw_body(providerOptions={"xai": {"resolution": "720p"}})
         with client.stream("POST", fake.url("/v4/ai/video-model"), json=body, headers=h) as resp:
@@ -906,7 +986,7 @@ def test_gateway_sse_error_cut_and_accept_header(client: httpx.Client) -> None:
              "param": None}
         ]  # fmt: skip
         fake.cut_stream()
-        with pytest.raises(httpx.RemoteProtocolError):  # noqa: SIM117
+        with pytest.raises(httpx.RemoteProtocolError):
             with client.stream("POST", fake.url("/v4/ai/video-model"), json=gw_body(), headers=h) as resp:
                 sse_events(resp)
         assert fake.violations == []
@@ -916,22 +996,40 @@ def test_gateway_sse_error_cut_and_accept_header(client: httpx.Client) -> None:
 
 def test_gateway_status_checks_operation_and_model(client: httpx.Client) -> None:
     with GatewayFake("gw-key") as fake:
-        start = client.post(fake.url("/v4/ai/video-model/start"), json=gw_body(), headers={**gw_headers(), "idempotency-key": "k"})
+        start = client.post(
+            fake.url("/v4/ai/video-model/start"),
+            json=gw_body(),
+            headers={**gw_headers(), "idempotency-key": "k"},
+        )
         op = {"operation": start.json()["operation"]}
-        r = client.post(fake.url("/v4/ai/video-model/status"), json={"operation": {"jobId": "job_1"}}, headers=gw_headers())
+        r = client.post(
+            fake.url("/v4/ai/video-model/status"),
+            json={"operation": {"jobId": "job_1"}},
+            headers=gw_headers(),
+        )
         assert r.status_code == 400 and "operation" in fake.violations[-1]
-        client.post(fake.url("/v4/ai/video-model/status"), json=op, headers=gw_headers("klingai/kling-v3.0-i2v"))
+        client.post(
+            fake.url("/v4/ai/video-model/status"), json=op, headers=gw_headers("klingai/kling-v3.0-i2v")
+        )
         assert "differs from the job's model" in fake.violations[-1]
-        r = client.post(fake.url("/v4/ai/video-model/status"), json={"operation": {"gatewayJobId": "job_99"}}, headers=gw_headers())
+        r = client.post(
+            fake.url("/v4/ai/video-model/status"),
+            json={"operation": {"gatewayJobId": "job_99"}},
+            headers=gw_headers(),
+        )
         assert r.status_code == 404 and len(fake.violations) == 2
         # same idempotency key with another body is a client bug
-        client.post(fake.url("/v4/ai/video-model/start"), json=gw_body(prompt="other"), headers={**gw_headers(), "idempotency-key": "k"})
+        client.post(
+            fake.url("/v4/ai/video-model/start"),
+            json=gw_body(prompt="other"),
+            headers={**gw_headers(), "idempotency-key": "k"},
+        )
         assert "reused with a different body" in fake.violations[-1] and fake.starts == 1
 
 
 def test_every_fake_stops_cleanly_with_open_keepalive_connections() -> None:
     fakes: list[FakeServer] = [KlingFake(), WanFake(), XaiFake(), GatewayFake()]
-    client = httpx.Client(timeout=2.0)
+    client = httpx.Client(timeout=2.0, verify=_TLS)
     try:
         for fake in fakes:
             fake.start()
@@ -941,3 +1039,44 @@ def test_every_fake_stops_cleanly_with_open_keepalive_connections() -> None:
             assert not fake.running
     finally:
         client.close()
+
+
+def test_polls_until_done_none_holds_tasks_until_release(client: httpx.Client) -> None:
+    auth = {"Authorization": "Bearer sk-wan"}
+    with WanFake("sk-wan") as fake:
+        fake.polls_until_done = None
+        tid = client.post(fake.url(WAN_CREATE), json=wan_body(), headers=WAN_HEADERS).json()["output"][
+            "task_id"
+        ]
+        for _ in range(5):
+            assert (
+                client.get(fake.url(f"/api/v1/tasks/{tid}"), headers=auth).json()["output"]["task_status"]
+                == "RUNNING"
+            )
+        assert tid not in fake.task_done_at
+        fake.release(tid)
+        assert (
+            client.get(fake.url(f"/api/v1/tasks/{tid}"), headers=auth).json()["output"]["task_status"]
+            == "SUCCEEDED"
+        )
+        assert fake.tasks[tid].polls == 6 and tid in fake.task_done_at
+        assert len(fake.wait_for_calls(6, "GET", "/api/v1/tasks/", timeout=0.1)) == 6
+        with pytest.raises(TimeoutError):
+            fake.wait_for_calls(99, timeout=0.05)
+
+
+def test_gateway_sse_heartbeats_while_held(client: httpx.Client) -> None:
+    with GatewayFake("gw-key") as fake:
+        fake.polls_until_done = None
+        fake.heartbeats = 1
+        fake.heartbeat_interval_s = 0.02
+        timer = threading.Timer(0.15, fake.release)
+        timer.start()
+        try:
+            h = {**gw_headers(), "accept": "text/event-stream"}
+            with client.stream("POST", fake.url("/v4/ai/video-model"), json=gw_body(), headers=h) as resp:
+                beats, events = sse_events(resp)
+        finally:
+            timer.join()
+        assert beats >= 4 and events[0]["type"] == "result"
+        assert fake.violations == []

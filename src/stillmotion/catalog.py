@@ -212,7 +212,7 @@ def _kling(
         modes=modes,
         prompt_max=2500,
         negative_prompt_max=2500,
-        prompt_required=False,
+        prompt_required=True,
         image_rules=KLING_IMAGES,
         features={"animate_image": Feature(), **features},
         cfg_scale=cfg_scale,

@@ -109,7 +109,7 @@ def _common_params(tool: str, strict: bool, default_model: str) -> list[inspect.
                 str | None,
                 Field(
                     max_length=prompt_max,
-                    description="Describe the motion. Max 2500 chars on Kling and local, 1500 on Wan 2.6 (required), 4096 on xAI (required).",
+                    description="Describe the motion. Required on Kling (max 2500), Wan 2.6 (max 1500) and xAI (max 4096); optional on local/preview (max 2500).",
                 ),
             ],
             None,

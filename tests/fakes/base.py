@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import parse_qsl, urlsplit
 
 from .media import image_size, sample_mp4, sniff_image_type
@@ -468,7 +468,8 @@ class FakeServer:
         self._injections: list[_Injection] = []
         self._files: dict[str, _File] = {}
         self._file_faults: list[_FileFault] = []
-        self._outcomes: deque[Outcome] = deque()
+        #: how the next created tasks end, in order (script_outcome appends; default: success)
+        self.next_outcome: deque[Outcome] = deque()
         self.tasks: dict[str, Task] = {}
         self.task_done_at: dict[str, float] = {}
         #: status polls until done (the poll with this number answers done); None = until release()
@@ -483,7 +484,7 @@ class FakeServer:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> FakeServer:
+    def start(self) -> Self:
         if self._server is not None:
             return self
         self._stopping.clear()
@@ -521,7 +522,7 @@ class FakeServer:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -774,11 +775,11 @@ class FakeServer:
             raise ValueError(f"{type(self).__name__} outcome must be one of {self.OUTCOMES}, got {kind!r}")
         with self._lock:
             for _ in range(times):
-                self._outcomes.append(Outcome(kind, message, code, status_code))
+                self.next_outcome.append(Outcome(kind, message, code, status_code))
 
     def _new_task(self, task_id: str, body: Any = None, **extra: Any) -> Task:
         with self._lock:
-            outcome = self._outcomes.popleft() if self._outcomes else Outcome(self.OUTCOMES[0])
+            outcome = self.next_outcome.popleft() if self.next_outcome else Outcome(self.OUTCOMES[0])
             task = Task(
                 id=task_id,
                 created_at=time.monotonic(),

@@ -614,9 +614,17 @@ class GatewayFake(FakeServer):
         }
         return Reply(200, headers=headers, stream=self._events(task, cut))
 
+    def _ready(self, task: Task) -> bool:
+        if task.generation_seconds is not None:
+            return self.is_done(task)
+        if task.polls_until_done is None:  # held until release()
+            return task.released
+        return True
+
     def _events(self, task: Task, cut: bool) -> Iterator[bytes]:
+        """Heartbeats (at least ``heartbeats``; more while generation_seconds or a hold last), then one event."""
         sent = 0
-        while sent < self.heartbeats or (task.generation_seconds is not None and not self.is_done(task)):
+        while sent < self.heartbeats or not self._ready(task):
             yield b":\n\n"
             sent += 1
             if not self.sleep(self.heartbeat_interval_s):

@@ -138,8 +138,10 @@ def _b64url(data: bytes) -> str:
 def sign_hs256(payload: dict[str, Any], secret: str, header: dict[str, Any] | None = None) -> str:
     """An HS256 JWT (header {"alg":"HS256","typ":"JWT"} unless given)."""
     head = header or {"alg": "HS256", "typ": "JWT"}
-    signing_input = _b64url(json.dumps(head, separators=(",", ":")).encode()) + "." + _b64url(
-        json.dumps(payload, separators=(",", ":")).encode()
+    signing_input = (
+        _b64url(json.dumps(head, separators=(",", ":")).encode())
+        + "."
+        + _b64url(json.dumps(payload, separators=(",", ":")).encode())
     )
     sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
     return signing_input + "." + _b64url(sig)
@@ -227,7 +229,12 @@ class KlingFake(FakeServer):
         )
 
     def make_jwt(
-        self, *, exp_in: int = 1800, nbf_ago: int = 5, secret: str | None = None, claims: dict[str, Any] | None = None
+        self,
+        *,
+        exp_in: int = 1800,
+        nbf_ago: int = 5,
+        secret: str | None = None,
+        claims: dict[str, Any] | None = None,
     ) -> str:
         """A token like the reference's (for self-tests); signed without pyjwt's short-key warning."""
         now = int(time.time())

@@ -48,7 +48,9 @@ def textured_image(w: int, h: int, seed: int = 0) -> Frame:
             x2, y2 = int(rng.integers(0, w)), int(rng.integers(0, h))
             cv2.line(out, (x, y), (x2, y2), colour, max(1, unit // 120), cv2.LINE_AA)
     scale_txt = max(0.4, unit / 400)
-    cv2.putText(out, "stillmotion 42", (w // 10, h // 3), cv2.FONT_HERSHEY_SIMPLEX, scale_txt, (250, 250, 250), 2)
+    cv2.putText(
+        out, "stillmotion 42", (w // 10, h // 3), cv2.FONT_HERSHEY_SIMPLEX, scale_txt, (250, 250, 250), 2
+    )
     cv2.putText(out, "R7", (w // 2, (4 * h) // 5), cv2.FONT_HERSHEY_DUPLEX, scale_txt * 1.5, (10, 10, 30), 2)
     return out
 
@@ -110,14 +112,14 @@ def _similarity(m: NDArray[np.float64], w: int, h: int, inliers: int, method: st
 
 def orb_matches(a: np.ndarray, b: np.ndarray, n_features: int = 3000) -> tuple[np.ndarray, np.ndarray]:
     """Matched keypoint positions (N x 2 float32 each) between frames a and b."""
-    orb = cv2.ORB_create(nfeatures=n_features)
+    orb = cv2.ORB_create(nfeatures=n_features)  # type: ignore[attr-defined]
     ka, da = orb.detectAndCompute(gray(a), None)
     kb, db = orb.detectAndCompute(gray(b), None)
     if da is None or db is None or len(ka) < 4 or len(kb) < 4:
         return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(da, db)
-    pa = np.float32([ka[m.queryIdx].pt for m in matches]).reshape(-1, 2)
-    pb = np.float32([kb[m.trainIdx].pt for m in matches]).reshape(-1, 2)
+    pa = np.array([ka[m.queryIdx].pt for m in matches], np.float32).reshape(-1, 2)
+    pb = np.array([kb[m.trainIdx].pt for m in matches], np.float32).reshape(-1, 2)
     return pa, pb
 
 
@@ -188,7 +190,9 @@ def map_point(hm: np.ndarray, x: float, y: float) -> tuple[float, float]:
     return float(p[0] / p[2]), float(p[1] / p[2])
 
 
-def region_template(img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[int, int]]:
+def region_template(
+    img: np.ndarray, mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float], tuple[int, int]]:
     """Crop the mask's bounding box: (gray template, uint8 mask, centroid offset in the crop, top-left)."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:

@@ -23,7 +23,7 @@ CX, CY = (W - 1) / 2, (H - 1) / 2
 N = 24
 
 
-def simple(**config: float) -> dict[str, Any]:
+def simple(**config: Any) -> dict[str, Any]:
     return {"type": "simple", "config": config}
 
 
@@ -35,7 +35,11 @@ def content_motion(camera: dict[str, Any], x: float = CX, y: float = CY) -> tupl
 
 @pytest.mark.parametrize(
     "camera",
-    [simple(zoom=-5), simple(pan=3, tilt=-2, roll=4, zoom=2, horizontal=1, vertical=-1), *({"type": p} for p in PRESETS)],
+    [
+        simple(zoom=-5),
+        simple(pan=3, tilt=-2, roll=4, zoom=2, horizontal=1, vertical=-1),
+        *({"type": p} for p in PRESETS),
+    ],
 )
 def test_identity_at_t0(camera: dict[str, Any]) -> None:
     assert np.allclose(camera_homography(camera, 0.0, W, H), np.eye(3), atol=1e-12)
@@ -50,11 +54,15 @@ def test_seed_signs_on_the_homography() -> None:
     assert dx == pytest.approx(0) and dy == pytest.approx(-H / 4)
     # pan: about the vertical axis, camera turns left (-) -> content moves right by f*tan(15 deg)
     dx, dy = content_motion(simple(pan=-10))
-    assert dx == pytest.approx(0.9 * W * np.tan(np.radians(15)), rel=1e-6) and dy == pytest.approx(0, abs=1e-9)
+    assert dx == pytest.approx(0.9 * W * np.tan(np.radians(15)), rel=1e-6) and dy == pytest.approx(
+        0, abs=1e-9
+    )
     assert content_motion(simple(pan=10))[0] < 0
     # tilt: about the horizontal axis, camera tilts down (-) -> content moves up
     dx, dy = content_motion(simple(tilt=-10))
-    assert dy == pytest.approx(-0.9 * W * np.tan(np.radians(15)), rel=1e-6) and dx == pytest.approx(0, abs=1e-9)
+    assert dy == pytest.approx(-0.9 * W * np.tan(np.radians(15)), rel=1e-6) and dx == pytest.approx(
+        0, abs=1e-9
+    )
     assert content_motion(simple(tilt=10))[1] > 0
     # roll: camera counter-clockwise (-) -> content turns clockwise on screen: a point right
     # of the centre moves down (y grows), by 30 degrees at 10
@@ -158,7 +166,12 @@ def image() -> np.ndarray:
     ],
 )
 def test_measured_similarity_moves(
-    tmp_path: Path, image: np.ndarray, camera: dict[str, Any], scale: float, ccw_deg: float, shift: tuple[float, float]
+    tmp_path: Path,
+    image: np.ndarray,
+    camera: dict[str, Any],
+    scale: float,
+    ccw_deg: float,
+    shift: tuple[float, float],
 ) -> None:
     first, last = _render(tmp_path, camera, image)
     sim = estimate_similarity(first, last)

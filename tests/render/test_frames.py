@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -74,4 +76,4 @@ def test_smoothstep() -> None:
     assert smoothstep(0.5) == pytest.approx(0.5)
     assert smoothstep(-1.0) == 0.0 and smoothstep(2.0) == 1.0
     values = [smoothstep(i / 20) for i in range(21)]
-    assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(values))

@@ -24,7 +24,9 @@ W, H = 480, 270
 
 def _rotate_scale(img: np.ndarray, ccw_deg: float, scale: float) -> np.ndarray:
     m = cv2.getRotationMatrix2D(((W - 1) / 2, (H - 1) / 2), ccw_deg, scale)
-    return np.asarray(cv2.warpAffine(img, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101))
+    return np.asarray(
+        cv2.warpAffine(img, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    )
 
 
 def test_textured_image_is_deterministic_and_textured() -> None:
@@ -63,7 +65,7 @@ def test_similarity_fallback_logpolar() -> None:
 
 def test_phase_shift_and_homography() -> None:
     a = textured_image(W, H)
-    m = np.float32([[1, 0, 7.5], [0, 1, -4.0]])
+    m = np.array([[1, 0, 7.5], [0, 1, -4.0]], np.float32)
     b = np.asarray(cv2.warpAffine(a, m, (W, H), borderMode=cv2.BORDER_REFLECT101))
     dx, dy = phase_shift(a, b)
     assert dx == pytest.approx(7.5, abs=0.3) and dy == pytest.approx(-4.0, abs=0.3)
@@ -77,7 +79,7 @@ def test_track_region_finds_moved_patch() -> None:
     a = textured_image(W, H)
     mask = np.zeros((H, W), bool)
     cv2.circle(mask.view(np.uint8), (150, 120), 30, 1, -1)
-    b = np.asarray(cv2.warpAffine(a, np.float32([[1, 0, 40.3], [0, 1, 12.6]]), (W, H)))
+    b = np.asarray(cv2.warpAffine(a, np.array([[1, 0, 40.3], [0, 1, 12.6]], np.float32), (W, H)))
     cx, cy = track_region(b, a, mask)
     ys, xs = np.nonzero(mask)
     assert cx == pytest.approx(xs.mean() + 40.3, abs=0.5)

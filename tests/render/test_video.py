@@ -88,7 +88,15 @@ def test_read_frame_and_first_last(clip: Path) -> None:
 
 
 def test_colours_bt709_roundtrip(tmp_path: Path) -> None:
-    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (128, 64, 200), (16, 16, 16)]
+    colours = [
+        (255, 0, 0),
+        (0, 255, 0),
+        (0, 0, 255),
+        (255, 255, 0),
+        (0, 255, 255),
+        (128, 64, 200),
+        (16, 16, 16),
+    ]
     img = np.zeros((H, W, 3), np.uint8)
     pw = W // len(colours)
     for k, c in enumerate(colours):

@@ -77,26 +77,92 @@ _RULES: tuple[_Rule, ...] = (
     _Rule(_rx(r"pan(?:s|ning|ned)?" + _TO + r"right"), "simple", "pan", 1),
     _Rule(_rx(r"pan(?:s|ning|ned)?"), "simple", "pan", 1),
     _Rule(_rx(r"tilt(?:s|ing|ed)?\s+up(?:wards?)?|look(?:s|ing|ed)?\s+up(?:wards?)?"), "simple", "tilt", 1),
-    _Rule(_rx(r"tilt(?:s|ing|ed)?\s+down(?:wards?)?|look(?:s|ing|ed)?\s+down(?:wards?)?"), "simple", "tilt", -1),
+    _Rule(
+        _rx(r"tilt(?:s|ing|ed)?\s+down(?:wards?)?|look(?:s|ing|ed)?\s+down(?:wards?)?"), "simple", "tilt", -1
+    ),
     _Rule(_rx(r"tilt(?:s|ing|ed)?"), "simple", "tilt", 1),
     # roll
     _Rule(_rx(r"counter[- ]?clockwise|anti[- ]?clockwise"), "simple", "roll", 1),
-    _Rule(_rx(r"clockwise|rotat(?:e|es|ing|ed|ion)|spin(?:s|ning)?|twist(?:s|ing|ed)?"), "simple", "roll", -1),
+    _Rule(
+        _rx(r"clockwise|rotat(?:e|es|ing|ed|ion)|spin(?:s|ning)?|twist(?:s|ing|ed)?"), "simple", "roll", -1
+    ),
     # truck
-    _Rule(_rx(r"(?:" + _MOVE + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)" + _TO + r"left"), "simple", "horizontal", -1),
-    _Rule(_rx(r"(?:" + _MOVE + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)" + _TO + r"right"), "simple", "horizontal", 1),
+    _Rule(
+        _rx(
+            r"(?:"
+            + _MOVE
+            + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)"
+            + _TO
+            + r"left"
+        ),
+        "simple",
+        "horizontal",
+        -1,
+    ),
+    _Rule(
+        _rx(
+            r"(?:"
+            + _MOVE
+            + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)"
+            + _TO
+            + r"right"
+        ),
+        "simple",
+        "horizontal",
+        1,
+    ),
     # presets (before the plain rise/ascend words they may contain)
-    _Rule(_rx(r"fl(?:y|ies|ying|ew)\s+up(?:wards?)?|soar(?:s|ing|ed)?|(?:take|takes|taking|lift|lifts|lifting)\s+off"), "preset", "forward_up"),
-    _Rule(_rx(r"retreat(?:s|ing|ed)?|f(?:all|alls|alling|ell)\s+back|back(?:s|ing|ed)?\s+away"), "preset", "down_back"),
-    _Rule(_rx(r"(?:orbit(?:s|ing|ed)?|circl(?:es|ing)|turn(?:s|ing|ed)?)" + _TO + r"left"), "preset", "left_turn_forward"),
-    _Rule(_rx(r"orbit(?:s|ing|ed)?|circl(?:es|ing)|turn(?:s|ing|ed)?" + _TO + r"(?:right|around)"), "preset", "right_turn_forward"),
+    _Rule(
+        _rx(
+            r"fl(?:y|ies|ying|ew)\s+up(?:wards?)?|soar(?:s|ing|ed)?|(?:take|takes|taking|lift|lifts|lifting)\s+off"
+        ),
+        "preset",
+        "forward_up",
+    ),
+    _Rule(
+        _rx(r"retreat(?:s|ing|ed)?|f(?:all|alls|alling|ell)\s+back|back(?:s|ing|ed)?\s+away"),
+        "preset",
+        "down_back",
+    ),
+    _Rule(
+        _rx(r"(?:orbit(?:s|ing|ed)?|circl(?:es|ing)|turn(?:s|ing|ed)?)" + _TO + r"left"),
+        "preset",
+        "left_turn_forward",
+    ),
+    _Rule(
+        _rx(r"orbit(?:s|ing|ed)?|circl(?:es|ing)|turn(?:s|ing|ed)?" + _TO + r"(?:right|around)"),
+        "preset",
+        "right_turn_forward",
+    ),
     # pedestal
-    _Rule(_rx(r"ris(?:e|es|ing)|ascend(?:s|ing|ed)?|crane(?:s|d)?\s+up|pedestal\s+up|(?:" + _MOVE + r"|float(?:s|ing)?)\s+up(?:wards?)?"), "simple", "vertical", 1),
-    _Rule(_rx(r"descend(?:s|ing|ed)?|sink(?:s|ing)|sank|lower(?:s|ing)|crane(?:s|d)?\s+down|pedestal\s+down|(?:" + _MOVE + r")\s+down(?:wards?)?"), "simple", "vertical", -1),
+    _Rule(
+        _rx(
+            r"ris(?:e|es|ing)|ascend(?:s|ing|ed)?|crane(?:s|d)?\s+up|pedestal\s+up|(?:"
+            + _MOVE
+            + r"|float(?:s|ing)?)\s+up(?:wards?)?"
+        ),
+        "simple",
+        "vertical",
+        1,
+    ),
+    _Rule(
+        _rx(
+            r"descend(?:s|ing|ed)?|sink(?:s|ing)|sank|lower(?:s|ing)|crane(?:s|d)?\s+down|pedestal\s+down|(?:"
+            + _MOVE
+            + r")\s+down(?:wards?)?"
+        ),
+        "simple",
+        "vertical",
+        -1,
+    ),
 )
 
-_SLOW = _rx(r"slow(?:ly|er)?|gentl(?:e|y)|subtl(?:e|y)|slight(?:ly)?|soft(?:ly)?|calm(?:ly)?|barely|leisurely")
-_FAST = _rx(r"fast(?:er)?|quick(?:ly)?|rapid(?:ly)?|dramatic(?:ally)?|swift(?:ly)?|dynamic|intense(?:ly)?|aggressive(?:ly)?|sweeping|whip")
+_SLOW = _rx(
+    r"slow(?:ly|er)?|gentl(?:e|y)|subtl(?:e|y)|slight(?:ly)?|soft(?:ly)?|calm(?:ly)?|barely|leisurely"
+)
+_FAST = _rx(
+    r"fast(?:er)?|quick(?:ly)?|rapid(?:ly)?|dramatic(?:ally)?|swift(?:ly)?|dynamic|intense(?:ly)?|aggressive(?:ly)?|sweeping|whip"
+)
 
 
 def choose_camera(prompt: str | None) -> tuple[dict[str, Any], str]:
@@ -145,7 +211,9 @@ def _simple(axis: str, value: int) -> dict[str, Any]:
     return {"type": "simple", "config": config}
 
 
-def animate_frames(img: np.ndarray, prompt: str | None, n_frames: int) -> tuple[Iterator[Frame], CameraSpec, str]:
+def animate_frames(
+    img: np.ndarray, prompt: str | None, n_frames: int
+) -> tuple[Iterator[Frame], CameraSpec, str]:
     """Frames of a camera move picked from ``prompt``, the spec chosen, and why."""
     spec, why = choose_camera(prompt)
     return camera_frames(img, spec, n_frames), spec, why

@@ -180,7 +180,13 @@ def _brush(
             continue
         x0, y0, x1, y1 = box
         sprites.append(
-            _Sprite(np.ascontiguousarray(src[y0:y1, x0:x1]), np.ascontiguousarray(alpha[y0:y1, x0:x1]), x0, y0, path)
+            _Sprite(
+                np.ascontiguousarray(src[y0:y1, x0:x1]),
+                np.ascontiguousarray(alpha[y0:y1, x0:x1]),
+                x0,
+                y0,
+                path,
+            )
         )
     for i in range(1, n_frames):
         out = bg.copy()

@@ -126,8 +126,12 @@ def homography_from_strengths(values: Mapping[str, float], width: int, height: i
         phi = math.radians(-PAN_TILT_DEG_PER_UNIT * pan)
         # Camera tilting down (tilt < 0) moves content up: +psi about x shifts y by -f tan(psi).
         psi = math.radians(-PAN_TILT_DEG_PER_UNIT * tilt)
-        ry = np.array([[math.cos(phi), 0.0, math.sin(phi)], [0.0, 1.0, 0.0], [-math.sin(phi), 0.0, math.cos(phi)]])
-        rx = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(psi), -math.sin(psi)], [0.0, math.sin(psi), math.cos(psi)]])
+        ry = np.array(
+            [[math.cos(phi), 0.0, math.sin(phi)], [0.0, 1.0, 0.0], [-math.sin(phi), 0.0, math.cos(phi)]]
+        )
+        rx = np.array(
+            [[1.0, 0.0, 0.0], [0.0, math.cos(psi), -math.sin(psi)], [0.0, math.sin(psi), math.cos(psi)]]
+        )
         k = np.array([[f, 0.0, cx], [0.0, f, cy], [0.0, 0.0, 1.0]])
         h = k @ ry @ rx @ np.linalg.inv(k)
     roll, zoom = values.get("roll", 0.0), values.get("zoom", 0.0)

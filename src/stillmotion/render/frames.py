@@ -140,7 +140,12 @@ class ReflectBlurWarper:
         self._cov_full = np.empty((self.h, self.w), np.float32)
         self._inv_full = np.empty((self.h, self.w), np.float32)
         self._corners = np.array(
-            [[0.0, 0.0, 1.0], [self.w - 1.0, 0.0, 1.0], [0.0, self.h - 1.0, 1.0], [self.w - 1.0, self.h - 1.0, 1.0]]
+            [
+                [0.0, 0.0, 1.0],
+                [self.w - 1.0, 0.0, 1.0],
+                [0.0, self.h - 1.0, 1.0],
+                [self.w - 1.0, self.h - 1.0, 1.0],
+            ]
         ).T
 
     def reveals_border(self, h: NDArray[np.float64]) -> bool:
@@ -152,7 +157,10 @@ class ReflectBlurWarper:
         y = src[1] / src[2]
         tol = 1e-3
         return bool(
-            np.any(x < -tol) or np.any(x > self.w - 1 + tol) or np.any(y < -tol) or np.any(y > self.h - 1 + tol)
+            np.any(x < -tol)
+            or np.any(x > self.w - 1 + tol)
+            or np.any(y < -tol)
+            or np.any(y > self.h - 1 + tol)
         )
 
     def __call__(self, h: NDArray[np.float64]) -> Frame:
@@ -174,7 +182,11 @@ class ReflectBlurWarper:
         np.subtract(np.float32(1.0), self._cov_full, out=self._inv_full)
         for ys, xs in self._blend_rois(cov < _FULL_COVERAGE):
             cv2.blendLinear(
-                out[ys, xs], self._fill[ys, xs], self._cov_full[ys, xs], self._inv_full[ys, xs], dst=out[ys, xs]
+                out[ys, xs],
+                self._fill[ys, xs],
+                self._cov_full[ys, xs],
+                self._inv_full[ys, xs],
+                dst=out[ys, xs],
             )
         return out
 
