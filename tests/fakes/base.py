@@ -21,6 +21,7 @@ import contextlib
 import fnmatch
 import json as jsonlib
 import logging
+import math
 import socket
 import threading
 import time
@@ -220,7 +221,8 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A JSON number: int or finite float, never bool (NaN/Infinity are not JSON)."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def is_http_url(s: Any) -> bool:

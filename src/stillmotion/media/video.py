@@ -170,7 +170,10 @@ def encode_frames(
     ``frames`` is consumed on the calling thread (so a generator may call back into
     thread-bound code); colour conversion and x264 run on one helper thread with a queue
     of a few frames, so rendering overlaps encoding (OpenCV, swscale and x264 release the
-    GIL). The output does not depend on this: frames are encoded in order.
+    GIL). The output does not depend on this: frames are encoded in order. Because a
+    frame is encoded a little later than it is yielded, a producer must not reuse or
+    mutate an array after yielding it (every generator in ``stillmotion.render`` yields
+    fresh arrays).
 
     Raises ValueError for odd sizes, inconsistent sizes, non-RGB-uint8 frames, or no
     frames at all (a partly written file is left for the caller to remove).

@@ -3,9 +3,10 @@
 DIS flows A->B and B->A (MEDIUM preset) are computed once on half-resolution grey images.
 For each intermediate time t, the flows to A and to B are approximated the Super-SloMo
 way (``F_t->A = -(1-t) t F_AB + t^2 F_BA``, ``F_t->B = (1-t)^2 F_AB - t (1-t) F_BA``),
-both images are backward-warped to t with ``cv2.remap`` and blended with weights
-``(1-t) c_A`` and ``t c_B``, where ``c`` is a forward/backward consistency confidence
-``exp(-|F_AB(p) + F_BA(p + F_AB(p))|^2 / 4)``. Where the flow cannot follow (large
+both images are backward-warped to t with ``cv2.remap`` and blended (``cv2.blendLinear``)
+with weights ``(1-t) c_A`` and ``t c_B``, where ``c`` is a forward/backward consistency
+confidence ``exp(-|F_AB(p) + F_BA(p + F_AB(p))|^2 / 4)`` carried as an 8-bit alpha
+channel, so that a single remap warps each image together with its confidence. Where the flow cannot follow (large
 motion of a large object) this degrades to a cross-fade, never to garbage.
 
 Frame 0 is the start image exactly and the last frame the end image exactly.
@@ -67,53 +68,59 @@ def interpolate_frames(start: np.ndarray, end: np.ndarray, n_frames: int) -> Ite
     return _interpolate(a, b, n_frames)
 
 
+def _with_confidence(img: Frame, conf: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """RGBA: the image with its confidence (0..1) as an 8-bit alpha, so one remap moves both."""
+    alpha = np.clip(conf * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.dstack([img, alpha]))
+
+
 def _interpolate(a: Frame, b: Frame, n_frames: int) -> Iterator[Frame]:
     if n_frames == 1:
         yield a.copy()
         return
+    yield a.copy()
+    if n_frames == 2:
+        yield b.copy()
+        return
     h, w = a.shape[:2]
-    fab: Flow | None = None
-    fba: Flow | None = None
-    conf_a = conf_b = None
-    # Pre-allocated buffers: sampling grids, warped images, weights.
+    # Pre-allocated buffers: sampling grid and maps, warped RGBA images, weights.
     grid = np.empty((h, w, 2), np.float32)
     grid[..., 0] = np.arange(w, dtype=np.float32)[None, :]
     grid[..., 1] = np.arange(h, dtype=np.float32)[:, None]
+    fab, fba = _flows(a, b)
+    a4 = _with_confidence(a, _confidence(fab, fba, grid))
+    b4 = _with_confidence(b, _confidence(fba, fab, grid))
     map_a = np.empty_like(grid)
     map_b = np.empty_like(grid)
+    warped_a4 = np.empty_like(a4)
+    warped_b4 = np.empty_like(b4)
     warped_a = np.empty_like(a)
     warped_b = np.empty_like(b)
-    ca = np.empty((h, w), np.float32)
-    cb = np.empty((h, w), np.float32)
+    conf8 = np.empty((h, w), np.uint8)
+    ka = np.empty((h, w), np.float32)
+    kb = np.empty((h, w), np.float32)
     total = np.empty((h, w), np.float32)
-    for i in range(n_frames):
-        if i == 0:
-            yield a.copy()
-            continue
-        if i == n_frames - 1:
-            yield b.copy()
-            continue
-        if fab is None or fba is None or conf_a is None or conf_b is None:
-            fab, fba = _flows(a, b)
-            conf_a = _confidence(fab, fba, grid)
-            conf_b = _confidence(fba, fab, grid)
+    for i in range(1, n_frames - 1):
         t = clip_time(i, n_frames)
         # map_a = grid + F_t->A, map_b = grid + F_t->B.
         cv2.addWeighted(fab, -(1.0 - t) * t, fba, t * t, 0.0, dst=map_a)
         cv2.add(map_a, grid, dst=map_a)
         cv2.addWeighted(fab, (1.0 - t) ** 2, fba, -t * (1.0 - t), 0.0, dst=map_b)
         cv2.add(map_b, grid, dst=map_b)
-        fixed_a, fixed_a2 = cv2.convertMaps(map_a, None, cv2.CV_16SC2)  # type: ignore[call-overload]
-        fixed_b, fixed_b2 = cv2.convertMaps(map_b, None, cv2.CV_16SC2)  # type: ignore[call-overload]
-        cv2.remap(a, fixed_a, fixed_a2, cv2.INTER_LINEAR, dst=warped_a, borderMode=cv2.BORDER_REPLICATE)
-        cv2.remap(b, fixed_b, fixed_b2, cv2.INTER_LINEAR, dst=warped_b, borderMode=cv2.BORDER_REPLICATE)
-        cv2.remap(conf_a, fixed_a, fixed_a2, cv2.INTER_LINEAR, dst=ca, borderMode=cv2.BORDER_REPLICATE)
-        cv2.remap(conf_b, fixed_b, fixed_b2, cv2.INTER_LINEAR, dst=cb, borderMode=cv2.BORDER_REPLICATE)
-        # Weights (1-t) c_A and t c_B, normalised; a small floor keeps pure cross-fade
-        # where both confidences vanish.
-        cv2.addWeighted(ca, 1.0 - t, ca, 0.0, 1e-4 * (1.0 - t), dst=ca)
-        cv2.addWeighted(cb, t, cb, 0.0, 1e-4 * t, dst=cb)
-        cv2.add(ca, cb, dst=total)
-        cv2.divide(ca, total, dst=ca)
-        np.subtract(np.float32(1.0), ca, out=cb)
-        yield cast(Frame, cv2.blendLinear(warped_a, warped_b, ca, cb))
+        cv2.remap(a4, map_a, None, cv2.INTER_LINEAR, dst=warped_a4, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+        cv2.remap(b4, map_b, None, cv2.INTER_LINEAR, dst=warped_b4, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+        # Weights (1-t)(c_A + eps) and t(c_B + eps), normalised; eps keeps a plain
+        # cross-fade where both confidences vanish.
+        cv2.extractChannel(warped_a4, 3, conf8)
+        np.multiply(conf8, np.float32((1.0 - t) / 255.0), out=ka, casting="unsafe")
+        ka += np.float32(1e-4 * (1.0 - t))
+        cv2.extractChannel(warped_b4, 3, conf8)
+        np.multiply(conf8, np.float32(t / 255.0), out=kb, casting="unsafe")
+        kb += np.float32(1e-4 * t)
+        cv2.add(ka, kb, dst=total)
+        cv2.divide(ka, total, dst=ka)
+        np.subtract(np.float32(1.0), ka, out=kb)
+        cv2.cvtColor(warped_a4, cv2.COLOR_RGBA2RGB, dst=warped_a)
+        cv2.cvtColor(warped_b4, cv2.COLOR_RGBA2RGB, dst=warped_b)
+        yield cast(Frame, cv2.blendLinear(warped_a, warped_b, ka, kb))
+    yield b.copy()
