@@ -366,6 +366,10 @@ def test_kill9_during_create_then_restart_finds_task(fake: KlingFake, home: Path
         srv.initialize()
         job_id = srv.call_tool("animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"})["result"]["structuredContent"]["job_id"]
         fake.wait_for_calls(1, "POST", PATH, timeout=20)
+        for _ in range(200):  # the request is recorded before the fake creates the task
+            if fake.tasks:
+                break
+            time.sleep(0.02)
     finally:
         srv.kill()
     assert len(fake.tasks) == 1  # Kling created it; we never stored the answer

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from tests.conftest import SettingsFactory, connect, structured, wait_done
@@ -41,8 +43,7 @@ def test_stdio_answers_and_stdout_is_protocol_only(home: Path, image_480: Path) 
     assert b"job" in srv.stderr or srv.stderr == b"" or b"INFO" in srv.stderr
 
 
-@pytest.mark.anyio
-async def test_kill9_mid_render_then_restart_finishes(
+def test_kill9_mid_render_then_restart_finishes(
     home: Path, image_480: Path, tmp_path: Path, make_settings: SettingsFactory
 ) -> None:
     hold = tmp_path / "hold-render"
@@ -57,17 +58,22 @@ async def test_kill9_mid_render_then_restart_finishes(
         # the render is parked at the hold point: progress reaches the store, the job is running
         for _ in range(200):
             st = srv.call_tool("check_job", {"job_id": job_id})["result"]["structuredContent"]
-            if st["status"] == "running" and (st["progress"] or 0) > 0:
+            if st["status"] == "running" and st["progress"] is not None:
                 break
             time.sleep(0.05)
         assert st["status"] == "running"
     finally:
         srv.kill()  # SIGKILL: no shutdown code runs
     hold.unlink()
-    async with connect(make_settings()) as client:
-        done = await wait_done(client, job_id)
-        assert done["status"] == "succeeded", done
-        assert done["video"]["duration_s"] == pytest.approx(1.0, abs=0.05)
-        jobs = structured(await client.call_tool("list_jobs", {}))["jobs"]
-        assert [j["job_id"] for j in jobs] == [job_id]
+
+    async def restart() -> tuple[dict[str, Any], list[str]]:
+        async with connect(make_settings()) as client:
+            done = await wait_done(client, job_id)
+            jobs = structured(await client.call_tool("list_jobs", {}))["jobs"]
+            return done, [j["job_id"] for j in jobs]
+
+    done, ids = anyio.run(restart)
+    assert done["status"] == "succeeded", done
+    assert done["video"]["duration_s"] == pytest.approx(1.0, abs=0.05)
+    assert ids == [job_id]
     assert not list((home / "outputs" / job_id).glob("*.part"))

@@ -12,7 +12,6 @@ import pytest
 from mcp.types import ImageContent, ResourceLink
 
 from stillmotion.media.video import first_and_last_frames, iter_frames, probe_video
-from stillmotion.render import fit_image
 from tests.conftest import SettingsFactory, connect, error_text, rgb, structured, wait_done, write_image
 from tests.render.measure import estimate_similarity, psnr_quarter, track_region
 

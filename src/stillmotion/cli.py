@@ -89,8 +89,9 @@ def _models() -> int:
     from .validation import choose_route
 
     settings = Settings.from_env()
-    rows = [("model", "tools", "durations", "modes", "route now")]
+    rows: list[tuple[str, ...]] = [("model", "tools", "durations", "modes", "route now")]
     for m in MODELS.values():
+        route: str
         try:
             route = choose_route(m, settings)
         except Exception:
@@ -114,7 +115,7 @@ def _jobs(status: str | None, limit: int) -> int:
         return 0
     store = JobStore(settings.db_path)
     try:
-        rows = store.list(status=status, limit=limit)
+        rows = store.recent(status=status, limit=limit)
     finally:
         store.close()
     if not rows:

@@ -98,7 +98,7 @@ def _common_params(tool: str, strict: bool, default_model: str) -> list[inspect.
         _param(
             "model",
             Annotated[
-                Literal[tuple(ids)] | None,  # type: ignore[valid-type]
+                Literal[tuple(ids)] | None,
                 Field(description=f"Model id (default {default_model}). Per-model rules:\n" + tool_model_rules(tool, strict=strict)),
             ],
             default,
@@ -328,7 +328,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         result = call_result(row)
         if not changed:
             assert result.content and result.content[0].type == "text"
-            result.content[0].text = f"Job {row.id} had already ended ({row.status}); nothing to cancel.\n" + result.content[0].text  # type: ignore[union-attr]
+            result.content[0].text = f"Job {row.id} had already ended ({row.status}); nothing to cancel.\n" + result.content[0].text
         return result
 
     @mcp.tool(annotations=READ_ANNOTATIONS)

@@ -9,7 +9,7 @@ import logging
 import shutil
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ class Service:
         cls,
         settings: Settings,
         client: httpx.AsyncClient,
-        on_change: Callable[[str], Awaitable[None]] | None = None,
+        on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> Service:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ class Service:
             )
 
         request = GenerationRequest(
-            tool=args.tool,  # type: ignore[arg-type]
+            tool=args.tool,
             model=plan.spec.id,
             route=plan.route,
             prompt=args.prompt if args.prompt and args.prompt.strip() else None,
@@ -249,7 +249,7 @@ class Service:
         return self.get(job_id), True
 
     def list(self, status: str | None, limit: int) -> list[JobRow]:
-        return self.store.list(status=status, limit=limit)
+        return self.store.recent(status=status, limit=limit)
 
     def resource_path(self, job_id: str, name: str) -> Path | None:
         """Path of a finished job's file; None when the job or file does not exist."""

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ class JobRunner:
         provider_factory: ProviderFactory,
         local_render: LocalRender,
         publish: Publisher,
-        on_change: Callable[[str], Awaitable[None]] | None = None,
+        on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings

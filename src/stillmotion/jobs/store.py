@@ -134,7 +134,7 @@ class JobStore:
             r = self._db.execute("SELECT * FROM jobs WHERE idempotency_key=?", (key,)).fetchone()
         return self._row(r) if r else None
 
-    def list(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
+    def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
         q = "SELECT * FROM jobs"
         params: tuple[Any, ...] = ()
         if status:

@@ -227,12 +227,12 @@ def rasterize_shape(
 
     mask = np.zeros((height, width), np.uint8)
     if "box" in shape:
-        x0, y0, x1, y1 = (float(v) for v in shape["box"])  # type: ignore[arg-type, union-attr]
+        x0, y0, x1, y1 = (float(v) for v in shape["box"])  # type: ignore[arg-type]
         if x1 <= x0 or y1 <= y0:
             raise InvalidInput(argument, "box must be [x0, y0, x1, y1] with x1 > x0 and y1 > y0.")
         pts = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
     else:
-        pts = [(float(p[0]), float(p[1])) for p in shape["polygon"]]  # type: ignore[index, union-attr]
+        pts = [(float(p[0]), float(p[1])) for p in shape["polygon"]]  # type: ignore[index]
     for x, y in pts:
         if not (0 <= x <= width and 0 <= y <= height):
             raise InvalidInput(
@@ -253,9 +253,10 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """Decode to an RGB uint8 array, applying EXIF orientation."""
     from PIL import ImageOps
 
-    with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im)
-        return np.asarray(im.convert("RGB"))
+    with Image.open(io.BytesIO(data)) as opened:
+        upright = ImageOps.exif_transpose(opened)
+        arr: np.ndarray = np.asarray(upright.convert("RGB"))
+        return arr
 
 
 def decode_mask(data: bytes) -> np.ndarray:
@@ -263,5 +264,7 @@ def decode_mask(data: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             rgba = np.asarray(im.convert("RGBA"))
-            return (rgba[:, :, 3] > 127) & (rgba[:, :, :3].mean(axis=2) > 127)
-        return np.asarray(im.convert("L")) > 127
+            sel: np.ndarray = (rgba[:, :, 3] > 127) & (rgba[:, :, :3].mean(axis=2) > 127)
+            return sel
+        lum: np.ndarray = np.asarray(im.convert("L")) > 127
+        return lum

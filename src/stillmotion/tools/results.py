@@ -107,7 +107,7 @@ def job_result(row: JobRow) -> JobResult:
         job_id=row.id,
         tool=row.tool,
         model=row.model,
-        route=row.route,  # type: ignore[arg-type]
+        route=row.route,
         status=row.status,
         progress=row.progress,
         created_at=_iso(row.created_at),
