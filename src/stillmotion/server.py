@@ -19,7 +19,14 @@ import httpx
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.server.subscriptions import ResourceUpdated
+from mcp.types import (
+    CallToolResult,
+    EmptyResult,
+    SubscribeRequestParams,
+    ToolAnnotations,
+    UnsubscribeRequestParams,
+)
 from pydantic import ConfigDict, Field, ValidationError
 
 from . import __version__
@@ -260,10 +267,14 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         async with httpx.AsyncClient(follow_redirects=False) as client, anyio.create_task_group() as tg:
 
             async def on_change(job_id: str) -> None:
-                from mcp.server.subscriptions import ResourceUpdated
-
+                uri = f"stillmotion://jobs/{job_id}"
                 try:
-                    await server._subscriptions.publish(ResourceUpdated(uri=f"stillmotion://jobs/{job_id}"))
+                    await server._subscriptions.publish(ResourceUpdated(uri=uri))
+                    for session in list(legacy_subscribers.get(uri, ())):
+                        try:
+                            await session.send_resource_updated(uri)
+                        except Exception:
+                            legacy_subscribers[uri].discard(session)
                 except Exception:  # a notification must never break a job
                     log.debug("resource notification failed", exc_info=True)
 
@@ -275,10 +286,14 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
                 tg.cancel_scope.cancel()
                 svc.close()
 
+    legacy_subscribers: dict[str, set[Any]] = {}
+
     mcp: MCPServer[Service] = MCPServer(
         "stillmotion", title="stillmotion", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
         website_url="https://github.com/stillmotion/stillmotion",
     )
+
+    _serve_legacy_subscriptions(mcp, legacy_subscribers)
 
     for tool in ("animate_image", "interpolate_frames", "camera_move", "motion_brush"):
         mcp.add_tool(
@@ -375,6 +390,24 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         return _file(job_id, "last-frame.png", ctx)
 
     return mcp
+
+
+def _serve_legacy_subscriptions(mcp: MCPServer[Service], subscribers: dict[str, set[Any]]) -> None:
+    """2025-era `resources/subscribe`: MCPServer serves only the 2026 `subscriptions/listen`, so the
+    legacy handlers go on the low-level server (the SDK's documented workaround). Each subscribed
+    session gets `notifications/resources/updated` when that job changes."""
+
+    async def subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+        subscribers.setdefault(str(params.uri), set()).add(ctx.session)
+        return EmptyResult()
+
+    async def unsubscribe(ctx: Any, params: UnsubscribeRequestParams) -> EmptyResult:
+        subscribers.get(str(params.uri), set()).discard(ctx.session)
+        return EmptyResult()
+
+    low = mcp._lowlevel_server
+    low.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
+    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, unsubscribe)
 
 
 def _public_catalog(settings: Settings, tool: str | None) -> list[dict[str, Any]]:
