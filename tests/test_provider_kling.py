@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import jwt
 import numpy as np
 import pytest
@@ -383,3 +384,36 @@ def test_kill9_during_create_then_restart_finds_task(fake: KlingFake, home: Path
     done = anyio.run(finish)
     assert done["status"] == "succeeded", done
     assert len(creates(fake)) == 1 and len(fake.tasks) == 1
+
+
+async def test_poll_timeout_ends_job_timeout(fake: KlingFake, kling_env: dict[str, str], make_settings: SettingsFactory, img: Path) -> None:
+    fake.polls_until_done = None  # never finishes
+    async with connect(make_settings(**kling_env)) as client:
+        job = structured(await client.call_tool(
+            "animate_image",
+            {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x", "kling": {"poll_interval_ms": 100, "poll_timeout_ms": 1000}},
+        ))
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "failed" and done["error"]["kind"] == "timeout"
+    assert "poll_timeout_ms=1000" in done["error"]["message"]
+    assert 5 <= len(fake.calls("GET", PATH)) <= 11
+
+
+async def test_cancel_stops_polling_and_says_it_may_bill(
+    fake: KlingFake, kling_env: dict[str, str], make_settings: SettingsFactory, img: Path
+) -> None:
+    fake.polls_until_done = None
+    async with connect(make_settings(**kling_env)) as client:
+        job = structured(await client.call_tool("animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"}))
+        with anyio.fail_after(10):
+            while not fake.calls("GET", PATH):
+                await anyio.sleep(0.02)
+        cancelled = structured(await client.call_tool("cancel_job", {"job_id": job["job_id"]}))
+        assert cancelled["status"] == "cancelled"
+        assert "may still finish and bill" in cancelled["error"]["message"]
+        polls = len(fake.calls("GET", PATH))
+        await anyio.sleep(0.4)
+        assert len(fake.calls("GET", PATH)) <= polls + 1
+        fake.release()
+        again = structured(await client.call_tool("check_job", {"job_id": job["job_id"], "wait_seconds": 0.5}))
+        assert again["status"] == "cancelled"
