@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from stillmotion.errors import (
@@ -23,7 +24,9 @@ from stillmotion.errors import (
 )
 from stillmotion.jobs.store import JobStore
 from stillmotion.media.video import probe_video
-from stillmotion.providers.gateway import map_error
+from stillmotion.providers.base import JobContext
+from stillmotion.providers.gateway import GatewayProvider, map_error
+from stillmotion.requests import GenerationRequest, StoredImage
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
 from tests.fakes import GatewayFake, KlingFake
 from tests.fakes.base import Recorded
@@ -347,7 +350,7 @@ async def test_auto_route_gateway_for_all_then_kling_direct_with_its_key(
         assert [j["route"] for j in jobs] == ["gateway"] * 3
         for j in jobs:
             assert_video(await wait_done(client, j["job_id"]))
-    assert sorted(c.header("ai-model-id") for c in fake.calls("POST", START)) == sorted(
+    assert sorted(str(c.header("ai-model-id")) for c in fake.calls("POST", START)) == sorted(
         ["klingai/kling-v3.0-i2v", "alibaba/wan-v2.6-i2v", "spacexai/grok-imagine-video"]
     )
     fake.clear()
@@ -397,6 +400,38 @@ def test_error_types_map_to_kinds(
         assert err.retry_after == 1.5
 
 
+async def test_gateway_warnings_become_job_warnings(make_settings: SettingsFactory, img: Path) -> None:
+    answer = {
+        "operation": {"gatewayJobId": "job_9"},
+        "warnings": [
+            {"type": "unsupported", "feature": "aspectRatio", "details": "KlingAI image-to-video does not support it."},
+            {"type": "other", "message": "queued"},
+        ],
+    }
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    data = img.read_bytes()
+    image = StoredImage(path=str(img), mime="image/png", width=640, height=480, bytes=len(data), sha256="-")
+    req = GenerationRequest(
+        tool="animate_image", model="klingai/kling-v2.6-i2v", route="gateway", prompt="x", duration=5, image=image
+    )
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        started = await GatewayProvider(client, make_settings(AI_GATEWAY_API_KEY=KEY)).start(JobContext("job_12345678", req))
+    assert started.warnings == [
+        "Vercel AI Gateway: aspectRatio is not supported: KlingAI image-to-video does not support it.",
+        "Vercel AI Gateway: queued",
+    ]
+    assert started.operation == {"flow": "start", "operation": {"gatewayJobId": "job_9"}}
+    assert started.provider_task_id == "job_9" and started.completed is None
+    (request,) = seen
+    assert str(request.url) == "https://ai-gateway.vercel.sh/v4/ai/video-model/start"
+    assert request.headers["idempotency-key"] == "stillmotion_job_12345678"
+
+
 async def test_wrong_key_is_auth_and_never_echoed(make_settings: SettingsFactory, img: Path) -> None:
     with GatewayFake(api_key="the-right-key") as f:
         _, done = await run_job(
@@ -429,8 +464,10 @@ async def test_status_errors(fake: GatewayFake, make_settings: SettingsFactory, 
     fake.script_outcome("cancelled")
     fake.inject_error("internal_server_error", match=f"POST {STATUS}")  # one transient 500, retried
     async with connect(make_settings(**env_for(fake))) as client:
-        jobs = [structured(await client.call_tool("animate_image", {**args, "prompt": p})) for p in ("a", "b", "c")]
-        done = [await wait_done(client, j["job_id"]) for j in jobs]
+        done = []
+        for p in ("a", "b", "c"):  # one at a time: scripted outcomes go to tasks in creation order
+            job = structured(await client.call_tool("animate_image", {**args, "prompt": p}))
+            done.append(await wait_done(client, job["job_id"]))
     assert [d["status"] for d in done] == ["failed"] * 3
     assert done[0]["error"]["kind"] == "provider_error"
     assert "Kling task failed: image too dark" in done[0]["error"]["message"]
@@ -467,6 +504,17 @@ async def test_lost_start_answer_recovered_by_idempotency_key(
     assert {s.header("idempotency-key") for s in starts} == {f"stillmotion_{job['job_id']}"}
     assert starts[0].body == starts[1].body
     fake.assert_clean()
+
+
+async def test_recovery_start_retried_after_5xx(fake: GatewayFake, make_settings: SettingsFactory, img: Path) -> None:
+    fake.inject_drop(f"POST {START}$", after_effect=True)
+    fake.inject_error("internal_server_error", match=f"POST {START}$")
+    job, done = await run_job(
+        env_for(fake), make_settings, "animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"}
+    )
+    assert_video(done)
+    assert len(fake.calls("POST", START)) == 3 and fake.starts == 1
+    assert {s.header("idempotency-key") for s in fake.calls("POST", START)} == {f"stillmotion_{job['job_id']}"}
 
 
 def _stdio(home: Path, fake: GatewayFake) -> StdioServer:
@@ -514,7 +562,7 @@ async def test_sse_fallback_succeeds_with_warning(
     sse_fake: GatewayFake, make_settings: SettingsFactory, img: Path, as_base64: bool
 ) -> None:
     sse_fake.result_as_base64 = as_base64
-    job, done = await run_job(
+    _, done = await run_job(
         env_for(sse_fake), make_settings, "animate_image",
         {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x", "kling": {"mode": "pro"}},
     )  # fmt: skip

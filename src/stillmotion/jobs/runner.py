@@ -256,7 +256,7 @@ class JobRunner:
         started: StartResult | None = None
         if row.stage == "submitting":
             # a crash (or a lost answer) between the create request and storing its answer
-            started = await provider.recover(ctx)
+            started = await self._recover(row.id, ctx, provider)
             if started is None:
                 raise Interrupted(
                     "the server stopped while this job's create request was in flight; the provider may have "
@@ -275,7 +275,7 @@ class JobRunner:
                 await self._backoff(min(attempt, 5), err.retry_after or None)
                 continue
             except AmbiguousSubmission:
-                started = await provider.recover(ctx)
+                started = await self._recover(row.id, ctx, provider)
                 if started is None:
                     raise Interrupted(
                         "the create request got no answer; the provider may have started (and may bill) the task, "
@@ -303,6 +303,19 @@ class JobRunner:
             progress=None,
         )
         return started
+
+    async def _recover(self, job_id: str, ctx: JobContext, provider: Provider) -> StartResult | None:
+        """provider.recover, retried like any other call when the provider answers 429/5xx."""
+        attempt = 0
+        while True:
+            try:
+                return await provider.recover(ctx)
+            except StillmotionError as err:
+                if err.retryable and attempt < self.settings.max_retries and not self._terminal(job_id):
+                    attempt += 1
+                    await self._backoff(attempt, err.retry_after)
+                    continue
+                raise
 
     async def _handle_status(
         self, job_id: str, st: Status, provider: Provider, ctx: JobContext, op: dict[str, Any]
