@@ -87,8 +87,8 @@ async def test_camera_move_zoom_measured(make_settings: SettingsFactory, image_4
 async def test_camera_move_preset_and_wait(make_settings: SettingsFactory, image_480: Path) -> None:
     seen: list[float] = []
 
-    async def on_progress(p: float, total: float | None, msg: str | None) -> None:
-        seen.append(p)
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
 
     async with connect(make_settings()) as client:
         res = await client.call_tool(

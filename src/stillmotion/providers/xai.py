@@ -1,0 +1,207 @@
+"""xAI Grok Imagine direct (provider-apis.md section 3).
+
+Create `POST {base}/videos/generations` -> `{"request_id"}`, poll `GET {base}/videos/{request_id}`
+(the base URL already ends in `/v1`). Auth is `XAI_API_KEY` as a Bearer token; xAI answers a bad
+key with HTTP 400, not 401. xAI has no client request id and no lookup by anything but the
+request id, so a create whose answer was lost cannot be found again: `recover` returns None and
+the runner ends the job `interrupted` rather than risk paying twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from ..catalog import MODELS
+from ..errors import (
+    AuthError,
+    ContentFiltered,
+    Expired,
+    MissingCredentials,
+    ProviderError,
+    ProviderRejectedInput,
+    QuotaError,
+    RateLimited,
+    StillmotionError,
+)
+from ._http import json_body, retry_after_seconds, send
+from .base import JobContext, Provider, StartResult, Status, VideoResult
+
+CREATE_PATH = "/videos/generations"
+STATUS_PATH = "/videos"
+_CREDIT_WORDS = ("credit", "spending limit", "spend limit", "billing", "payment", "insufficient balance")
+_KEY_WORDS = ("api key", "api-key", "apikey", "authorization header")
+_MODERATION_WORDS = ("moderation", "content policy", "safety")
+
+
+class XaiProvider(Provider):
+    name = "xai"
+    route = "direct"
+
+    def _key(self) -> str:
+        if self.settings.xai_api_key is None:
+            raise MissingCredentials("xAI needs XAI_API_KEY.")
+        return self.settings.xai_api_key.reveal()
+
+    def _headers(self, *, create: bool = False) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self._key()}"}
+        if create:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    @property
+    def _base(self) -> str:
+        return self.settings.base_urls["xai"]
+
+    # -- request body ----------------------------------------------------------------------
+
+    def build_body(self, job: JobContext) -> dict[str, Any]:
+        req = job.request
+        spec = MODELS[req.model]
+        opts = req.options
+        body: dict[str, Any] = {"model": spec.direct_name}
+        if req.prompt:
+            body["prompt"] = req.prompt
+        body["duration"] = int(req.duration)
+        if opts.get("aspect_ratio"):
+            # only when asked: it stretches the image; without it xAI keeps the image's own ratio
+            body["aspect_ratio"] = opts["aspect_ratio"]
+        body["resolution"] = opts.get("resolution") or spec.default_resolution
+        body["image"] = {"url": job.url_or_data_uri(req.image)}
+        return body
+
+    # -- interface -------------------------------------------------------------------------
+
+    async def start(self, job: JobContext) -> StartResult:
+        body = self.build_body(job)
+        resp = await send(
+            self.client,
+            "POST",
+            self._base + CREATE_PATH,
+            headers=self._headers(create=True),
+            json=body,
+            creates=True,
+        )
+        data = json_body(resp)
+        if resp.status_code != 200 or not isinstance(data, dict):
+            raise self._error(resp, data)
+        request_id = str(data.get("request_id") or "")
+        if not request_id:
+            raise ProviderError("xAI answered the create without a request_id")
+        return StartResult(operation={"request_id": request_id}, provider_task_id=request_id)
+
+    async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
+        request_id = str(operation["request_id"])
+        resp = await send(
+            self.client, "GET", f"{self._base}{STATUS_PATH}/{request_id}", headers=self._headers()
+        )
+        data = json_body(resp)
+        if resp.status_code == 202:
+            # pending, whatever the body (it may be empty)
+            return Status("pending", progress=_progress(data))
+        if resp.status_code == 200 and not isinstance(data, dict):
+            # a garbled poll answer: polling again is safe
+            raise ProviderError(
+                f"xAI answered the poll with an unreadable body: {resp.text[:200]!r}", retryable=True
+            )
+        if resp.status_code != 200 or not isinstance(data, dict):
+            raise self._error(resp, data)
+        return self._status(request_id, data)
+
+    async def recover(self, job: JobContext) -> StartResult | None:
+        """xAI requests can only be looked up by the id the lost answer carried: never resubmit."""
+        return None
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        key = self.settings.xai_api_key
+        secret = key.reveal() if key is not None else ""
+        return text.replace(secret, "***") if len(secret) >= 4 else text
+
+    def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
+        message, code = _error_fields(body)
+        message = self._scrub(message or resp.reason_phrase or f"HTTP {resp.status_code}")
+        status = resp.status_code
+        text = f"xAI: {message} (HTTP {status})"
+        pcode = code or str(status)
+        lower = f"{message} {code or ''}".lower()
+        retry_after = retry_after_seconds(resp)
+        if status in (402, 403, 429) and any(w in lower for w in _CREDIT_WORDS):
+            return QuotaError(text, provider_code=pcode)
+        if status in (401, 403) or (status == 400 and any(w in lower for w in _KEY_WORDS)):
+            return AuthError(text, provider_code=pcode)
+        if status == 429:
+            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
+        if status in (400, 422) and any(w in lower for w in _MODERATION_WORDS):
+            return ContentFiltered(text, provider_code=pcode)
+        if status in (400, 413, 415, 422):
+            return ProviderRejectedInput(text, provider_code=pcode)
+        if status >= 500 or status == 408:
+            return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
+        if status == 200:
+            return ProviderError(f"xAI answered with an unreadable body: {resp.text[:200]!r}")
+        return ProviderError(text, provider_code=pcode)
+
+    def _status(self, request_id: str, data: dict[str, Any]) -> Status:
+        st = str(data.get("status") or "").lower()
+        raw_video = data.get("video")
+        video: dict[str, Any] = raw_video if isinstance(raw_video, dict) else {}
+        url = video.get("url")
+        if st == "expired":
+            return Status(
+                "failed", error=Expired(f"xAI video request {request_id} expired", provider_code="expired")
+            )
+        if st == "failed":
+            message, code = _error_fields(data)
+            text = f"xAI video generation failed: {self._scrub(message or code or 'no reason given')}"
+            err: StillmotionError
+            if any(w in (message or "").lower() for w in _MODERATION_WORDS):
+                err = ContentFiltered(text, provider_code=code or "failed")
+            else:
+                err = ProviderError(text, provider_code=code or "failed")
+            return Status("failed", error=err)
+        if st == "done" or (not st and url):
+            if video.get("respect_moderation") is False:
+                return Status(
+                    "failed",
+                    error=ContentFiltered(
+                        "xAI blocked the generated video: it did not pass content moderation",
+                        provider_code="respect_moderation",
+                    ),
+                )
+            if not isinstance(url, str) or not url:
+                return Status(
+                    "failed", error=ProviderError(f"xAI finished request {request_id} without a video URL")
+                )
+            # xAI's URLs are temporary with no published lifetime: the runner downloads at once
+            return Status("completed", progress=1.0, video=VideoResult(url=url))
+        return Status("pending", progress=_progress(data))
+
+
+def _progress(data: Any) -> float | None:
+    if not isinstance(data, dict):
+        return None
+    raw = data.get("progress")
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None
+    return min(1.0, max(0.0, float(raw) / 100.0))
+
+
+def _error_fields(body: Any) -> tuple[str, str | None]:
+    """(message, code) from any of xAI's error shapes: `{error: {message, type, code}}`,
+    `{code, error: str}` and `{error: str}`."""
+    if not isinstance(body, dict):
+        return "", None
+    err = body.get("error")
+    code = body.get("code")
+    if isinstance(err, dict):
+        message = str(err.get("message") or "")
+        inner = err.get("code") or err.get("type")
+        return message, str(inner) if inner not in (None, "") else None
+    if isinstance(err, str):
+        return err, str(code) if code not in (None, "") else None
+    if isinstance(body.get("message"), str):
+        return str(body["message"]), str(code) if code not in (None, "") else None
+    return "", str(code) if code not in (None, "") else None
