@@ -22,8 +22,9 @@ from typing import Any, Literal
 
 import httpx
 
+from ..catalog import CAMERA_AXES
 from ..errors import StillmotionError
-from ..requests import GenerationRequest, StoredImage
+from ..requests import CameraControl, GenerationRequest, StoredImage
 from ..settings import Settings
 
 
@@ -74,6 +75,19 @@ class JobContext:
     def url_or_data_uri(self, image: StoredImage) -> str:
         """Wan's and xAI's form: the original URL if there was one, else a data: URI."""
         return image.url or self.data_uri(image)
+
+
+def camera_payload(camera: CameraControl) -> dict[str, Any]:
+    """Kling's camera control object (the Gateway forwards the same shape): all six axes as floats."""
+    out: dict[str, Any] = {"type": camera.type}
+    if camera.config is not None:
+        out["config"] = {axis: float(getattr(camera.config, axis)) for axis in CAMERA_AXES}
+    return out
+
+
+def trajectory_payload(points: list[tuple[float, float]]) -> list[dict[str, int]]:
+    """Kling wants integer pixels (origin bottom-left, as the tool takes them)."""
+    return [{"x": round(x), "y": round(y)} for x, y in points]
 
 
 class Provider(ABC):

@@ -36,7 +36,7 @@ from typing import Any
 import anyio
 import httpx
 
-from ..catalog import CAMERA_AXES, MODELS
+from ..catalog import MODELS
 from ..errors import (
     AmbiguousSubmission,
     AuthError,
@@ -54,7 +54,7 @@ from ..errors import (
 )
 from ..requests import StoredImage
 from ._http import json_body, retry_after_seconds, send
-from .base import JobContext, Provider, StartResult, Status, VideoResult
+from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
 SSE_PATH = "/video-model"
 START_PATH = "/video-model/start"
@@ -216,17 +216,14 @@ class GatewayProvider(Provider):
             if req.end_image is not None:
                 po["imageTail"] = job.url_or_raw_b64(req.end_image)
             if req.camera is not None:
-                cam: dict[str, Any] = {"type": req.camera.type}
-                if req.camera.config is not None:
-                    cam["config"] = {axis: float(getattr(req.camera.config, axis)) for axis in CAMERA_AXES}
-                po["cameraControl"] = cam
+                po["cameraControl"] = camera_payload(req.camera)
             if req.static_mask is not None:
                 po["staticMask"] = job.url_or_raw_b64(req.static_mask)
             if req.dynamic_masks:
                 po["dynamicMasks"] = [
                     {
                         "mask": job.url_or_raw_b64(m.image),
-                        "trajectories": [{"x": round(x), "y": round(y)} for x, y in m.trajectory],
+                        "trajectories": trajectory_payload(m.trajectory),
                     }
                     for m in req.dynamic_masks
                 ]

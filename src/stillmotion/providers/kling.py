@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import jwt
 
-from ..catalog import CAMERA_AXES, MODELS
+from ..catalog import MODELS
 from ..errors import (
     AuthError,
     ConcurrencyLimited,
@@ -27,7 +27,7 @@ from ..errors import (
     StillmotionError,
 )
 from ._http import json_body, retry_after_seconds, send
-from .base import JobContext, Provider, StartResult, Status, VideoResult
+from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
 PATH = "/v1/videos/image2video"
 RESULT_TTL_S = 30 * 24 * 3600
@@ -84,17 +84,14 @@ class KlingProvider(Provider):
         if "mode" in opts:
             body["mode"] = opts["mode"]
         if req.camera is not None:
-            cam: dict[str, Any] = {"type": req.camera.type}
-            if req.camera.config is not None:
-                cam["config"] = {axis: float(getattr(req.camera.config, axis)) for axis in CAMERA_AXES}
-            body["camera_control"] = cam
+            body["camera_control"] = camera_payload(req.camera)
         if req.static_mask is not None:
             body["static_mask"] = job.url_or_raw_b64(req.static_mask)
         if req.dynamic_masks:
             body["dynamic_masks"] = [
                 {
                     "mask": job.url_or_raw_b64(m.image),
-                    "trajectories": [{"x": round(x), "y": round(y)} for x, y in m.trajectory],
+                    "trajectories": trajectory_payload(m.trajectory),
                 }
                 for m in req.dynamic_masks
             ]
