@@ -191,31 +191,11 @@ class JobStore:
         assert row is not None
         return row
 
-    def update(self, job_id: str, **fields: Any) -> JobRow:
-        if not fields:
-            row = self.get(job_id)
-            assert row is not None
-            return row
-        fields["updated_at"] = time.time()
-        cols = []
-        vals: list[Any] = []
-        for k, v in fields.items():
-            cols.append(f"{k}=?")
-            vals.append(json.dumps(v) if k in _JSON_COLS and v is not None else v)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id=?", (*vals, job_id))
-        row = self.get(job_id)
-        assert row is not None
-        return row
-
     def update_unless_terminal(self, job_id: str, **fields: Any) -> JobRow | None:
         """Atomically apply `fields` only if the job has not ended (a cancel wins over a late result)."""
         fields["updated_at"] = time.time()
-        cols = []
-        vals: list[Any] = []
-        for k, v in fields.items():
-            cols.append(f"{k}=?")
-            vals.append(json.dumps(v) if k in _JSON_COLS and v is not None else v)
+        cols = [f"{k}=?" for k in fields]
+        vals = [json.dumps(v) if k in _JSON_COLS and v is not None else v for k, v in fields.items()]
         with self._lock:
             cur = self._db.execute(
                 f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
