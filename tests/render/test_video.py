@@ -107,6 +107,12 @@ def test_colours_bt709_roundtrip(tmp_path: Path) -> None:
     for k, c in enumerate(colours):
         patch = out[H // 4 : 3 * H // 4, k * pw + 8 : (k + 1) * pw - 8].reshape(-1, 3).mean(axis=0)
         assert np.abs(patch - np.array(c)).max() <= 4, (c, patch)
+    # the stored luma uses the BT.709 matrix in limited range: pure red has
+    # Y = 16 + 219 * 0.2126 = 62.6 (BT.601 would give 81.5), white would be 235
+    with av.open(str(path)) as container:
+        yuv = next(container.decode(video=0)).to_ndarray(format="yuv420p")
+    assert abs(float(yuv[H // 2, pw // 2]) - 62.6) <= 2
+    assert abs(float(yuv[H // 2, 3 * pw + pw // 2]) - (16 + 219 * (0.2126 + 0.7152))) <= 2
 
 
 def test_silent_audio_track(tmp_path: Path) -> None:
