@@ -319,3 +319,42 @@ async def test_schemas_are_generated_from_the_catalog(make_settings: SettingsFac
         assert {m["id"] for m in listed["models"] if tool in m["tools"]} == {
             m for m in model_ids_for_tool(tool) if m in MODELS
         }
+
+
+async def test_every_image_form_is_accepted(client: Client, fakes: Fakes, imgs: dict[str, Path]) -> None:
+    import base64
+
+    path = imgs["ok"]
+    data = path.read_bytes()
+    b64 = base64.b64encode(data).decode()
+    url = fakes.kling.add_file("form.png", data, "image/png")
+    forms = {
+        "path": str(path),
+        "file_uri": path.resolve().as_uri(),
+        "data_uri": f"data:image/png;base64,{b64}",
+        "raw_base64": b64,
+    }
+    sha = None
+    for name, value in forms.items():
+        res = structured(await client.call_tool("animate_image", {"image": value, "duration": 1, "local": {"resolution": "480p"}}))
+        assert res["status"] in ("queued", "running", "succeeded"), name
+        job = structured(await client.call_tool("check_job", {"job_id": res["job_id"], "wait_seconds": 20}))
+        assert job["status"] == "succeeded", (name, job)
+        stored = next((Path(job["video"]["path"]).parents[2] / "inputs" / res["job_id"]).glob("image.*"))
+        sha = sha or stored.read_bytes()
+        assert stored.read_bytes() == sha == data, name
+    # a URL on a private address is refused unless allowed (the fake lives on loopback)
+    text = error_text(await client.call_tool("animate_image", {"image": url}))
+    assert "private" in text
+
+
+async def test_raw_base64_jpeg_starting_with_slash(client: Client, tmp_path: Path) -> None:
+    import base64
+
+    jpg = write_image(tmp_path / "small.jpg", 200, 150, 4, fmt="JPEG")
+    b64 = base64.b64encode(jpg.read_bytes()).decode()
+    assert b64.startswith("/9j/") and len(b64) < 20000
+    res = structured(await client.call_tool("animate_image", {"image": b64, "duration": 1, "local": {"resolution": "480p"}}))
+    assert res["status"] in ("queued", "running", "succeeded")
+    text = error_text(await client.call_tool("animate_image", {"image": "/tmp/definitely/not/here"}))
+    assert "no readable file" in text

@@ -238,6 +238,9 @@ def _make_generation_tool(tool: str, settings: Settings) -> Callable[..., Any]:
             raise _tool_error(exc) from exc
         except ValidationError as exc:
             raise ToolError(f"[invalid_input] {exc}") from exc
+        except Exception as exc:  # never a bare "Error executing tool": say what broke
+            log.exception("%s failed unexpectedly", tool)
+            raise ToolError(f"[provider_error] internal error in {tool}: {type(exc).__name__}: {exc}"[:2000]) from exc
         return call_result(row)
 
     params = [*TOOL_PARAMS[tool], *_common_params(tool, settings.strict_capabilities, settings.default_model)]

@@ -102,7 +102,18 @@ def _read_local(path: Path, argument: str, roots: tuple[Path, ...] | None, max_b
         raise InvalidInput(argument, f"cannot read {path}: {exc.strerror}.") from exc
 
 
+def _exists(s: str) -> bool:
+    if len(s) > 4096:
+        return False
+    try:
+        return Path(s).expanduser().exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _looks_like_path(s: str) -> bool:
+    if len(s) > 4096:  # no path is this long; base64 often is, and may start with "/"
+        return False
     return (
         s.startswith(("/", "~", "./", "../", "\\"))
         or bool(re.match(r"^[A-Za-z]:[\\/]", s))
@@ -150,7 +161,11 @@ async def load_image(
         if parts.netloc not in ("", "localhost"):
             raise InvalidInput(argument, "file:// URIs must name a local file (file:///path).")
         data = _read_local(Path(unquote(parts.path)), argument, input_roots, max_bytes)
-    elif _looks_like_path(s) or Path(s).expanduser().exists():
+    elif _exists(s):
+        data = _read_local(Path(s), argument, input_roots, max_bytes)
+    elif len(s) >= 16 and _B64_RE.match(s) and (decoded := _try_b64_image(s)) is not None:
+        data = decoded  # raw base64 (JPEG's starts with "/9j/", so this comes before the path guess)
+    elif _looks_like_path(s):
         data = _read_local(Path(s), argument, input_roots, max_bytes)
     elif len(s) >= 16 and _B64_RE.match(s):
         data = _b64decode(s, argument)
@@ -164,6 +179,15 @@ async def load_image(
         raise InvalidInput(argument, f"the image is {len(data)} bytes, over the {max_bytes}-byte cap.")
     fmt, w, h = sniff(data, argument)
     return LoadedImage(data=data, format=fmt, width=w, height=h, url=url)
+
+
+def _try_b64_image(s: str) -> bytes | None:
+    try:
+        data = _b64decode(s, "image")
+        sniff(data, "image")
+    except InvalidInput:
+        return None
+    return data
 
 
 def _b64decode(payload: str, argument: str) -> bytes:
