@@ -267,27 +267,30 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[Service]) -> AsyncIterator[Service]:
-        async with httpx.AsyncClient(follow_redirects=False) as client, anyio.create_task_group() as tg:
-
-            async def on_change(job_id: str) -> None:
-                uri = f"stillmotion://jobs/{job_id}"
-                try:
-                    await server._subscriptions.publish(ResourceUpdated(uri=uri))
-                    for session in list(legacy_subscribers.get(uri, ())):
-                        try:
-                            await session.send_resource_updated(uri)
-                        except Exception:
-                            legacy_subscribers[uri].discard(session)
-                except Exception:  # a notification must never break a job
-                    log.debug("resource notification failed", exc_info=True)
-
-            svc = Service.create(settings, client, on_change=on_change)
-            await svc.start(tg)
+        async def on_change(job_id: str) -> None:
+            uri = f"stillmotion://jobs/{job_id}"
             try:
-                yield svc
+                await server._subscriptions.publish(ResourceUpdated(uri=uri))
+                for session in list(legacy_subscribers.get(uri, ())):
+                    try:
+                        await session.send_resource_updated(uri)
+                    except Exception:
+                        legacy_subscribers[uri].discard(session)
+            except Exception:  # a notification must never break a job
+                log.debug("resource notification failed", exc_info=True)
+
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
+            svc = Service.create(settings, client, on_change=on_change)
+            try:
+                async with anyio.create_task_group() as tg:
+                    await svc.start(tg)
+                    try:
+                        yield svc
+                    finally:
+                        tg.cancel_scope.cancel()
             finally:
-                tg.cancel_scope.cancel()
-                svc.close()
+                svc.close()  # only after every job task has stopped
 
     legacy_subscribers: dict[str, set[Any]] = {}
 

@@ -110,9 +110,11 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        self._closed = False
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._db.close()
 
     # -- reads ---------------------------------------------------------------------------
@@ -191,6 +193,17 @@ class JobStore:
         assert row is not None
         return row
 
+    def update(self, job_id: str, **fields: Any) -> JobRow:
+        """Unconditional update (tests and repairs); the runner uses update_unless_terminal."""
+        fields["updated_at"] = time.time()
+        cols = [f"{k}=?" for k in fields]
+        vals = [json.dumps(v) if k in _JSON_COLS and v is not None else v for k, v in fields.items()]
+        with self._lock:
+            self._db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id=?", (*vals, job_id))
+        row = self.get(job_id)
+        assert row is not None
+        return row
+
     def update_unless_terminal(self, job_id: str, **fields: Any) -> JobRow | None:
         """Atomically apply `fields` only if the job has not ended (a cancel wins over a late result)."""
         fields["updated_at"] = time.time()
@@ -206,6 +219,8 @@ class JobStore:
 
     def set_progress(self, job_id: str, progress: float | None) -> None:
         with self._lock:
+            if self._closed:  # a render thread abandoned at shutdown; the job restarts next time
+                return
             self._db.execute(
                 "UPDATE jobs SET progress=?, updated_at=? WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
                 (progress, time.time(), job_id),
