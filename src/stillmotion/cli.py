@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.command in ("demo", "run", "models", "jobs") and not args.verbose:
+        logging.getLogger("stillmotion").setLevel(logging.WARNING)  # a command's own output stays readable
 
     if args.command in (None, "serve"):
         return _serve(getattr(args, "http", False), getattr(args, "host", "127.0.0.1"), getattr(args, "port", 8765))
