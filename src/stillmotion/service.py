@@ -24,7 +24,7 @@ from .jobs.runner import JobRunner
 from .jobs.store import JobRow, JobStore, args_fingerprint, new_job_id, validate_job_id
 from .media.images import LoadedImage, load_image
 from .media.net import UrlGuard
-from .media.publish import publish_video
+from .media.publish import Samples, publish_video
 from .providers.base import JobContext, Provider
 from .providers.local import render_job
 from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
@@ -83,7 +83,7 @@ class Service:
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         store = JobStore(settings.db_path)
 
-        def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> list[str]:
+        def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
             return render_job(ctx, out, progress, hold_file=settings.test_hold_file)
 
         runner = JobRunner(

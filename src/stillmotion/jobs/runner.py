@@ -35,6 +35,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import UrlGuard, download_to_file
+from ..media.publish import Samples
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
@@ -44,10 +45,10 @@ log = logging.getLogger(__name__)
 
 ProviderFactory = Callable[[str, str], Provider]
 """(catalog provider, route) -> Provider."""
-LocalRender = Callable[[JobContext, Path, Callable[[float], None]], list[str]]
-"""Renders into the path, reporting progress 0-1; returns extra warnings for the job."""
-Publisher = Callable[[Path, Path], dict[str, Any]]
-"""(video path, job dir) -> result dict (video facts, poster, last frame); raises ValueError if undecodable."""
+LocalRender = Callable[[JobContext, Path, Callable[[float], None]], tuple[list[str], Samples]]
+"""Renders into the path, reporting progress 0-1; returns extra warnings and the poster samples."""
+Publisher = Callable[[Path, Path, Samples | None], dict[str, Any]]
+"""(video path, job dir, samples) -> result dict (video facts, poster, last frame); ValueError if undecodable."""
 
 
 class JobRunner:
@@ -173,7 +174,9 @@ class JobRunner:
                     raise Cancelled("cancelled")
 
             try:
-                extra = await anyio.to_thread.run_sync(self.local_render, ctx, tmp, progress, abandon_on_cancel=True)
+                extra, samples = await anyio.to_thread.run_sync(
+                    self.local_render, ctx, tmp, progress, abandon_on_cancel=True
+                )
             except Cancelled:
                 tmp.unlink(missing_ok=True)
                 return
@@ -181,7 +184,7 @@ class JobRunner:
                 current = self.store.get(row.id)
                 if current is not None:
                     self.store.update_unless_terminal(row.id, warnings=list(dict.fromkeys([*current.warnings, *extra])))
-        await self._finish_file(row.id, tmp, provider_url=None, expires=None)
+        await self._finish_file(row.id, tmp, provider_url=None, expires=None, samples=samples)
 
     def _terminal(self, job_id: str) -> bool:
         row = self.store.get(job_id)
@@ -360,22 +363,24 @@ class JobRunner:
                 raise
         await self._finish_file(job_id, tmp, provider_url=video.url, expires=video.url_expires_at)
 
-    async def _finish_file(self, job_id: str, tmp: Path, *, provider_url: str | None, expires: float | None) -> None:
+    async def _finish_file(
+        self, job_id: str, tmp: Path, *, provider_url: str | None, expires: float | None, samples: Samples | None = None
+    ) -> None:
         if self._terminal(job_id):
             tmp.unlink(missing_ok=True)
             return
         job_dir = self.job_dir(job_id)
         final = job_dir / "video.mp4"
         try:
-            result = await anyio.to_thread.run_sync(self._publish_file, tmp, final, job_dir)
+            result = await anyio.to_thread.run_sync(self._publish_file, tmp, final, job_dir, samples)
         except ValueError as exc:
             raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires
         self._set(job_id, status="succeeded", stage="done", progress=1.0, result=result)
 
-    def _publish_file(self, tmp: Path, final: Path, job_dir: Path) -> dict[str, Any]:
-        info = self.publish(tmp, job_dir)  # probes before the rename: a broken file never gets the final name
+    def _publish_file(self, tmp: Path, final: Path, job_dir: Path, samples: Samples | None) -> dict[str, Any]:
+        info = self.publish(tmp, job_dir, samples)  # checks before the rename: a broken file never gets the final name
         os.replace(tmp, final)
         info["video"]["path"] = str(final)
         return info

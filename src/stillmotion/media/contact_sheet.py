@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
@@ -20,7 +21,7 @@ _GAP = 2
 _BACKGROUND = (24, 24, 24)
 
 
-def _pick_indices(n_frames: int, count: int) -> list[int]:
+def pick_indices(n_frames: int, count: int = 6) -> list[int]:
     """``count`` evenly spaced frame indices, first and last included."""
     if count <= 1 or n_frames <= 1:
         return [0] * max(1, count)
@@ -91,22 +92,42 @@ def contact_sheet_png(path: Path, *, columns: int = 3, rows: int = 2, tile_width
     n = declared or probe_video(path).frame_count
     if w <= 0 or h <= 0:
         raise ValueError(f"not a decodable MP4: {path.name}: no frame size")
-    indices = _pick_indices(n, columns * rows)
+    indices = pick_indices(n, columns * rows)
+    size = (tile_width, max(2, round(tile_width * h / w)))
+    return contact_sheet_from_frames(_tiles(path, indices, size), columns=columns, rows=rows, tile_width=tile_width)
+
+
+def contact_sheet_from_frames(
+    frames: Sequence[Frame], *, columns: int = 3, rows: int = 2, tile_width: int = 200
+) -> bytes:
+    """The contact sheet of frames already in hand (any size, all the same): no decoding.
+
+    Kept under ~95 KB by reducing the palette and, if that is not enough, the tile size.
+    """
+    if not frames:
+        raise ValueError("no frames for a contact sheet")
+    h, w = frames[0].shape[:2]
     tw = tile_width
     data = b""
     while True:
         size = (tw, max(2, round(tw * h / w)))
-        sheet = _sheet(_tiles(path, indices, size), columns, rows, size)
+        tiles = [f if f.shape[1::-1] == size else cast(Frame, cv2.resize(f, size, interpolation=cv2.INTER_AREA)) for f in frames]
+        sheet = _sheet(tiles, columns, rows, size)
         for colors in (256, 128, 64, 32):
             data = _png(sheet, colors)
             if len(data) <= MAX_SHEET_BYTES:
                 return data
         if tw <= 48:
-            logger.warning("contact sheet for %s is %d bytes", path.name, len(data))
+            logger.warning("contact sheet is %d bytes", len(data))
             return data
         tw = max(48, int(tw * 0.8))
 
 
+def frame_png(frame: Frame) -> bytes:
+    """One full-resolution frame as PNG (the last-frame picture)."""
+    return _png(frame, None)
+
+
 def last_frame_png(path: Path) -> bytes:
     """The final frame at full resolution, as PNG."""
-    return _png(read_frame(Path(path), -1), None)
+    return frame_png(read_frame(Path(path), -1))

@@ -13,7 +13,7 @@ import math
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -260,6 +260,11 @@ def _open_input(path: Path) -> Any:
     return container
 
 
+def to_rgb(frame: VideoFrame) -> Frame:
+    """A decoded frame as RGB uint8 (the same conversion iter_frames uses)."""
+    return _rgb(frame)
+
+
 def _rgb(frame: VideoFrame) -> Frame:
     """RGB conversion honouring the stream's matrix and range (BT.709 unless tagged 601)."""
     spc = int(frame.colorspace)
@@ -288,12 +293,13 @@ def _decode(path: Path) -> Iterator[VideoFrame]:
         container.close()
 
 
-def probe_video(path: Path) -> VideoInfo:
+def probe_video(path: Path, on_frame: Callable[[int, VideoFrame], None] | None = None) -> VideoInfo:
     """Measure a video by decoding every frame (streaming).
 
     Raises ``ValueError("not a decodable MP4: ...")`` for anything that is not an MP4/MOV
     with a decodable video stream, including truncated files: every frame the container
-    declares must decode.
+    declares must decode. ``on_frame(index, frame)`` sees each decoded frame, so a caller can
+    sample frames in the same pass.
     """
     path = Path(path)
     container = _open_input(path)
@@ -310,6 +316,8 @@ def probe_video(path: Path) -> VideoInfo:
         last_pts: int | None = None
         try:
             for frame in container.decode(stream):
+                if on_frame is not None:
+                    on_frame(count, frame)
                 count += 1
                 if frame.pts is not None:
                     first_pts = frame.pts if first_pts is None else min(first_pts, frame.pts)
@@ -341,6 +349,31 @@ def probe_video(path: Path) -> VideoInfo:
             duration_s=round(duration, 6) if math.isfinite(duration) else 0.0,
             has_audio=has_audio,
             codec=codec,
+        )
+    finally:
+        container.close()
+
+
+def probe_header(path: Path) -> VideoInfo:
+    """Facts from the container header alone (no decoding): for files this process just encoded."""
+    path = Path(path)
+    container = _open_input(path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        count = int(stream.frames or 0)
+        duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+        if duration <= 0.0 and fps > 0:
+            duration = count / fps
+        return VideoInfo(
+            width=int(stream.codec_context.width),
+            height=int(stream.codec_context.height),
+            fps=round(fps, 6),
+            frame_count=count,
+            duration_s=round(duration, 6),
+            has_audio=bool(container.streams.audio),
+            codec=str(stream.codec_context.name),
         )
     finally:
         container.close()

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from ..media.images import decode_mask, decode_rgb
+from ..media.publish import Samples
 from ..media.video import encode_frames
 from ..render import (
     BrushRegion,
@@ -39,7 +40,8 @@ def render_job(
     progress: Callable[[float], None],
     *,
     hold_file: Path | None = None,
-) -> list[str]:
+) -> tuple[list[str], Samples]:
+    """Render the job into `out`; returns warnings for the job and the frames sampled for its poster."""
     req = ctx.request
     resolution = req.options.get("resolution", "720p")
     src = decode_rgb(ctx.image_bytes(req.image))
@@ -74,12 +76,17 @@ def render_job(
         warnings.append(
             f"local/preview animates a still by camera motion only ({why}); it does not generate new content."
         )
-    encode_frames(_watch(frames, n, progress, hold_file), out, fps=FPS)
-    return warnings
+    samples = Samples(n)
+    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=FPS)
+    return warnings, samples
 
 
 def _watch(
-    frames: Iterator[np.ndarray], n: int, progress: Callable[[float], None], hold_file: Path | None
+    frames: Iterator[np.ndarray],
+    n: int,
+    progress: Callable[[float], None],
+    hold_file: Path | None,
+    samples: Samples,
 ) -> Iterator[np.ndarray]:
     for i, frame in enumerate(frames):
         if i == 2 and hold_file is not None:
@@ -87,5 +94,6 @@ def _watch(
             while hold_file.exists():
                 time.sleep(0.02)
         progress(min(0.99, i / n))
+        samples.offer(i, frame)  # the engine yields a fresh array per frame; keeping it is safe
         yield frame
     progress(1.0)
