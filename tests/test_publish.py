@@ -31,8 +31,9 @@ def test_provider_file_is_decoded_once_and_sampled(tmp_path: Path) -> None:
     assert v["duration_s"] == pytest.approx(1.25, abs=0.05)
     last = np.asarray(Image.open(io.BytesIO((job / "last-frame.png").read_bytes())).convert("RGB"))
     assert psnr_quarter(last, frames[-1]) > 30 > psnr_quarter(last, frames[0])
-    sheet = Image.open(job / "poster.png")
-    assert sheet.width == 3 * 200 + 2 * 2 and (job / "poster.png").stat().st_size < 100_000
+    with Image.open(job / "poster.png") as sheet:
+        assert sheet.width == 3 * 200 + 2 * 2
+    assert (job / "poster.png").stat().st_size < 100_000
 
 
 def test_truncated_provider_file_is_refused(tmp_path: Path) -> None:
