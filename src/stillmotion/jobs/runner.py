@@ -75,6 +75,9 @@ class JobRunner:
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._events: dict[str, anyio.Event] = {}
         self._local_limiter = anyio.CapacityLimiter(settings.local_concurrency)
+        # Publishing (decode check, poster, last frame) is CPU work: more at once than there are
+        # cores only adds contention and memory. A FIFO queue also finishes the earliest jobs first.
+        self._publish_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
         self._progress_mark: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -372,7 +375,9 @@ class JobRunner:
         job_dir = self.job_dir(job_id)
         final = job_dir / "video.mp4"
         try:
-            result = await anyio.to_thread.run_sync(self._publish_file, tmp, final, job_dir, samples)
+            result = await anyio.to_thread.run_sync(
+                self._publish_file, tmp, final, job_dir, samples, limiter=self._publish_limiter
+            )
         except ValueError as exc:
             raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
         result["video"]["provider_url"] = provider_url
