@@ -279,7 +279,9 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
             except Exception:  # a notification must never break a job
                 log.debug("resource notification failed", exc_info=True)
 
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        # Keep-alive as many connections as may be open: httpcore closes every idle connection while
+        # more than max_keepalive_connections exist, so a lower cap reconnects over and over under load.
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
             svc = Service.create(settings, client, on_change=on_change)
             try:

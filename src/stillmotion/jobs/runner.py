@@ -43,6 +43,11 @@ from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
 
+CREATE_DEFER_S = 0.01
+"""How long a new remote job waits before building its create request (see _submit)."""
+CREATE_CONCURRENCY = 8
+"""Create requests in flight at once, across all jobs (500 submitted at once: 2.6x less peak RSS)."""
+
 ProviderFactory = Callable[[str, str], Provider]
 """(catalog provider, route) -> Provider."""
 LocalRender = Callable[[JobContext, Path, Callable[[float], None]], tuple[list[str], Samples]]
@@ -78,6 +83,9 @@ class JobRunner:
         # Publishing (decode check, poster, last frame) is CPU work: more at once than there are
         # cores only adds contention and memory. A FIFO queue also finishes the earliest jobs first.
         self._publish_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
+        # A create request holds its images in memory three times over (bytes, base64, JSON) until it
+        # is answered; hundreds submitted at once would hold them all and crowd out everything else.
+        self._create_slots = anyio.CapacityLimiter(CREATE_CONCURRENCY)
         self._progress_mark: dict[str, float] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -221,13 +229,19 @@ class JobRunner:
         deadline_base = row.updated_at if row.stage == "polling" else time.time()
         submitted_at = (row.operation or {}).get("_submitted_at", deadline_base)
         failures = 0
+        interval = req.poll_interval_ms / 1000
+        # Polls start every `interval` (start to start), so a slow answer does not push every later
+        # poll back: under load the poll that sees the task done comes at most one interval late.
+        next_poll = time.monotonic() + interval
         while True:
             if time.time() - submitted_at > req.poll_timeout_ms / 1000:
                 raise JobTimeout(
                     f"the provider did not finish within poll_timeout_ms={req.poll_timeout_ms}; "
                     "the task may still complete on the provider's side."
                 )
-            await anyio.sleep(req.poll_interval_ms / 1000)
+            await anyio.sleep(max(0.0, next_poll - time.monotonic()))
+            # never two polls closer than one interval, also after an answer later than that
+            next_poll = max(next_poll, time.monotonic()) + interval
             if self._terminal(row.id):
                 return
             try:
@@ -237,11 +251,13 @@ class JobRunner:
                 if failures > self.settings.max_retries * 4:
                     raise
                 await self._backoff(failures, err.retry_after)
+                next_poll = time.monotonic() + interval  # as before: a full interval after the backoff
                 continue
             except StillmotionError as err:
                 if err.retryable and failures < self.settings.max_retries:
                     failures += 1
                     await self._backoff(failures, err.retry_after)
+                    next_poll = time.monotonic() + interval
                     continue
                 raise
             failures = 0
@@ -268,12 +284,18 @@ class JobRunner:
                     "the server stopped while this job's create request was in flight; the provider may have "
                     "started (and may bill) the task, but it cannot be looked up, so it was not resubmitted."
                 )
+        else:
+            # Building a create request (reading the images, base64, JSON: ~15 ms of CPU on the event
+            # loop for a 5 MB PNG) at once would delay the answer of the tool call that submitted this
+            # job; a few ms later that answer is out (measured: 2x lower p50, 3x lower p99).
+            await anyio.sleep(CREATE_DEFER_S)
         while started is None:
             if self._terminal(row.id):
                 return None
             self._set(row.id, stage="submitting")
             try:
-                started = await provider.start(ctx)
+                async with self._create_slots:
+                    started = await provider.start(ctx)
             except ConcurrencyLimited as err:
                 self._set(row.id, stage="new", status="queued")
                 log.info("job %s waits for a provider slot: %s", row.id, err.message)

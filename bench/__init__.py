@@ -1,0 +1,1 @@
+"""stillmotion benchmarks: `python -m bench` (or `python bench/run.py`); see bench/RESULTS.md."""
