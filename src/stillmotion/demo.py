@@ -42,6 +42,13 @@ DEMO_CALLS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+def say(text: str, *, err: bool = False) -> None:
+    """The demo's report (a CLI command: it never runs inside the stdio server)."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def _end_image(dest: Path) -> Path:
     """The demo's end frame: the sample image at dusk, shifted slightly (so the morph has motion)."""
     import numpy as np
@@ -75,7 +82,7 @@ async def _demo(out: Path) -> int:
 
     image = str(sample_image_path())
     end = str(_end_image(out / "end-frame.png"))
-    print(f"stillmotion demo: local/preview on {image}")
+    say(f"stillmotion demo: local/preview on {image}")
     ok = True
     async with Client(build_server()) as client:
         for tool, extra in DEMO_CALLS:
@@ -87,7 +94,7 @@ async def _demo(out: Path) -> int:
             t0 = time.monotonic()
             res = await client.call_tool(tool, args)
             if res.is_error or not res.structured_content:
-                print(f"  {tool}: error: {res.content[0].text if res.content else '?'}")  # type: ignore[union-attr]
+                say(f"  {tool}: error: {res.content[0].text if res.content else '?'}")  # type: ignore[union-attr]
                 ok = False
                 continue
             job_id = res.structured_content["job_id"]
@@ -98,7 +105,7 @@ async def _demo(out: Path) -> int:
             took = time.monotonic() - t0
             sc = res.structured_content or {}
             if status != "succeeded":
-                print(f"  {tool}: {status}: {(sc.get('error') or {}).get('message')}")
+                say(f"  {tool}: {status}: {(sc.get('error') or {}).get('message')}")
                 ok = False
                 continue
             path = Path(sc["video"]["path"])
@@ -106,13 +113,13 @@ async def _demo(out: Path) -> int:
             try:
                 info = probe_video(path)
             except ValueError as exc:
-                print(f"  {label}: {path} does not decode: {exc}")
+                say(f"  {label}: {path} does not decode: {exc}")
                 ok = False
                 continue
             size_kb = path.stat().st_size / 1024
-            print(
+            say(
                 f"  {label:<32} {path}  {info.duration_s:.2f} s  {info.width}x{info.height}  "
                 f"{info.frame_count} frames  {size_kb:.0f} KB  ({took:.1f} s)"
             )
-    print("all five videos decode" if ok else "demo FAILED", file=sys.stdout if ok else sys.stderr)
+    say("all five videos decode" if ok else "demo FAILED", err=not ok)
     return 0 if ok else 1
