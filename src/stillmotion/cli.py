@@ -8,9 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -178,8 +176,4 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("stillmotion") / "assets" / "sample.jpg"))
 
 
-def default_demo_home() -> Path:
-    return Path(tempfile.mkdtemp(prefix="stillmotion-demo-"))
-
-
-__all__ = ["main", "os"]
+__all__ = ["main", "sample_image_path"]

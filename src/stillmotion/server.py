@@ -30,7 +30,7 @@ from mcp.types import (
 from pydantic import ConfigDict, Field, ValidationError
 
 from . import __version__
-from .catalog import MODELS, catalog_table, model_ids_for_tool, models_for_tool, tool_model_rules
+from .catalog import MODELS, ModelSpec, catalog_table, model_ids_for_tool, models_for_tool, tool_model_rules
 from .errors import StillmotionError
 from .jobs.store import JobRow
 from .requests import (
@@ -95,11 +95,16 @@ def _param(name: str, annotation: Any, default: Any = inspect.Parameter.empty) -
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
+def _tool_durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
+    feature = model.features.get(tool)
+    return feature.durations if feature is not None and feature.durations else model.durations
+
+
 def _common_params(tool: str, strict: bool, default_model: str) -> list[inspect.Parameter]:
     ids = model_ids_for_tool(tool, strict=strict)
     models = models_for_tool(tool, strict=strict)
     default = default_model if default_model in ids else None
-    durations = sorted({d for m in models for d in (m.features.get(tool).durations if m.features.get(tool) and m.features[tool].durations else m.durations)})  # type: ignore[union-attr]
+    durations = sorted({d for m in models for d in _tool_durations(m, tool)})
     prompt_max = max(m.prompt_max for m in models)
     return [
         _param(
@@ -361,9 +366,8 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         """Every model with its capabilities, limits, routes and which tools accept it."""
         return {"models": _public_catalog(settings, tool)}
 
-    for tool in ("animate_image", "interpolate_frames", "camera_move", "motion_brush", "check_job", "list_jobs", "cancel_job", "list_models"):
-        if tool not in ("animate_image", "interpolate_frames", "camera_move", "motion_brush"):
-            _forbid_extra_arguments(mcp, tool)
+    for tool in ("check_job", "list_jobs", "cancel_job", "list_models"):
+        _forbid_extra_arguments(mcp, tool)
 
     @mcp.resource("stillmotion://models", name="models", mime_type="application/json", description="The model catalog.")
     def models_resource() -> str:

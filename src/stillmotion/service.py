@@ -181,8 +181,8 @@ class Service:
         return existing
 
     async def _load_inputs(self, args: ToolArgs, model: str) -> LoadedInputs:
-        rules = MODELS[model].image_rules
-        cap = max(rules.max_bytes + 1, self.settings.max_fetch_bytes) if not MODELS[model].is_local else self.settings.max_fetch_bytes
+        # the fetch cap is above every model's size rule, so the rule check can name the real size
+        cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
         guard = UrlGuard(self.settings.allow_private_network, frozenset())
 
         async def load(value: str, argument: str) -> LoadedImage:
