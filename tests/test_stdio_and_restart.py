@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,37 @@ def test_kill9_mid_render_then_restart_finishes(
     assert done["video"]["duration_s"] == pytest.approx(1.0, abs=0.05)
     assert ids == [job_id]
     assert not list((home / "outputs" / job_id).glob("*.part"))
+
+
+def _threads_rendering() -> int:
+    return sum(
+        1 for frame in sys._current_frames().values() if any(f.name == "render_job" for f in traceback.extract_stack(frame))
+    )
+
+
+def test_shutdown_mid_render_leaves_no_thread_behind(make_settings: SettingsFactory, image_480: Path, tmp_path: Path) -> None:
+    hold = tmp_path / "hold-render"
+    hold.touch()
+
+    async def run() -> str:
+        async with connect(make_settings(STILLMOTION_TEST_HOLD_FILE=str(hold))) as client:
+            job = structured(await client.call_tool("animate_image", {"image": str(image_480), "duration": 1, "local": {"resolution": "480p"}}))
+            for _ in range(250):  # until the render thread is parked at the hold point
+                if _threads_rendering():
+                    break
+                await anyio.sleep(0.02)
+            assert _threads_rendering() == 1
+            return str(job["job_id"])
+
+    job_id = anyio.run(run)  # the server shuts down while its render is parked
+    deadline = time.monotonic() + 10
+    while _threads_rendering() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _threads_rendering() == 0, "a render thread outlived its server (it would keep the process alive)"
+    hold.unlink()
+
+    async def again() -> dict[str, Any]:
+        async with connect(make_settings()) as client:
+            return await wait_done(client, job_id)
+
+    assert anyio.run(again)["status"] == "succeeded"  # and the job resumes with the next server

@@ -295,6 +295,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
                     try:
                         yield svc
                     finally:
+                        svc.runner.stop()
                         tg.cancel_scope.cancel()
             finally:
                 svc.close()  # only after every job task has stopped

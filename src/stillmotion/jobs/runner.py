@@ -9,7 +9,9 @@ concurrency limit keeps the job queued; a quota answer ends it at once.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
 import os
 import random
@@ -87,14 +89,23 @@ class JobRunner:
         # is answered; hundreds submitted at once would hold them all and crowd out everything else.
         self._create_slots = anyio.CapacityLimiter(CREATE_CONCURRENCY)
         self._progress_mark: dict[str, float] = {}
+        self._stopping = False
+        self._changed: set[str] = set()
+        self._changes_ready = anyio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        if self.on_change is not None:
+            tg.start_soon(self._send_notifications, name="resource notifications")
         for row in self.store.unfinished():
             log.info("resuming job %s (%s, stage %s)", row.id, row.status, row.stage)
             self.launch(row.id)
+
+    def stop(self) -> None:
+        """Shutdown: render threads stop at their next frame (their jobs resume on the next start)."""
+        self._stopping = True
 
     def launch(self, job_id: str) -> None:
         assert self._tg is not None, "runner not started"
@@ -103,11 +114,24 @@ class JobRunner:
     # -- change notification -------------------------------------------------------------
 
     def _notify(self, job_id: str) -> None:
+        """Wake waiters on this job and queue its resource notification. Safe from a plain loop
+        callback (render threads reach it through call_soon_threadsafe): it starts no task."""
         ev = self._events.pop(job_id, None)
         if ev is not None:
             ev.set()
-        if self.on_change is not None and self._tg is not None:
-            self._tg.start_soon(self.on_change, job_id)
+        if self.on_change is not None and not self._stopping:
+            self._changed.add(job_id)
+            self._changes_ready.set()
+
+    async def _send_notifications(self) -> None:
+        """One task sends every resource notification; bursts for one job coalesce into one."""
+        assert self.on_change is not None
+        while True:
+            await self._changes_ready.wait()
+            self._changes_ready = anyio.Event()
+            batch, self._changed = self._changed, set()
+            for job_id in batch:
+                await self.on_change(job_id)
 
     async def wait_change(self, job_id: str, timeout: float) -> None:
         ev = self._events.setdefault(job_id, anyio.Event())
@@ -173,14 +197,19 @@ class JobRunner:
                 return
             self._set(row.id, status="running", stage="polling", progress=0.0)
             tmp = job_dir / ".render.mp4.part"
-            token = anyio.lowlevel.current_token()
+            loop = asyncio.get_running_loop()
 
             def progress(p: float) -> None:
+                # Runs on the render thread. It must never block on the event loop: at shutdown the
+                # loop is gone, and a thread waiting for it would keep the process alive forever.
+                if self._stopping:
+                    raise Cancelled("the server is stopping; the render restarts with the server")
                 last = self._progress_mark.get(row.id, -1.0)
                 if p - last >= 0.05 or p >= 1.0:
                     self._progress_mark[row.id] = p
                     self.store.set_progress(row.id, round(p, 4))
-                    anyio.from_thread.run_sync(self._notify, row.id, token=token)
+                    with contextlib.suppress(RuntimeError):  # loop already closed
+                        loop.call_soon_threadsafe(self._notify, row.id)
                 if self._terminal(row.id):
                     raise Cancelled("cancelled")
 

@@ -90,8 +90,10 @@ def _watch(
 ) -> Iterator[np.ndarray]:
     for i, frame in enumerate(frames):
         if i == 2 and hold_file is not None:
-            # test hook: a deterministic point at which a kill -9 lands mid-render
+            # test hook: a deterministic point at which a kill -9 lands mid-render (progress()
+            # still runs, so a cancel or a server shutdown ends the wait)
             while hold_file.exists():
+                progress(min(0.99, i / n))
                 time.sleep(0.02)
         progress(min(0.99, i / n))
         samples.offer(i, frame)  # the engine yields a fresh array per frame; keeping it is safe
