@@ -100,6 +100,11 @@ class Provider(ABC):
         self.client = client
         self.settings = settings
 
+    @property
+    def _base(self) -> str:
+        """The configured base URL of this route (`settings.base_urls` is keyed by provider name)."""
+        return self.settings.base_urls[self.name].rstrip("/")
+
     @abstractmethod
     async def start(self, job: JobContext) -> StartResult: ...
 

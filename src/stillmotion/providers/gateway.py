@@ -162,9 +162,6 @@ class GatewayProvider(Provider):
     name = "gateway"
     route = "gateway"
 
-    @property
-    def _base(self) -> str:
-        return self.settings.base_urls["gateway"].rstrip("/")
 
     def _headers(self, model_id: str, *, stream: bool = False, key: str | None = None) -> dict[str, str]:
         secret = self.settings.gateway_api_key

@@ -59,10 +59,6 @@ class KlingProvider(Provider):
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}", "Content-Type": "application/json"}
 
-    @property
-    def _base(self) -> str:
-        return self.settings.base_urls["klingai"]
-
     # -- request body ----------------------------------------------------------------------
 
     def build_body(self, job: JobContext) -> dict[str, Any]:

@@ -58,10 +58,6 @@ class WanProvider(Provider):
             headers["X-DashScope-Async"] = "enable"
         return headers
 
-    @property
-    def _base(self) -> str:
-        return self.settings.base_urls["alibaba"]
-
     # -- request body ----------------------------------------------------------------------
 
     def build_body(self, job: JobContext) -> dict[str, Any]:

@@ -50,10 +50,6 @@ class XaiProvider(Provider):
             headers["Content-Type"] = "application/json"
         return headers
 
-    @property
-    def _base(self) -> str:
-        return self.settings.base_urls["xai"]
-
     # -- request body ----------------------------------------------------------------------
 
     def build_body(self, job: JobContext) -> dict[str, Any]:
