@@ -153,7 +153,7 @@ async def test_kling_v26_headers_body_and_status_flow(fake: GatewayFake, make_se
                 "mode": "pro",
                 "negativePrompt": "blurry, low quality",
                 "sound": "on",
-                "voiceList": [{"voiceId": "voice-abc"}],
+                "voiceList": [{"voice_id": "voice-abc", "voiceId": "voice-abc"}],
                 "watermarkEnabled": False,
             }
         },

@@ -90,6 +90,10 @@ class ModelSpec:
     aspect_ratios: tuple[str, ...] = ()
     seed: bool = False
     interpolation_silent_only: bool = False
+    shots: bool = False
+    """Kling multi-shot (`multi_shot`, `shot_type`, `multi_prompt`)."""
+    elements: bool = False
+    """Kling element references (`element_list`)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
 
     @property
@@ -150,6 +154,8 @@ class ModelSpec:
                 "default_resolution": self.default_resolution,
                 "aspect_ratios": list(self.aspect_ratios),
                 "seed": self.seed,
+                "shots": self.shots,
+                "elements": self.elements,
             },
             "notes": list(self.notes),
         }
@@ -197,6 +203,7 @@ def _kling(
     voices: bool = False,
     gateway: bool = False,
     silent_interp: bool = False,
+    v3: bool = False,
     notes: tuple[str, ...] = (),
 ) -> ModelSpec:
     mid = f"klingai/kling-{version}-i2v"
@@ -219,6 +226,8 @@ def _kling(
         sound=sound,
         voices=voices,
         interpolation_silent_only=silent_interp,
+        shots=v3,
+        elements=v3,
         notes=notes,
     )
 
@@ -276,6 +285,7 @@ KLING_MODELS = (
         sound=_STD_PRO,
         voices=True,
         gateway=True,
+        v3=True,
         notes=(
             "voices: Kling's capability map says no voice control on v3, its field docs and the AI SDK "
             "say v2.6 and later; stillmotion sends them",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .catalog import CAMERA_TYPES
 
@@ -91,6 +91,13 @@ class DynamicMask(_Strict):
     )
 
 
+class KlingShot(_Strict):
+    prompt: Annotated[str, Field(min_length=1, max_length=512)] = Field(
+        description="What happens in this shot (at most 512 characters; voice references <<<voice_N>>> allowed)."
+    )
+    duration: Annotated[int, Field(ge=1, le=15)] = Field(description="Seconds, at least 1.")
+
+
 class KlingOptions(_Strict):
     mode: Literal["std", "pro"] | None = Field(
         None, description="std (default) or pro. Some features need pro on some models (see the model rules)."
@@ -104,6 +111,24 @@ class KlingOptions(_Strict):
         description="Up to 2 Kling voice ids; need sound on. Refer to them in the prompt as <<<voice_1>>>, <<<voice_2>>>.",
     )
     watermark: bool | None = Field(None, description="Ask Kling for a watermarked result.")
+    shots: Annotated[list[KlingShot], Field(min_length=1, max_length=6)] | None = Field(
+        None,
+        description=(
+            "Kling 3.0 multi-shot (animate_image only): 1-6 shots of {prompt, duration}; the durations sum to the "
+            "clip's duration (an omitted duration is their sum). With shots the main prompt is ignored. Not with "
+            "an end frame. local/preview renders one camera move per shot with a cut between them."
+        ),
+    )
+    shot_type: Literal["customize", "intelligence"] | None = Field(
+        None,
+        description=(
+            "Kling 3.0 multi-shot: customize (your `shots`; the default when shots are given) or intelligence "
+            "(Kling cuts the main prompt into shots itself; needs prompt, forbids shots)."
+        ),
+    )
+    elements: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)] | None = Field(
+        None, description="Kling 3.0: up to 3 Kling element ids (reference subjects). Never together with voices."
+    )
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
 
@@ -114,6 +139,21 @@ class WanOptions(_Strict):
     )
     resolution: Literal["720P", "1080P"] | None = Field(None, description="Output tier; default 720P.")
     prompt_extend: bool | None = Field(None, description="Let DashScope rewrite the prompt (its default true).")
+    shot_type: Literal["single", "multi"] | None = Field(
+        None,
+        description=(
+            "single (default) or multi: let Wan cut the clip into several shots. Works through prompt rewriting, "
+            "so it is an error together with prompt_extend false."
+        ),
+    )
+    audio_url: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description=(
+            "A driving audio track (wav or mp3, 3-30 s, at most 15 MB): path, file:// or http(s) URL, or "
+            "stillmotion:// resource. Longer audio is cut to the clip; a local file is hosted on Vercel Blob "
+            "(BLOB_READ_WRITE_TOKEN). On the flash model it turns audio on."
+        ),
+    )
     seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
     watermark: bool | None = None
     poll_interval_ms: PollInterval | None = None
@@ -155,6 +195,17 @@ class StoredImage(BaseModel):
     sha256: str
 
 
+class StoredAudio(BaseModel):
+    """A driving audio track as the job keeps it: a checked local copy, plus the URL it came from."""
+
+    path: str
+    url: str | None = None
+    mime: str
+    bytes: int
+    sha256: str
+    duration_s: float
+
+
 class StoredMask(BaseModel):
     image: StoredImage
     trajectory: list[tuple[float, float]]
@@ -174,7 +225,37 @@ class GenerationRequest(BaseModel):
     camera: CameraControl | None = None
     dynamic_masks: list[StoredMask] = Field(default_factory=list)
     static_mask: StoredImage | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    """The provider's option object, dumped without None values."""
+    audio: StoredAudio | None = None
+    """Wan's driving audio (`wan.audio_url`), checked and kept like the images."""
+    kling: KlingOptions | None = None
+    wan: WanOptions | None = None
+    xai: XaiOptions | None = None
+    local: LocalOptions | None = None
+    """The model's own options object, resolved by its provider's `check_options` (defaults filled in,
+    poll settings moved to the fields below). local/preview also keeps `kling` when it carries shots."""
+    blobs: list[str] = Field(default_factory=list)
+    """Vercel Blob URLs uploaded for this job (deleted when the job ends)."""
     poll_interval_ms: int = 5000
     poll_timeout_ms: int = 600_000
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_options(cls, data: Any) -> Any:
+        """Rows stored before options were typed carry `options: {...}` (the own provider's object)."""
+        if isinstance(data, dict) and "options" in data:
+            from .catalog import MODELS
+
+            data = dict(data)
+            legacy = data.pop("options") or {}
+            spec = MODELS.get(str(data.get("model")))
+            if spec is not None and legacy:
+                data.setdefault(OPTION_FIELDS[spec.provider], legacy)
+        return data
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The model's own options as a plain dict (None values left out)."""
+        from .catalog import MODELS
+
+        own = getattr(self, OPTION_FIELDS[MODELS[self.model].provider])
+        return {} if own is None else dict(own.model_dump(exclude_none=True))

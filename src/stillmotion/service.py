@@ -25,8 +25,9 @@ from .jobs.store import JobRow, JobStore, args_fingerprint, new_job_id, validate
 from .media.images import LoadedImage, load_image
 from .media.net import UrlGuard
 from .media.publish import Samples, publish_video
-from .providers.base import JobContext, Provider
+from .providers.base import JobContext
 from .providers.local import render_job
+from .providers.registry import make_provider
 from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
 from .settings import Settings
 from .validation import (
@@ -42,27 +43,6 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[JobRow], Awaitable[None]]
 RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
-
-
-def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, route: str) -> Provider:
-    """The provider class for (catalog provider, route). Imported lazily: each is a small mapping module."""
-    if route == "gateway":
-        from .providers.gateway import GatewayProvider
-
-        return GatewayProvider(client, settings)
-    if provider == "klingai":
-        from .providers.kling import KlingProvider
-
-        return KlingProvider(client, settings)
-    if provider == "alibaba":
-        from .providers.wan import WanProvider
-
-        return WanProvider(client, settings)
-    if provider == "xai":
-        from .providers.xai import XaiProvider
-
-        return XaiProvider(client, settings)
-    raise ValueError(f"no provider for {provider} via {route}")
 
 
 @dataclass
@@ -133,7 +113,7 @@ class Service:
             tool=args.tool,
             model=plan.spec.id,
             route=plan.route,
-            prompt=args.prompt if args.prompt and args.prompt.strip() else None,
+            prompt=plan.prompt,
             negative_prompt=args.negative_prompt or None,
             duration=plan.duration,
             image=keep(inputs.image, "image"),
@@ -144,7 +124,7 @@ class Service:
                 for i, (m, traj) in enumerate(inputs.dynamic)
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
-            options=plan.options,
+            **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
         )

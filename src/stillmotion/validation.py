@@ -8,7 +8,6 @@ values. Options a model ignores become warnings, never silent drops.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,8 +16,10 @@ from pydantic import BaseModel
 from .catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
 from .errors import InvalidInput, MissingCredentials
 from .media.images import LoadedImage, check_image, rasterize_shape
+from .providers.local import IGNORED_WITH_SHOTS
+from .providers.registry import REGISTRY
+from .providers.rules import OptionContext
 from .requests import (
-    OPTION_FIELDS,
     BoxShape,
     CameraControl,
     DynamicMask,
@@ -32,7 +33,6 @@ from .requests import (
 from .settings import DIRECT_KEY_VARS, Settings
 
 RouteName = Literal["direct", "gateway", "local"]
-VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
 PROVIDER_LABEL = {"klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "local": "the offline engine"}
 
 
@@ -60,10 +60,22 @@ class Plan:
     spec: ModelSpec
     route: RouteName
     duration: int
-    options: dict[str, Any]
+    options: BaseModel
+    """The model's own options object, resolved by its provider's check (stored as the request's field)."""
     warnings: list[str] = field(default_factory=list)
     poll_interval_ms: int = 5000
     poll_timeout_ms: int = 600_000
+    prompt: str | None = None
+    """The prompt to send (None when blank or made unused by the options)."""
+    kling_shots: KlingOptions | None = None
+
+    @property
+    def option_fields(self) -> dict[str, BaseModel]:
+        """The stored request's option fields: {own field: options} (+ kling shots on local/preview)."""
+        out: dict[str, BaseModel] = {REGISTRY[self.spec.provider].field: self.options}
+        if self.kling_shots is not None:
+            out["kling"] = self.kling_shots
+        return out
 
 
 def max_trajectory_points(duration: int) -> int:
@@ -153,24 +165,28 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     route = choose_route(spec, settings)
 
     # -- options objects: the model's own is used; others are ignored with a warning
-    own_field = OPTION_FIELDS[spec.provider]
+    entry = REGISTRY[spec.provider]
+    own_field = entry.field
     given: dict[str, BaseModel | None] = {"kling": args.kling, "wan": args.wan, "xai": args.xai, "local": args.local}
     for name, value in given.items():
         if value is not None and name != own_field:
-            keys = sorted(_dump(value)) or ["(empty)"]
+            keys = sorted(_dump(value))
+            if spec.is_local and name == "kling":
+                keys = [k for k in keys if k not in IGNORED_WITH_SHOTS]  # local/preview honours shots
+                if not keys:
+                    continue
             warnings.append(
-                f"'{name}' options ({', '.join(keys)}) are ignored: {spec.id} is a {PROVIDER_LABEL[spec.provider]} model"
+                f"'{name}' options ({', '.join(keys or ['(empty)'])}) are ignored: {spec.id} is a "
+                f"{PROVIDER_LABEL[spec.provider]} model"
                 + (f" (its options object is '{own_field}')." if own_field != "local" else ".")
             )
             if spec.is_local:
-                _local_ignored_note(name, value, warnings)
+                _local_ignored_note(value, warnings)
 
     # -- prompt
     prompt = args.prompt
     if prompt is not None and not prompt.strip():
         prompt = None
-    if spec.prompt_required and prompt is None:
-        raise InvalidInput("prompt", f"{spec.id} requires a prompt describing the motion.", f"1-{spec.prompt_max} characters")
     if prompt is not None and len(prompt) > spec.prompt_max:
         raise InvalidInput(
             "prompt", f"is {len(prompt)} characters; {spec.id} accepts at most {spec.prompt_max}.", f"<= {spec.prompt_max} characters"
@@ -189,44 +205,33 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     if spec.is_local and prompt is not None and tool != "animate_image":
         warnings.append(f"prompt is not used by local/preview for {tool}; the motion comes from the tool's arguments.")
 
+    # -- the provider's own option rules (its module owns them)
+    ctx = OptionContext(
+        tool=tool,
+        spec=spec,
+        route=route,
+        prompt=prompt,
+        duration=args.duration,
+        has_end_image=args.end_image is not None,
+        settings=settings,
+        kling=args.kling,
+    )
+    checked = entry.check(given[own_field], ctx)
+    warnings.extend(checked.warnings)
+    if spec.prompt_required and checked.prompt_used and prompt is None:
+        raise InvalidInput("prompt", f"{spec.id} requires a prompt describing the motion.", f"1-{spec.prompt_max} characters")
+
     # -- duration
     durations = feature.durations if feature and feature.durations else spec.durations
-    duration = args.duration if args.duration is not None else spec.default_duration
+    if args.duration is not None:
+        duration = args.duration
+    else:
+        duration = checked.duration if checked.duration is not None else spec.default_duration
     if duration not in durations:
         where = f" for {tool}" if feature and feature.durations else ""
         raise InvalidInput(
             "duration", f"{duration} s is not offered by {spec.id}{where}.", [f"{d}" for d in durations]
         )
-
-    options: dict[str, Any] = {}
-    interval = settings.poll_interval_ms
-    timeout = settings.poll_timeout_ms
-    if spec.provider == "klingai":
-        options, interval, timeout = _kling_options(args, spec, tool, prompt, warnings, settings)
-    elif spec.provider == "alibaba":
-        opts = args.wan or WanOptions()
-        if opts.audio is not None and not spec.audio:
-            raise InvalidInput(
-                "wan.audio", f"{spec.id} cannot generate audio; only the flash model can.", ["alibaba/wan-v2.6-i2v-flash"]
-            )
-        options = _dump(opts)
-        if spec.audio:
-            options.setdefault("audio", False)
-        options.setdefault("resolution", spec.default_resolution)
-        interval = opts.poll_interval_ms or interval
-        timeout = opts.poll_timeout_ms or timeout
-    elif spec.provider == "xai":
-        opts_x = args.xai or XaiOptions()
-        options = _dump(opts_x)
-        options.setdefault("resolution", spec.default_resolution)
-        if opts_x.aspect_ratio is not None:
-            warnings.append(f"aspect_ratio {opts_x.aspect_ratio} stretches the input image to that shape.")
-        interval = opts_x.poll_interval_ms or interval
-        timeout = opts_x.poll_timeout_ms or timeout
-    else:
-        options = (args.local or LocalOptions()).model_dump()
-    for k in ("poll_interval_ms", "poll_timeout_ms"):
-        options.pop(k, None)
 
     # -- camera
     if tool == "camera_move":
@@ -244,83 +249,23 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
                     f"has {n} points; a {duration} s clip takes 2-{hi} points (77 per 5 s, scaled with duration).",
                     f"2-{hi} points",
                 )
-    return Plan(spec, route, duration, options, warnings, interval, timeout)
-
-
-def _local_ignored_note(name: str, value: BaseModel, warnings: list[str]) -> None:
-    dumped = _dump(value)
-    if dumped.get("sound") == "on" or dumped.get("voices") or dumped.get("audio"):
-        warnings.append("local/preview renders silent video: sound, voices and audio are not generated.")
-
-
-def _kling_options(
-    args: ToolArgs, spec: ModelSpec, tool: str, prompt: str | None, warnings: list[str], settings: Settings
-) -> tuple[dict[str, Any], int, int]:
-    opts = args.kling or KlingOptions()
-    feature = spec.features.get(tool)
-    out: dict[str, Any] = {}
-    if spec.modes:
-        mode = opts.mode or "std"
-        allowed = feature.modes if feature and feature.modes else spec.modes
-        if mode not in allowed:
-            needs = " or ".join(allowed)
-            raise InvalidInput(
-                "kling.mode",
-                f"{tool} on {spec.id} needs mode {needs}; got {mode!r}"
-                + (" (the default). stillmotion never upgrades the mode silently: set kling.mode" if opts.mode is None else "")
-                + ".",
-                list(allowed),
-            )
-        out["mode"] = mode
-    elif opts.mode is not None:
-        raise InvalidInput("kling.mode", f"{spec.id} has no quality modes; leave mode out.", "(no mode)")
-    mode_now = out.get("mode")
-    if opts.cfg_scale is not None:
-        if not spec.cfg_scale:
-            raise InvalidInput(
-                "kling.cfg_scale",
-                f"{spec.id} does not support cfg_scale (Kling v2.x models do not).",
-                [m.id for m in MODELS.values() if m.cfg_scale],
-            )
-        out["cfg_scale"] = opts.cfg_scale
-    sound = opts.sound
-    if sound == "on":
-        if not spec.sound:
-            raise InvalidInput(
-                "kling.sound", f"{spec.id} cannot generate sound; sound needs Kling v2.6 or later.",
-                [m.id for m in MODELS.values() if m.sound],
-            )
-        if mode_now not in spec.sound:
-            raise InvalidInput("kling.sound", f"sound on {spec.id} needs mode {'|'.join(spec.sound)}.", list(spec.sound))
-        if tool == "interpolate_frames" and spec.interpolation_silent_only:
-            raise InvalidInput("kling.sound", f"first/last-frame clips on {spec.id} are silent only.", ["off"])
-    if sound is not None:
-        if not spec.sound and sound == "off":
-            warnings.append(f"sound is ignored: {spec.id} renders silent video.")
-        else:
-            out["sound"] = sound
-    voices = opts.voices or []
-    if voices:
-        if not spec.voices:
-            raise InvalidInput("kling.voices", f"{spec.id} does not take voices (v2.6 and later).", [m.id for m in MODELS.values() if m.voices])
-        if sound != "on":
-            raise InvalidInput("kling.voices", "voices need kling.sound set to 'on'.", ["sound: on"])
-        out["voices"] = voices
-    refs = {int(n) for n in VOICE_REF.findall(prompt or "")}
-    for n in sorted(refs):
-        if n < 1 or n > len(voices):
-            raise InvalidInput(
-                "prompt",
-                f"refers to <<<voice_{n}>>> but kling.voices lists {len(voices)} voice(s).",
-                [f"<<<voice_{i + 1}>>>" for i in range(len(voices))] or "no voice references without kling.voices",
-            )
-    if opts.watermark is not None:
-        out["watermark"] = opts.watermark
-    return (
-        out,
-        opts.poll_interval_ms or settings.poll_interval_ms,
-        opts.poll_timeout_ms or settings.poll_timeout_ms,
+    return Plan(
+        spec,
+        route,
+        duration,
+        checked.options,
+        warnings,
+        checked.poll_interval_ms or settings.poll_interval_ms,
+        checked.poll_timeout_ms or settings.poll_timeout_ms,
+        prompt=prompt if checked.prompt_used else None,
+        kling_shots=checked.kling_shots,
     )
+
+
+def _local_ignored_note(value: BaseModel, warnings: list[str]) -> None:
+    dumped = _dump(value)
+    if dumped.get("sound") == "on" or dumped.get("voices") or dumped.get("audio") or dumped.get("audio_url"):
+        warnings.append("local/preview renders silent video: sound, voices and audio are not generated.")
 
 
 def _check_camera(camera: CameraControl | None, spec: ModelSpec, feature: Any) -> None:

@@ -459,8 +459,12 @@ class GatewayFake(FakeServer):
                 p.add(f"{pre}voiceList must be an array of 1-2 items")
             else:
                 for i, v in enumerate(vl):
-                    if not isinstance(v, dict) or set(v) != {"voiceId"} or not isinstance(v["voiceId"], str):
-                        p.add(f"{pre}voiceList[{i}] must be exactly {{'voiceId': string}}, got {v!r}")
+                    # the AI SDK's Kling options schema: z.object({voice_id: z.string()}) (other keys
+                    # stripped); the seed's example spells voiceId, accepted alongside when equal
+                    if not isinstance(v, dict) or not isinstance(v.get("voice_id"), str) or not v["voice_id"]:
+                        p.add(f"{pre}voiceList[{i}] must have voice_id: string (the SDK's schema), got {v!r}")
+                    elif not set(v) <= {"voice_id", "voiceId"} or v.get("voiceId", v["voice_id"]) != v["voice_id"]:
+                        p.add(f"{pre}voiceList[{i}] may only add voiceId equal to voice_id, got {v!r}")
             if o.get("sound") != "on" and body.get("generateAudio") is not True:
                 p.add(f"{pre}voiceList needs sound 'on'")
         if "imageTail" in o:

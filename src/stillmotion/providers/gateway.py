@@ -53,8 +53,9 @@ from ..errors import (
     StillmotionError,
 )
 from ..requests import StoredImage
+from . import kling, wan, xai
 from ._http import json_body, retry_after_seconds, send
-from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
+from .base import JobContext, Provider, StartResult, Status, VideoResult
 
 SSE_PATH = "/video-model"
 START_PATH = "/video-model/start"
@@ -67,8 +68,16 @@ PROTOCOL_HEADERS = {
 }
 #: The streamed call waits while the Gateway polls the provider (minutes); heartbeats keep reads short.
 STREAM_TIMEOUTS = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=30.0)
-#: Wan tiers as the SDK's `resolution: "WxH"` (its Alibaba provider maps these back to the tier).
-WAN_RESOLUTIONS = {"480P": "832x480", "720P": "1280x720", "1080P": "1920x1080"}
+
+
+def rename_fields(fields: dict[str, Any], table: dict[str, tuple[str, str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A direct body's option fields -> (top-level call options, providerOptions) in the SDK's names."""
+    top: dict[str, Any] = {}
+    po: dict[str, Any] = {}
+    for name, value in fields.items():
+        where, theirs, convert = table[name]
+        (top if where == "top" else po)[theirs] = convert(value) if convert is not None else value
+    return top, po
 
 SSE_WARNING = (
     "the Vercel AI Gateway did not offer its resumable start/status endpoints, so this job ran as one "
@@ -197,59 +206,22 @@ class GatewayProvider(Provider):
         return {"type": "file", "mediaType": image.mime, "data": job.raw_b64(image)}
 
     def build_body(self, job: JobContext) -> dict[str, Any]:
+        """The direct provider's own mapping, renamed to the AI SDK's spelling (its module's GATEWAY_FIELDS)."""
         req = job.request
         spec = MODELS[req.model]
-        opts = req.options
         body: dict[str, Any] = {"prompt": req.prompt or "", "n": 1, "duration": req.duration}
-        po: dict[str, Any] = {}
+        fields: dict[str, Any]
         if spec.provider == "klingai":
-            for ours, theirs in (("mode", "mode"), ("cfg_scale", "cfgScale"), ("sound", "sound")):
-                if ours in opts:
-                    po[theirs] = opts[ours]
-            if req.negative_prompt:
-                po["negativePrompt"] = req.negative_prompt
-            if opts.get("voices"):
-                po["voiceList"] = [{"voiceId": v} for v in opts["voices"]]
-            if req.end_image is not None:
-                po["imageTail"] = job.url_or_raw_b64(req.end_image)
-            if req.camera is not None:
-                po["cameraControl"] = camera_payload(req.camera)
-            if req.static_mask is not None:
-                po["staticMask"] = job.url_or_raw_b64(req.static_mask)
-            if req.dynamic_masks:
-                po["dynamicMasks"] = [
-                    {
-                        "mask": job.url_or_raw_b64(m.image),
-                        "trajectories": trajectory_payload(m.trajectory),
-                    }
-                    for m in req.dynamic_masks
-                ]
-            if "watermark" in opts:
-                po["watermarkEnabled"] = bool(opts["watermark"])
-            key = "klingai"
+            fields, table, key = kling.wire_options(job), kling.GATEWAY_FIELDS, "klingai"
         elif spec.provider == "alibaba":
-            if req.negative_prompt:
-                po["negativePrompt"] = req.negative_prompt
-            for ours, theirs in (
-                ("audio", "audio"),
-                ("prompt_extend", "promptExtend"),
-                ("watermark", "watermark"),
-            ):
-                if ours in opts:
-                    po[theirs] = opts[ours]
-            if "seed" in opts:
-                body["seed"] = opts["seed"]
-            if "resolution" in opts:
-                body["resolution"] = WAN_RESOLUTIONS.get(opts["resolution"], opts["resolution"])
-            key = "alibaba"
+            inputs, params = wan.wire_options(job)
+            fields, table, key = {**inputs, **params}, wan.GATEWAY_FIELDS, "alibaba"
         elif spec.provider == "xai":
-            if "aspect_ratio" in opts:
-                body["aspectRatio"] = opts["aspect_ratio"]
-            if "resolution" in opts:
-                po["resolution"] = opts["resolution"]
-            key = "xai"
+            fields, table, key = xai.wire_options(job), xai.GATEWAY_FIELDS, "xai"
         else:  # pragma: no cover - validation never routes local models here
             raise InvalidInput("model", f"{spec.id} is not served by the Vercel AI Gateway.")
+        top, po = rename_fields(fields, table)
+        body.update(top)
         body["providerOptions"] = {key: po} if po else {}
         body["image"] = self._file(job, req.image)
         return body

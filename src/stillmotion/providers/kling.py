@@ -8,6 +8,7 @@ second create with the same id is refused by Kling, never billed twice).
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..errors import (
     AuthError,
     ConcurrencyLimited,
     ContentFiltered,
+    InvalidInput,
     MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
@@ -26,16 +28,247 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..requests import KlingOptions, KlingShot
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
+from .rules import Checked, OptionContext
 
 PATH = "/v1/videos/image2video"
 RESULT_TTL_S = 30 * 24 * 3600
 _FILTER_WORDS = ("risk control", "safety", "sensitive", "inappropriate", "content policy", "violat")
 
 
+VOICE_REF = re.compile(r"<<<voice_(\d+)>>>")
+SHOT_PROMPT_MAX = 512
+
+
 class _DuplicateExternalId(StillmotionError):
     pass
+
+
+# -- option rules (pure) ---------------------------------------------------------------------
+
+
+def _models_with(flag: str) -> list[str]:
+    return [m.id for m in MODELS.values() if getattr(m, flag)]
+
+
+def check_options(given: KlingOptions | None, ctx: OptionContext) -> Checked[KlingOptions]:
+    """Every Kling option rule: modes, cfg_scale, sound, voices, shots, elements."""
+    opts = given or KlingOptions()
+    spec, tool = ctx.spec, ctx.tool
+    feature = spec.features.get(tool)
+    warnings: list[str] = []
+    out: dict[str, Any] = {}
+    if spec.modes:
+        mode = opts.mode or "std"
+        allowed = feature.modes if feature and feature.modes else spec.modes
+        if mode not in allowed:
+            needs = " or ".join(allowed)
+            raise InvalidInput(
+                "kling.mode",
+                f"{tool} on {spec.id} needs mode {needs}; got {mode!r}"
+                + (" (the default). stillmotion never upgrades the mode silently: set kling.mode" if opts.mode is None else "")
+                + ".",
+                list(allowed),
+            )
+        out["mode"] = mode
+    elif opts.mode is not None:
+        raise InvalidInput("kling.mode", f"{spec.id} has no quality modes; leave mode out.", "(no mode)")
+    mode_now = out.get("mode")
+    if opts.cfg_scale is not None:
+        if not spec.cfg_scale:
+            raise InvalidInput(
+                "kling.cfg_scale", f"{spec.id} does not support cfg_scale (Kling v2.x models do not).", _models_with("cfg_scale")
+            )
+        out["cfg_scale"] = opts.cfg_scale
+    sound = opts.sound
+    if sound == "on":
+        if not spec.sound:
+            raise InvalidInput(
+                "kling.sound", f"{spec.id} cannot generate sound; sound needs Kling v2.6 or later.", _models_with("sound")
+            )
+        if mode_now not in spec.sound:
+            raise InvalidInput("kling.sound", f"sound on {spec.id} needs mode {'|'.join(spec.sound)}.", list(spec.sound))
+        if tool == "interpolate_frames" and spec.interpolation_silent_only:
+            raise InvalidInput("kling.sound", f"first/last-frame clips on {spec.id} are silent only.", ["off"])
+    if sound is not None:
+        if not spec.sound and sound == "off":
+            warnings.append(f"sound is ignored: {spec.id} renders silent video.")
+        else:
+            out["sound"] = sound
+    voices = opts.voices or []
+    if voices:
+        if not spec.voices:
+            raise InvalidInput("kling.voices", f"{spec.id} does not take voices (v2.6 and later).", _models_with("voices"))
+        if sound != "on":
+            raise InvalidInput("kling.voices", "voices need kling.sound set to 'on'.", ["sound: on"])
+        out["voices"] = voices
+    if opts.elements:
+        if not spec.elements:
+            raise InvalidInput(
+                "kling.elements", f"{spec.id} does not take element references (Kling 3.0 does).", _models_with("elements")
+            )
+        if voices:
+            raise InvalidInput(
+                "kling.elements", "Kling does not take elements together with voices; drop one of them.",
+                "kling.elements or kling.voices, not both",
+            )
+        out["elements"] = list(opts.elements)
+    if opts.watermark is not None:
+        out["watermark"] = opts.watermark
+
+    duration, prompt_used = _check_shots(opts, ctx, warnings, out)
+    prompts = [("prompt", ctx.prompt)] if prompt_used else []
+    prompts += [(f"kling.shots[{i}].prompt", s.prompt) for i, s in enumerate(opts.shots or [])]
+    for argument, text in prompts:
+        check_voice_refs(argument, text, len(voices))
+    return Checked(
+        KlingOptions.model_validate(out),
+        warnings,
+        duration=duration,
+        prompt_used=prompt_used,
+        poll_interval_ms=opts.poll_interval_ms,
+        poll_timeout_ms=opts.poll_timeout_ms,
+    )
+
+
+def check_voice_refs(argument: str, text: str | None, n_voices: int) -> None:
+    for n in sorted({int(n) for n in VOICE_REF.findall(text or "")}):
+        if n < 1 or n > n_voices:
+            raise InvalidInput(
+                argument,
+                f"refers to <<<voice_{n}>>> but kling.voices lists {n_voices} voice(s).",
+                [f"<<<voice_{i + 1}>>>" for i in range(n_voices)] or "no voice references without kling.voices",
+            )
+
+
+def check_shot_list(
+    shots: list[KlingShot], duration: int | None, allowed: tuple[int, ...], model: str
+) -> int:
+    """1-6 shots, each <= 512 characters and >= 1 s, summing to the clip's duration; returns the sum."""
+    if not 1 <= len(shots) <= 6:
+        raise InvalidInput("kling.shots", f"has {len(shots)} shots.", "1 to 6 shots")
+    for i, shot in enumerate(shots):
+        if len(shot.prompt) > SHOT_PROMPT_MAX or not shot.prompt.strip():
+            raise InvalidInput(
+                f"kling.shots[{i}].prompt", f"is {len(shot.prompt)} characters.", f"1-{SHOT_PROMPT_MAX} characters"
+            )
+        if shot.duration < 1:
+            raise InvalidInput(f"kling.shots[{i}].duration", f"is {shot.duration} s.", ">= 1 s")
+    total = sum(s.duration for s in shots)
+    if duration is not None and total != duration:
+        raise InvalidInput(
+            "kling.shots",
+            f"durations sum to {total} s but duration is {duration} s; they must be equal (or leave duration out).",
+            f"shot durations summing to {duration}",
+        )
+    if total not in allowed:
+        raise InvalidInput(
+            "kling.shots", f"durations sum to {total} s, which {model} does not offer.", [str(d) for d in allowed]
+        )
+    return total
+
+
+def _check_shots(opts: KlingOptions, ctx: OptionContext, warnings: list[str], out: dict[str, Any]) -> tuple[int | None, bool]:
+    """Kling 3.0 multi-shot. Returns (implied duration, whether the main prompt is used)."""
+    shots = opts.shots
+    shot_type = opts.shot_type or ("customize" if shots else None)
+    if shot_type is None:
+        return None, True
+    spec = ctx.spec
+    argument = "kling.shots" if shots else "kling.shot_type"
+    if not spec.shots:
+        raise InvalidInput(argument, f"{spec.id} has no multi-shot generation (Kling 3.0 does).", _models_with("shots"))
+    if ctx.tool != "animate_image" or ctx.has_end_image:
+        raise InvalidInput(
+            argument, f"multi-shot is for animate_image only; Kling takes no end frame with it (got {ctx.tool}).",
+            ["animate_image"],
+        )
+    out["shot_type"] = shot_type
+    if shot_type == "intelligence":
+        if shots:
+            raise InvalidInput(
+                "kling.shots", "shot_type intelligence lets Kling cut the main prompt into shots; leave shots out "
+                "(or use shot_type customize).", "(absent) with shot_type intelligence",
+            )
+        if ctx.prompt is None:
+            raise InvalidInput("prompt", "shot_type intelligence needs the main prompt to cut into shots.", "1-2500 characters")
+        return None, True
+    if not shots:
+        raise InvalidInput("kling.shots", "shot_type customize needs 1-6 shots of {prompt, duration}.", "1 to 6 shots")
+    feature = spec.features.get(ctx.tool)
+    allowed = feature.durations if feature and feature.durations else spec.durations
+    total = check_shot_list(shots, ctx.duration, allowed, spec.id)
+    if ctx.prompt is not None:
+        warnings.append("prompt is ignored: with kling.shots each shot's prompt is sent instead.")
+    out["shots"] = [s.model_dump() for s in shots]
+    return total, False
+
+
+def wire_options(job: JobContext) -> dict[str, Any]:
+    """Kling's own fields for everything but model, prompt, image, duration and the external id."""
+    req = job.request
+    opts = req.kling or KlingOptions()
+    body: dict[str, Any] = {}
+    if req.end_image is not None:
+        body["image_tail"] = job.url_or_raw_b64(req.end_image)
+    if req.negative_prompt:
+        body["negative_prompt"] = req.negative_prompt
+    if opts.sound is not None:
+        body["sound"] = opts.sound
+    if opts.cfg_scale is not None:
+        body["cfg_scale"] = opts.cfg_scale
+    if opts.mode is not None:
+        body["mode"] = opts.mode
+    if req.camera is not None:
+        body["camera_control"] = camera_payload(req.camera)
+    if req.static_mask is not None:
+        body["static_mask"] = job.url_or_raw_b64(req.static_mask)
+    if req.dynamic_masks:
+        body["dynamic_masks"] = [
+            {"mask": job.url_or_raw_b64(m.image), "trajectories": trajectory_payload(m.trajectory)}
+            for m in req.dynamic_masks
+        ]
+    if opts.shot_type is not None:
+        body["multi_shot"] = True
+        body["shot_type"] = opts.shot_type
+        if opts.shots:
+            body["multi_prompt"] = [
+                {"index": i + 1, "prompt": s.prompt, "duration": str(s.duration)} for i, s in enumerate(opts.shots)
+            ]
+    if opts.elements:
+        body["element_list"] = [{"element_id": e} for e in opts.elements]
+    if opts.voices:
+        body["voice_list"] = [{"voice_id": v} for v in opts.voices]
+    if opts.watermark is not None:
+        body["watermark_info"] = {"enabled": bool(opts.watermark)}
+    return body
+
+
+def _gateway_voices(voices: Any) -> Any:
+    # The AI SDK's Kling options schema validates `voiceList: [{voice_id}]` (and strips other keys);
+    # the seed's example writes `[{voiceId}]`. Both keys in each item satisfy either reading.
+    return [{"voice_id": v["voice_id"], "voiceId": v["voice_id"]} for v in voices]
+
+
+#: direct field -> (where on the Gateway body, its name there, value conversion or None)
+GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
+    "image_tail": ("po", "imageTail", None),
+    "negative_prompt": ("po", "negativePrompt", None),
+    "sound": ("po", "sound", None),
+    "cfg_scale": ("po", "cfgScale", None),
+    "mode": ("po", "mode", None),
+    "camera_control": ("po", "cameraControl", None),
+    "static_mask": ("po", "staticMask", None),
+    "dynamic_masks": ("po", "dynamicMasks", None),
+    "multi_shot": ("po", "multiShot", None),
+    "shot_type": ("po", "shotType", None),
+    "multi_prompt": ("po", "multiPrompt", None),
+    "element_list": ("po", "elementList", None),
+    "voice_list": ("po", "voiceList", _gateway_voices),
+    "watermark_info": ("po", "watermarkEnabled", lambda v: bool(v["enabled"])),
+}
 
 
 class KlingProvider(Provider):
@@ -64,37 +297,11 @@ class KlingProvider(Provider):
     def build_body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
-        opts = req.options
         body: dict[str, Any] = {"model_name": spec.direct_name}
         if req.prompt:
             body["prompt"] = req.prompt
         body["image"] = job.url_or_raw_b64(req.image)
-        if req.end_image is not None:
-            body["image_tail"] = job.url_or_raw_b64(req.end_image)
-        if req.negative_prompt:
-            body["negative_prompt"] = req.negative_prompt
-        if "sound" in opts:
-            body["sound"] = opts["sound"]
-        if "cfg_scale" in opts:
-            body["cfg_scale"] = opts["cfg_scale"]
-        if "mode" in opts:
-            body["mode"] = opts["mode"]
-        if req.camera is not None:
-            body["camera_control"] = camera_payload(req.camera)
-        if req.static_mask is not None:
-            body["static_mask"] = job.url_or_raw_b64(req.static_mask)
-        if req.dynamic_masks:
-            body["dynamic_masks"] = [
-                {
-                    "mask": job.url_or_raw_b64(m.image),
-                    "trajectories": trajectory_payload(m.trajectory),
-                }
-                for m in req.dynamic_masks
-            ]
-        if opts.get("voices"):
-            body["voice_list"] = [{"voice_id": v} for v in opts["voices"]]
-        if "watermark" in opts:
-            body["watermark_info"] = {"enabled": bool(opts["watermark"])}
+        body.update(wire_options(job))
         body["duration"] = str(req.duration)
         body["external_task_id"] = job.job_id
         return body

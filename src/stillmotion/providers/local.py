@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import InvalidInput
 from ..media.images import decode_mask, decode_rgb
 from ..media.publish import Samples
 from ..media.video import encode_frames
@@ -24,9 +25,35 @@ from ..render import (
     interpolate_frames,
     working_size,
 )
+from ..requests import KlingOptions, LocalOptions
 from .base import JobContext
+from .rules import Checked, OptionContext
 
 FPS = 24
+SHOTS_WARNING = (
+    "local/preview renders kling.shots as one camera move per shot with a cut between them: it shows the "
+    "structure of the paid request, not its content (nothing is generated)."
+)
+IGNORED_WITH_SHOTS = frozenset({"shots", "shot_type"})
+
+
+def check_options(given: LocalOptions | None, ctx: OptionContext) -> Checked[LocalOptions]:
+    """local/preview's options, plus the one thing it reads from another provider: `kling.shots`."""
+    opts = given or LocalOptions()
+    kl = ctx.kling
+    if kl is None or not kl.shots:
+        return Checked(opts)
+    if ctx.tool != "animate_image":
+        raise InvalidInput("kling.shots", f"multi-shot is for animate_image only (got {ctx.tool}).", ["animate_image"])
+    from .kling import check_shot_list  # the same shot rules as the paid request
+
+    total = check_shot_list(kl.shots, ctx.duration, ctx.spec.durations, ctx.spec.id)
+    return Checked(
+        opts,
+        [SHOTS_WARNING],
+        duration=total,
+        kling_shots=KlingOptions(shots=kl.shots, shot_type="customize"),
+    )
 
 
 def _fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -20,6 +20,7 @@ from ..errors import (
     AuthError,
     ContentFiltered,
     Expired,
+    InvalidInput,
     MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
@@ -27,8 +28,10 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..requests import WanOptions
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
+from .rules import Checked, OptionContext
 
 CREATE_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
 TASKS_PATH = "/api/v1/tasks"
@@ -38,8 +41,86 @@ RESULT_TTL_S = 24 * 3600
 FILTER_CODES = frozenset({"DataInspectionFailed", "IPInfringementSuspect"})
 QUOTA_CODES = frozenset({"Arrearage", "Throttling.AllocationQuota"})
 RETRY_CODES = frozenset({"InternalError", "ModelUnavailable", "InternalError.Algo", "SystemError"})
-OPTIONAL_PARAMETERS = ("prompt_extend", "seed", "watermark")
+OPTIONAL_PARAMETERS = ("prompt_extend", "seed", "watermark", "shot_type")
 """Option keys sent as `parameters.*` under the same name only when the user set them."""
+AUDIO_FORMATS = ("wav", "mp3")
+AUDIO_SECONDS = (3.0, 30.0)
+AUDIO_MAX_BYTES = 15 * 1024 * 1024
+"""DashScope's rules for `input.audio_url` (provider-apis.md 2.2)."""
+
+
+def check_options(given: WanOptions | None, ctx: OptionContext) -> Checked[WanOptions]:
+    """Wan's option rules: audio (flash only; a driving track turns it on), shot_type, resolution."""
+    opts = given or WanOptions()
+    spec = ctx.spec
+    out = opts.model_dump(exclude_none=True)
+    out.pop("poll_interval_ms", None)
+    out.pop("poll_timeout_ms", None)
+    if opts.audio is not None and not spec.audio:
+        raise InvalidInput(
+            "wan.audio", f"{spec.id} cannot generate audio; only the flash model can.", ["alibaba/wan-v2.6-i2v-flash"]
+        )
+    if opts.shot_type == "multi" and opts.prompt_extend is False:
+        raise InvalidInput(
+            "wan.shot_type",
+            "multi works through DashScope's prompt rewriting, which wan.prompt_extend false turns off.",
+            ["single", "multi with prompt_extend true or unset"],
+        )
+    if opts.audio_url is not None and spec.audio:
+        if opts.audio is False:
+            raise InvalidInput(
+                "wan.audio",
+                "is false but wan.audio_url gives a driving track; DashScope would drop the track silently. "
+                "Leave audio out (a track turns it on) or drop audio_url.",
+                ["true", "(absent)"],
+            )
+        out["audio"] = True
+    if spec.audio:
+        out.setdefault("audio", False)  # DashScope's default is on (billed); ours is off unless asked
+    out.setdefault("resolution", spec.default_resolution)
+    return Checked(
+        WanOptions.model_validate(out),
+        poll_interval_ms=opts.poll_interval_ms,
+        poll_timeout_ms=opts.poll_timeout_ms,
+    )
+
+
+def wire_options(job: JobContext) -> tuple[dict[str, Any], dict[str, Any]]:
+    """DashScope's `input.*` (besides prompt and img_url) and `parameters.*` (besides duration)."""
+    req = job.request
+    spec = MODELS[req.model]
+    opts = req.wan or WanOptions()
+    inp: dict[str, Any] = {}
+    if req.negative_prompt:
+        inp["negative_prompt"] = req.negative_prompt
+    if req.audio is not None:
+        if req.audio.url is None:
+            raise InvalidInput("wan.audio_url", "has no public URL (the Blob upload did not happen).", "an http(s) URL")
+        inp["audio_url"] = req.audio.url
+    params: dict[str, Any] = {"resolution": opts.resolution or spec.default_resolution}
+    if spec.audio:
+        params["audio"] = bool(opts.audio)
+    dumped = opts.model_dump(exclude_none=True)
+    for key in OPTIONAL_PARAMETERS:
+        if key in dumped:
+            params[key] = dumped[key]
+    return inp, params
+
+
+WAN_RESOLUTIONS = {"480P": "832x480", "720P": "1280x720", "1080P": "1920x1080"}
+"""Wan tiers as the AI SDK's `resolution: "WxH"` (its Alibaba provider maps these back to the tier);
+the SDK's Alibaba provider drops unknown providerOptions keys, so seed and resolution go top-level."""
+#: direct field (input.* / parameters.*) -> (where on the Gateway body, its name there, conversion)
+GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
+    "negative_prompt": ("po", "negativePrompt", None),
+    "audio_url": ("po", "audioUrl", None),
+    "audio": ("po", "audio", None),
+    "prompt_extend": ("po", "promptExtend", None),
+    "watermark": ("po", "watermark", None),
+    "shot_type": ("po", "shotType", None),
+    "seed": ("top", "seed", None),
+    "resolution": ("top", "resolution", lambda v: WAN_RESOLUTIONS.get(v, v)),
+}
 
 
 class WanProvider(Provider):
@@ -63,24 +144,13 @@ class WanProvider(Provider):
     def build_body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
-        opts = req.options
+        inputs, params = wire_options(job)
         inp: dict[str, Any] = {}
         if req.prompt:
             inp["prompt"] = req.prompt
         inp["img_url"] = job.url_or_data_uri(req.image)
-        if req.negative_prompt:
-            inp["negative_prompt"] = req.negative_prompt
-        params: dict[str, Any] = {
-            "resolution": opts.get("resolution") or spec.default_resolution,
-            "duration": int(req.duration),
-        }
-        if spec.audio:
-            # DashScope's own default is audio on (billed); ours is off unless asked
-            params["audio"] = bool(opts.get("audio", False))
-        for key in OPTIONAL_PARAMETERS:
-            if key in opts and opts[key] is not None:
-                params[key] = opts[key]
-        return {"model": spec.direct_name, "input": inp, "parameters": params}
+        inp.update(inputs)
+        return {"model": spec.direct_name, "input": inp, "parameters": {"duration": int(req.duration), **params}}
 
     # -- interface -------------------------------------------------------------------------
 

@@ -25,14 +25,45 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..requests import XaiOptions
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
+from .rules import Checked, OptionContext
 
 CREATE_PATH = "/videos/generations"
 STATUS_PATH = "/videos"
 _CREDIT_WORDS = ("credit", "spending limit", "spend limit", "billing", "payment", "insufficient balance")
 _KEY_WORDS = ("api key", "api-key", "apikey", "authorization header")
 _MODERATION_WORDS = ("moderation", "content policy", "safety")
+
+
+def check_options(given: XaiOptions | None, ctx: OptionContext) -> Checked[XaiOptions]:
+    opts = given or XaiOptions()
+    warnings: list[str] = []
+    if opts.aspect_ratio is not None:
+        warnings.append(f"aspect_ratio {opts.aspect_ratio} stretches the input image to that shape.")
+    resolved = opts.model_copy(
+        update={"resolution": opts.resolution or ctx.spec.default_resolution, "poll_interval_ms": None, "poll_timeout_ms": None}
+    )
+    return Checked(resolved, warnings, poll_interval_ms=opts.poll_interval_ms, poll_timeout_ms=opts.poll_timeout_ms)
+
+
+def wire_options(job: JobContext) -> dict[str, Any]:
+    req = job.request
+    opts = req.xai or XaiOptions()
+    body: dict[str, Any] = {}
+    if opts.aspect_ratio:
+        # only when asked: it stretches the image; without it xAI keeps the image's own ratio
+        body["aspect_ratio"] = opts.aspect_ratio
+    body["resolution"] = opts.resolution or MODELS[req.model].default_resolution
+    return body
+
+
+#: direct field -> (where on the Gateway body, its name there, conversion)
+GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
+    "aspect_ratio": ("top", "aspectRatio", None),
+    "resolution": ("po", "resolution", None),
+}
 
 
 class XaiProvider(Provider):
@@ -55,15 +86,11 @@ class XaiProvider(Provider):
     def build_body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
-        opts = req.options
         body: dict[str, Any] = {"model": spec.direct_name}
         if req.prompt:
             body["prompt"] = req.prompt
         body["duration"] = int(req.duration)
-        if opts.get("aspect_ratio"):
-            # only when asked: it stretches the image; without it xAI keeps the image's own ratio
-            body["aspect_ratio"] = opts["aspect_ratio"]
-        body["resolution"] = opts.get("resolution") or spec.default_resolution
+        body.update(wire_options(job))
         body["image"] = {"url": job.url_or_data_uri(req.image)}
         return body
 

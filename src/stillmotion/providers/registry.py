@@ -1,0 +1,51 @@
+"""The one provider registry: for each catalog provider, its options object, its option rules and
+its route classes. Validation, the service and the runner all look providers up here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from ..requests import KlingOptions, LocalOptions, WanOptions, XaiOptions
+from ..settings import Settings
+from . import kling, local, wan, xai
+from .base import Provider
+from .gateway import GatewayProvider
+from .rules import Checked, OptionContext
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    name: str
+    """The catalog provider (klingai, alibaba, xai, local)."""
+    field: str
+    """Its options object: the tool argument and the stored request field (kling, wan, xai, local)."""
+    options: type[BaseModel]
+    check: Callable[[Any, OptionContext], Checked[Any]]
+    direct: type[Provider] | None
+    """The direct route's class (None: rendered locally)."""
+
+
+REGISTRY: dict[str, ProviderEntry] = {
+    e.name: e
+    for e in (
+        ProviderEntry("klingai", "kling", KlingOptions, kling.check_options, kling.KlingProvider),
+        ProviderEntry("alibaba", "wan", WanOptions, wan.check_options, wan.WanProvider),
+        ProviderEntry("xai", "xai", XaiOptions, xai.check_options, xai.XaiProvider),
+        ProviderEntry("local", "local", LocalOptions, local.check_options, None),
+    )
+}
+
+
+def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, route: str) -> Provider:
+    """The route object for (catalog provider, route)."""
+    if route == "gateway":
+        return GatewayProvider(client, settings)
+    entry = REGISTRY.get(provider)
+    if entry is None or entry.direct is None or route != "direct":
+        raise ValueError(f"no provider for {provider} via {route}")
+    return entry.direct(client, settings)

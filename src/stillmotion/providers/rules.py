@@ -1,0 +1,50 @@
+"""What a provider's option check gets and gives back (pure: no I/O, no provider request).
+
+Each provider module owns one `check_options(options, ctx) -> Checked`: it raises InvalidInput
+(naming the argument, the rule and the allowed values) for a request the provider would refuse,
+and returns the resolved options (defaults filled in, poll settings taken out), the warnings,
+and what the options decide about the shared arguments (a duration implied by Kling shots, a
+main prompt that shots make unused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+from pydantic import BaseModel
+
+from ..catalog import ModelSpec
+from ..requests import KlingOptions
+from ..settings import Settings
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class OptionContext:
+    tool: str
+    spec: ModelSpec
+    route: Literal["direct", "gateway", "local"]
+    prompt: str | None
+    """The main prompt, blank already turned into None."""
+    duration: int | None
+    """The duration the caller gave (None = not given)."""
+    has_end_image: bool
+    settings: Settings
+    kling: KlingOptions | None = None
+    """The `kling` object as given, whatever the model (local/preview reads its shots)."""
+
+
+@dataclass
+class Checked(Generic[OptionsT]):
+    options: OptionsT
+    warnings: list[str] = field(default_factory=list)
+    duration: int | None = None
+    """A duration the options imply when the caller gave none (Kling shots: their sum)."""
+    prompt_used: bool = True
+    """False when the options make the main prompt unused (Kling custom shots): not required, not sent."""
+    poll_interval_ms: int | None = None
+    poll_timeout_ms: int | None = None
+    kling_shots: KlingOptions | None = None
+    """local/preview: the Kling shots it honours, stored as the request's `kling` object."""
