@@ -280,7 +280,11 @@ class GatewayFake(FakeServer):
             p.add(
                 f"field 'prompt' is {len(prompt)} characters, more than {PROMPT_LIMIT[provider]} for {provider}"
             )
-        if self.require_prompt and not (isinstance(prompt, str) and prompt.strip()):
+        kl_opts = (body.get("providerOptions") or {}).get("klingai") if isinstance(body.get("providerOptions"), dict) else None
+        custom_shots = (
+            isinstance(kl_opts, dict) and kl_opts.get("multiShot") is True and kl_opts.get("shotType") == "customize"
+        )  # Kling ignores the main prompt then (each shot has its own)
+        if self.require_prompt and not custom_shots and not (isinstance(prompt, str) and prompt.strip()):
             p.add("field 'prompt' is required and must not be empty")
         if "n" not in body:
             p.add("field 'n' is required (1)")
@@ -479,6 +483,23 @@ class GatewayFake(FakeServer):
             el = o["elementList"]
             if not isinstance(el, list) or not 1 <= len(el) <= 3:
                 p.add(f"{pre}elementList must be an array of 1-3 items")
+            else:
+                for i, item in enumerate(el):
+                    if not isinstance(item, dict) or set(item) != {"element_id"} or not is_int(item["element_id"]):
+                        p.add(f"{pre}elementList[{i}] must be exactly {{'element_id': integer}}, got {item!r}")
+            if "voiceList" in o:
+                p.add(f"{pre}voiceList cannot be combined with elementList")
+        if o.get("multiShot") is True:
+            if o.get("shotType") not in ("customize", "intelligence"):
+                p.add(f"{pre}shotType is required when multiShot is true")
+            elif o["shotType"] == "customize" and "multiPrompt" not in o:
+                p.add(f"{pre}multiPrompt is required with shotType 'customize'")
+            elif o["shotType"] == "intelligence" and "multiPrompt" in o:
+                p.add(f"{pre}multiPrompt is not taken with shotType 'intelligence'")
+            if "imageTail" in o or has_last:
+                p.add(f"{pre}multiShot does not take an end frame")
+        elif "shotType" in o or "multiPrompt" in o:
+            p.add(f"{pre}shotType/multiPrompt need multiShot true")
         tail = has_last or "imageTail" in o
         groups = [g for g, present in (
             ("imageTail/last_frame", tail),

@@ -460,6 +460,14 @@ class KlingFake(FakeServer):
             p.add(f"field 'shot_type' must be 'customize' or 'intelligence', got {body['shot_type']!r}")
         if multi_shot is True and "shot_type" not in body:
             p.add("field 'shot_type' is required when multi_shot is true")
+        if multi_shot is True and body.get("shot_type") == "customize" and "multi_prompt" not in body:
+            p.add("field 'multi_prompt' is required with shot_type 'customize'")
+        if multi_shot is True and body.get("shot_type") == "intelligence" and "multi_prompt" in body:
+            p.add("field 'multi_prompt' is not taken with shot_type 'intelligence'")
+        if multi_shot is True and "image_tail" in body:
+            p.add("multi_shot does not support first/end frames (image_tail)")
+        if multi_shot is not True and ("shot_type" in body or "multi_prompt" in body):
+            p.add("fields 'shot_type'/'multi_prompt' need multi_shot true")
         if "multi_prompt" in body:
             check_multi_prompt(p, body["multi_prompt"], duration)
         if "watermark_info" in body:
