@@ -68,7 +68,7 @@ async def test_direct_custom_shots_with_voices_duration_is_their_sum(
         "model": V3, "image": str(img), "prompt": "ignored main prompt",
         "kling": {"mode": "pro", "sound": "on", "voices": ["v-1"], "shots": SHOTS},
     }  # fmt: skip
-    job, done = await run(kling_env(kling), make_settings, args)
+    job, _ = await run(kling_env(kling), make_settings, args)
     assert any("prompt is ignored" in w for w in job["warnings"]), job["warnings"]
     (create,) = kling.calls("POST", PATH)
     assert create.json == {
@@ -172,7 +172,7 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("animate_image", {"model": "klingai/kling-v2.6-i2v", "kling": {"elements": [1]}}, "kling.elements"),
     ("animate_image", {"kling": {"elements": [1], "sound": "on", "voices": ["v"]}}, "kling.elements"),
     ("animate_image", {"kling": {"sound": "on", "voices": ["v"], "shots": [{"prompt": "<<<voice_2>>> hi", "duration": 5}]}},
-     "kling.shots[0].prompt"),  # fmt: skip
+     "kling.shots[0].prompt"),
     ("animate_image", {"kling": {"elements": [1, 2, 3, 4]}}, "elements"),
     ("animate_image", {"kling": {"shots": [{"prompt": "x", "duration": 1}] * 7}}, "shots"),
     ("animate_image", {"kling": {"shots": [{"prompt": "x" * 513, "duration": 5}]}}, "prompt"),
