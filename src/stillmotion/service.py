@@ -16,7 +16,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import httpx
+from pydantic import BaseModel
 
 from .catalog import MODELS
 from .errors import InvalidInput
@@ -25,10 +27,20 @@ from .jobs.store import JobRow, JobStore, args_fingerprint, new_job_id, validate
 from .media.images import LoadedImage, load_image
 from .media.net import UrlGuard
 from .media.publish import Samples, publish_video
+from .media.sources import AudioFacts, LoadedMedia, load_media
+from .providers import wan
 from .providers.base import JobContext
 from .providers.local import render_job
 from .providers.registry import make_provider
-from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
+from .requests import (
+    BoxShape,
+    GenerationRequest,
+    PolygonShape,
+    StoredAudio,
+    StoredImage,
+    StoredMask,
+    WanOptions,
+)
 from .settings import Settings
 from .validation import (
     LoadedInputs,
@@ -43,6 +55,16 @@ log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[JobRow], Awaitable[None]]
 RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
+
+
+def keep_audio(loaded: tuple[LoadedMedia, AudioFacts], folder: Path) -> StoredAudio:
+    media, facts = loaded
+    path = folder / f"audio.{facts.format}"
+    path.write_bytes(media.data)
+    return StoredAudio(
+        path=str(path), url=media.url, mime=facts.mime, bytes=len(media.data), sha256=media.sha256,
+        duration_s=round(facts.duration_s, 3),
+    )
 
 
 @dataclass
@@ -96,6 +118,7 @@ class Service:
         inputs = await self._load_inputs(args, plan.spec.id)
         check_images(inputs, plan.spec, args)
         check_masks_and_paths(inputs, plan.spec, args)
+        audio = await self._load_audio(plan.options)
 
         job_id = new_job_id()
         folder = self.settings.inputs_dir / job_id
@@ -124,6 +147,7 @@ class Service:
                 for i, (m, traj) in enumerate(inputs.dynamic)
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
+            audio=keep_audio(audio, folder) if audio is not None else None,
             **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
@@ -159,6 +183,24 @@ class Service:
                 f"the arguments of job {existing.id}, or a new key",
             )
         return existing
+
+    async def _load_audio(self, options: BaseModel) -> tuple[LoadedMedia, AudioFacts] | None:
+        """Wan's driving track (`wan.audio_url`): fetched under the image inputs' rules and checked."""
+        value = getattr(options, "audio_url", None) if isinstance(options, WanOptions) else None
+        if value is None:
+            return None
+        media = await load_media(
+            value,
+            argument="wan.audio_url",
+            client=self.client,
+            guard=UrlGuard(self.settings.allow_private_network, frozenset()),
+            input_roots=self.settings.input_roots,
+            resolve_resource=self.resource_path,
+            max_bytes=wan.AUDIO_MAX_BYTES + 1,
+            resources="a local wav/mp3 file or an http(s) URL",
+        )
+        facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
+        return media, facts
 
     async def _load_inputs(self, args: ToolArgs, model: str) -> LoadedInputs:
         # the fetch cap is above every model's size rule, so the rule check can name the real size

@@ -3,7 +3,7 @@
 from .base import FakeServer, Outcome, Recorded, Reply, Task
 from .gateway import GatewayFake
 from .kling import KlingFake
-from .media import sample_jpeg, sample_mp4, sample_png
+from .media import sample_jpeg, sample_mp4, sample_png, sample_wav
 from .wan import WanFake
 from .xai import XaiFake
 
@@ -20,4 +20,5 @@ __all__ = [
     "sample_jpeg",
     "sample_mp4",
     "sample_png",
+    "sample_wav",
 ]

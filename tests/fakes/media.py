@@ -16,7 +16,22 @@ from fractions import Fraction
 import av
 import numpy as np
 
-__all__ = ["image_size", "sample_jpeg", "sample_mp4", "sample_png", "sniff_image_type"]
+__all__ = ["image_size", "sample_jpeg", "sample_mp4", "sample_png", "sample_wav", "sniff_image_type"]
+
+
+def sample_wav(seconds: float, rate: int = 8000) -> bytes:
+    """A mono 16-bit PCM WAV of a 440 Hz tone (a real file PyAV decodes)."""
+    import wave
+
+    n = int(seconds * rate)
+    tone = (np.sin(np.arange(n) * (2 * np.pi * 440 / rate)) * 8000).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(tone.tobytes())
+    return buf.getvalue()
 
 
 def _gradient_rgb(width: int, height: int, phase: float) -> np.ndarray:

@@ -28,6 +28,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.sources import AudioFacts, audio_facts
 from ..requests import WanOptions
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
@@ -83,6 +84,20 @@ def check_options(given: WanOptions | None, ctx: OptionContext) -> Checked[WanOp
         poll_interval_ms=opts.poll_interval_ms,
         poll_timeout_ms=opts.poll_timeout_ms,
     )
+
+
+def check_audio(data: bytes, argument: str = "wan.audio_url") -> AudioFacts:
+    """DashScope's audio_url rules (wav/mp3 by content, <= 15 MB, 3-30 s), before anything is sent.
+    Decodes the container: call from a worker thread."""
+    if len(data) > AUDIO_MAX_BYTES:
+        raise InvalidInput(argument, f"is {len(data)} bytes; DashScope takes at most 15 MB.", "<= 15 MB")
+    facts = audio_facts(data, argument, AUDIO_FORMATS)
+    lo, hi = AUDIO_SECONDS
+    if not lo <= facts.duration_s <= hi:
+        raise InvalidInput(
+            argument, f"is {facts.duration_s:.2f} s long; DashScope takes 3-30 s (longer than the clip is cut).", "3-30 s"
+        )
+    return facts
 
 
 def wire_options(job: JobContext) -> tuple[dict[str, Any], dict[str, Any]]:
