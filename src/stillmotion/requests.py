@@ -177,6 +177,7 @@ class LocalOptions(_Strict):
     resolution: Literal["480p", "720p", "1080p"] = Field(
         "720p", description="Short side of the output; the input's aspect ratio is kept."
     )
+    fps: Literal[24, 25, 30] = Field(24, description="Frame rate of the preview (default 24).")
 
 
 ProviderOptionsField = Literal["kling", "wan", "xai", "local"]
@@ -206,6 +207,22 @@ class StoredAudio(BaseModel):
     duration_s: float
 
 
+class StoredClip(BaseModel):
+    """A video to join, as the job keeps it: a checked local copy and where it came from."""
+
+    path: str
+    source: str
+    """The job id, path, URL or resource it came from."""
+    bytes: int
+    sha256: str
+    width: int
+    height: int
+    fps: str
+    """Exact frame rate as a fraction ("24", "30000/1001")."""
+    frame_count: int
+    has_audio: bool
+
+
 class StoredMask(BaseModel):
     image: StoredImage
     trajectory: list[tuple[float, float]]
@@ -214,13 +231,14 @@ class StoredMask(BaseModel):
 class GenerationRequest(BaseModel):
     """The normalised, validated request a job stores and a provider maps to its wire format."""
 
-    tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"]
+    tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips"]
     model: str
     route: Literal["direct", "gateway", "local"]
     prompt: str | None = None
     negative_prompt: str | None = None
     duration: int
-    image: StoredImage
+    image: StoredImage | None = None
+    """The start image (every tool but join_clips)."""
     end_image: StoredImage | None = None
     camera: CameraControl | None = None
     dynamic_masks: list[StoredMask] = Field(default_factory=list)
@@ -233,6 +251,9 @@ class GenerationRequest(BaseModel):
     local: LocalOptions | None = None
     """The model's own options object, resolved by its provider's `check_options` (defaults filled in,
     poll settings moved to the fields below). local/preview also keeps `kling` when it carries shots."""
+    clips: list[StoredClip] = Field(default_factory=list)
+    """join_clips: the videos to join, in order."""
+    crossfade_s: float = 0.0
     blobs: list[str] = Field(default_factory=list)
     """Vercel Blob URLs uploaded for this job (deleted when the job ends)."""
     poll_interval_ms: int = 5000
@@ -251,6 +272,12 @@ class GenerationRequest(BaseModel):
             if spec is not None and legacy:
                 data.setdefault(OPTION_FIELDS[spec.provider], legacy)
         return data
+
+    @property
+    def start_image(self) -> StoredImage:
+        if self.image is None:
+            raise ValueError(f"a {self.tool} request has no start image")
+        return self.image
 
     @property
     def options(self) -> dict[str, Any]:

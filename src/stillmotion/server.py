@@ -44,6 +44,7 @@ from .requests import (
 )
 from .service import Service
 from .settings import Settings
+from .tools import join as join_tool
 from .tools.results import JobList, JobResult, call_result, job_result
 from .validation import ToolArgs
 
@@ -367,7 +368,8 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         """Every model with its capabilities, limits, routes and which tools accept it."""
         return {"models": _public_catalog(settings, tool)}
 
-    for tool in ("check_job", "list_jobs", "cancel_job", "list_models"):
+    join_tool.register(mcp)
+    for tool in ("check_job", "list_jobs", "cancel_job", "list_models", "join_clips"):
         _forbid_extra_arguments(mcp, tool)
 
     @mcp.resource("stillmotion://models", name="models", mime_type="application/json", description="The model catalog.")

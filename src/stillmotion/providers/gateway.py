@@ -223,7 +223,7 @@ class GatewayProvider(Provider):
         top, po = rename_fields(fields, table)
         body.update(top)
         body["providerOptions"] = {key: po} if po else {}
-        body["image"] = self._file(job, req.image)
+        body["image"] = self._file(job, req.start_image)
         return body
 
     # -- interface -------------------------------------------------------------------------

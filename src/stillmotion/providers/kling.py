@@ -300,7 +300,7 @@ class KlingProvider(Provider):
         body: dict[str, Any] = {"model_name": spec.direct_name}
         if req.prompt:
             body["prompt"] = req.prompt
-        body["image"] = job.url_or_raw_b64(req.image)
+        body["image"] = job.url_or_raw_b64(req.start_image)
         body.update(wire_options(job))
         body["duration"] = str(req.duration)
         body["external_task_id"] = job.job_id

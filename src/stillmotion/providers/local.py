@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -14,6 +15,7 @@ import numpy as np
 
 from ..errors import InvalidInput
 from ..media.images import decode_mask, decode_rgb
+from ..media.join import ClipFacts, can_stream_copy, join, planned_frames
 from ..media.publish import Samples
 from ..media.video import encode_frames
 from ..render import (
@@ -25,7 +27,7 @@ from ..render import (
     interpolate_frames,
     working_size,
 )
-from ..requests import KlingOptions, LocalOptions
+from ..requests import GenerationRequest, KlingOptions, LocalOptions
 from .base import JobContext
 from .rules import Checked, OptionContext
 
@@ -70,12 +72,16 @@ def render_job(
 ) -> tuple[list[str], Samples]:
     """Render the job into `out`; returns warnings for the job and the frames sampled for its poster."""
     req = ctx.request
-    resolution = req.options.get("resolution", "720p")
-    src = decode_rgb(ctx.image_bytes(req.image))
+    if req.tool == "join_clips":
+        return _join(req, out, progress)
+    local = req.local or LocalOptions()
+    resolution = local.resolution
+    fps = local.fps
+    src = decode_rgb(ctx.image_bytes(req.start_image))
     in_h, in_w = src.shape[:2]
     size = working_size(in_w, in_h, resolution)
     start = fit_image(src, size)
-    n = req.duration * FPS
+    n = req.duration * fps
     warnings: list[str] = []
     frames: Iterator[np.ndarray]
     if req.tool == "camera_move":
@@ -104,8 +110,21 @@ def render_job(
             f"local/preview animates a still by camera motion only ({why}); it does not generate new content."
         )
     samples = Samples(n)
-    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=FPS)
+    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=fps)
     return warnings, samples
+
+
+def _join(req: GenerationRequest, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
+    """join_clips: stream copy when it can (the publisher then samples the file), else re-encode."""
+    clips = [
+        ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio) for c in req.clips
+    ]
+    if can_stream_copy(clips, req.crossfade_s):
+        report = join(clips, out, 0.0, progress)
+        return report.warnings, Samples(report.frames)
+    samples = Samples(planned_frames(clips, req.crossfade_s))
+    report = join(clips, out, req.crossfade_s, progress, on_frame=samples.offer)
+    return report.warnings, samples
 
 
 def _watch(

@@ -163,7 +163,7 @@ class WanProvider(Provider):
         inp: dict[str, Any] = {}
         if req.prompt:
             inp["prompt"] = req.prompt
-        inp["img_url"] = job.url_or_data_uri(req.image)
+        inp["img_url"] = job.url_or_data_uri(req.start_image)
         inp.update(inputs)
         return {"model": spec.direct_name, "input": inp, "parameters": {"duration": int(req.duration), **params}}
 

@@ -91,7 +91,7 @@ class XaiProvider(Provider):
             body["prompt"] = req.prompt
         body["duration"] = int(req.duration)
         body.update(wire_options(job))
-        body["image"] = {"url": job.url_or_data_uri(req.image)}
+        body["image"] = {"url": job.url_or_data_uri(req.start_image)}
         return body
 
     # -- interface -------------------------------------------------------------------------
