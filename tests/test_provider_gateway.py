@@ -28,7 +28,7 @@ from stillmotion.providers.base import JobContext
 from stillmotion.providers.gateway import GatewayProvider, map_error
 from stillmotion.requests import GenerationRequest, StoredImage
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
-from tests.fakes import GatewayFake, KlingFake
+from tests.fakes import BlobFake, GatewayFake, KlingFake
 from tests.fakes.base import Recorded
 from tests.stdio_client import StdioServer
 
@@ -54,8 +54,21 @@ def sse_fake() -> Iterator[GatewayFake]:
         yield f
 
 
+BLOB_ENV: dict[str, str] = {}
+
+
+@pytest.fixture(autouse=True)
+def blob() -> Iterator[BlobFake]:
+    """Wan through the Gateway takes image URLs only: local images go through this fake Blob store."""
+    with BlobFake() as b:
+        BLOB_ENV.update({"BLOB_READ_WRITE_TOKEN": b.token, "VERCEL_BLOB_API_URL": b.base_url})
+        yield b
+        BLOB_ENV.clear()
+        b.assert_clean()
+
+
 def env_for(fake: GatewayFake, **extra: str) -> dict[str, str]:
-    return {"AI_GATEWAY_API_KEY": KEY, "AI_GATEWAY_BASE_URL": fake.base_url + "/v4/ai", **extra}
+    return {"AI_GATEWAY_API_KEY": KEY, "AI_GATEWAY_BASE_URL": fake.base_url + "/v4/ai", **BLOB_ENV, **extra}
 
 
 @pytest.fixture
@@ -198,7 +211,9 @@ async def test_kling_first_last_frame_image_tail(
     fake.assert_clean()
 
 
-async def test_wan_flash_audio_body_and_base64_result(fake: GatewayFake, make_settings: SettingsFactory, img: Path) -> None:
+async def test_wan_flash_audio_body_and_base64_result(
+    fake: GatewayFake, make_settings: SettingsFactory, img: Path, blob: BlobFake
+) -> None:
     fake.result_as_base64 = True
     args = {
         "model": "alibaba/wan-v2.6-i2v-flash",
@@ -223,8 +238,10 @@ async def test_wan_flash_audio_body_and_base64_result(fake: GatewayFake, make_se
         "providerOptions": {
             "alibaba": {"negativePrompt": "text overlays", "audio": True, "promptExtend": False, "watermark": True}
         },
-        "image": file_of(img),
+        "image": {"type": "url", "url": blob.deleted[0]},  # hosted on Vercel Blob, deleted after the job
     }
+    assert len(blob.calls("PUT")) == 1 and blob.stored == {}
+    assert blob.calls("PUT")[0].body == img.read_bytes()
     fake.assert_clean()
 
 

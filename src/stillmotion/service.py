@@ -20,6 +20,7 @@ import anyio.to_thread
 import httpx
 from pydantic import BaseModel
 
+from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
 from .errors import InvalidInput
 from .jobs.runner import JobRunner
@@ -73,6 +74,7 @@ class Service:
     store: JobStore
     client: httpx.AsyncClient
     runner: JobRunner
+    janitor: BlobJanitor | None = None
 
     @classmethod
     def create(
@@ -88,6 +90,7 @@ class Service:
         def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
             return render_job(ctx, out, progress, hold_file=settings.test_hold_file)
 
+        janitor = BlobJanitor(store, settings, client)
         runner = JobRunner(
             store=store,
             settings=settings,
@@ -95,11 +98,13 @@ class Service:
             provider_factory=lambda provider, route: make_provider(client, settings, provider, route),
             local_render=local,
             publish=publish_video,
-            on_change=on_change,
+            on_change=janitor.wrap(on_change),
         )
-        return cls(settings, store, client, runner)
+        return cls(settings, store, client, runner, janitor)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        if self.janitor is not None:
+            self.janitor.start(tg)
         await self.runner.start(tg)
 
     def close(self) -> None:
@@ -153,6 +158,12 @@ class Service:
             poll_timeout_ms=plan.poll_timeout_ms,
         )
         try:
+            # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
+            await host_inputs(request, self.client, self.settings)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        try:
             row = self.store.create(
                 job_id=job_id,
                 tool=args.tool,
@@ -166,6 +177,8 @@ class Service:
         except sqlite3.IntegrityError:
             # the same key won a race with us: answer with that job
             shutil.rmtree(folder, ignore_errors=True)
+            if request.blobs:
+                await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
             assert idempotency_key is not None
             existing = self.store.by_idempotency_key(idempotency_key)
             assert existing is not None

@@ -19,6 +19,7 @@ DEFAULT_BASE_URLS = {
     "alibaba": "https://dashscope-intl.aliyuncs.com",
     "xai": "https://api.x.ai/v1",
     "gateway": "https://ai-gateway.vercel.sh/v4/ai",
+    "blob": "https://vercel.com/api/blob",
 }
 
 
@@ -96,6 +97,10 @@ class Settings:
     local_concurrency: int = 1
     max_fetch_bytes: int = 50 * 1024 * 1024
     max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    blob_token: Secret | None = None
+    """BLOB_READ_WRITE_TOKEN: Vercel Blob hosts local inputs where a route needs public URLs."""
+    gateway_max_body_bytes: int = 4 * 1024 * 1024
+    """STILLMOTION_GATEWAY_MAX_BODY_BYTES: larger Gateway bodies send their images as Blob URLs."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
 
@@ -119,6 +124,7 @@ class Settings:
             ("alibaba", "ALIBABA_BASE_URL"),
             ("xai", "XAI_BASE_URL"),
             ("gateway", "AI_GATEWAY_BASE_URL"),
+            ("blob", "VERCEL_BLOB_API_URL"),
         ):
             value = env.get(var, "").strip()
             if value:
@@ -145,6 +151,8 @@ class Settings:
             poll_timeout_ms=_int(env, "STILLMOTION_POLL_TIMEOUT_MS", 600_000),
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
+            blob_token=_secret(env, "BLOB_READ_WRITE_TOKEN"),
+            gateway_max_body_bytes=max(1024, _int(env, "STILLMOTION_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)),
             test_hold_file=Path(hold) if hold else None,
         )
 

@@ -125,6 +125,8 @@ class GatewayFake(FakeServer):
         self.heartbeats = 2
         self.heartbeat_interval_s = 0.05
         self.result_as_base64 = False
+        #: bodies larger than this are answered 413 (the Gateway's request size limit)
+        self.max_body_bytes = 4_500_000
         #: distinct jobs created by /start (a repeated idempotency key does not count)
         self.starts = 0
         #: SSE streams opened on /video-model
@@ -190,6 +192,9 @@ class GatewayFake(FakeServer):
     # ---- checks ---------------------------------------------------------------------------
 
     def _check_headers(self, req: Recorded, p: Problems) -> Reply | None:
+        if len(req.body) > self.max_body_bytes:
+            # not a wire-format bug of the client by itself: the Gateway's size limit (413)
+            return self._error(413, "invalid_request_error", f"Request body too large ({len(req.body)} bytes)")
         h = req.header("authorization")
         if h is None or not h.strip():
             p.add("missing authorization header")
@@ -398,6 +403,10 @@ class GatewayFake(FakeServer):
             return None
         if kind != "file":
             p.add(f"field '{name}.type' must be 'url' or 'file', got {kind!r}")
+            return None
+        if provider == "alibaba":
+            # the seed: "Wan requires image URLs (not buffers). Use Vercel Blob to host local images."
+            p.add(f"field '{name}' must be a URL for alibaba (Wan takes image URLs only), got an inline file")
             return None
         if set(img) != {"type", "mediaType", "data"}:
             p.add(
