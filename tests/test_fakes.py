@@ -855,6 +855,18 @@ def test_gateway_start_status_flow(client: httpx.Client) -> None:
         assert fake.starts == 2 and fake.violations == []
 
 
+def test_gateway_wan_inline_image_and_large_body_refused(client: httpx.Client) -> None:
+    with GatewayFake("gw-key") as fake:
+        h = gw_headers("alibaba/wan-v2.6-i2v", **{"idempotency-key": "w1"})
+        r = client.post(fake.url("/v4/ai/video-model/start"), json=gw_body(providerOptions={}), headers=h)
+        assert r.status_code == 400 and "URL" in r.json()["error"]["message"]
+        assert any("image URLs only" in v for v in fake.violations)
+        fake.clear()
+        fake.max_body_bytes = 1000
+        r = client.post(fake.url("/v4/ai/video-model/start"), json=gw_body(), headers=gw_headers(**{"idempotency-key": "w2"}))
+        assert r.status_code == 413 and fake.starts == 0
+
+
 def test_gateway_error_and_cancelled_statuses(client: httpx.Client) -> None:
     with GatewayFake("gw-key") as fake:
         fake.polls_until_done = 1
@@ -865,7 +877,10 @@ def test_gateway_error_and_cancelled_statuses(client: httpx.Client) -> None:
              {"status": "cancelled"}]
         ):  # fmt: skip
             h = gw_headers("alibaba/wan-v2.6-i2v-flash", **{"idempotency-key": f"k{i}"})
-            body = gw_body(providerOptions={"alibaba": {"audio": False, "negativePrompt": "blur"}})
+            body = gw_body(
+                providerOptions={"alibaba": {"audio": False, "negativePrompt": "blur"}},
+                image={"type": "url", "url": "https://example.com/cat.png"},  # Wan takes image URLs only
+            )
             op = client.post(fake.url("/v4/ai/video-model/start"), json=body, headers=h).json()["operation"]
             r = client.post(
                 fake.url("/v4/ai/video-model/status"),
@@ -1080,3 +1095,20 @@ def test_gateway_sse_heartbeats_while_held(client: httpx.Client) -> None:
             timer.join()
         assert beats >= 4 and events[0]["type"] == "result"
         assert fake.violations == []
+
+
+def test_blob_fake_is_strict(client: httpx.Client) -> None:
+    from tests.fakes import BlobFake
+
+    with BlobFake() as fake:
+        auth = {"authorization": f"Bearer {fake.token}", "x-api-version": "12"}
+        ok = {**auth, "x-vercel-blob-access": "public", "x-content-type": "image/png"}
+        r = client.put(fake.url("/"), params={"pathname": "a/b.png"}, content=b"png", headers=ok)
+        assert r.status_code == 200 and client.get(r.json()["url"]).content == b"png"
+        url = r.json()["url"]
+        r = client.put(fake.url("/"), params={"pathname": "a/c.png"}, content=b"png", headers=auth)
+        assert r.status_code == 400 and any("x-vercel-blob-access" in v for v in fake.violations)
+        r = client.post(fake.url("/delete"), json={"urls": [url]}, headers=auth)
+        assert r.status_code == 200 and fake.stored == {} and client.get(url).status_code == 404
+        r = client.put(fake.url("/"), params={"pathname": "x.png"}, content=b"p", headers={**ok, "authorization": "Bearer nope"})
+        assert r.status_code == 403
