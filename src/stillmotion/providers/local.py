@@ -27,7 +27,7 @@ from ..render import (
     interpolate_frames,
     working_size,
 )
-from ..requests import GenerationRequest, KlingOptions, LocalOptions
+from ..requests import GenerationRequest, KlingOptions, KlingShot, LocalOptions
 from .base import JobContext
 from .rules import Checked, OptionContext
 
@@ -104,6 +104,13 @@ def render_job(
         ]
         static = _fit_mask(decode_mask(ctx.image_bytes(req.static_mask)), size) if req.static_mask else None
         frames = brush_frames(start, regions, static, n)
+    elif req.kling is not None and req.kling.shots:
+        frames, whys = _shot_frames(start, req.kling.shots, fps)
+        warnings.append(
+            "local/preview shots, each a camera move from the still with a cut between them: "
+            + "; ".join(f"shot {i + 1} ({s.duration} s): {why}" for i, (s, why) in enumerate(zip(req.kling.shots, whys, strict=True)))
+            + "."
+        )
     else:
         frames, _camera, why = animate_frames(start, req.prompt, n)
         warnings.append(
@@ -112,6 +119,18 @@ def render_job(
     samples = Samples(n)
     encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=fps)
     return warnings, samples
+
+
+def _shot_frames(start: np.ndarray, shots: list[KlingShot], fps: int) -> tuple[Iterator[np.ndarray], list[str]]:
+    """Kling shots previewed: one camera move per shot (from its own prompt), each from the still,
+    so every shot boundary is a cut. Frames stay lazy; the moves are chosen up front."""
+    moves = [animate_frames(start, shot.prompt, shot.duration * fps) for shot in shots]
+
+    def chain() -> Iterator[np.ndarray]:
+        for frames, _camera, _why in moves:
+            yield from frames
+
+    return chain(), [why for _frames, _camera, why in moves]
 
 
 def _join(req: GenerationRequest, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
