@@ -93,7 +93,7 @@ class DynamicMask(_Strict):
 
 class KlingShot(_Strict):
     prompt: Annotated[str, Field(min_length=1, max_length=512)] = Field(
-        description="What happens in this shot (at most 512 characters; voice references <<<voice_N>>> allowed)."
+        description="What happens in this shot (<= 512 chars)."
     )
     duration: Annotated[int, Field(ge=1, le=15)] = Field(description="Seconds, at least 1.")
 
@@ -114,20 +114,16 @@ class KlingOptions(_Strict):
     shots: Annotated[list[KlingShot], Field(min_length=1, max_length=6)] | None = Field(
         None,
         description=(
-            "Kling 3.0 multi-shot (animate_image only): 1-6 shots of {prompt, duration}; the durations sum to the "
-            "clip's duration (an omitted duration is their sum). With shots the main prompt is ignored. Not with "
-            "an end frame. local/preview renders one camera move per shot with a cut between them."
+            "Kling 3.0 multi-shot (animate_image): 1-6 shots; durations sum to duration (omitted: their sum); "
+            "the main prompt is then ignored. local/preview previews each shot as a camera move."
         ),
     )
     shot_type: Literal["customize", "intelligence"] | None = Field(
         None,
-        description=(
-            "Kling 3.0 multi-shot: customize (your `shots`; the default when shots are given) or intelligence "
-            "(Kling cuts the main prompt into shots itself; needs prompt, forbids shots)."
-        ),
+        description="customize (default with shots) or intelligence (Kling cuts the main prompt; no shots).",
     )
     elements: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)] | None = Field(
-        None, description="Kling 3.0: up to 3 Kling element ids (reference subjects). Never together with voices."
+        None, description="Kling 3.0: up to 3 element ids; not with voices."
     )
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
@@ -141,17 +137,13 @@ class WanOptions(_Strict):
     prompt_extend: bool | None = Field(None, description="Let DashScope rewrite the prompt (its default true).")
     shot_type: Literal["single", "multi"] | None = Field(
         None,
-        description=(
-            "single (default) or multi: let Wan cut the clip into several shots. Works through prompt rewriting, "
-            "so it is an error together with prompt_extend false."
-        ),
+        description="single (default) or multi (several shots; needs prompt_extend, so not with it false).",
     )
     audio_url: Annotated[str, Field(min_length=1)] | None = Field(
         None,
         description=(
-            "A driving audio track (wav or mp3, 3-30 s, at most 15 MB): path, file:// or http(s) URL, or "
-            "stillmotion:// resource. Longer audio is cut to the clip; a local file is hosted on Vercel Blob "
-            "(BLOB_READ_WRITE_TOKEN). On the flash model it turns audio on."
+            "Driving audio, wav/mp3, 3-30 s, <= 15 MB: URL or local path (hosted via Vercel Blob). "
+            "On flash it turns audio on."
         ),
     )
     seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
@@ -177,7 +169,7 @@ class LocalOptions(_Strict):
     resolution: Literal["480p", "720p", "1080p"] = Field(
         "720p", description="Short side of the output; the input's aspect ratio is kept."
     )
-    fps: Literal[24, 25, 30] = Field(24, description="Frame rate of the preview (default 24).")
+    fps: Literal[24, 25, 30] = Field(24, description="Frame rate (default 24).")
 
 
 ProviderOptionsField = Literal["kling", "wan", "xai", "local"]
