@@ -93,9 +93,9 @@ class DynamicMask(_Strict):
 
 class KlingShot(_Strict):
     prompt: Annotated[str, Field(min_length=1, max_length=512)] = Field(
-        description="What happens in this shot (<= 512 chars)."
+        description="<= 512 chars."
     )
-    duration: Annotated[int, Field(ge=1, le=15)] = Field(description="Seconds, at least 1.")
+    duration: Annotated[int, Field(ge=1, le=15)] = Field(description="Seconds.")
 
 
 class KlingOptions(_Strict):
@@ -113,17 +113,14 @@ class KlingOptions(_Strict):
     watermark: bool | None = Field(None, description="Ask Kling for a watermarked result.")
     shots: Annotated[list[KlingShot], Field(min_length=1, max_length=6)] | None = Field(
         None,
-        description=(
-            "Kling 3.0 multi-shot (animate_image): 1-6 shots; durations sum to duration (omitted: their sum); "
-            "the main prompt is then ignored. local/preview previews each shot as a camera move."
-        ),
+        description="v3 multi-shot: durations sum to duration (omitted: their sum); main prompt ignored.",
     )
     shot_type: Literal["customize", "intelligence"] | None = Field(
         None,
-        description="customize (default with shots) or intelligence (Kling cuts the main prompt; no shots).",
+        description="v3: customize (default with shots) or intelligence (Kling cuts the prompt; no shots).",
     )
     elements: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=3)] | None = Field(
-        None, description="Kling 3.0: up to 3 element ids; not with voices."
+        None, description="v3 element ids; not with voices."
     )
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
@@ -137,14 +134,11 @@ class WanOptions(_Strict):
     prompt_extend: bool | None = Field(None, description="Let DashScope rewrite the prompt (its default true).")
     shot_type: Literal["single", "multi"] | None = Field(
         None,
-        description="single (default) or multi (several shots; needs prompt_extend, so not with it false).",
+        description="multi needs prompt_extend.",
     )
     audio_url: Annotated[str, Field(min_length=1)] | None = Field(
         None,
-        description=(
-            "Driving audio, wav/mp3, 3-30 s, <= 15 MB: URL or local path (hosted via Vercel Blob). "
-            "On flash it turns audio on."
-        ),
+        description="wav/mp3, 3-30 s, <= 15 MB, URL or path; turns flash audio on.",
     )
     seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
     watermark: bool | None = None
@@ -169,7 +163,7 @@ class LocalOptions(_Strict):
     resolution: Literal["480p", "720p", "1080p"] = Field(
         "720p", description="Short side of the output; the input's aspect ratio is kept."
     )
-    fps: Literal[24, 25, 30] = Field(24, description="Frame rate (default 24).")
+    fps: Literal[24, 25, 30] = 24
 
 
 ProviderOptionsField = Literal["kling", "wan", "xai", "local"]

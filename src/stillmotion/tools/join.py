@@ -42,11 +42,8 @@ CLIP_FORMS = (
     "a job id of a succeeded job, a video path, file:// or http(s) URL, or stillmotion://jobs/<id>/video.mp4"
 )
 DESCRIPTION = (
-    "Join 2-20 clips into one MP4, in order. Each clip is a job id of a succeeded job or a video (path, URL or "
-    "stillmotion://jobs/<id>/video.mp4). The output takes the first clip's size and frame rate (others are "
-    "scaled and padded, frame rate converted); audio is kept where present, silence where a clip has none. "
-    "crossfade_s 0-2 blends each seam (0 = hard cut; clips with identical encoding are then joined without "
-    "re-encoding). Runs as a local job (free, offline); returns a job at once, follow it with check_job."
+    "Join clips into one MP4, in order, as a free local job. Output: the first clip's size and frame rate; "
+    "audio kept, silence where a clip has none; no re-encode when crossfade_s is 0 and clips share encoding."
 )
 ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 
@@ -189,18 +186,18 @@ def register(mcp: MCPServer[Service]) -> None:
     async def join_clips(
         clips: Annotated[
             list[Annotated[str, Field(min_length=1)]],
-            Field(min_length=MIN_CLIPS, max_length=MAX_CLIPS, description="The clips in order: " + CLIP_FORMS + "."),
+            Field(min_length=MIN_CLIPS, max_length=MAX_CLIPS, description="Job ids or videos (path, URL, resource)."),
         ],
         ctx: Context[Service],
         crossfade_s: Annotated[
-            float, Field(ge=0, le=MAX_CROSSFADE_S, description="Seconds each seam blends over (0 = hard cut).")
+            float, Field(ge=0, le=MAX_CROSSFADE_S, description="Seam blend seconds; 0 = cut.")
         ] = 0.0,
         wait_seconds: Annotated[
-            float, Field(ge=0, le=50, description="Wait up to this many seconds for the job to finish.")
+            float, Field(ge=0, le=50)
         ] = 0,
         idempotency_key: Annotated[
             str | None,
-            Field(min_length=1, max_length=200, description="Same key + same arguments = the same job."),
+            Field(min_length=1, max_length=200),
         ] = None,
     ) -> Annotated[CallToolResult, JobResult]:
         svc: Service = ctx.request_context.lifespan_context
