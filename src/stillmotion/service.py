@@ -123,7 +123,7 @@ class Service:
         inputs = await self._load_inputs(args, plan.spec.id)
         check_images(inputs, plan.spec, args)
         check_masks_and_paths(inputs, plan.spec, args)
-        audio = await self._load_audio(plan.options)
+        audio = await self._load_audio(plan.provider_options)
 
         job_id = new_job_id()
         folder = self.settings.inputs_dir / job_id

@@ -60,7 +60,7 @@ class Plan:
     spec: ModelSpec
     route: RouteName
     duration: int
-    options: BaseModel
+    provider_options: BaseModel
     """The model's own options object, resolved by its provider's check (stored as the request's field)."""
     warnings: list[str] = field(default_factory=list)
     poll_interval_ms: int = 5000
@@ -70,9 +70,14 @@ class Plan:
     kling_shots: KlingOptions | None = None
 
     @property
+    def options(self) -> dict[str, Any]:
+        """The resolved options as a plain dict (None values left out), for readers such as pricing."""
+        return dict(self.provider_options.model_dump(exclude_none=True))
+
+    @property
     def option_fields(self) -> dict[str, BaseModel]:
         """The stored request's option fields: {own field: options} (+ kling shots on local/preview)."""
-        out: dict[str, BaseModel] = {REGISTRY[self.spec.provider].field: self.options}
+        out: dict[str, BaseModel] = {REGISTRY[self.spec.provider].field: self.provider_options}
         if self.kling_shots is not None:
             out["kling"] = self.kling_shots
         return out
