@@ -181,3 +181,31 @@ def test_jobs_command_shows_owners_and_the_worker(home: Path, monkeypatch: pytes
     assert f"owner {live} (alive)" in lines[mine.id] and "[retrying: x, attempt 1 of 5" in lines[mine.id]
     assert "(gone)" in lines[dead.id]
     assert "owner none (waiting for a process)" in lines[free.id]
+
+
+# -- an HTTP server that stops -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_http_server_stopping_releases_its_jobs_and_starts_no_worker(
+    make_settings: SettingsFactory, image_480: Path, home: Path
+) -> None:
+    from stillmotion.jobs.worker import worker_alive
+
+    with KlingFake(api_key="k") as fake:
+        fake.polls_until_done = None
+        settings = make_settings("http", KLINGAI_API_KEY="k", KLINGAI_BASE_URL=fake.base_url,
+                                 STILLMOTION_INPUT_ROOTS=str(image_480.parent), STILLMOTION_BACKGROUND="1")  # fmt: skip
+        async with connect(settings) as client:
+            job = structured(await client.call_tool(
+                "animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(image_480), "prompt": "x"}))  # fmt: skip
+            with anyio.fail_after(20):
+                while not fake.calls("GET", "/v1/videos/image2video/"):
+                    await anyio.sleep(0.02)
+        store = SqliteStore(home / "jobs.sqlite3")
+        try:
+            row = store.get(job["job_id"])
+        finally:
+            store.close()
+        assert row is not None and row.status == "running" and row.owner is None and row.lease_expires_at is None
+        assert not worker_alive(home) and not (home / "worker.log").exists()
