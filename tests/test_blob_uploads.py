@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from stillmotion.jobs.store import JobStore
+from stillmotion.jobs.store import SqliteStore
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
 from tests.fakes import BlobFake, GatewayFake, WanFake, sample_wav
 
@@ -66,7 +66,9 @@ async def test_wan_through_gateway_uploads_once_sends_url_and_deletes(
     url = start.obj["image"]["url"]
     assert start.obj["image"] == {"type": "url", "url": url} and NAME.search(url), url
     assert blob.deleted == [url] and blob.stored == {}
-    row = JobStore(home / "jobs.sqlite3").get(done["job_id"])
+    store = SqliteStore(home / "jobs.sqlite3")
+    row = store.get(done["job_id"])
+    store.close()
     assert row is not None and row.request["blobs"] == [url]  # the job row holds its blob URLs
 
 
@@ -146,11 +148,8 @@ async def test_cancelled_job_and_next_process_delete_blobs(
     blob.clear()
     async with connect(make_settings(**env)) as client:
         job = structured(await client.call_tool("animate_image", {"model": WAN, "image": str(img), "prompt": "y"}))
-    store = JobStore(home / "jobs.sqlite3")
-    store.update_unless_terminal(
-        job["job_id"], status="failed", stage="done",
-        error={"kind": "provider_error", "message": "ended by another process", "retryable": False},
-    )
+    store = SqliteStore(home / "jobs.sqlite3")
+    assert store.cancel(job["job_id"], {"kind": "cancelled", "message": "ended elsewhere", "retryable": False})
     store.close()
     assert blob.deleted == []
     async with connect(make_settings(**env)) as client:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,7 +20,7 @@ from mcp.types import CallToolResult, ToolAnnotations
 from pydantic import Field
 
 from ..errors import InvalidInput, StillmotionError
-from ..jobs.store import JobRow, args_fingerprint, new_job_id, validate_job_id
+from ..jobs.store import DuplicateIdempotencyKey, JobRow, args_fingerprint, new_job_id, validate_job_id
 from ..media.join import ClipFacts, clip_facts, planned_frames
 from ..media.net import UrlGuard
 from ..media.publish import sha256_file
@@ -91,8 +90,10 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             args_hash=fingerprint,
             idempotency_key=idempotency_key,
             warnings=[],
+            owner=svc.runner.owner,
+            lease_s=svc.runner.lease_s,
         )
-    except sqlite3.IntegrityError:
+    except DuplicateIdempotencyKey:
         shutil.rmtree(folder, ignore_errors=True)
         assert idempotency_key is not None
         existing = svc.store.by_idempotency_key(idempotency_key)
@@ -102,7 +103,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
         shutil.rmtree(folder, ignore_errors=True)
         raise
     log.info("job %s created: join_clips of %d clips", job_id, len(clips))
-    svc.runner.launch(job_id)
+    svc.runner.launch_new(row)
     return row
 
 
