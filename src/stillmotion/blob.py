@@ -264,11 +264,11 @@ class BlobJanitor:
         """The runner's change callback, plus: a job that ended gets its blobs deleted."""
 
         async def changed(job_id: str) -> None:
+            if on_change is not None:
+                await on_change(job_id)  # subscribers first: cleanup never delays a notification
             if self._tg is not None:
                 row = self.store.get(job_id)
                 if row is not None and row.terminal and row.request.get("blobs"):
                     self._tg.start_soon(self._clean, job_id, name=f"blob cleanup {job_id}")
-            if on_change is not None:
-                await on_change(job_id)
 
         return changed
