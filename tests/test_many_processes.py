@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -308,6 +310,9 @@ def test_jobs_outlive_the_client(fakes: Fakes, home: Path, img: Path, servers: l
         assert parsed is not None
         worker_pid = parsed.pid
         assert worker != a_id and os.getsid(worker_pid) == worker_pid, "the worker runs in its own session"
+        listing = subprocess.run([sys.executable, "-m", "stillmotion", "jobs"], env={**os.environ, **env},
+                                 capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+        assert listing.splitlines()[0] == f"background worker: alive ({worker})"
         fakes.release_tasks()
         done = _wait_rows(home, jobs, lambda r: r.terminal, timeout=60)
         for row in done.values():
