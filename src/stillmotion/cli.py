@@ -110,8 +110,10 @@ def _hand_over_on_signal() -> None:
         logging.shutdown()
         os._exit(0)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 def _worker(background: bool, verbose: bool) -> int:
