@@ -224,7 +224,7 @@ class JobRunner:
     def heartbeat(self) -> None:
         held = self.store.renew(self.owner, self.lease_s)
         for job_id, job in list(self._jobs.items()):
-            if job_id not in held and not job.stop.is_set():
+            if job_id not in held and not job.stop.is_set() and not job.row.terminal:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
