@@ -1,0 +1,194 @@
+"""The generation tools: animate_image, interpolate_frames, camera_move, motion_brush.
+
+Each is one argument model (arguments.py) and one shared handler. Numbers in the descriptions
+and schemas come from the catalog (models, durations, prompt lengths) and from the argument
+models' own bounds (camera strengths, mask counts), so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mcp.types import CallToolResult
+
+from ..arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
+from ..catalog import (
+    CAMERA_AXES,
+    CAMERA_TYPES,
+    GENERATION_TOOLS,
+    ModelSpec,
+    model_ids_for_tool,
+    models_for_tool,
+)
+from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
+from ..requests import OPTION_FIELDS, CameraConfig
+from ..validation import max_trajectory_points
+from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
+from .results import JobResult, call_result
+from .schema import JSON
+
+UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms"})
+"""Operator knobs the server accepts in every option object but does not advertise to models
+(STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server): they cost every tool's
+schema tokens and a model never needs them."""
+
+PROVIDER_NAMES = {"klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "local": "local/preview"}
+
+
+def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
+    feature = model.features.get(tool)
+    return feature.durations if feature is not None and feature.durations else model.durations
+
+
+def option_fields_for(tool: str, strict: bool = True) -> list[str]:
+    """The provider option arguments a tool carries: those of the providers whose models serve it."""
+    wanted = {OPTION_FIELDS[m.provider] for m in models_for_tool(tool, strict=strict)}
+    return [name for name in OPTION_ARGUMENTS if name in wanted]
+
+
+def _camera_bound() -> float:
+    for meta in CameraConfig.model_fields["zoom"].metadata:
+        le = getattr(meta, "le", None)
+        if le is not None:
+            return float(le)
+    raise AssertionError("CameraConfig.zoom has no upper bound")
+
+
+def _tool_text(tool: str) -> str:
+    if tool == "animate_image":
+        return (
+            "Animate a still image: the image becomes the first frame and the prompt describes the motion. "
+            "local/preview animates with a camera move steered by motion words in the prompt (zoom in, pan left, ...)."
+        )
+    if tool == "interpolate_frames":
+        return "Make a clip that starts on start_image and ends on end_image (first/last-frame)."
+    if tool == "camera_move":
+        b = _camera_bound()
+        presets = ", ".join(t for t in CAMERA_TYPES if t != "simple")
+        return (
+            f"Move the camera over the still scene. camera = {{type: simple, config: {{one non-zero axis of "
+            f"{', '.join(CAMERA_AXES)} in [-{b:g}, {b:g}]}}}} or {{type: {presets}}} with no config. "
+            "Negative = left / down / counter-clockwise / narrower view. On local/preview "
+            f"{b:g} = {PAN_TILT_DEG_PER_UNIT * b:g} deg pan/tilt, {ROLL_DEG_PER_UNIT * b:g} deg roll, 2x zoom, "
+            f"{TRANSLATION_FRACTION_PER_UNIT * b:g} frame shift."
+        )
+    if tool == "motion_brush":
+        masks = ARGS_BY_TOOL["motion_brush"].model_fields["dynamic_masks"].metadata
+        lo = next(v for v in (getattr(m, "min_length", None) for m in masks) if v is not None)
+        hi = next(v for v in (getattr(m, "max_length", None) for m in masks) if v is not None)
+        return (
+            f"Move {lo}-{hi} masked regions along trajectories (input-image pixels, origin BOTTOM-LEFT, "
+            f"2-{max_trajectory_points(5)} points per 5 s) while static_mask holds still."
+        )
+    raise KeyError(tool)
+
+
+def model_rules(tool: str, strict: bool) -> str:
+    """Per-model rules of one tool, models with the same rules grouped: `a, b: std|pro, 5/10 s`."""
+    groups: dict[str, list[str]] = {}
+    for m in models_for_tool(tool, strict=strict):
+        feat = m.features.get(tool)
+        parts = []
+        if m.modes:
+            parts.append("|".join(feat.modes if feat and feat.modes else m.modes))
+        durs = _durations(m, tool)
+        parts.append("/".join(map(str, durs)) + " s" if len(durs) <= 3 else f"{durs[0]}-{durs[-1]} s")
+        if tool == "camera_move" and feat is not None and feat.camera_types != CAMERA_TYPES:
+            parts.append("camera " + "|".join(feat.camera_types))
+        if feat is None:
+            parts.append("outside Kling's capability map (sent with a warning)")
+        groups.setdefault(", ".join(parts), []).append(m.id)
+    return "; ".join(f"{', '.join(ids)}: {rule}" for rule, ids in groups.items())
+
+
+def _prompt_maxima(models: list[ModelSpec]) -> str:
+    by_provider: dict[str, int] = {}
+    for m in models:
+        if m.prompt_required:
+            by_provider[PROVIDER_NAMES[m.provider]] = max(by_provider.get(PROVIDER_NAMES[m.provider], 0), m.prompt_max)
+    return ", ".join(f"{p} {n}" for p, n in by_provider.items())
+
+
+def _prune_kling_fields(props: JSON, models: list[ModelSpec]) -> None:
+    """Kling fields no Kling model of this tool can use leave the schema (the server still rejects
+    them with the reason, e.g. sound on camera_move: no model serving it has sound)."""
+    kling = [m for m in models if m.provider == "klingai"]
+    if "kling" not in props or not kling:
+        return
+    fields = next(m for m in props["kling"]["anyOf"] if m.get("type") == "object")["properties"]
+    unused = {
+        "sound": not any(m.sound for m in kling),
+        "voices": not any(m.voices for m in kling),
+        "cfg_scale": not any(m.cfg_scale for m in kling),
+        "mode": not any(m.modes for m in kling),
+    }
+    for name, drop in unused.items():
+        if drop:
+            fields.pop(name, None)
+
+
+def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
+    """The catalog's numbers in a generation tool's schema: model enum and rules, duration and prompt bounds."""
+    strict = build.settings.strict_capabilities
+    default_model = build.settings.default_model
+    models = models_for_tool(tool, strict=strict)
+    ids = model_ids_for_tool(tool, strict=strict)
+
+    def edit(schema: JSON) -> JSON:
+        props = schema["properties"]
+        model: JSON = {
+            "anyOf": [{"enum": ids, "type": "string"}, {"type": "null"}],
+            "description": f"Default {default_model}. Per model: {model_rules(tool, strict)}.",
+        }
+        if default_model in ids:
+            model["default"] = default_model
+        props["model"] = model
+        durations = sorted({d for m in models for d in _durations(m, tool)})
+        props["duration"]["anyOf"][0].update(minimum=durations[0], maximum=durations[-1])
+        optional = sorted({m.id for m in models if not m.prompt_required})
+        props["prompt"]["anyOf"][0]["maxLength"] = max(m.prompt_max for m in models)
+        limits = {m.prompt_max for m in models}
+        props["prompt"]["description"] = (
+            "The motion."
+            + (f" Optional on {', '.join(optional)}." if optional else "")
+            + (f" Max: {_prompt_maxima(models)}." if len(limits) > 1 else "")
+        )
+        if any(m.negative_prompt_max is None for m in models):
+            no_negative = sorted({PROVIDER_NAMES[m.provider] for m in models if m.negative_prompt_max is None})
+            props["negative_prompt"]["description"] = f"Not on {', '.join(no_negative)}."
+        _prune_kling_fields(props, models)
+        for name in OPTION_ARGUMENTS:
+            if name in props:
+                obj = next(m for m in props[name]["anyOf"] if m.get("type") == "object")
+                for hidden in UNPUBLISHED_OPTIONS:
+                    obj["properties"].pop(hidden, None)
+        return schema
+
+    return edit
+
+
+async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult:
+    svc = call.service
+    row = await svc.submit(args.to_tool_args(), idempotency_key=args.idempotency_key)
+    if args.wait_seconds > 0:
+        row = await svc.wait(row.id, args.wait_seconds, call.progress())
+    return call_result(row, links=call.settings.resource_links, shell=call.shell)
+
+
+def specs(build: Build) -> list[ToolSpec[Any]]:
+    out: list[ToolSpec[Any]] = []
+    for tool in GENERATION_TOOLS:
+        out.append(
+            ToolSpec(
+                name=tool,
+                title=tool.replace("_", " ").capitalize(),
+                description=_tool_text(tool) + " Returns a job at once; follow it with check_job.",
+                args=ARGS_BY_TOOL[tool],
+                handler=run_generation,
+                annotations=GEN_ANNOTATIONS,
+                output=JobResult,
+                specialise=specialise(tool, build),
+            )
+        )
+    return out
