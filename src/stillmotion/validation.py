@@ -156,8 +156,8 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     allowed_models = [m.id for m in models_for_tool(tool, strict=settings.strict_capabilities)]
     if mid is None:
         near = did_you_mean(model_arg, allowed_models, cutoff=0.6)
-        hint = f" Did you mean '{near}'?" if near else ""
-        raise InvalidInput("model", f"unknown model {model_arg!r} for {tool}.{hint}", allowed_models)
+        hint = f"; did you mean '{near}'?" if near else "."
+        raise InvalidInput("model", f"unknown model {model_arg!r} for {tool}{hint}", allowed_models)
     spec = MODELS[mid]
     warnings: list[str] = []
     feature = spec.features.get(tool)

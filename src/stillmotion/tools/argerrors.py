@@ -167,7 +167,8 @@ def _describe(err: ErrorDetails, schema: JSON) -> InvalidInput:
         rule = f"unknown {what}" + (f"; did you mean '{near}'?" if near else ".")
         return InvalidInput(path, rule, allowed)
     if kind == "missing":
-        return InvalidInput(path, "is required.", summary(node))
+        described = (_concrete(node) or {}).get("description") if node is not None else None
+        return InvalidInput(path, "is required.", described.rstrip(".") if described else summary(node))
     if kind in ("literal_error", "enum"):
         allowed_values = summary(node)
         choices = allowed_values if isinstance(allowed_values, list) else []
