@@ -199,3 +199,46 @@ async def test_resource_links_can_be_left_out(make_settings: SettingsFactory, im
     assert (ResourceLink in kinds) is (links == "1")
     assert ImageContent in kinds
     assert job["video"]["path"] in res.content[0].text  # type: ignore[union-attr]
+
+
+# -- status_detail: a job waiting on retries says so --------------------------------------
+
+
+async def test_unreachable_provider_retry_status_shows_in_check_job_within_2_s(
+    make_settings: SettingsFactory, image_480: Path
+) -> None:
+    import socket
+
+    import anyio
+
+    from stillmotion.jobs.store import JobRow
+
+    if "status_detail" not in {f.name for f in dataclasses.fields(JobRow)}:
+        pytest.skip("the job store keeps no status_detail yet (issue #10)")
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = make_settings(
+        KLINGAI_API_KEY="k", KLINGAI_BASE_URL=f"http://127.0.0.1:{port}", STILLMOTION_RETRY_BASE_MS="1000"
+    )
+    async with connect(settings) as c:
+        job = structured(await c.call_tool(
+            "animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(image_480), "prompt": "x"}))  # fmt: skip
+        seen: dict[str, Any] = {}
+        with anyio.fail_after(2):
+            while not seen.get("status_detail"):
+                res = await c.call_tool("check_job", {"job_id": job["job_id"]})
+                seen = structured(res)
+                await anyio.sleep(0.02)
+        detail = seen["status_detail"]
+        assert detail.startswith("retrying: could not connect to 127.0.0.1") and ", attempt 1 of 5, next in " in detail
+        assert f"Now: {detail}." in res.content[0].text  # type: ignore[union-attr]
+        assert seen["next_step"].startswith(f"It is {detail}. Call check_job")
+        messages: list[str] = []
+
+        async def progress(p: float, total: float | None, message: str | None) -> None:
+            messages.append(message or "")
+
+        await c.call_tool("check_job", {"job_id": job["job_id"], "wait_seconds": 0.3}, progress_callback=progress)
+        assert any("retrying: could not connect to 127.0.0.1" in m for m in messages), messages
+        await c.call_tool("cancel_job", {"job_id": job["job_id"]})

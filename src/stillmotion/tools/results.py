@@ -52,10 +52,10 @@ class JobResult(BaseModel):
     model: str
     route: Literal["direct", "gateway", "local"]
     status: Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
-    status_detail: str | None = Field(
-        None, description="What the job is waiting on right now, e.g. a retry: 'retrying: cannot connect to ...'."
-    )
     progress: float | None = Field(None, description="0-1 when known")
+    status_detail: str | None = Field(
+        None, description="What the job is doing right now when it is not plain progress (e.g. retrying a provider)."
+    )
     created_at: str
     updated_at: str
     provider_task_id: str | None = None
@@ -133,8 +133,8 @@ def job_result(row: JobRow, *, shell: bool = False) -> JobResult:
         model=row.model,
         route=row.route,
         status=row.status,
-        status_detail=status_detail(row),
         progress=row.progress,
+        status_detail=status_detail(row),
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
         provider_task_id=row.provider_task_id,
@@ -151,9 +151,9 @@ def summary_text(res: JobResult) -> str:
     head = f"Job {res.job_id} ({res.tool} on {res.model} via {res.route}): {res.status}"
     if res.progress is not None and res.status in ("running", "downloading"):
         head += f", {res.progress:.0%}"
-    if res.status_detail:
-        head += f" ({res.status_detail})"
     lines = [head + "."]
+    if res.status_detail:
+        lines.append(f"Now: {res.status_detail}.")
     if res.video is not None:
         v = res.video
         lines.append(
