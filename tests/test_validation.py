@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -303,10 +304,14 @@ async def test_schemas_are_generated_from_the_catalog(make_settings: SettingsFac
         enum = next(x["enum"] for x in model["anyOf"] if "enum" in x) if "anyOf" in model else model["enum"]
         assert enum == model_ids_for_tool(tool)
         desc = model["description"]
-        for mid in enum:
-            if mid in MODELS:
-                assert mid in desc
-                assert MODELS[mid].serves(tool)
+        named = {
+            m.group(1) + middle + m.group(3)
+            for m in re.finditer(r"([\w/.-]*)\{([^}]*)\}([\w.-]*)", desc)
+            for middle in m.group(2).split(",")
+        } | set(re.findall(r"[a-z][\w.-]*/[a-z][\w.-]*", re.sub(r"[\w/.-]*\{[^}]*\}[\w.-]*", "", desc)))
+        assert named == {mid for mid in enum if mid in MODELS}, (tool, named)  # every model's rules, each once
+        for mid in named:
+            assert MODELS[mid].serves(tool)
         assert schema["properties"]["wait_seconds"]["maximum"] == 50
     cam = json.dumps(tools["camera_move"].input_schema)
     assert '"minimum": -10' in cam and '"maximum": 10' in cam and "counter-clockwise" in str(tools["camera_move"].description)

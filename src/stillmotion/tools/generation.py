@@ -7,6 +7,7 @@ models' own bounds (camera strengths, mask counts), so they cannot drift.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -97,9 +98,26 @@ def model_rules(tool: str, strict: bool) -> str:
         if tool == "camera_move" and feat is not None and feat.camera_types != CAMERA_TYPES:
             parts.append("camera " + "|".join(feat.camera_types))
         if feat is None:
-            parts.append("outside Kling's capability map (sent with a warning)")
+            parts.append("off-map")
         groups.setdefault(", ".join(parts), []).append(m.id)
-    return "; ".join(f"{', '.join(ids)}: {rule}" for rule, ids in groups.items())
+    rules = "; ".join(f"{_brace(ids)}: {rule}" for rule, ids in groups.items())
+    if any("off-map" in rule for rule in groups):
+        rules += " (off-map: outside Kling's capability map, sent with a warning)"
+    return rules
+
+
+def _brace(ids: list[str]) -> str:
+    """`klingai/kling-{v1,v1.5}-i2v` for ids that share a prefix and suffix (they are in the enum in full)."""
+    if len(ids) < 2:
+        return ", ".join(ids)
+    prefix = os.path.commonprefix(ids)
+    prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else prefix
+    suffix = os.path.commonprefix([i[::-1] for i in ids])[::-1]
+    suffix = suffix[suffix.find("-"):] if "-" in suffix else ""
+    middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
+    if not prefix or any(not m for m in middles):
+        return ", ".join(ids)
+    return f"{prefix}{{{','.join(middles)}}}{suffix}"
 
 
 def _prompt_maxima(models: list[ModelSpec]) -> str:
@@ -139,7 +157,7 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
         props = schema["properties"]
         model: JSON = {
             "anyOf": [{"enum": ids, "type": "string"}, {"type": "null"}],
-            "description": f"Default {default_model}. Per model: {model_rules(tool, strict)}.",
+            "description": f"Per model: {model_rules(tool, strict)}.",
         }
         if default_model in ids:
             model["default"] = default_model
