@@ -118,7 +118,7 @@ def markdown(
     md += [f"| {k} | {v} |" for k, v in versions.items()]
     from .toollist import tool_list_markdown
 
-    md += [""] + tool_list_markdown()
+    md += ["", *tool_list_markdown()]
     all_rows = [r for s in sections for r in s.rows]
     targeted = [r for r in all_rows if r.passed is not None]
     md += [

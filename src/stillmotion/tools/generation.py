@@ -7,7 +7,6 @@ models' own bounds (camera strengths, mask counts), so they cannot drift.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -106,13 +105,22 @@ def model_rules(tool: str, strict: bool) -> str:
     return rules
 
 
+def _common_start(texts: list[str]) -> str:
+    """The characters every text starts with."""
+    first = texts[0]
+    n = 0
+    while n < len(first) and all(len(t) > n and t[n] == first[n] for t in texts):
+        n += 1
+    return first[:n]
+
+
 def _brace(ids: list[str]) -> str:
     """`klingai/kling-{v1,v1.5}-i2v` for ids that share a prefix and suffix (they are in the enum in full)."""
     if len(ids) < 2:
         return ", ".join(ids)
-    prefix = os.path.commonprefix(ids)
+    prefix = _common_start(ids)
     prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else prefix
-    suffix = os.path.commonprefix([i[::-1] for i in ids])[::-1]
+    suffix = _common_start([i[::-1] for i in ids])[::-1]
     suffix = suffix[suffix.find("-"):] if "-" in suffix else ""
     middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
     if not prefix or any(not m for m in middles):
