@@ -78,8 +78,8 @@ class Call:
             nonlocal sent
             p = 1.0 if row.terminal else (row.progress if row.progress is not None else 0.0)
             detail = getattr(row, "status_detail", None)
-            if p <= sent and not row.terminal and not detail:
-                return
+            if p <= sent and not row.terminal:
+                return  # progress must increase (MCP); the detail rides on the next notification
             sent = max(p, sent)
             message = row.status + (f" {p:.0%}" if row.progress is not None else "")
             if detail and not row.terminal:
