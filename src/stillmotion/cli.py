@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "run",
         help="call any tool from a shell",
         description="Call one of the server's tools with a JSON object of arguments.",
-        epilog=_tools_epilog(),
+        epilog=_tools_epilog() if _asks_run_help(sys.argv[1:] if argv is None else argv) else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     run.add_argument("tool", help="a tool name (listed below)")
@@ -87,6 +87,11 @@ def _serve(http: bool, host: str, port: int) -> int:
 
     settings = Settings.from_env(transport="http")
     return serve_http(settings, host, port)
+
+
+def _asks_run_help(argv: list[str]) -> bool:
+    """Build the tool list for `run --help` only (it imports the server: not for every command)."""
+    return "run" in argv and any(a in ("-h", "--help") for a in argv)
 
 
 def _tools_epilog() -> str:

@@ -18,6 +18,7 @@ from mcp.server import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 
 from . import __version__
+from .arguments import WAIT_MAX_S
 from .catalog import catalog_table
 from .service import Service
 from .settings import Settings
@@ -26,10 +27,10 @@ from .tools.base import Build, ToolCalls, ToolSpec
 
 log = logging.getLogger(__name__)
 
-INSTRUCTIONS = """\
+INSTRUCTIONS = f"""\
 stillmotion turns a still image into an MP4. Generation tools (animate_image, interpolate_frames,
 camera_move, motion_brush) check the request against the model's limits, start a durable job and
-return at once (or after wait_seconds). Then call check_job with wait_seconds up to 50 until the
+return at once (or after wait_seconds). Then call check_job with wait_seconds up to {WAIT_MAX_S} until the
 status is succeeded; the result has the video's path, a resource link and a contact sheet.
 The default model local/preview is free and offline; list_models shows the models and their limits.
 """
