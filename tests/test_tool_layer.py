@@ -211,10 +211,6 @@ async def test_unreachable_provider_retry_status_shows_in_check_job_within_2_s(
 
     import anyio
 
-    from stillmotion.jobs.store import JobRow
-
-    if "status_detail" not in {f.name for f in dataclasses.fields(JobRow)}:
-        pytest.skip("the job store keeps no status_detail yet (issue #10)")
     with socket.socket() as s:  # a port nobody listens on: connections are refused
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -77,7 +77,7 @@ class Call:
         async def report(row: JobRow) -> None:
             nonlocal sent
             p = 1.0 if row.terminal else (row.progress if row.progress is not None else 0.0)
-            detail = getattr(row, "status_detail", None)
+            detail = row.status_detail
             if p <= sent and not row.terminal:
                 return  # progress must increase (MCP); the detail rides on the next notification
             sent = max(p, sent)

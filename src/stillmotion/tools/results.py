@@ -93,9 +93,8 @@ _NEXT_BY_ERROR = {
 
 
 def status_detail(row: JobRow) -> str | None:
-    """The job store's `status_detail` (retry status and the like), once the store keeps one."""
-    detail = getattr(row, "status_detail", None)
-    return str(detail) if detail and not row.terminal else None
+    """What an unfinished job waits on (the store's `status_detail`, e.g. a retry); None once it ended."""
+    return row.status_detail if row.status_detail and not row.terminal else None
 
 
 def check_command(job_id: str) -> str:
