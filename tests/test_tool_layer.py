@@ -238,3 +238,44 @@ async def test_unreachable_provider_retry_status_shows_in_check_job_within_2_s(
         await c.call_tool("check_job", {"job_id": job["job_id"], "wait_seconds": 0.3}, progress_callback=progress)
         assert any("retrying: could not connect to 127.0.0.1" in m for m in messages), messages
         await c.call_tool("cancel_job", {"job_id": job["job_id"]})
+
+
+# -- exact: what the schema no longer says, the server still refuses ----------------------
+
+MOVED_TO_THE_SERVER: list[tuple[str, dict[str, Any], list[str]]] = [
+    # (tool, arguments, substrings of the error): rules published loosely (or not at all) but enforced
+    ("camera_move", {"image": X, "camera": {"type": "down_back"}, "duration": 16}, ["'duration'", "16 s is not offered"]),
+    ("camera_move", {"image": X, "camera": {"type": "down_back"}, "model": "alibaba/wan-v2.6-i2v"},
+     ["'model'", "cannot serve camera_move"]),
+    ("camera_move", {"image": X, "camera": {"type": "down_back"}, "model": "klingai/kling-v1.5-i2v", "prompt": "p",
+                     "kling": {"mode": "pro", "sound": "on"}}, ["'kling.sound'", "cannot generate sound"]),
+    ("camera_move", {"image": X, "camera": {"type": "down_back"}, "kling": {"poll_interval_ms": 10}},
+     ["'kling.poll_interval_ms'", "must be >= 50"]),
+    ("camera_move", {"image": X, "camera": {"type": "down_back"}, "kling": {"shape": 1}},
+     ["'kling.shape'", "unknown field"]),
+    ("animate_image", {"image": X, "model": "xai/grok-imagine-video", "prompt": "p", "negative_prompt": "n" * 2501},
+     ["'negative_prompt'", "is 2501 characters long"]),
+    ("motion_brush", {"image": X, "dynamic_masks": [{"mask": {"box": [1, 2, 3, 4], "round": 1}, "trajectory": []}]},
+     ["'dynamic_masks[0].mask.round'", "unknown field"]),
+]
+
+
+@pytest.mark.parametrize(("tool", "args", "expect"), MOVED_TO_THE_SERVER)
+async def test_rules_left_out_of_the_schema_are_enforced_by_the_server(
+    make_settings: SettingsFactory, tool: str, args: dict[str, Any], expect: list[str]
+) -> None:
+    async with connect(make_settings(KLINGAI_API_KEY="k", XAI_API_KEY="x")) as c:
+        text = error_text(await c.call_tool(tool, args))
+        assert structured(await c.call_tool("list_jobs", {}))["jobs"] == []
+    for s in expect:
+        assert s in text, text
+
+
+def test_the_schema_accepts_every_allowed_edge(make_settings: SettingsFactory) -> None:
+    import jsonschema
+
+    from tests.test_validation import GOOD
+
+    schemas = {s["name"]: s["inputSchema"] for s in tools_list_payload(make_settings())}
+    for _case, tool, args in GOOD:  # image placeholders like "{ok}" are strings, as paths are
+        jsonschema.validate(args, schemas[tool])
