@@ -57,7 +57,7 @@ class GenerationArgs(_Args):
     model: str | None = None
     prompt: str | None = None
     negative_prompt: str | None = Field(None, max_length=NEGATIVE_PROMPT_MAX)
-    duration: int | None = Field(None, description="Seconds, default 5.")
+    duration: int | None = Field(None, description="Seconds (default 5).")
     wait_seconds: float = Field(0, ge=0, le=WAIT_MAX_S, description="Wait this long for the result.")
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=200, description="Same key + same args = same job."

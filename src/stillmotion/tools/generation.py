@@ -176,8 +176,8 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
         props["prompt"]["anyOf"][0]["maxLength"] = max(m.prompt_max for m in models)
         limits = {m.prompt_max for m in models}
         props["prompt"]["description"] = (
-            "The motion."
-            + (f" Optional on {', '.join(optional)}." if optional else "")
+            "The motion"
+            + (f"; optional on {', '.join(optional)}." if optional else ".")
             + (f" Max: {_prompt_maxima(models)}." if len(limits) > 1 else "")
         )
         if any(m.negative_prompt_max is None for m in models):
@@ -209,7 +209,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
             ToolSpec(
                 name=tool,
                 title=tool.replace("_", " ").capitalize(),
-                description=_tool_text(tool) + " Returns a job at once; follow it with check_job.",
+                description=_tool_text(tool) + " Returns a job at once; then check_job.",
                 args=ARGS_BY_TOOL[tool],
                 handler=run_generation,
                 annotations=GEN_ANNOTATIONS,

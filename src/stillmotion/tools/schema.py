@@ -9,7 +9,8 @@ union. So every schema the server publishes is:
   null member last), `oneOf` only where pydantic never emits it (never, today);
 - lean: no `title`s, no `default: null` (a missing optional is null anyway), and
   `additionalProperties: false` only at the top: nested objects forbid unknown keys in the
-  server's check, which names the allowed keys (strict-mode converters add it back anyway).
+  server's check, which names the allowed keys (strict-mode converters add it back anyway);
+  likewise `minLength: 1` on strings.
 
 `raw_schema` keeps pydantic's own structure (with the tagged union as `oneOf`) for
 tools/argerrors.py, which walks it along an error's location.
@@ -53,6 +54,8 @@ def published_schema(model: type[BaseModel]) -> JSON:
     for node in walk(schema["properties"]):
         if node.get("additionalProperties") is False:
             del node["additionalProperties"]
+        if node.get("minLength") == 1 and node.get("type") == "string":
+            del node["minLength"]  # "non-empty" goes without saying; the server still refuses ""
     return schema
 
 
