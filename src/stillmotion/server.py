@@ -8,7 +8,7 @@ Adding a tool module: append it to TOOL_MODULES.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -114,5 +114,4 @@ def tools_list_payload(settings: Settings) -> list[dict[str, Any]]:
     return [{"name": s.name, "description": s.description, "inputSchema": s.input_schema} for s in tool_specs(settings)]
 
 
-_: Callable[..., Any] = catalog_table  # re-exported for older imports
 __all__ = ["build_server", "catalog_table", "tool_specs", "tools_list_payload"]
