@@ -136,22 +136,47 @@ def _prompt_maxima(models: list[ModelSpec]) -> str:
     return ", ".join(f"{p} {n}" for p, n in by_provider.items())
 
 
-def _prune_kling_fields(props: JSON, models: list[ModelSpec]) -> None:
-    """Kling fields no Kling model of this tool can use leave the schema (the server still rejects
-    them with the reason, e.g. sound on camera_move: no model serving it has sound)."""
+def _short(m: ModelSpec) -> str:
+    return m.id.removeprefix("klingai/kling-").removesuffix("-i2v")
+
+
+def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
+    """Option fields from the catalog: which models take them (for this tool), their defaults.
+
+    Fields no model of this tool can use leave the schema; the server still refuses them with
+    the reason (e.g. sound on camera_move, where no model serving it has sound)."""
+
+    def fields_of(name: str) -> JSON | None:
+        if name not in props:
+            return None
+        found: JSON = next(m for m in props[name]["anyOf"] if m.get("type") == "object")["properties"]
+        return found
+
     kling = [m for m in models if m.provider == "klingai"]
-    if "kling" not in props or not kling:
-        return
-    fields = next(m for m in props["kling"]["anyOf"] if m.get("type") == "object")["properties"]
-    unused = {
-        "sound": not any(m.sound for m in kling),
-        "voices": not any(m.voices for m in kling),
-        "cfg_scale": not any(m.cfg_scale for m in kling),
-        "mode": not any(m.modes for m in kling),
-    }
-    for name, drop in unused.items():
-        if drop:
-            fields.pop(name, None)
+    k = fields_of("kling")
+    if k is not None and kling:
+        sound = [m for m in kling if m.sound and not (tool == "interpolate_frames" and m.interpolation_silent_only)]
+        cfg = [m for m in kling if m.cfg_scale]
+        voices = [m for m in sound if m.voices]
+        if sound:
+            k["sound"]["description"] = "Audio on " + ", ".join(
+                _short(m) + ("" if set(m.sound) == set(m.modes) else " " + "|".join(m.sound)) for m in sound
+            ) + "; default off."
+        if cfg:
+            k["cfg_scale"]["description"] = f"Default 0.5; only {', '.join(_short(m) for m in cfg)}."
+        for name, keep in (("sound", sound), ("voices", voices), ("cfg_scale", cfg), ("mode", any(m.modes for m in kling))):
+            if not keep:
+                k.pop(name, None)
+    w = fields_of("wan")
+    wan = [m for m in models if m.provider == "alibaba"]
+    if w is not None and wan:
+        audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
+        w["audio"]["description"] = f"Audio ({', '.join(audio)} only); default false."
+        w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
+    x = fields_of("xai")
+    xai = [m for m in models if m.provider == "xai"]
+    if x is not None and xai:
+        x["resolution"]["description"] = f"Default {xai[0].default_resolution}."
 
 
 def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
@@ -183,7 +208,7 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
         if any(m.negative_prompt_max is None for m in models):
             no_negative = sorted({PROVIDER_NAMES[m.provider] for m in models if m.negative_prompt_max is None})
             props["negative_prompt"]["description"] = f"Not on {', '.join(no_negative)}."
-        _prune_kling_fields(props, models)
+        _option_fields(props, tool, models)
         for name in OPTION_ARGUMENTS:
             if name in props:
                 obj = next(m for m in props[name]["anyOf"] if m.get("type") == "object")
