@@ -101,6 +101,8 @@ class Settings:
     """BLOB_READ_WRITE_TOKEN: Vercel Blob hosts local inputs where a route needs public URLs."""
     gateway_max_body_bytes: int = 4 * 1024 * 1024
     """STILLMOTION_GATEWAY_MAX_BODY_BYTES: larger Gateway bodies send their images as Blob URLs."""
+    resource_links: bool = True
+    """STILLMOTION_RESOURCE_LINKS=0: tool results carry no resource_link (the text names the file)."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
     lease_ms: int = 30_000
@@ -160,6 +162,7 @@ class Settings:
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
             blob_token=_secret(env, "BLOB_READ_WRITE_TOKEN"),
             gateway_max_body_bytes=max(1024, _int(env, "STILLMOTION_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)),
+            resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),

@@ -105,6 +105,8 @@ def check_options(given: KlingOptions | None, ctx: OptionContext) -> Checked[Kli
             raise InvalidInput("kling.voices", "voices need kling.sound set to 'on'.", ["sound: on"])
         out["voices"] = voices
     if opts.elements:
+        if len(opts.elements) > 3 or any(e < 1 for e in opts.elements):
+            raise InvalidInput("kling.elements", f"has {opts.elements}; Kling takes 1-3 positive element ids.", "1-3 ids >= 1")
         if not spec.elements:
             raise InvalidInput(
                 "kling.elements", f"{spec.id} does not take element references (Kling 3.0 does).", _models_with("elements")

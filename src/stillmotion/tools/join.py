@@ -10,16 +10,15 @@ import logging
 import shutil
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
-from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, ToolAnnotations
+from mcp.types import CallToolResult
 from pydantic import Field
 
-from ..errors import InvalidInput, StillmotionError
+from ..arguments import WAIT_MAX_S
+from ..errors import InvalidInput
 from ..jobs.store import DuplicateIdempotencyKey, JobRow, args_fingerprint, new_job_id, validate_job_id
 from ..media.join import ClipFacts, clip_facts, planned_frames
 from ..media.net import UrlGuard
@@ -27,11 +26,11 @@ from ..media.publish import sha256_file
 from ..media.sources import load_media
 from ..media.video import probe_video
 from ..requests import GenerationRequest, LocalOptions, StoredClip
-from ..service import Service
+from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .results import JobResult, call_result
 
 if TYPE_CHECKING:
-    from mcp.server import MCPServer
+    from ..service import Service
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +39,7 @@ MAX_CROSSFADE_S = 2.0
 CLIP_FORMS = (
     "a job id of a succeeded job, a video path, file:// or http(s) URL, or stillmotion://jobs/<id>/video.mp4"
 )
-DESCRIPTION = (
-    "Join clips into one MP4, in order, as a free local job. Output: the first clip's size and frame rate; "
-    "audio kept, silence where a clip has none; no re-encode when crossfade_s is 0 and clips share encoding."
-)
-ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
+DESCRIPTION = "Join clips (job ids or videos) into one MP4 (free, local; the first clip's size and fps)."
 
 
 async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempotency_key: str | None) -> JobRow:
@@ -180,32 +175,28 @@ def _job_video(svc: Service, value: str, argument: str) -> Path | None:
     return path
 
 
-def register(mcp: MCPServer[Service]) -> None:
-    """Add the join_clips tool to the server."""
+class JoinClipsArgs(Args):
+    clips: list[str] = Field(min_length=MIN_CLIPS, max_length=MAX_CLIPS)
+    crossfade_s: float = Field(0.0, ge=0, le=MAX_CROSSFADE_S)
+    wait_seconds: float = Field(0, ge=0, le=WAIT_MAX_S)
 
-    @mcp.tool(name="join_clips", title="Join clips", description=DESCRIPTION, annotations=ANNOTATIONS)
-    async def join_clips(
-        clips: Annotated[
-            list[Annotated[str, Field(min_length=1)]],
-            Field(min_length=MIN_CLIPS, max_length=MAX_CLIPS, description="Job ids or videos (path, URL, resource)."),
-        ],
-        ctx: Context[Service],
-        crossfade_s: Annotated[
-            float, Field(ge=0, le=MAX_CROSSFADE_S, description="Seam blend seconds; 0 = cut.")
-        ] = 0.0,
-        wait_seconds: Annotated[
-            float, Field(ge=0, le=50)
-        ] = 0,
-        idempotency_key: Annotated[
-            str | None,
-            Field(min_length=1, max_length=200),
-        ] = None,
-    ) -> Annotated[CallToolResult, JobResult]:
-        svc: Service = ctx.request_context.lifespan_context
-        try:
-            row = await submit_join(svc, clips, crossfade_s, idempotency_key)
-            if wait_seconds > 0:
-                row = await svc.wait(row.id, wait_seconds)
-        except StillmotionError as exc:
-            raise ToolError(f"[{exc.kind}] {exc.message}") from exc
-        return call_result(row)
+
+async def join_clips(args: JoinClipsArgs, call: Call) -> CallToolResult:
+    row = await submit_join(call.service, args.clips, args.crossfade_s, None)
+    if args.wait_seconds > 0:
+        row = await call.service.wait(row.id, args.wait_seconds, call.progress())
+    return call_result(row, links=call.settings.resource_links, shell=call.shell)
+
+
+def specs(build: Build) -> list[ToolSpec[Any]]:
+    return [
+        ToolSpec(
+            name="join_clips",
+            title="Join clips",
+            description=DESCRIPTION,
+            args=JoinClipsArgs,
+            handler=join_clips,
+            annotations=GEN_ANNOTATIONS,
+            output=JobResult,
+        )
+    ]
