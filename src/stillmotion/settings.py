@@ -70,6 +70,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ValueError(f"environment variable {name} must be a positive integer, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -95,7 +102,12 @@ class Settings:
     max_retries: int = 5
     local_concurrency: int = 1
     max_fetch_bytes: int = 50 * 1024 * 1024
-    max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    max_download_bytes: int = 1024 * 1024 * 1024
+    """STILLMOTION_MAX_RESULT_BYTES: the largest result video downloaded (default 1 GiB)."""
+    max_resource_bytes: int = 32 * 1024 * 1024
+    """STILLMOTION_MAX_RESOURCE_BYTES: larger files are not sent inline by resources/read."""
+    public_url: str | None = None
+    """STILLMOTION_PUBLIC_URL: the base URL clients reach the HTTP transport at (for file links)."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
 
@@ -146,6 +158,9 @@ class Settings:
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
             test_hold_file=Path(hold) if hold else None,
+            max_download_bytes=_positive(env, "STILLMOTION_MAX_RESULT_BYTES", 1024 * 1024 * 1024),
+            max_resource_bytes=_positive(env, "STILLMOTION_MAX_RESOURCE_BYTES", 32 * 1024 * 1024),
+            public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
         )
 
     def has_direct_key(self, provider: str) -> bool:

@@ -10,8 +10,8 @@ concurrency limit keeps the job queued; a quota answer ends it at once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -36,7 +36,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
-from ..media.net import UrlGuard, download_to_file
+from ..media.net import UrlGuard, download_to_file, write_base64_file
 from ..media.publish import Samples
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
@@ -391,7 +391,9 @@ class JobRunner:
         pending = {"pending_video": {"url": video.url, "expires": video.url_expires_at}} if video.url else None
         self._set(job_id, status="downloading", stage="downloading", result=pending)
         if video.data_b64 is not None:
-            await anyio.to_thread.run_sync(_write_b64, video.data_b64, tmp)
+            await anyio.to_thread.run_sync(
+                functools.partial(write_base64_file, video.data_b64, tmp, max_bytes=self.settings.max_download_bytes)
+            )
             await self._finish_file(job_id, tmp, provider_url=None, expires=None)
             return
         assert video.url is not None
@@ -430,6 +432,7 @@ class JobRunner:
                 self._publish_file, tmp, final, job_dir, samples, limiter=self._publish_limiter
             )
         except ValueError as exc:
+            tmp.unlink(missing_ok=True)
             raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires
@@ -446,11 +449,3 @@ class JobRunner:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
-
-def _write_b64(data: str, dest: Path) -> None:
-    with open(dest, "wb") as fh:
-        step = 4 * 1024 * 1024
-        for i in range(0, len(data), step):
-            fh.write(base64.b64decode(data[i : i + step]))
-        fh.flush()
-        os.fsync(fh.fileno())

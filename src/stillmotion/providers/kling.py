@@ -26,6 +26,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.net import path_segment
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
@@ -117,7 +118,7 @@ class KlingProvider(Provider):
         return StartResult(operation={"task_id": task_id}, provider_task_id=task_id)
 
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
-        resp = await send(self.client, "GET", f"{self._base}{PATH}/{operation['task_id']}", headers=self._headers())
+        resp = await send(self.client, "GET", f"{self._base}{PATH}/{path_segment(operation['task_id'])}", headers=self._headers())
         return self._status(self._data(resp))
 
     async def recover(self, job: JobContext) -> StartResult | None:
@@ -129,7 +130,7 @@ class KlingProvider(Provider):
         return await self.start(job)
 
     async def _lookup(self, external_id: str) -> StartResult | None:
-        resp = await send(self.client, "GET", f"{self._base}{PATH}/{external_id}", headers=self._headers())
+        resp = await send(self.client, "GET", f"{self._base}{PATH}/{path_segment(external_id)}", headers=self._headers())
         body = json_body(resp)
         if resp.status_code == 404 or (isinstance(body, dict) and body.get("code") in (1203,)):
             return None

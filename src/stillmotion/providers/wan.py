@@ -27,6 +27,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.net import path_segment
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -104,7 +105,7 @@ class WanProvider(Provider):
 
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
         task_id = str(operation["task_id"])
-        resp = await send(self.client, "GET", f"{self._base}{TASKS_PATH}/{task_id}", headers=self._headers())
+        resp = await send(self.client, "GET", f"{self._base}{TASKS_PATH}/{path_segment(task_id)}", headers=self._headers())
         return self._status(task_id, self._output(resp, polling=True))
 
     async def recover(self, job: JobContext) -> StartResult | None:

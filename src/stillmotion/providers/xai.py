@@ -25,6 +25,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.net import path_segment
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -90,7 +91,7 @@ class XaiProvider(Provider):
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
         request_id = str(operation["request_id"])
         resp = await send(
-            self.client, "GET", f"{self._base}{STATUS_PATH}/{request_id}", headers=self._headers()
+            self.client, "GET", f"{self._base}{STATUS_PATH}/{path_segment(request_id)}", headers=self._headers()
         )
         data = json_body(resp)
         if resp.status_code == 202:
