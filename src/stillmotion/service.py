@@ -30,6 +30,7 @@ from .media.publish import Samples, publish_video
 from .providers.base import JobContext, Provider
 from .providers.local import render_job
 from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
+from .scrub import install_log_scrubber
 from .settings import Settings
 from .validation import (
     LoadedInputs,
@@ -81,6 +82,7 @@ class Service:
         client: httpx.AsyncClient,
         on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     ) -> Service:
+        install_log_scrubber()
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         store = JobStore(settings.db_path)

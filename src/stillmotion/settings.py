@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from .scrub import register_secret
+
 Route = Literal["auto", "direct", "gateway"]
 Transport = Literal["stdio", "http", "inproc"]
 
@@ -29,6 +31,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)  # from now on no stored, logged or returned text can carry it
 
     def reveal(self) -> str:
         return self._value

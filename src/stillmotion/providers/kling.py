@@ -27,6 +27,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..scrub import register_derived
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
@@ -49,12 +50,14 @@ class KlingProvider(Provider):
             return s.kling_api_key.reveal()
         if s.kling_access_key is not None and s.kling_secret_key is not None:
             now = int(time.time())
-            return jwt.encode(
+            token = jwt.encode(
                 {"iss": s.kling_access_key.reveal(), "exp": now + 1800, "nbf": now - 5},
                 s.kling_secret_key.reveal(),
                 algorithm="HS256",
                 headers={"alg": "HS256", "typ": "JWT"},
             )
+            register_derived(token)  # an echoed JWT is scrubbed like the keys it was made from
+            return token
         raise MissingCredentials("KlingAI needs KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY).")
 
     def _headers(self) -> dict[str, str]:

@@ -28,6 +28,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -128,9 +129,7 @@ class WanProvider(Provider):
         raise self._error(resp, body)
 
     def _scrub(self, text: str) -> str:
-        key = self.settings.alibaba_api_key
-        secret = key.reveal() if key is not None else ""
-        return text.replace(secret, "***") if len(secret) >= 4 else text
+        return scrub(text)  # the one scrubber: every credential and derived token
 
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         code = str(body.get("code") or "") if isinstance(body, dict) else ""

@@ -26,6 +26,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -113,9 +114,7 @@ class XaiProvider(Provider):
     # -- answers ---------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        key = self.settings.xai_api_key
-        secret = key.reveal() if key is not None else ""
-        return text.replace(secret, "***") if len(secret) >= 4 else text
+        return scrub(text)  # the one scrubber: every credential and derived token
 
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         message, code = _error_fields(body)

@@ -11,6 +11,7 @@ from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, 
 from pydantic import BaseModel, Field
 
 from ..jobs.store import JobRow
+from ..scrub import scrub, scrub_obj
 
 
 class JobErrorInfo(BaseModel):
@@ -113,8 +114,8 @@ def job_result(row: JobRow) -> JobResult:
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
         provider_task_id=row.provider_task_id,
-        warnings=row.warnings,
-        error=JobErrorInfo.model_validate(row.error) if row.error else None,
+        warnings=[scrub(w) for w in row.warnings],
+        error=JobErrorInfo.model_validate(scrub_obj(row.error)) if row.error else None,
         next_step=next_step(row),
         video=VideoFile.model_validate(video) if video else None,
         poster=ImageFile.model_validate(result["poster"]) if video and result.get("poster") else None,
