@@ -44,6 +44,7 @@ from .requests import (
 )
 from .service import Service
 from .settings import Settings
+from .tools.resource_files import read_resource_file
 from .tools.results import JobList, JobResult, call_result, job_result
 from .validation import ToolArgs
 
@@ -246,7 +247,7 @@ def _make_generation_tool(tool: str, settings: Settings) -> Callable[..., Any]:
         except Exception as exc:  # never a bare "Error executing tool": say what broke
             log.exception("%s failed unexpectedly", tool)
             raise ToolError(f"[provider_error] internal error in {tool}: {type(exc).__name__}: {exc}"[:2000]) from exc
-        return call_result(row)
+        return call_result(row, svc.settings.file_links)
 
     params = [*TOOL_PARAMS[tool], *_common_params(tool, settings.strict_capabilities, settings.default_model)]
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
@@ -332,7 +333,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
             row = await svc.wait(job_id, wait_seconds, await _progress_reporter(ctx))
         except StillmotionError as exc:
             raise _tool_error(exc) from exc
-        return call_result(row)
+        return call_result(row, svc.settings.file_links)
 
     @mcp.tool(annotations=READ_ANNOTATIONS)
     async def list_jobs(
@@ -341,7 +342,8 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         limit: Annotated[int, Field(ge=1, le=200)] = 20,
     ) -> JobList:
         """Recent jobs, newest first, optionally filtered by status."""
-        return JobList(jobs=[job_result(r) for r in _service(ctx).list(status, limit)])
+        svc = _service(ctx)
+        return JobList(jobs=[job_result(r, svc.settings.file_links) for r in svc.list(status, limit)])
 
     @mcp.tool(annotations=CANCEL_ANNOTATIONS)
     async def cancel_job(
@@ -354,7 +356,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
             row, changed = svc.cancel(job_id)
         except StillmotionError as exc:
             raise _tool_error(exc) from exc
-        result = call_result(row)
+        result = call_result(row, svc.settings.file_links)
         if not changed:
             assert result.content and result.content[0].type == "text"
             result.content[0].text = f"Job {row.id} had already ended ({row.status}); nothing to cancel.\n" + result.content[0].text
@@ -376,31 +378,33 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
 
     @mcp.resource("stillmotion://jobs/{job_id}", name="job", mime_type="application/json", description="A job as JSON.")
     def job_resource(job_id: str, ctx: Context[Service]) -> str:
+        svc = _service(ctx)
         try:
-            row = _service(ctx).get(job_id)
+            row = svc.get(job_id)
         except StillmotionError as exc:
             raise ResourceError(exc.message) from exc
-        return job_result(row).model_dump_json(indent=1)
+        return job_result(row, svc.settings.file_links).model_dump_json(indent=1)
 
-    def _file(job_id: str, name: str, ctx: Context[Service]) -> bytes:
-        path = _service(ctx).resource_path(job_id, name)
+    async def _file(job_id: str, name: str, ctx: Context[Service]) -> bytes:
+        svc = _service(ctx)
+        path = svc.resource_path(job_id, name)
         if path is None:
             raise ResourceError(f"stillmotion://jobs/{job_id}/{name} does not exist (unknown job, or not succeeded)")
-        return path.read_bytes()
+        return await read_resource_file(path, job_id, name, svc.settings)
 
     @mcp.resource("stillmotion://jobs/{job_id}/video.mp4", name="video", mime_type="video/mp4", description="A job's MP4.")
-    def video_resource(job_id: str, ctx: Context[Service]) -> bytes:
-        return _file(job_id, "video.mp4", ctx)
+    async def video_resource(job_id: str, ctx: Context[Service]) -> bytes:
+        return await _file(job_id, "video.mp4", ctx)
 
     @mcp.resource("stillmotion://jobs/{job_id}/poster.png", name="poster", mime_type="image/png", description="Contact sheet.")
-    def poster_resource(job_id: str, ctx: Context[Service]) -> bytes:
-        return _file(job_id, "poster.png", ctx)
+    async def poster_resource(job_id: str, ctx: Context[Service]) -> bytes:
+        return await _file(job_id, "poster.png", ctx)
 
     @mcp.resource(
         "stillmotion://jobs/{job_id}/last-frame.png", name="last-frame", mime_type="image/png", description="Final frame."
     )
-    def last_frame_resource(job_id: str, ctx: Context[Service]) -> bytes:
-        return _file(job_id, "last-frame.png", ctx)
+    async def last_frame_resource(job_id: str, ctx: Context[Service]) -> bytes:
+        return await _file(job_id, "last-frame.png", ctx)
 
     return mcp
 

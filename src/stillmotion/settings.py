@@ -6,12 +6,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
 
 from .scrub import register_secret
+
+if TYPE_CHECKING:
+    from .file_links import FileLinks
 
 Route = Literal["auto", "direct", "gateway"]
 Transport = Literal["stdio", "http", "inproc"]
@@ -80,6 +83,19 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number of seconds, got {raw!r}") from exc
+    if not 0 < value <= 3600:
+        raise ValueError(f"environment variable {name} must be between 0 and 3600 seconds, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -111,6 +127,12 @@ class Settings:
     """STILLMOTION_MAX_RESOURCE_BYTES: larger files are not sent inline by resources/read."""
     public_url: str | None = None
     """STILLMOTION_PUBLIC_URL: the base URL clients reach the HTTP transport at (for file links)."""
+    http_header_timeout_s: float = 10.0
+    """STILLMOTION_HTTP_HEADER_TIMEOUT_S: a request's headers must be complete within this."""
+    http_body_timeout_s: float = 30.0
+    """STILLMOTION_HTTP_BODY_TIMEOUT_S: each piece of a request body must arrive within this of the last."""
+    file_links: FileLinks | None = field(default=None, compare=False, repr=False)
+    """Set by the HTTP transport: signs the `/files/...` links results carry as `http_url`."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
 
@@ -164,6 +186,8 @@ class Settings:
             max_download_bytes=_positive(env, "STILLMOTION_MAX_RESULT_BYTES", 1024 * 1024 * 1024),
             max_resource_bytes=_positive(env, "STILLMOTION_MAX_RESOURCE_BYTES", 32 * 1024 * 1024),
             public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
+            http_header_timeout_s=_seconds(env, "STILLMOTION_HTTP_HEADER_TIMEOUT_S", 10.0),
+            http_body_timeout_s=_seconds(env, "STILLMOTION_HTTP_BODY_TIMEOUT_S", 30.0),
         )
 
     def has_direct_key(self, provider: str) -> bool:

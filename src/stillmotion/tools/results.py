@@ -10,6 +10,7 @@ from typing import Literal
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
+from ..file_links import FileLinks
 from ..jobs.store import JobRow
 from ..scrub import scrub, scrub_obj
 
@@ -38,12 +39,16 @@ class VideoFile(BaseModel):
     sha256: str
     provider_url: str | None = None
     provider_url_expires_at: float | None = None
+    http_url: str | None = Field(
+        None, description="Over the HTTP transport: a signed, expiring link to download the file (Range supported)."
+    )
 
 
 class ImageFile(BaseModel):
     uri: str
     path: str
     mime_type: str = "image/png"
+    http_url: str | None = Field(None, description="Over the HTTP transport: a signed, expiring download link.")
 
 
 class JobResult(BaseModel):
@@ -101,8 +106,11 @@ def next_step(row: JobRow) -> str:
     return f"Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
 
 
-def job_result(row: JobRow) -> JobResult:
+def job_result(row: JobRow, links: FileLinks | None = None) -> JobResult:
+    """`links` (the HTTP transport's) adds signed `http_url`s to the files of a succeeded job."""
     result = row.result or {}
+    if links is not None and row.status == "succeeded" and result.get("video"):
+        result = links.add_to_result(row.id, result)
     video = result.get("video") if row.status == "succeeded" else None
     return JobResult(
         job_id=row.id,
@@ -135,6 +143,8 @@ def summary_text(res: JobResult) -> str:
             + (", with audio" if v.has_audio else "")
             + ")."
         )
+        if v.http_url:
+            lines.append(f"Download: {v.http_url}")
     if res.error is not None:
         lines.append(f"Error ({res.error.kind}): {res.error.message}")
     for w in res.warnings:
@@ -143,8 +153,8 @@ def summary_text(res: JobResult) -> str:
     return "\n".join(lines)
 
 
-def call_result(row: JobRow) -> CallToolResult:
-    res = job_result(row)
+def call_result(row: JobRow, links: FileLinks | None = None) -> CallToolResult:
+    res = job_result(row, links)
     content: list[ContentBlock] = [TextContent(type="text", text=summary_text(res))]
     if res.video is not None:
         content.append(
