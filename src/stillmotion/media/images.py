@@ -31,8 +31,11 @@ from ..catalog import ImageRules
 from ..errors import InvalidInput
 from .net import UrlGuard, fetch_bytes
 
-Image.MAX_IMAGE_PIXELS = 100_000_000
-"""Pillow's own bomb guard, a backstop: each model's `max_pixels` is checked from the header first."""
+Image.MAX_IMAGE_PIXELS = None
+"""Pillow's own bomb guard is off: it would refuse (or warn about) a big image before its header can
+be read. Every input is checked against its model's `max_pixels` from the header instead, before
+any decode (DEFAULT_MAX_PIXELS when a caller names no model)."""
+DEFAULT_MAX_PIXELS = 100_000_000
 
 _IMAGE_WORK: list[anyio.CapacityLimiter] = []
 
@@ -262,7 +265,7 @@ async def load_image(
     input_roots: tuple[Path, ...] | None,
     resolve_resource: ResourceResolver,
     max_bytes: int,
-    max_pixels: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     model: str | None = None,
 ) -> LoadedImage:
     """Turn any accepted image form into bytes + facts: read (capped, off the event loop), the pixel
