@@ -111,7 +111,8 @@ class Service:
 
     async def submit(self, args: ToolArgs, *, raw_args: dict[str, Any], idempotency_key: str | None) -> JobRow:
         """Validate everything, store the job, start it. Raises InvalidInput/MissingCredentials."""
-        fingerprint = args_fingerprint({"tool": args.tool, **raw_args})
+        # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
+        fingerprint = await anyio.to_thread.run_sync(args_fingerprint, {"tool": args.tool, **raw_args})
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(idempotency_key)
             if existing is not None:

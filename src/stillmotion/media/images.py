@@ -278,9 +278,12 @@ async def load_image(
     if s.startswith(("http://", "https://")):
         data, _ = await fetch_bytes(client, guard, s, max_bytes=max_bytes, argument=argument)
         url = s
+    elif s.startswith("stillmotion://"):
+        path = _resource(s, argument, resolve_resource)  # a store lookup: on the loop, where the store lives
+        data = await anyio.to_thread.run_sync(functools.partial(_read_local, path, argument, None, max_bytes))
     else:
         data = await anyio.to_thread.run_sync(
-            functools.partial(_read_any, s, argument, input_roots, resolve_resource, max_bytes)
+            functools.partial(_read_any, s, argument, input_roots, max_bytes)
         )
     if len(data) > max_bytes:
         raise InvalidInput(argument, f"the image is {len(data)} bytes, over the {max_bytes}-byte cap.")
@@ -293,26 +296,23 @@ async def load_image(
     return done
 
 
-def _read_any(
-    s: str,
-    argument: str,
-    input_roots: tuple[Path, ...] | None,
-    resolve_resource: ResourceResolver,
-    max_bytes: int,
-) -> bytes:
-    """Every non-URL form to bytes. Blocking (stat, file reads, base64 of megabytes): a worker thread."""
-    if s.startswith("stillmotion://"):
-        m = _RESOURCE_RE.match(s)
-        if not m:
-            raise InvalidInput(
-                argument,
-                f"{s!r} is not an image resource of this server.",
-                "stillmotion://jobs/<job_id>/last-frame.png, stillmotion://jobs/<job_id>/poster.png",
-            )
-        path = resolve_resource(m.group(1), m.group(2))
-        if path is None:
-            raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).")
-        return _read_local(path, argument, None, max_bytes)
+def _resource(s: str, argument: str, resolve_resource: ResourceResolver) -> Path:
+    m = _RESOURCE_RE.match(s)
+    if not m:
+        raise InvalidInput(
+            argument,
+            f"{s!r} is not an image resource of this server.",
+            "stillmotion://jobs/<job_id>/last-frame.png, stillmotion://jobs/<job_id>/poster.png",
+        )
+    path = resolve_resource(m.group(1), m.group(2))
+    if path is None:
+        raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).")
+    return path
+
+
+def _read_any(s: str, argument: str, input_roots: tuple[Path, ...] | None, max_bytes: int) -> bytes:
+    """Every form but URLs and resources to bytes. Blocking (stat, file reads, base64 of megabytes):
+    a worker thread."""
     if s.startswith("data:"):
         head, sep, payload = s.partition(",")
         if not sep or ";base64" not in head:
