@@ -144,3 +144,33 @@ def test_log_records_are_scrubbed(caplog: pytest.LogCaptureFixture) -> None:
     assert "tok-SECRET-in-logs-77" not in caplog.text
     assert "Bearer ***" in caplog.text and "echo ***" in caplog.text
     assert scrub("tok-SECRET-in-logs-77") == "***"
+
+
+def test_every_configured_credential_is_scrubbed(make_settings: SettingsFactory) -> None:
+    make_settings(
+        "http",
+        STILLMOTION_HTTP_TOKEN="http-SECRET-token-0007",
+        AI_GATEWAY_API_KEY="vck-SECRET-0008",
+        KLINGAI_SECRET_KEY="kling-SECRET-sk-0009",
+    )
+    from stillmotion.errors import ProviderError
+    from stillmotion.settings import Secret
+
+    Secret("db-SECRET-password-0010")  # a database password or storage token, wrapped like any credential
+    text = "http-SECRET-token-0007 vck-SECRET-0008 kling-SECRET-sk-0009 db-SECRET-password-0010"
+    assert scrub(text) == "*** *** *** ***"
+    assert ProviderError(f"echo: {text}").message == "echo: *** *** *** ***"
+
+
+def test_new_settings_parse_and_refuse_nonsense(make_settings: SettingsFactory) -> None:
+    s = make_settings(
+        STILLMOTION_MAX_RESULT_BYTES="5000", STILLMOTION_MAX_RESOURCE_BYTES="6000",
+        STILLMOTION_PUBLIC_URL="https://video.example.com/", STILLMOTION_HTTP_HEADER_TIMEOUT_S="2.5",
+    )
+    assert (s.max_download_bytes, s.max_resource_bytes, s.public_url) == (5000, 6000, "https://video.example.com")
+    assert s.http_header_timeout_s == 2.5 and s.http_body_timeout_s == 30.0
+    d = make_settings()
+    assert d.max_download_bytes == 1024**3 and d.max_resource_bytes == 32 * 1024**2
+    for var, value in (("STILLMOTION_MAX_RESULT_BYTES", "0"), ("STILLMOTION_HTTP_BODY_TIMEOUT_S", "soon")):
+        with pytest.raises(ValueError, match=var):
+            make_settings(**{var: value})

@@ -117,13 +117,6 @@ def check_pixels(width: int, height: int, max_pixels: int | None, argument: str,
         )
 
 
-def sniff(data: bytes, argument: str) -> tuple[str, int, int]:
-    """Header facts, then a full decode check (a truncated or corrupt file is an error)."""
-    fmt, w, h = header(data, argument)
-    _decode_check(data, argument)
-    return fmt, w, h
-
-
 def _decode_check(data: bytes, argument: str) -> None:
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -164,6 +157,9 @@ def finish_image(img: LoadedImage, argument: str) -> LoadedImage:
     fmt, opts = _REENCODE.get(img.format, ("PNG", {}))
     if fmt == "JPEG" and frame.mode not in ("RGB", "L", "CMYK"):
         frame = frame.convert("RGB")
+    icc = frame.info.get("icc_profile")
+    if icc:
+        opts = {**opts, "icc_profile": icc}
     buf = io.BytesIO()
     frame.save(buf, format=fmt, exif=exif.tobytes(), **opts)
     data = buf.getvalue()
