@@ -211,3 +211,16 @@ async def test_provider_ids_are_escaped(make_settings: SettingsFactory) -> None:
     assert len(seen) == 3
     for raw in seen:
         assert raw.endswith(b"/" + escaped), raw
+
+
+def test_inline_base64_result_is_capped_and_leaves_nothing(tmp_path: Path) -> None:
+    import base64
+
+    from stillmotion.media.net import write_base64_file
+
+    data = base64.b64encode(b"v" * 10_000).decode()
+    dest = tmp_path / "inline.part"
+    assert write_base64_file(data, dest, max_bytes=10_000) == 10_000 and dest.read_bytes() == b"v" * 10_000
+    with pytest.raises(ProviderError, match="STILLMOTION_MAX_RESULT_BYTES"):
+        write_base64_file(data, dest, max_bytes=5_000)
+    assert not dest.exists()
