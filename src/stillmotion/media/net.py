@@ -378,10 +378,12 @@ async def download_to_file(
 def write_base64_file(data: str, dest: Path, *, max_bytes: int) -> int:
     """Decode a base64 result (the Gateway's inline video) to `dest` in slices, capped at max_bytes.
     Runs on a worker thread. `dest` is removed on any failure."""
-    if len(data) * 3 // 4 > max_bytes + 3:
-        raise ProviderError(f"result is about {len(data) * 3 // 4} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)")
     total = 0
     try:
+        if len(data) * 3 // 4 > max_bytes + 3:
+            raise ProviderError(
+                f"result is about {len(data) * 3 // 4} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+            )
         with open(dest, "wb") as fh:
             step = 4 * 1024 * 1024
             for i in range(0, len(data), step):
