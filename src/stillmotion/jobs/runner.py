@@ -220,6 +220,9 @@ class JobRunner:
             except Cancelled:
                 tmp.unlink(missing_ok=True)
                 return
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # no partial file on any failure path
+                raise
             if extra:
                 current = self.store.get(row.id)
                 if current is not None:
@@ -434,6 +437,9 @@ class JobRunner:
         except ValueError as exc:
             tmp.unlink(missing_ok=True)
             raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires
         self._set(job_id, status="succeeded", stage="done", progress=1.0, result=result)
