@@ -220,8 +220,10 @@ class JobRunner:
             except Cancelled:
                 tmp.unlink(missing_ok=True)
                 return
-            except BaseException:
-                tmp.unlink(missing_ok=True)  # no partial file on any failure path
+            except Exception:
+                # the render failed and its thread has ended: no partial file left behind (a cancelled
+                # await leaves the abandoned thread its file; the thread stops at its next frame)
+                tmp.unlink(missing_ok=True)
                 raise
             if extra:
                 current = self.store.get(row.id)
