@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from stillmotion.file_links import FileLinks
+from stillmotion.jobs.store import open_store
 from tests.conftest import write_image
 from tests.fakes import KlingFake
 from tests.test_hardening_images import _huge_png
@@ -115,7 +116,13 @@ class Server:
         return int(self.ps.memory_info().rss)
 
     def links(self) -> FileLinks:
-        return FileLinks(self.base, (self.home / "file-url.secret").read_text().strip().encode())
+        store = open_store(self.home / "jobs.sqlite3")
+        try:
+            secret = store.meta_get("file_url_secret")
+        finally:
+            store.close()
+        assert secret, "the server keeps the link secret in the store"
+        return FileLinks(self.base, secret.encode())
 
     def stop(self) -> str:
         self.proc.terminate()

@@ -1,4 +1,4 @@
-"""Command line: `stillmotion` (stdio server), `serve --http`, `demo`, `models`, `jobs`, `run`.
+"""Command line: `stillmotion` (stdio server), `serve --http`, `demo`, `models`, `jobs`, `run`, `worker`.
 
 stdout belongs to the MCP protocol when serving stdio; everything else logs to stderr.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from importlib import resources
@@ -47,8 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--status", default=None)
     jobs.add_argument("--limit", type=int, default=20)
-    run = sub.add_parser("run", help="call any tool from a shell")
-    run.add_argument("tool")
+    worker = sub.add_parser("worker", help="run the job runner alone, in the foreground (systemd, a container)")
+    worker.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
+    run = sub.add_parser(
+        "run",
+        help="call any tool from a shell",
+        description="Call one of the server's tools with a JSON object of arguments.",
+        epilog=_tools_epilog() if _asks_run_help(sys.argv[1:] if argv is None else argv) else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("tool", help="a tool name (listed below)")
     run.add_argument("arguments", nargs="?", default="{}", help="JSON object of tool arguments")
     run.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
     args = parser.parse_args(argv)
@@ -68,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return _jobs(args.status, args.limit)
     if args.command == "run":
         return anyio.run(_run_tool, args.tool, args.arguments, args.wait)
+    if args.command == "worker":
+        return _worker(args.background, args.verbose)
     parser.print_help(sys.stderr)
     return 2
 
@@ -78,7 +90,9 @@ def _serve(http: bool, host: str, port: int) -> int:
 
     if not http:
         settings = Settings.from_env(transport="stdio")
-        build_server(settings).run()
+        server = build_server(settings)
+        _hand_over_on_signal()
+        server.run()
         return 0
     from .http import serve_http
 
@@ -86,48 +100,124 @@ def _serve(http: bool, host: str, port: int) -> int:
     return serve_http(settings, host, port)
 
 
+def _asks_run_help(argv: list[str]) -> bool:
+    """Build the tool list for `run --help` only (it imports the server: not for every command)."""
+    return "run" in argv and any(a in ("-h", "--help") for a in argv)
+
+
+def _tools_epilog() -> str:
+    """`run --help`: every tool with the first sentence of its description, and examples."""
+    from .server import tool_specs
+    from .settings import Settings
+
+    try:
+        specs = tool_specs(Settings.from_env())
+    except Exception as exc:  # a broken environment must not break --help
+        return f"(tools unavailable: {exc})"
+    width = max(len(s.name) for s in specs)
+    lines = ["tools:"]
+    for spec in specs:
+        first = spec.description.split(". ")[0].rstrip(".")
+        lines.append(f"  {spec.name.ljust(width)}  {first}.")
+    lines += [
+        "",
+        "examples:",
+        "  stillmotion run animate_image '{\"image\": \"photo.jpg\", \"prompt\": \"slow zoom in\"}' --wait",
+        "  stillmotion run check_job '{\"job_id\": \"job_...\"}' --wait",
+        "  stillmotion run list_models '{\"model\": \"klingai/kling-v2.6-i2v\"}'",
+    ]
+    return "\n".join(lines)
+
+
+def _hand_over_on_signal() -> None:
+    """SIGTERM/SIGHUP to a stdio server: release its jobs, start the background worker, exit.
+
+    Done right in the handler: the stdio transport reads stdin on a thread that no cancellation
+    can interrupt, so an orderly shutdown would wait for the client's next line forever."""
+
+    def handler(signum: int, frame: object) -> None:
+        from .service import ACTIVE
+
+        logging.getLogger("stillmotion").info("signal %d: handing unfinished jobs over", signum)
+        for svc in list(ACTIVE):
+            try:
+                svc.stop()
+                svc.close()
+            except Exception:
+                logging.getLogger("stillmotion").exception("hand-over failed")
+        logging.shutdown()
+        os._exit(0)
+
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
+def _worker(background: bool, verbose: bool) -> int:
+    from .jobs.worker import log_to_file, run_worker
+    from .settings import Settings
+
+    settings = Settings.from_env(transport="inproc")
+    if background:
+        log_to_file(settings.home, verbose)
+    else:
+        logging.getLogger("stillmotion").setLevel(logging.DEBUG if verbose else logging.INFO)
+    return anyio.run(lambda: run_worker(settings, idle_exit=background))
+
+
 def _models() -> int:
     from .catalog import MODELS
     from .settings import Settings
-    from .validation import choose_route
+    from .tools.models import SHORT_TOOL, enabled_by, route_now, tools_of
 
     settings = Settings.from_env()
-    rows: list[tuple[str, ...]] = [("model", "tools", "durations", "modes", "route now")]
+    rows: list[tuple[str, ...]] = [("model", "tools", "durations", "modes", "route now", "enabled by")]
     for m in MODELS.values():
-        route: str
-        try:
-            route = choose_route(m, settings)
-        except Exception:
-            route = "needs a key"
-        tools = ",".join(t.replace("_image", "").replace("_frames", "").replace("_move", "").replace("_brush", "")
-                         for t in m.features)
-        rows.append((m.id, tools, m.describe_durations(), "|".join(m.modes) or "-", route))
+        route, _ = route_now(m, settings)
+        tools = ",".join(SHORT_TOOL[t] for t in tools_of(m, settings))
+        rows.append(
+            (m.id, tools, m.describe_durations(), "|".join(m.modes) or "-", route or "not set up", enabled_by(m))
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
 def _jobs(status: str | None, limit: int) -> int:
-    from .jobs.store import JobStore
+    from .jobs.ownership import owner_is_alive
+    from .jobs.store import SqliteStore
+    from .jobs.worker import META_KEY, worker_alive
     from .settings import Settings
 
     settings = Settings.from_env()
     if not settings.db_path.exists():
         print("no jobs yet")
         return 0
-    store = JobStore(settings.db_path)
+    store = SqliteStore(settings.db_path)
     try:
         rows = store.recent(status=status, limit=limit)
+        worker_id = store.meta_get(META_KEY)
     finally:
         store.close()
+    if worker_alive(settings.home):
+        print(f"background worker: alive ({worker_id or 'id unknown'})")
+    else:
+        print("background worker: not running")
     if not rows:
         print("no jobs")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
         path = (r.result or {}).get("video", {}).get("path", "") if r.status == "succeeded" else ""
         err = (r.error or {}).get("kind", "")
-        print(f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}")
+        line = f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}"
+        if not r.terminal:
+            alive = owner_is_alive(r.owner)
+            state = {True: "alive", False: "gone", None: "another host"}[alive] if r.owner else ""
+            who = f"owner {r.owner} ({state})" if r.owner else "owner none (waiting for a process)"
+            line += f"  {who}" + (f"  [{r.status_detail}]" if r.status_detail else "")
+        print(line)
     return 0
 
 
@@ -141,8 +231,16 @@ async def _run_tool(tool: str, raw: str, wait: bool) -> int:
     except json.JSONDecodeError as exc:
         print(f"arguments must be a JSON object: {exc}", file=sys.stderr)
         return 2
-    server = build_server()
+    server = build_server(shell=True)  # next steps name shell commands
     async with Client(server) as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        if tool not in names:
+            from .validation import did_you_mean
+
+            near = did_you_mean(tool, names, cutoff=0.6)
+            hint = f"; did you mean '{near}'?" if near else "."
+            print(f"stillmotion: unknown tool {tool!r}{hint} Tools: {', '.join(names)}.", file=sys.stderr)
+            return 2
         result = await client.call_tool(tool, arguments)
         structured = result.structured_content
         if result.is_error or not wait or not structured or "job_id" not in structured:

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .file_links import FileLinks, file_url_secret
 from .http_files import FileRoute, guarded_protocol
+from .jobs.store import open_store
 from .server import build_server
 from .settings import Settings
 
@@ -56,7 +57,7 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         raise SystemExit(
             f"refusing to serve on {host}: binding off loopback requires STILLMOTION_HTTP_TOKEN (a bearer token)"
         )
-    links = FileLinks(_file_base_url(settings, host, port), file_url_secret(settings.home))
+    links = FileLinks(_file_base_url(settings, host, port), _link_secret(settings))
     settings = dataclasses.replace(settings, file_links=links)
     server = build_server(settings)
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "localhost", f"[::1]:{port}"]
@@ -72,6 +73,17 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         app = BearerGate(app, settings.http_token.reveal())
     # signed file links carry their own authorisation, so the route sits outside the token gate
     return FileRoute(app, links, settings.output_dir)
+
+
+def _link_secret(settings: Settings) -> bytes:
+    """The file-link signing secret from the store's `meta` table: every replica of the store signs
+    and checks with the same one."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.db_path)
+    try:
+        return file_url_secret(settings.home, store)
+    finally:
+        store.close()
 
 
 def _file_base_url(settings: Settings, host: str, port: int) -> str:

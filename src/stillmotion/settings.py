@@ -133,8 +133,16 @@ class Settings:
     """STILLMOTION_HTTP_BODY_TIMEOUT_S: each piece of a request body must arrive within this of the last."""
     file_links: FileLinks | None = field(default=None, compare=False, repr=False)
     """Set by the HTTP transport: signs the `/files/...` links results carry as `http_url`."""
+    resource_links: bool = True
+    """STILLMOTION_RESOURCE_LINKS=0: tool results carry no resource_link (the text names the file)."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
+    lease_ms: int = 30_000
+    """How long a process's claim on a job lasts without a heartbeat (STILLMOTION_LEASE_MS)."""
+    background: bool = True
+    """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
+    worker_idle_ms: int = 120_000
+    """The background worker exits after this long with nothing to do."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -181,13 +189,18 @@ class Settings:
             poll_interval_ms=_int(env, "STILLMOTION_POLL_INTERVAL_MS", 5000),
             poll_timeout_ms=_int(env, "STILLMOTION_POLL_TIMEOUT_MS", 600_000),
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
+            max_retries=max(0, _int(env, "STILLMOTION_MAX_RETRIES", 5)),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
+            resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
             max_download_bytes=_positive(env, "STILLMOTION_MAX_RESULT_BYTES", 1024 * 1024 * 1024),
             max_resource_bytes=_positive(env, "STILLMOTION_MAX_RESOURCE_BYTES", 32 * 1024 * 1024),
             public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
             http_header_timeout_s=_seconds(env, "STILLMOTION_HTTP_HEADER_TIMEOUT_S", 10.0),
             http_body_timeout_s=_seconds(env, "STILLMOTION_HTTP_BODY_TIMEOUT_S", 30.0),
+            lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
+            background=_flag(env, "STILLMOTION_BACKGROUND", True),
+            worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:
