@@ -4,6 +4,7 @@ grayscale-with-alpha PNGs, animations and EXIF orientation (issue #11)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import struct
@@ -145,10 +146,12 @@ async def test_14k_png_with_seven_box_masks_refused_on_kling(make_settings: Sett
     with KlingFake(api_key="k-key-123") as fake:
         async with connect(make_settings(KLINGAI_API_KEY="k-key-123", KLINGAI_BASE_URL=fake.base_url)) as client:
             text = error_text(await client.call_tool("motion_brush", args))
-            models = structured(await client.call_tool("list_models", {}))
+            catalog = await client.read_resource("stillmotion://models")
         assert fake.api_calls() == []
     assert "'image'" in text and "megapixels" in text and "64.0" in text
-    rules = {m["id"]: m["image"] for m in models["models"]}
+    text_block = catalog.contents[0]
+    assert hasattr(text_block, "text")
+    rules = {m["id"]: m["image"] for m in json.loads(text_block.text)["models"]}
     assert rules["klingai/kling-v1-i2v"]["max_pixels"] == 64_000_000
     assert rules["local/preview"]["max_pixels"] == 8192 * 8192
 
