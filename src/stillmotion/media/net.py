@@ -177,9 +177,10 @@ def _ssl_context() -> ssl.SSLContext:
 
 class _GuardedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, guard: UrlGuard) -> None:
-        super().__init__(trust_env=False)
+        ctx = _ssl_context()
+        super().__init__(verify=ctx, trust_env=False)  # the shared context: no CA bundle loaded per fetch
         self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=_ssl_context(),
+            ssl_context=ctx,
             max_connections=4,
             network_backend=_GuardedBackend(guard),
         )
@@ -194,6 +195,8 @@ async def open_url(guard: UrlGuard, url: str, *, timeout: httpx.Timeout = FETCH_
     """GET `url`, following at most MAX_REDIRECTS redirects by hand, the guard on every hop (before
     the request and again inside the connect). Yields the final answer, body not yet read.
     Raises BlockedURL, TooManyRedirects or httpx.HTTPError."""
+    if not _SSL:
+        await anyio.to_thread.run_sync(_ssl_context)  # loading the CA bundle: once, off the loop
     async with guard.client(timeout) as client:
         current = url
         for hop in range(MAX_REDIRECTS + 1):
