@@ -313,6 +313,11 @@ def test_jobs_outlive_the_client(fakes: Fakes, home: Path, img: Path, servers: l
         listing = subprocess.run([sys.executable, "-m", "stillmotion", "jobs"], env={**os.environ, **env},
                                  capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
         assert listing.splitlines()[0] == f"background worker: alive ({worker})"
+        # a server that starts while the worker runs leaves the worker's jobs alone
+        _start(servers, _env(home, fakes))
+        _wait_rows(home, jobs, lambda r: r.owner == worker)
+        time.sleep(2 * LEASE_MS / 1000)
+        assert all(r.owner == worker for r in _rows(home, jobs).values())
         fakes.release_tasks()
         done = _wait_rows(home, jobs, lambda r: r.terminal, timeout=60)
         for row in done.values():
