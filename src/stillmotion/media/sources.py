@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ..errors import InvalidInput
-from .images import ResourceResolver, _read_local
+from .images import ResourceResolver, _read_local, off_loop
 from .net import UrlGuard, fetch_bytes
 
 _RESOURCE_RE = re.compile(r"^stillmotion://jobs/([a-z0-9][a-z0-9_-]{7,63})/([a-z0-9.-]+)$")
@@ -52,9 +52,7 @@ async def load_media(
         path = resolve_resource(m.group(1), m.group(2)) if m else None
         if path is None:
             raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).", resources)
-        if path.stat().st_size > max_bytes:
-            raise InvalidInput(argument, f"is {path.stat().st_size} bytes, over the {max_bytes}-byte cap.")
-        data = path.read_bytes()
+        data = await off_loop(_read_local, path, argument, None, max_bytes)
     elif s.startswith(("http://", "https://")):
         data, _ = await fetch_bytes(client, guard, s, max_bytes=max_bytes, argument=argument)
         url = s
@@ -62,9 +60,9 @@ async def load_media(
         parts = urlsplit(s)
         if parts.netloc not in ("", "localhost"):
             raise InvalidInput(argument, "file:// URIs must name a local file (file:///path).")
-        data = _read_local(Path(unquote(parts.path)), argument, input_roots, max_bytes)
+        data = await off_loop(_read_local, Path(unquote(parts.path)), argument, input_roots, max_bytes)
     else:
-        data = _read_local(Path(s), argument, input_roots, max_bytes)
+        data = await off_loop(_read_local, Path(s), argument, input_roots, max_bytes)
     if len(data) > max_bytes:
         raise InvalidInput(argument, f"is {len(data)} bytes, over the {max_bytes}-byte cap.")
     return LoadedMedia(data, url)

@@ -53,6 +53,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..requests import StoredImage
+from ..scrub import scrub
 from . import kling, wan, xai
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
@@ -149,7 +150,7 @@ def describe_warning(w: Any) -> str:
 
 def _warnings(body: Any) -> list[str]:
     ws = body.get("warnings") if isinstance(body, dict) else None
-    return [describe_warning(w) for w in ws] if isinstance(ws, list) else []
+    return [scrub(describe_warning(w)) for w in ws] if isinstance(ws, list) else []
 
 
 def _video(videos: Any) -> VideoResult | StillmotionError:
