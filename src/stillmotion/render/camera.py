@@ -41,7 +41,19 @@ given fraction of the clip):
   t in [0.45, 1] (the phases overlap slightly so the camera never stops).
 * ``left_turn_forward``: the mirror, pan -6 then zoom -5.
 
-Revealed borders are filled "reflect_blur" style (see ``frames.ReflectBlurWarper``).
+Framing (nothing false on screen): a move that turns or shifts the camera would reveal
+what lies beyond the picture. Where it can, the camera also scales in about the frame
+centre, just enough that the picture covers the frame in every frame: the extra scale is
+``1 + k * e(t)`` with ``e(t)`` the move's own progress (the largest of its phases' eased
+progress, so it is 0 on frame 0 and eased like the move) and ``k`` the smallest value that
+covers every frame, at most ``MAX_EXTRA_SCALE - 1`` (1.25x, so the units above keep their
+meaning). Moves that pull back (zoom > 0 at any time) get no extra scale, since scaling in
+would undo them. Where the picture cannot cover the frame (pull back, or a move beyond what
+1.25x covers) the rest is filled with a blurred, darkened, scaled-up copy of the picture
+that moves with the camera (``fill.BlurFillWarper``); the picture fades into it inside its
+own edge over a feather that widens with the move (4 % of the short side at the end), and
+the fill darkens with the move (to 40 % darker): never a mirror, never a hard seam.
+``camera_homography`` includes the extra scale: it is what is rendered.
 """
 
 from __future__ import annotations
@@ -54,7 +66,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .frames import Frame, ReflectBlurWarper, as_rgb_frame, check_n_frames, clip_time, smoothstep
+from .fill import BlurFillWarper, cover_scale, scale_about_centre
+from .frames import Frame, as_rgb_frame, check_n_frames, clip_time, smoothstep
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +79,12 @@ PAN_TILT_DEG_PER_UNIT = 1.5
 ROLL_DEG_PER_UNIT = 3.0
 TRANSLATION_FRACTION_PER_UNIT = 0.025
 FOCAL_FRACTION = 0.9
+MAX_EXTRA_SCALE = 1.25
+FEATHER_FRACTION = 0.04
+FILL_DARKEN = 0.4
+# The fill is scaled up until it covers the frame, at most this much beyond the move.
+MAX_FILL_SCALE = 4.0
+_PLAN_SAMPLES = 129
 
 # (axis, strength, phase start, phase end) in normalised clip time.
 Phase = tuple[str, float, float, float]
@@ -152,15 +171,62 @@ def homography_from_strengths(values: Mapping[str, float], width: int, height: i
     return h
 
 
+def move_progress(phases: tuple[Phase, ...], t: float) -> float:
+    """The move's eased progress at ``t``: the largest of its phases' smoothsteps (0 when still)."""
+    best = 0.0
+    for _axis, _strength, t0, t1 in phases:
+        local = 1.0 if t1 <= t0 else (t - t0) / (t1 - t0)
+        best = max(best, smoothstep(local))
+    return best
+
+
+def _pulls_back(phases: tuple[Phase, ...]) -> bool:
+    return any(axis == "zoom" and strength > 0 for axis, strength, _t0, _t1 in phases)
+
+
+class _Plan:
+    """Per clip: the extra scale ``1 + k e(t)`` and the fill's scale ``1 + k_fill e(t)``."""
+
+    def __init__(self, phases: tuple[Phase, ...], width: int, height: int) -> None:
+        self.phases, self.width, self.height = phases, width, height
+        ts = np.linspace(0.0, 1.0, _PLAN_SAMPLES)
+        base = [self.base(float(t)) for t in ts]
+        prog = [move_progress(phases, float(t)) for t in ts]
+        k_need = 0.0
+        for h, e in zip(base, prog, strict=True):
+            if e > 1e-4:
+                k_need = max(k_need, (cover_scale(h, width, height) - 1.0) / e)
+        cap = 0.0 if _pulls_back(phases) else MAX_EXTRA_SCALE - 1.0
+        self.covers = k_need <= cap + 1e-6
+        # A hair more than the samples need, so frames between samples stay covered too.
+        self.k = k_need * 1.001 if self.covers else cap
+        k_fill = 0.0
+        if not self.covers:
+            for h, e in zip(base, prog, strict=True):
+                if e > 1e-4:
+                    s = cover_scale(scale_about_centre(h, 1.0 + self.k * e, width, height), width, height)
+                    k_fill = max(k_fill, (min(s, MAX_FILL_SCALE) - 1.0) / e)
+        self.k_fill = k_fill * 1.01
+
+    def base(self, t: float) -> NDArray[np.float64]:
+        return homography_from_strengths(axis_strengths(self.phases, t), self.width, self.height)
+
+    def at(self, t: float) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+        """(picture homography, fill homography, progress) at clip time ``t``."""
+        e = move_progress(self.phases, t)
+        h = scale_about_centre(self.base(t), 1.0 + self.k * e, self.width, self.height)
+        return h, scale_about_centre(h, 1.0 + self.k_fill * e, self.width, self.height), e
+
+
 def camera_homography(camera: CameraSpec, t: float, width: int, height: int) -> NDArray[np.float64]:
     """3x3 homography mapping input pixel coords to output coords at clip time ``t``.
 
     ``t`` is the normalised clip time in [0, 1] (0 = first frame, 1 = last frame); the
     smoothstep easing (per preset phase) is applied here, so t=0 is the identity and t=1
-    the full move.
+    the full move. It includes the extra scale that keeps the frame inside the picture.
     """
     phases = camera_phases(camera)
-    return homography_from_strengths(axis_strengths(phases, min(1.0, max(0.0, t))), width, height)
+    return _Plan(phases, width, height).at(min(1.0, max(0.0, t)))[0]
 
 
 def camera_frames(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterator[Frame]:
@@ -173,11 +239,15 @@ def camera_frames(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterato
 
 def _camera_frames(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> Iterator[Frame]:
     height, width = src.shape[:2]
-    warper = ReflectBlurWarper(src)
+    plan = _Plan(phases, width, height)
+    warper = BlurFillWarper(src)
+    feather_max = FEATHER_FRACTION * min(width, height)
     eye = np.eye(3)
     for i in range(n_frames):
-        h = homography_from_strengths(axis_strengths(phases, clip_time(i, n_frames)), width, height)
+        h, fill_h, e = plan.at(clip_time(i, n_frames))
         if np.allclose(h, eye, rtol=0.0, atol=1e-9):
             yield src.copy()
+        elif plan.covers:
+            yield warper.sharp(h)
         else:
-            yield warper(h)
+            yield warper(h, fill_h, feather_max * math.sqrt(e), FILL_DARKEN * e)
