@@ -245,9 +245,11 @@ def scene_image(w: int, h: int, seed: int = 3) -> Frame:
     img = cv2.GaussianBlur(textured_image(w, h, seed), (0, 0), 1.2)
     unit = min(w, h)
     cv2.circle(img, (int(w * 0.78), int(h * 0.2)), max(3, unit // 9), (255, 235, 120), -1, cv2.LINE_AA)
-    x0, y0 = int(w * 0.18), int(h * 0.5)
-    cv2.rectangle(img, (x0, y0), (x0 + unit // 4, y0 + unit // 5), (60, 30, 20), -1)
-    roof = np.array([[x0 - unit // 30, y0], [x0 + unit // 8, y0 - unit // 7], [x0 + unit // 4 + unit // 30, y0]])
+    # the house leans a little, so that no edge of the picture is a straight row or column
+    cx, cy, side = w * 0.28, h * 0.62, unit / 4
+    body = cv2.boxPoints(((cx, cy), (side, side * 0.8), 9.0))
+    cv2.fillConvexPoly(img, body.astype(np.int32), (60, 30, 20), cv2.LINE_AA)
+    roof = np.array([body[1], body[2], (cx + side * 0.1, cy - side * 0.95)])
     cv2.fillConvexPoly(img, roof.astype(np.int32), (150, 20, 20), cv2.LINE_AA)
     return img
 
@@ -305,17 +307,21 @@ def mirror_correlation(frame: np.ndarray, first: np.ndarray, hm: np.ndarray, min
     return 0.0 if den == 0.0 else float((a * b).sum() / den)
 
 
-def seam_ratio(frame: np.ndarray) -> float:
-    """The largest mean step across one column or row boundary, over the frame's median step.
+def seam_ratio(frame: np.ndarray, hm: np.ndarray) -> float:
+    """The largest mean step across one column or row boundary, over the picture's own steps.
 
     A hard seam (a straight edge between the picture and a fill) is a column or row whose
-    step is far above the frame's own gradients; a natural picture has no such line.
+    step stands far above the frame's own gradients. The reference is the mean step between
+    neighbouring pixels of the picture itself in this frame (output pixels whose input
+    position lies at least 4 px inside it), so that a smooth fill does not lower it.
     """
+    h, w = frame.shape[:2]
+    u, v = source_coords(hm, w, h)
+    inside = np.minimum(np.minimum(u, (w - 1) - u), np.minimum(v, (h - 1) - v)) >= 4
     g = gray(frame).astype(np.float32)
-    cols = np.abs(np.diff(g, axis=1)).mean(axis=0)
-    rows = np.abs(np.diff(g, axis=0)).mean(axis=1)
-    both = np.concatenate([cols, rows])
-    return float(both.max() / max(1e-6, float(np.median(both))))
+    dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+    own = 0.5 * (float(dx[inside[:, 1:] & inside[:, :-1]].mean()) + float(dy[inside[1:] & inside[:-1]].mean()))
+    return float(max(dx.mean(axis=0).max(), dy.mean(axis=1).max()) / max(1e-6, own))
 
 
 def gradient_magnitude(img: np.ndarray) -> NDArray[np.float32]:
@@ -329,3 +335,4 @@ def ring(mask: np.ndarray, inner: int, outer: int) -> NDArray[np.bool_]:
     """Pixels between ``inner`` and ``outer`` px outside ``mask`` (Euclidean distance)."""
     dist = cv2.distanceTransform((~mask.astype(bool)).astype(np.uint8), cv2.DIST_L2, 5)
     return np.asarray((dist > inner) & (dist <= outer))
+

@@ -53,17 +53,34 @@ def scene() -> np.ndarray:
     return scene_image(W, H)
 
 
+@pytest.fixture(scope="module")
+def texture() -> np.ndarray:
+    return textured_image(W, H, seed=1)
+
+
 @pytest.mark.parametrize("camera", CAMERAS, ids=_ids)
-def test_camera_no_mirror_no_seam(scene: np.ndarray, camera: dict[str, Any]) -> None:
-    frames = list(camera_frames(scene, camera, N))
-    assert np.array_equal(frames[0], scene)
-    base = seam_ratio(scene)
+def test_camera_no_mirrored_copy(texture: np.ndarray, camera: dict[str, Any]) -> None:
+    """The revealed area (more than 4 px beyond the picture's edge) does not correlate with a
+    copy of frame 0 mirrored at that edge (see ``mirror_correlation``). A mirror fill scores
+    0.4-0.9 per frame; a fill without a mirror scores about 0."""
+    frames = list(camera_frames(texture, camera, N))
+    assert np.array_equal(frames[0], texture)
+    scores = []
     for i, frame in enumerate(frames[1:], start=1):
-        hm = camera_homography(camera, i / (N - 1), W, H)
-        corr = mirror_correlation(frame, scene, hm, min_depth=4.0)
-        assert corr is None or corr < 0.5, (i, corr)
-        # no column/row whose step stands out far more than any line of the picture itself
-        assert seam_ratio(frame) < max(4.0, 1.5 * base), (i, seam_ratio(frame), base)
+        corr = mirror_correlation(frame, texture, camera_homography(camera, i / (N - 1), W, H), min_depth=4.0)
+        if corr is not None:
+            scores.append(corr)
+    assert not scores or float(np.mean(scores)) < 0.3, scores
+    assert all(c < 0.75 for c in scores), scores
+
+
+@pytest.mark.parametrize("camera", CAMERAS, ids=_ids)
+def test_camera_no_seam(scene: np.ndarray, camera: dict[str, Any]) -> None:
+    frames = list(camera_frames(scene, camera, N))
+    base = seam_ratio(scene, np.eye(3))
+    for i, frame in enumerate(frames[1:], start=1):
+        ratio = seam_ratio(frame, camera_homography(camera, i / (N - 1), W, H))
+        assert ratio < 1.6 * base, (i, ratio, base)
 
 
 @pytest.mark.parametrize(

@@ -51,13 +51,14 @@ meaning). Moves that pull back (zoom > 0 at any time) get no extra scale, since 
 would undo them. Where the picture cannot cover the frame (pull back, or a move beyond what
 1.25x covers) the rest is filled with a blurred, darkened, scaled-up copy of the picture
 that moves with the camera (``fill.BlurFillWarper``); the picture fades into it inside its
-own edge over a feather that widens with the move (4 % of the short side at the end), and
-the fill darkens with the move (to 40 % darker): never a mirror, never a hard seam.
+own edge over a feather, and the fill darkens (to 40 % darker), both growing with the depth
+of the revealed area so that nothing jumps between frames: never a mirror, never a hard seam.
 ``camera_homography`` includes the extra scale: it is what is rendered.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterator, Mapping
@@ -80,7 +81,7 @@ ROLL_DEG_PER_UNIT = 3.0
 TRANSLATION_FRACTION_PER_UNIT = 0.025
 FOCAL_FRACTION = 0.9
 MAX_EXTRA_SCALE = 1.25
-FEATHER_FRACTION = 0.04
+FEATHER_FRACTION = 0.06
 FILL_DARKEN = 0.4
 # The fill is scaled up until it covers the frame, at most this much beyond the move.
 MAX_FILL_SCALE = 4.0
@@ -218,6 +219,11 @@ class _Plan:
         return h, scale_about_centre(h, 1.0 + self.k_fill * e, self.width, self.height), e
 
 
+@functools.lru_cache(maxsize=64)
+def _plan(phases: tuple[Phase, ...], width: int, height: int) -> _Plan:
+    return _Plan(phases, width, height)
+
+
 def camera_homography(camera: CameraSpec, t: float, width: int, height: int) -> NDArray[np.float64]:
     """3x3 homography mapping input pixel coords to output coords at clip time ``t``.
 
@@ -226,7 +232,18 @@ def camera_homography(camera: CameraSpec, t: float, width: int, height: int) -> 
     the full move. It includes the extra scale that keeps the frame inside the picture.
     """
     phases = camera_phases(camera)
-    return _Plan(phases, width, height).at(min(1.0, max(0.0, t)))[0]
+    return _plan(phases, width, height).at(min(1.0, max(0.0, t)))[0]
+
+
+def move_homography(camera: CameraSpec, t: float, width: int, height: int) -> NDArray[np.float64]:
+    """The move alone (the units of the table above), without the framing's extra scale."""
+    return homography_from_strengths(axis_strengths(camera_phases(camera), min(1.0, max(0.0, t))), width, height)
+
+
+def framing_scale(camera: CameraSpec, t: float, width: int, height: int) -> float:
+    """The extra scale about the frame centre at clip time ``t``: 1 on frame 0, at most 1.25."""
+    phases = camera_phases(camera)
+    return 1.0 + _plan(phases, width, height).k * move_progress(phases, min(1.0, max(0.0, t)))
 
 
 def camera_frames(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterator[Frame]:
@@ -239,15 +256,14 @@ def camera_frames(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterato
 
 def _camera_frames(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> Iterator[Frame]:
     height, width = src.shape[:2]
-    plan = _Plan(phases, width, height)
-    warper = BlurFillWarper(src)
-    feather_max = FEATHER_FRACTION * min(width, height)
+    plan = _plan(phases, width, height)
+    warper = BlurFillWarper(src, feather_fraction=FEATHER_FRACTION, darken=FILL_DARKEN)
     eye = np.eye(3)
     for i in range(n_frames):
-        h, fill_h, e = plan.at(clip_time(i, n_frames))
+        h, fill_h, _e = plan.at(clip_time(i, n_frames))
         if np.allclose(h, eye, rtol=0.0, atol=1e-9):
             yield src.copy()
         elif plan.covers:
             yield warper.sharp(h)
         else:
-            yield warper(h, fill_h, feather_max * math.sqrt(e), FILL_DARKEN * e)
+            yield warper(h, fill_h)

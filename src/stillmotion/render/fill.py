@@ -70,16 +70,30 @@ def cover_scale(h: NDArray[np.float64], width: int, height: int) -> float:
 class BlurFillWarper:
     """Warps one source image repeatedly; revealed areas get a blurred, darkened scaled copy.
 
-    ``__call__(h, fill_h, feather, darken)``: ``h`` places the sharp picture, ``fill_h`` the
-    fill (a homography that covers the frame), ``feather`` is the width (input px) over which
-    the picture fades into the fill inside its own edge, ``darken`` in [0, 1] the fill's
-    brightness loss. When the picture covers the frame to within the feather the result is
-    the plain sharp warp.
+    ``__call__(h, fill_h)``: ``h`` places the sharp picture, ``fill_h`` the fill (a
+    homography that covers the frame). Both the feather (the width, inside the picture's
+    edge, over which the picture fades into the fill) and the fill's darkening grow with how
+    deep the revealed area is (``r``, input px): feather ``min(feather_max, r / 2)``, darkening
+    ``darken * smoothstep(r / reveal_ref)``. So when a reveal begins, the fill is a thin,
+    barely darkened strip of nearby colours, and nothing jumps from one frame to the next.
+    When nothing is revealed the result is the plain sharp warp.
     """
 
-    def __init__(self, img: np.ndarray, *, blur_fraction: float = 0.03) -> None:
+    def __init__(
+        self,
+        img: np.ndarray,
+        *,
+        blur_fraction: float = 0.03,
+        feather_fraction: float = 0.06,
+        darken: float = 0.4,
+        reveal_fraction: float = 0.1,
+    ) -> None:
         self.img = as_rgb_frame(img)
         self.h, self.w = self.img.shape[:2]
+        short = min(self.w, self.h)
+        self.feather_max = feather_fraction * short
+        self.darken = darken
+        self.reveal_ref = max(1.0, reveal_fraction * short)
         self.size = (self.w, self.h)
         sw, sh = max(4, round(self.w / 8)), max(4, round(self.h / 8))
         small = cv2.resize(self.img, (sw, sh), interpolation=cv2.INTER_AREA)
@@ -121,11 +135,16 @@ class BlurFillWarper:
     def sharp(self, h: NDArray[np.float64]) -> Frame:
         return cast(Frame, warp(self.img, h, self.size, border=cv2.BORDER_REPLICATE))
 
-    def __call__(self, h: NDArray[np.float64], fill_h: NDArray[np.float64], feather: float, darken: float) -> Frame:
+    def __call__(self, h: NDArray[np.float64], fill_h: NDArray[np.float64]) -> Frame:
         """The frame (a fresh array each call; callers may keep it)."""
-        edge = self.edge_distance(h)
-        if edge >= feather or (feather <= 0.0 and edge >= -SUBPIXEL_TOLERANCE):
+        reveal = -self.edge_distance(h)
+        if reveal <= SUBPIXEL_TOLERANCE:
             return self.sharp(h)
+        # The feather is set in output pixels; the picture is scaled by about ``scale`` here.
+        scale = math.sqrt(abs(float(np.linalg.det(h[:2, :2])))) / max(1e-6, abs(float(h[2, 2])))
+        feather = min(self.feather_max, 0.5 * reveal * scale) / max(scale, 1e-3)
+        u = min(1.0, reveal / self.reveal_ref)
+        darken = self.darken * u * u * (3.0 - 2.0 * u)
         # Alpha: 1 deeper than ``feather`` inside the picture, smoothstep down to 0 at its edge.
         hq = self._scaled(h, self._q_size)
         dist = warp(self._dist, hq, self._q_size, border=cv2.BORDER_CONSTANT, border_value=-1.0)
