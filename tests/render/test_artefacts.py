@@ -105,7 +105,7 @@ BW, BH = 480, 272
 
 def _brush_scene() -> tuple[np.ndarray, np.ndarray]:
     """A softly textured background with a steep horizontal gradient, and a busy square object."""
-    bg = cv2.GaussianBlur(textured_image(BW, BH, seed=11), (0, 0), 2.0).astype(np.float32)
+    bg = cv2.GaussianBlur(textured_image(BW, BH, seed=11), (0, 0), 5.0).astype(np.float32)
     bg[..., 0] += np.linspace(-60, 60, BW, dtype=np.float32)[None, :]
     img = np.clip(bg, 0, 255).astype(np.uint8)
     mask = np.zeros((BH, BW), bool)
@@ -130,10 +130,18 @@ def test_brush_vacated_area_has_no_x_or_square() -> None:
     background = ring(mask, 8, 30) & (np.abs(np.arange(BW) - 115)[None, :] < 100)
     reference = float(grad0[background].mean())
     inner = cv2.erode(mask.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
-    diagonals = _line_band(inner, (80, 100), (149, 169), 3) | _line_band(inner, (149, 100), (80, 169), 3)
-    edges = ring(~mask, 0, 3) | ring(mask, 0, 2)  # 3 px inside and 2 px outside the old square's edge
+    diagonals_all = _line_band(inner, (80, 100), (149, 169), 3) | _line_band(inner, (149, 100), (80, 169), 3)
+    off_diagonals_all = inner & ~cv2.dilate(diagonals_all.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    edges_all = ring(~mask, 0, 3) | ring(mask, 0, 2)  # 3 px inside and 2 px outside the old square's edge
     for i, frame in enumerate(frames[1:], start=1):
+        # only where the region has left (not where it is now)
+        now = cv2.dilate(np.roll(mask, 50 * i, axis=1).astype(np.uint8), np.ones((7, 7), np.uint8)).astype(bool)
+        diagonals, edges = diagonals_all & ~now, edges_all & ~now
+        assert diagonals.sum() > 20 and edges.sum() > 50
         grad = gradient_magnitude(frame)
+        # an X: the diagonals of the vacated square stand out from the rest of it
+        off = float(grad[off_diagonals_all & ~now].mean())
+        assert float(grad[diagonals].mean()) <= 1.5 * off + 1.0, (i, float(grad[diagonals].mean()), off)
         assert float(grad[diagonals].mean()) <= reference, (i, float(grad[diagonals].mean()), reference)
         assert float(grad[edges].mean()) <= reference, (i, float(grad[edges].mean()), reference)
 
