@@ -154,8 +154,8 @@ def _membrane(img: NDArray[np.float32], hole: Mask) -> NDArray[np.float32]:
     if vsum.ndim == 2:
         vsum = vsum[..., None]
     coarse_hole = wsum < 1e-3
-    coarse = vsum / np.maximum(wsum, 1e-3)[..., None]
-    coarse = _membrane(np.ascontiguousarray(coarse, dtype=np.float32), coarse_hole)
+    averaged = np.ascontiguousarray(vsum / np.maximum(wsum, 1e-3)[..., None], dtype=np.float32)
+    coarse = _membrane(averaged, coarse_hole)
     up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
     if up.ndim == 2:
         up = up[..., None]
