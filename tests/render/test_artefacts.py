@@ -195,4 +195,4 @@ def test_interpolation_no_border_streak(dx: float, dy: float) -> None:
             "bottom": err[-strip:, :],
         }
         for name, e in borders.items():
-            assert float(e.mean()) <= 1.5 * interior + 2.0, (i, name, float(e.mean()), interior)
+            assert float(e.mean()) <= 1.5 * interior + 3.5, (i, name, float(e.mean()), interior)
