@@ -1,6 +1,9 @@
 """H.264 MP4 writing and reading with PyAV, streaming (never all frames in memory).
 
-Frames are ``uint8`` RGB numpy arrays of shape (H, W, 3). Files are written as libx264
+Frames are ``uint8`` RGB numpy arrays of shape (H, W, 3), or frames already in the
+encoder's pixel format: ``uint8`` arrays of shape (H * 3 / 2, W) holding planar I420
+(yuv420p: the Y plane, then U, then V, each contiguous), limited range, BT.709 (see
+``rgb_to_yuv420``); those are handed to the encoder without conversion or copy. Files are written as libx264
 High profile, yuv420p, limited ("tv"/MPEG) range, converted with and tagged as BT.709,
 ``+faststart`` (moov first) and ``+bitexact``. With the fixed encoder thread count the
 bytes are reproducible on one machine; across machines compare pixels, not hashes.
@@ -21,6 +24,7 @@ from typing import Any, cast
 
 import av
 import av.error
+import cv2
 import numpy as np
 from av.video.frame import VideoFrame
 from numpy.typing import NDArray
@@ -53,12 +57,82 @@ class VideoInfo:
     codec: str
 
 
-def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
-    if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+# BT.709, limited range, 8 bit: Y = 16 + 219 Y', Cb = 128 + 224 (B - Y') / 1.8556, ...
+_KR, _KB = 0.2126, 0.0722
+_KG = 1.0 - _KR - _KB
+_LUMA = np.array([[_KR * 219 / 255, _KG * 219 / 255, _KB * 219 / 255, 16.0]], np.float32)
+_CHROMA = np.array(
+    [
+        [-_KR / 1.8556 * 224 / 255, -_KG / 1.8556 * 224 / 255, (1 - _KB) / 1.8556 * 224 / 255, 128.0],
+        [(1 - _KR) / 1.5748 * 224 / 255, -_KG / 1.5748 * 224 / 255, -_KB / 1.5748 * 224 / 255, 128.0],
+    ],
+    np.float32,
+)
+
+
+def yuv420_planes(buf: np.ndarray, width: int, height: int) -> tuple[Frame, Frame, Frame]:
+    """Views of the Y (H, W), U and V (H/2, W/2) planes of an I420 buffer (H * 3 / 2, W)."""
+    flat = buf.reshape(-1)
+    n = width * height
+    q = n // 4
+    return (
+        flat[:n].reshape(height, width),
+        flat[n : n + q].reshape(height // 2, width // 2),
+        flat[n + q : n + 2 * q].reshape(height // 2, width // 2),
+    )
+
+
+def rgb_to_yuv420(rgb: np.ndarray, out: np.ndarray | None = None) -> Frame:
+    """RGB uint8 (H, W, 3), even sides -> I420 (H * 3 / 2, W), BT.709 limited range.
+
+    Chroma is the mean of each 2x2 block (centred siting); written into ``out`` if given.
+    """
+    h, w = int(rgb.shape[0]), int(rgb.shape[1])
+    buf = np.empty((h * 3 // 2, w), np.uint8) if out is None else out
+    y, u, v = yuv420_planes(buf, w, h)
+    cv2.transform(rgb, _LUMA, dst=y)
+    half = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+    uv = cv2.transform(half, _CHROMA)
+    cv2.extractChannel(uv, 0, u)
+    cv2.extractChannel(uv, 1, v)
+    return buf
+
+
+def yuv420_to_rgb(buf: np.ndarray, width: int, height: int) -> Frame:
+    """I420 (H * 3 / 2, W), BT.709 limited range -> RGB uint8 (H, W, 3); chroma upsampled bilinearly."""
+    y, u, v = yuv420_planes(buf, width, height)
+    yf = (y.astype(np.float32) - 16.0) * np.float32(255 / 219)
+    cb = cv2.resize((u.astype(np.float32) - 128.0) * np.float32(255 / 224), (width, height), interpolation=cv2.INTER_LINEAR)
+    cr = cv2.resize((v.astype(np.float32) - 128.0) * np.float32(255 / 224), (width, height), interpolation=cv2.INTER_LINEAR)
+    r = yf + np.float32(1.5748) * cr
+    b = yf + np.float32(1.8556) * cb
+    g = (yf - np.float32(_KR) * r - np.float32(_KB) * b) / np.float32(_KG)
+    return cast(Frame, np.clip(np.dstack([r, g, b]) + 0.5, 0, 255).astype(np.uint8))
+
+
+def is_yuv420(frame: np.ndarray) -> bool:
+    """True for an I420 frame (a 2-D uint8 array (H * 3 / 2, W)), False for RGB (H, W, 3)."""
+    return isinstance(frame, np.ndarray) and frame.ndim == 2
+
+
+def frame_size(frame: np.ndarray) -> tuple[int, int]:
+    """(W, H) of an RGB or an I420 frame."""
+    if frame.ndim == 2:
+        return int(frame.shape[1]), int(frame.shape[0]) * 2 // 3
+    return int(frame.shape[1]), int(frame.shape[0])
+
+
+def _check_frame(frame: np.ndarray, size: tuple[int, int] | None, yuv420: bool = False) -> tuple[int, int]:
+    ok = isinstance(frame, np.ndarray) and frame.dtype == np.uint8
+    if yuv420 and not (ok and frame.ndim == 2 and frame.shape[0] % 3 == 0):
+        shape = getattr(frame, "shape", None)
+        dtype = getattr(frame, "dtype", type(frame).__name__)
+        raise ValueError(f"yuv420p frames must be I420 uint8 (H*3/2, W) arrays, got {dtype} {shape}")
+    if not yuv420 and not (ok and frame.ndim == 3 and frame.shape[2] == 3):
         shape = getattr(frame, "shape", None)
         dtype = getattr(frame, "dtype", type(frame).__name__)
         raise ValueError(f"frames must be RGB uint8 (H, W, 3) arrays, got {dtype} {shape}")
-    h, w = int(frame.shape[0]), int(frame.shape[1])
+    w, h = frame_size(frame)
     if size is None:
         if w % 2 or h % 2:
             raise ValueError(f"H.264 yuv420p needs even width and height, got {w}x{h}")
@@ -70,6 +144,8 @@ def _check_frame(frame: np.ndarray, size: tuple[int, int] | None) -> tuple[int, 
 
 
 def _to_yuv(frame: np.ndarray) -> VideoFrame:
+    if frame.ndim == 2:  # already I420: wrapped, not copied (x264 copies it on encode)
+        return VideoFrame.from_numpy_buffer(np.ascontiguousarray(frame), format="yuv420p")
     rgb = VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
     out = rgb.reformat(
         format="yuv420p",
@@ -115,7 +191,7 @@ class _Writer:
 
     def write(self, frame: np.ndarray) -> None:
         if self.container is None:
-            self._open(int(frame.shape[1]), int(frame.shape[0]))
+            self._open(*frame_size(frame))
         yuv = _to_yuv(frame)
         yuv.pts = self.count
         yuv.time_base = Fraction(1, self.fps)
@@ -164,8 +240,13 @@ def encode_frames(
     crf: int = 23,
     preset: str = "veryfast",
     silent_audio: bool = False,
+    frame_format: str = "rgb24",
 ) -> int:
     """Stream ``frames`` into an H.264 MP4 at ``path``; return the number of frames.
+
+    ``frame_format`` is ``"rgb24"`` (RGB uint8 (H, W, 3)) or ``"yuv420p"`` (I420 uint8
+    (H * 3 / 2, W), BT.709 limited range, e.g. from ``render.camera_frames_yuv``), which is
+    handed to x264 as it is: no colour conversion, no copy.
 
     ``frames`` is consumed on the calling thread (so a generator may call back into
     thread-bound code); colour conversion and x264 run on one helper thread with a queue
@@ -183,6 +264,9 @@ def encode_frames(
         raise ValueError(f"fps must be a positive integer, got {fps!r}")
     if not 0 <= crf <= 51:
         raise ValueError(f"crf must be in [0, 51], got {crf}")
+    if frame_format not in ("rgb24", "yuv420p"):
+        raise ValueError(f"frame_format must be 'rgb24' or 'yuv420p', got {frame_format!r}")
+    yuv420 = frame_format == "yuv420p"
     writer = _Writer(Path(path), fps, crf, preset, silent_audio)
     q: queue.Queue[Any] = queue.Queue(maxsize=_QUEUE_DEPTH)
     failure: list[BaseException] = []
@@ -219,7 +303,7 @@ def encode_frames(
     finished = False
     try:
         for frame in frames:
-            size = _check_frame(frame, size)
+            size = _check_frame(frame, size, yuv420)
             if count == 0:
                 worker.start()
             put(frame)

@@ -64,6 +64,7 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -252,6 +253,58 @@ def camera_frames(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterato
     phases = camera_phases(camera)
     check_n_frames(n_frames)
     return _camera_frames(src, phases, n_frames)
+
+
+def camera_frames_yuv(img: np.ndarray, camera: CameraSpec, n_frames: int) -> Iterator[Frame]:
+    """The same clip as :func:`camera_frames`, rendered straight into the encoder's format.
+
+    Frames are I420 buffers (H * 3 / 2, W), BT.709 limited range (see
+    ``stillmotion.media.video``): the picture is converted once, then each frame warps the
+    luma plane and the two half-size chroma planes directly, so no frame is ever converted
+    from RGB. About half the pixels of an RGB warp. Sides must be even.
+    """
+    src = as_rgb_frame(img)
+    phases = camera_phases(camera)
+    check_n_frames(n_frames)
+    height, width = src.shape[:2]
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420 frames need even sides, got {width}x{height}")
+    return _camera_frames_yuv(src, phases, n_frames)
+
+
+def _camera_frames_yuv(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> Iterator[Frame]:
+    from ..media.video import rgb_to_yuv420, yuv420_planes
+
+    height, width = src.shape[:2]
+    first = rgb_to_yuv420(src)
+    y0, u0, v0 = yuv420_planes(first, width, height)
+    chroma = np.ascontiguousarray(np.dstack([u0, v0]))
+    plan = _plan(phases, width, height)
+    opts: dict[str, Any] = {"feather_fraction": FEATHER_FRACTION, "darken": FILL_DARKEN}
+    luma_warper = BlurFillWarper(y0, neutral=16.0, **opts)
+    chroma_warper = BlurFillWarper(chroma, neutral=128.0, **opts)
+    # The chroma plane's pixel centres sit between luma pairs: x_c = (x + 0.5) / 2 - 0.5.
+    s = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])
+    s_inv = np.linalg.inv(s)
+    uv = np.empty((height // 2, width // 2, 2), np.uint8)
+    eye = np.eye(3)
+    for i in range(n_frames):
+        h, fill_h, _e = plan.at(clip_time(i, n_frames))
+        if np.allclose(h, eye, rtol=0.0, atol=1e-9):
+            yield first.copy()
+            continue
+        out = np.empty_like(first)
+        y, u, v = yuv420_planes(out, width, height)
+        hc, fill_c = s @ h @ s_inv, s @ fill_h @ s_inv
+        if plan.covers:
+            luma_warper.sharp(h, dst=y)
+            chroma_warper.sharp(hc, dst=uv)
+        else:
+            luma_warper(h, fill_h, dst=y)
+            chroma_warper(hc, fill_c, dst=uv)
+        cv2.extractChannel(uv, 0, u)
+        cv2.extractChannel(uv, 1, v)
+        yield out
 
 
 def _camera_frames(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> Iterator[Frame]:

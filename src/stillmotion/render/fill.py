@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from .frames import Frame, as_rgb_frame, warp
+from .frames import warp
 
 _BAND_ROWS = 12
 # Output pixels whose source lies at most this far (input px) outside the picture are
@@ -87,8 +87,17 @@ class BlurFillWarper:
         feather_fraction: float = 0.06,
         darken: float = 0.4,
         reveal_fraction: float = 0.1,
+        neutral: float = 0.0,
     ) -> None:
-        self.img = as_rgb_frame(img)
+        """``img``: uint8, (H, W) or (H, W, C): an RGB frame or one plane of a YUV frame.
+
+        ``neutral`` is the value darkening moves towards: 0 for RGB, 16 for limited-range
+        luma, 128 for chroma (darkening RGB by d scales Y - 16 and Cb/Cr - 128 by 1 - d).
+        """
+        if img.dtype != np.uint8 or img.ndim not in (2, 3):
+            raise ValueError(f"expected a uint8 image or plane, got {img.dtype} {img.shape}")
+        self.img = np.ascontiguousarray(img)
+        self.neutral = neutral
         self.h, self.w = self.img.shape[:2]
         short = min(self.w, self.h)
         self.feather_max = feather_fraction * short
@@ -132,14 +141,16 @@ class BlurFillWarper:
         x, y = p[0] / p[2], p[1] / p[2]
         return float(np.min(np.minimum(np.minimum(x, w1 - x), np.minimum(y, h1 - y))))
 
-    def sharp(self, h: NDArray[np.float64]) -> Frame:
-        return cast(Frame, warp(self.img, h, self.size, border=cv2.BORDER_REPLICATE))
+    def sharp(self, h: NDArray[np.float64], dst: np.ndarray | None = None) -> NDArray[np.uint8]:
+        return cast(NDArray[np.uint8], warp(self.img, h, self.size, border=cv2.BORDER_REPLICATE, dst=dst))
 
-    def __call__(self, h: NDArray[np.float64], fill_h: NDArray[np.float64]) -> Frame:
-        """The frame (a fresh array each call; callers may keep it)."""
+    def __call__(
+        self, h: NDArray[np.float64], fill_h: NDArray[np.float64], dst: np.ndarray | None = None
+    ) -> NDArray[np.uint8]:
+        """The frame, written into ``dst`` when given (else a fresh array callers may keep)."""
         reveal = -self.edge_distance(h)
         if reveal <= SUBPIXEL_TOLERANCE:
-            return self.sharp(h)
+            return self.sharp(h, dst)
         # The feather is set in output pixels; the picture is scaled by about ``scale`` here.
         scale = math.sqrt(abs(float(np.linalg.det(h[:2, :2])))) / max(1e-6, abs(float(h[2, 2])))
         feather = min(self.feather_max, 0.5 * reveal * scale) / max(scale, 1e-3)
@@ -152,13 +163,14 @@ class BlurFillWarper:
         a = np.clip(dist * np.float32(1.0 / f), 0.0, 1.0)
         a = a * a * (np.float32(3.0) - np.float32(2.0) * a)
         need = a < 1.0
+        out = self.sharp(h, dst)
         if not need.any():
-            return self.sharp(h)
-        out = self.sharp(h)
+            return out
         hs = self._scaled(fill_h, self._small_size)
         small = warp(self._small, hs, self._small_size, border=cv2.BORDER_REPLICATE)
         if darken > 0.0:
-            small = cv2.convertScaleAbs(small, alpha=1.0 - min(1.0, darken))
+            d = min(1.0, darken)
+            small = cv2.convertScaleAbs(small, alpha=1.0 - d, beta=self.neutral * d)
         cv2.resize(small, self.size, dst=self._fill, interpolation=cv2.INTER_LINEAR)
         cv2.resize(a, self.size, dst=self._alpha, interpolation=cv2.INTER_LINEAR)
         np.subtract(np.float32(1.0), self._alpha, out=self._inv)
