@@ -191,6 +191,10 @@ class _Plan:
 
     def __init__(self, phases: tuple[Phase, ...], width: int, height: int) -> None:
         self.phases, self.width, self.height = phases, width, height
+        if all(axis == "zoom" and strength < 0 for axis, strength, _t0, _t1 in phases):
+            # a push in about the centre never reveals anything
+            self.k, self.covers, self.k_fill = 0.0, True, 0.0
+            return
         ts = np.linspace(0.0, 1.0, _PLAN_SAMPLES)
         base = [self.base(float(t)) for t in ts]
         prog = [move_progress(phases, float(t)) for t in ts]
