@@ -103,16 +103,19 @@ def rgb_to_yuv420(rgb: np.ndarray, out: np.ndarray | None = None) -> Frame:
     return buf
 
 
+# The inverse, on (Y, Cb, Cr) with chroma upsampled: R = 1.164 (Y - 16) + 1.793 (Cr - 128), ...
+_TO_RGB = np.linalg.inv(np.vstack([_LUMA[:, :3], _CHROMA[:, :3]]).astype(np.float64))
+_TO_RGB_M = np.hstack([_TO_RGB, -_TO_RGB @ np.array([[16.0], [128.0], [128.0]])]).astype(np.float32)
+
+
 def yuv420_to_rgb(buf: np.ndarray, width: int, height: int) -> Frame:
     """I420 (H * 3 / 2, W), BT.709 limited range -> RGB uint8 (H, W, 3); chroma upsampled bilinearly."""
     y, u, v = yuv420_planes(buf, width, height)
-    yf = (y.astype(np.float32) - 16.0) * np.float32(255 / 219)
-    cb = cv2.resize((u.astype(np.float32) - 128.0) * np.float32(255 / 224), (width, height), interpolation=cv2.INTER_LINEAR)
-    cr = cv2.resize((v.astype(np.float32) - 128.0) * np.float32(255 / 224), (width, height), interpolation=cv2.INTER_LINEAR)
-    r = yf + np.float32(1.5748) * cr
-    b = yf + np.float32(1.8556) * cb
-    g = (yf - np.float32(_KR) * r - np.float32(_KB) * b) / np.float32(_KG)
-    return cast(Frame, np.clip(np.dstack([r, g, b]) + 0.5, 0, 255).astype(np.uint8))
+    size = (width, height)
+    ycc = cv2.merge(
+        [y, cv2.resize(u, size, interpolation=cv2.INTER_LINEAR), cv2.resize(v, size, interpolation=cv2.INTER_LINEAR)]
+    )
+    return cast(Frame, cv2.transform(ycc, _TO_RGB_M))
 
 
 def is_yuv420(frame: np.ndarray) -> bool:
