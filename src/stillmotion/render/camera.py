@@ -64,7 +64,6 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -282,15 +281,13 @@ def _camera_frames_yuv(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> 
     height, width = src.shape[:2]
     first = rgb_to_yuv420(src)
     y0, u0, v0 = yuv420_planes(first, width, height)
-    chroma = np.ascontiguousarray(np.dstack([u0, v0]))
     plan = _plan(phases, width, height)
     opts: dict[str, Any] = {"feather_fraction": FEATHER_FRACTION, "darken": FILL_DARKEN}
-    luma_warper = BlurFillWarper(y0, neutral=16.0, **opts)
-    chroma_warper = BlurFillWarper(chroma, neutral=128.0, **opts)
+    luma = BlurFillWarper(y0, neutral=16.0, **opts)
+    chroma = (BlurFillWarper(u0, neutral=128.0, **opts), BlurFillWarper(v0, neutral=128.0, **opts))
     # The chroma plane's pixel centres sit between luma pairs: x_c = (x + 0.5) / 2 - 0.5.
     s = np.array([[0.5, 0.0, -0.25], [0.0, 0.5, -0.25], [0.0, 0.0, 1.0]])
     s_inv = np.linalg.inv(s)
-    uv = np.empty((height // 2, width // 2, 2), np.uint8)
     eye = np.eye(3)
     for i in range(n_frames):
         h, fill_h, _e = plan.at(clip_time(i, n_frames))
@@ -298,16 +295,17 @@ def _camera_frames_yuv(src: Frame, phases: tuple[Phase, ...], n_frames: int) -> 
             yield first.copy()
             continue
         out = np.empty_like(first)
-        y, u, v = yuv420_planes(out, width, height)
+        planes = yuv420_planes(out, width, height)
         hc, fill_c = s @ h @ s_inv, s @ fill_h @ s_inv
+        # each plane is warped straight into its place in the I420 buffer
         if plan.covers:
-            luma_warper.sharp(h, dst=y)
-            chroma_warper.sharp(hc, dst=uv)
+            luma.sharp(h, dst=planes[0])
+            for warper, plane in zip(chroma, planes[1:], strict=True):
+                warper.sharp(hc, dst=plane)
         else:
-            luma_warper(h, fill_h, dst=y)
-            chroma_warper(hc, fill_c, dst=uv)
-        cv2.extractChannel(uv, 0, u)
-        cv2.extractChannel(uv, 1, v)
+            luma(h, fill_h, dst=planes[0])
+            for warper, plane in zip(chroma, planes[1:], strict=True):
+                warper(hc, fill_c, dst=plane)
         yield out
 
 
