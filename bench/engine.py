@@ -192,9 +192,9 @@ def _frames_for(req: Any) -> Callable[[], Any]:
     from stillmotion.providers.local import _fit_mask
     from stillmotion.render import (
         BrushRegion,
-        animate_frames,
         brush_frames,
-        camera_frames,
+        camera_frames_yuv,
+        choose_camera,
         fit_image,
         interpolate_frames,
         working_size,
@@ -207,7 +207,7 @@ def _frames_for(req: Any) -> Callable[[], Any]:
     n = req.duration * FPS
     if req.tool == "camera_move":
         cam = req.camera.model_dump(exclude_none=True)
-        return lambda: camera_frames(start, cam, n)
+        return lambda: camera_frames_yuv(start, cam, n)
     if req.tool == "interpolate_frames":
         end = fit_image(decode_rgb(Path(req.end_image.path).read_bytes()), size)
         return lambda: interpolate_frames(start, end, n)
@@ -222,7 +222,8 @@ def _frames_for(req: Any) -> Callable[[], Any]:
         ]
         static = _fit_mask(decode_mask(Path(req.static_mask.path).read_bytes()), size) if req.static_mask else None
         return lambda: brush_frames(start, regions, static, n)
-    return lambda: animate_frames(start, req.prompt, n)[0]
+    spec = choose_camera(req.prompt)[0]
+    return lambda: camera_frames_yuv(start, spec, n)
 
 
 RENDER_JOB = "render_job (render + encode, pipelined)"
@@ -253,8 +254,9 @@ def breakdown(home: Path, job_id: str, tmp: Path) -> dict[str, float]:
     frames = list(make())
     out["render only (frames to a list)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    encode_frames(iter(frames), tmp / "enc-only.mp4", fps=FPS)
-    out["encode only (colour conversion + x264 veryfast)"] = time.perf_counter() - t0
+    fmt = "rgb24" if req.tool in ("interpolate_frames", "motion_brush") else "yuv420p"  # as render_job
+    encode_frames(iter(frames), tmp / "enc-only.mp4", fps=FPS, frame_format=fmt)
+    out["encode only (x264 veryfast; + colour conversion for RGB frames)"] = time.perf_counter() - t0
     del frames
     job_dir = tmp / f"bd-{job_id}"
     job_dir.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from stillmotion.render import BrushRegion, brush_frames, camera_frames, camera_homography, interpolate_frames
+from stillmotion.render.frames import warp
 from tests.render.measure import (
     gradient_magnitude,
     mirror_correlation,
@@ -76,6 +77,8 @@ def test_camera_no_mirrored_copy(texture: np.ndarray, camera: dict[str, Any]) ->
 
 @pytest.mark.parametrize("camera", CAMERAS, ids=_ids)
 def test_camera_no_seam(scene: np.ndarray, camera: dict[str, Any]) -> None:
+    """No column or row steps far above the picture's own gradients (see ``seam_ratio``): the
+    picture meets any fill through a feather, and the fill itself is smooth."""
     frames = list(camera_frames(scene, camera, N))
     base = seam_ratio(scene, np.eye(3))
     for i, frame in enumerate(frames[1:], start=1):
@@ -89,9 +92,12 @@ def test_camera_no_seam(scene: np.ndarray, camera: dict[str, Any]) -> None:
     ids=_ids,
 )
 def test_small_moves_reveal_nothing(scene: np.ndarray, camera: dict[str, Any]) -> None:
-    """Moves that an extra scale of at most 1.25x can cover stay inside the picture."""
+    """Moves that an extra scale of at most 1.25x can cover stay inside the picture: every
+    frame is the plain warp of the picture, nothing filled."""
+    frames = list(camera_frames(scene, camera, N))
     for i in (2, 5, N - 1):
         hm = camera_homography(camera, i / (N - 1), W, H)
+        assert np.array_equal(frames[i], warp(scene, hm, (W, H), border=cv2.BORDER_REPLICATE))
         inv = np.linalg.inv(hm)
         corners = inv @ np.array([[0, W - 1, 0, W - 1], [0, 0, H - 1, H - 1], [1, 1, 1, 1]], float)
         x, y = corners[0] / corners[2], corners[1] / corners[2]
