@@ -269,3 +269,22 @@ def test_camera_frames_yuv_match_rgb() -> None:
     for camera in ({"type": "simple", "config": {"zoom": -4}}, {"type": "down_back"}):
         for f_rgb, f_yuv in zip(camera_frames(img, camera, 5), camera_frames_yuv(img, camera, 5), strict=True):
             assert psnr_quarter(yuv420_to_rgb(f_yuv, W, H), f_rgb) > 30
+
+
+def test_failure_while_closing_stays_off_the_encoder_thread(tmp_path: Path) -> None:
+    """A render that stops (here: its generator fails) after its file's folder was removed:
+    closing the file then fails too (the trailer cannot be written). The caller sees the
+    render's own error, and nothing escapes the encoder thread (pytest turns an unhandled
+    thread exception into a failure)."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+
+    def frames() -> Iterator[np.ndarray]:
+        yield from _moving(40)
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+        raise RuntimeError("render stopped")
+
+    with pytest.raises(RuntimeError, match="render stopped"):
+        encode_frames(frames(), folder / "clip.mp4")

@@ -304,7 +304,12 @@ def encode_frames(
         except BaseException as exc:  # re-raised on the calling thread
             failure.append(exc)
         finally:
-            writer.close()
+            # Closing writes the trailer (and, with faststart, rewrites the file): it can fail
+            # too, e.g. when the file's folder was removed meanwhile. Never out of this thread.
+            try:
+                writer.close()
+            except BaseException as exc:
+                failure.append(exc)
 
     def put(item: object) -> None:
         while True:
