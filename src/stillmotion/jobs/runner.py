@@ -24,7 +24,6 @@ by polling the store every WATCH_S: waiters wake and resource subscribers are no
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import logging
@@ -50,7 +49,7 @@ from ..errors import (
     ProviderError,
     StillmotionError,
 )
-from ..media.net import UrlGuard, download_to_file
+from ..media.net import UrlGuard, download_to_file, write_base64_file
 from ..media.publish import Samples
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
@@ -224,7 +223,7 @@ class JobRunner:
     def heartbeat(self) -> None:
         held = self.store.renew(self.owner, self.lease_s)
         for job_id, job in list(self._jobs.items()):
-            if job_id not in held and not job.stop.is_set():
+            if job_id not in held and not job.stop.is_set() and not job.row.terminal:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
@@ -407,16 +406,23 @@ class JobRunner:
                     with contextlib.suppress(RuntimeError):  # loop already closed
                         loop.call_soon_threadsafe(self._notify, job.id)
 
+            def render(ctx: JobContext) -> tuple[list[str], Samples]:
+                # The thread removes its own temp file: an abandoned render (cancel, lost lease,
+                # shutdown) is still writing it until its next frame, and the encoder reopens it
+                # by name to finish the file.
+                try:
+                    out = self.local_render(ctx, tmp, progress)
+                    if job.stop.is_set():
+                        raise Cancelled("this process no longer drives the job")
+                    return out
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+
             try:
-                extra, samples = await anyio.to_thread.run_sync(
-                    self.local_render, job.ctx, tmp, progress, abandon_on_cancel=True
-                )
+                extra, samples = await anyio.to_thread.run_sync(render, job.ctx, abandon_on_cancel=True)
             except Cancelled:
-                tmp.unlink(missing_ok=True)
                 raise Lost(job.id) from None
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
             if extra:
                 self._set(job, warnings=list(dict.fromkeys([*job.row.warnings, *extra])))
         await self._finish_file(job, tmp, provider_url=None, expires=None, samples=samples)
@@ -545,7 +551,9 @@ class JobRunner:
         tmp = self._tmp(job.id, "download")
         try:
             if video.data_b64 is not None:
-                await anyio.to_thread.run_sync(_write_b64, video.data_b64, tmp)
+                await anyio.to_thread.run_sync(
+                    functools.partial(write_base64_file, video.data_b64, tmp, max_bytes=self.settings.max_download_bytes)
+                )
                 await self._finish_file(job, tmp, provider_url=None, expires=None)
                 return "done"
             refreshed = False
@@ -606,15 +614,6 @@ class JobRunner:
         d = self.settings.output_dir / job_id
         d.mkdir(parents=True, exist_ok=True)
         return d
-
-
-def _write_b64(data: str, dest: Path) -> None:
-    with open(dest, "wb") as fh:
-        step = 4 * 1024 * 1024
-        for i in range(0, len(data), step):
-            fh.write(base64.b64decode(data[i : i + step]))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 __all__ = ["CREATE_CONCURRENCY", "JobRunner", "Lost"]

@@ -308,8 +308,9 @@ def encode_frames(
             # too, e.g. when the file's folder was removed meanwhile. Never out of this thread.
             try:
                 writer.close()
-            except BaseException as exc:
-                failure.append(exc)
+            except BaseException as exc:  # e.g. an abandoned render whose .part file was removed
+                if not failure:
+                    failure.append(exc)
 
     def put(item: object) -> None:
         while True:

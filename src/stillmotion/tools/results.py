@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -10,7 +11,9 @@ from typing import Literal
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
+from ..file_links import FileLinks
 from ..jobs.store import JobRow
+from ..scrub import scrub, scrub_obj
 
 
 class JobErrorInfo(BaseModel):
@@ -37,12 +40,16 @@ class VideoFile(BaseModel):
     sha256: str
     provider_url: str | None = None
     provider_url_expires_at: float | None = None
+    http_url: str | None = Field(
+        None, description="Over the HTTP transport: a signed, expiring link to download the file (Range supported)."
+    )
 
 
 class ImageFile(BaseModel):
     uri: str
     path: str
     mime_type: str = "image/png"
+    http_url: str | None = Field(None, description="Over the HTTP transport: a signed, expiring download link.")
 
 
 class JobResult(BaseModel):
@@ -91,20 +98,42 @@ _NEXT_BY_ERROR = {
 }
 
 
-def next_step(row: JobRow) -> str:
+def status_detail(row: JobRow) -> str | None:
+    """What an unfinished job waits on (the store's `status_detail`, e.g. a retry); None once it ended."""
+    return row.status_detail if row.status_detail and not row.terminal else None
+
+
+def check_command(job_id: str) -> str:
+    """The shell command that follows a job to its end."""
+    return "stillmotion run check_job '" + json.dumps({"job_id": job_id}) + "' --wait"
+
+
+def next_step(row: JobRow, *, shell: bool = False) -> str:
+    """What to do next, for the caller at hand: a model calling tools, or a person in a shell."""
     if row.status == "succeeded":
-        return (
-            f"Done. The MP4 is at video.path; chain another clip from stillmotion://jobs/{row.id}/last-frame.png."
-        )
+        video = ((row.result or {}).get("video") or {}).get("path")
+        where = f"at {video}" if video else "at video.path"
+        chain = f"stillmotion://jobs/{row.id}/last-frame.png"
+        if shell:
+            command = "stillmotion run animate_image '" + json.dumps({"image": chain, "prompt": "..."}) + "' --wait"
+            return f"Done. The MP4 is {where}. Chain another clip from its last frame: {command}"
+        return f"Done. The MP4 is {where}; chain another clip from {chain}."
     if row.status in ("failed", "cancelled"):
         kind = (row.error or {}).get("kind", "provider_error")
         return _NEXT_BY_ERROR.get(kind, _NEXT_BY_ERROR["provider_error"])
     hint = "a few seconds" if row.route == "local" else "one to several minutes"
-    return f"Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
+    detail = status_detail(row)
+    waiting = f"It is {detail}. " if detail else ""
+    if shell:
+        return f"{waiting}Follow it with: {check_command(row.id)} (this usually takes {hint})."
+    return f"{waiting}Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
 
 
-def job_result(row: JobRow) -> JobResult:
+def job_result(row: JobRow, *, shell: bool = False, file_links: FileLinks | None = None) -> JobResult:
+    """`file_links` (the HTTP transport's) adds signed `http_url`s to the files of a succeeded job."""
     result = row.result or {}
+    if file_links is not None and row.status == "succeeded" and result.get("video"):
+        result = file_links.add_to_result(row.id, result)
     video = result.get("video") if row.status == "succeeded" else None
     return JobResult(
         job_id=row.id,
@@ -113,13 +142,13 @@ def job_result(row: JobRow) -> JobResult:
         route=row.route,
         status=row.status,
         progress=row.progress,
-        status_detail=row.status_detail if not row.terminal else None,
+        status_detail=status_detail(row),
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
         provider_task_id=row.provider_task_id,
-        warnings=row.warnings,
-        error=JobErrorInfo.model_validate(row.error) if row.error else None,
-        next_step=next_step(row),
+        warnings=[scrub(w) for w in row.warnings],
+        error=JobErrorInfo.model_validate(scrub_obj(row.error)) if row.error else None,
+        next_step=next_step(row, shell=shell),
         video=VideoFile.model_validate(video) if video else None,
         poster=ImageFile.model_validate(result["poster"]) if video and result.get("poster") else None,
         last_frame=ImageFile.model_validate(result["last_frame"]) if video and result.get("last_frame") else None,
@@ -140,6 +169,8 @@ def summary_text(res: JobResult) -> str:
             + (", with audio" if v.has_audio else "")
             + ")."
         )
+        if v.http_url:
+            lines.append(f"Download: {v.http_url}")
     if res.error is not None:
         lines.append(f"Error ({res.error.kind}): {res.error.message}")
     for w in res.warnings:
@@ -148,10 +179,15 @@ def summary_text(res: JobResult) -> str:
     return "\n".join(lines)
 
 
-def call_result(row: JobRow) -> CallToolResult:
-    res = job_result(row)
+def call_result(
+    row: JobRow, *, links: bool = True, shell: bool = False, file_links: FileLinks | None = None
+) -> CallToolResult:
+    """The job as a tool result. `links=False` (STILLMOTION_RESOURCE_LINKS=0) leaves the
+    resource_link out, for frameworks that cannot pass links on; the text still names the path.
+    `file_links` (the HTTP transport's) adds signed `http_url`s."""
+    res = job_result(row, shell=shell, file_links=file_links)
     content: list[ContentBlock] = [TextContent(type="text", text=summary_text(res))]
-    if res.video is not None:
+    if res.video is not None and links:
         content.append(
             ResourceLink(
                 type="resource_link",
@@ -163,6 +199,7 @@ def call_result(row: JobRow) -> CallToolResult:
                 description=f"{res.video.width}x{res.video.height}, {res.video.duration_s:.2f} s; file: {res.video.path}",
             )
         )
+    if res.video is not None:
         if res.poster is not None and Path(res.poster.path).is_file():
             data = Path(res.poster.path).read_bytes()
             content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/png"))
