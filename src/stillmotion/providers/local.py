@@ -17,12 +17,12 @@ from ..errors import InvalidInput
 from ..media.images import decode_mask, decode_rgb
 from ..media.join import ClipFacts, can_stream_copy, join, planned_frames
 from ..media.publish import Samples
-from ..media.video import encode_frames
+from ..media.video import encode_frames, frame_size, is_yuv420, yuv420_to_rgb
 from ..render import (
     BrushRegion,
-    animate_frames,
     brush_frames,
-    camera_frames,
+    camera_frames_yuv,
+    choose_camera,
     fit_image,
     interpolate_frames,
     working_size,
@@ -86,7 +86,7 @@ def render_job(
     frames: Iterator[np.ndarray]
     if req.tool == "camera_move":
         assert req.camera is not None
-        frames = camera_frames(start, req.camera.model_dump(exclude_none=True), n)
+        frames = camera_frames_yuv(start, req.camera.model_dump(exclude_none=True), n)
     elif req.tool == "interpolate_frames":
         assert req.end_image is not None
         end = fit_image(decode_rgb(ctx.image_bytes(req.end_image)), size)
@@ -112,25 +112,28 @@ def render_job(
             + "."
         )
     else:
-        frames, _camera, why = animate_frames(start, req.prompt, n)
+        camera, why = choose_camera(req.prompt)
+        frames = camera_frames_yuv(start, camera, n)
         warnings.append(
             f"local/preview animates a still by camera motion only ({why}); it does not generate new content."
         )
     samples = Samples(n)
-    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=fps)
+    # camera moves render straight into the encoder's pixel format (I420); the others are RGB
+    fmt = "rgb24" if req.tool in ("interpolate_frames", "motion_brush") else "yuv420p"
+    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=fps, frame_format=fmt)
     return warnings, samples
 
 
 def _shot_frames(start: np.ndarray, shots: list[KlingShot], fps: int) -> tuple[Iterator[np.ndarray], list[str]]:
     """Kling shots previewed: one camera move per shot (from its own prompt), each from the still,
-    so every shot boundary is a cut. Frames stay lazy; the moves are chosen up front."""
-    moves = [animate_frames(start, shot.prompt, shot.duration * fps) for shot in shots]
+    so every shot boundary is a cut. I420 frames, like animate_image's; the moves are chosen up front."""
+    picks = [choose_camera(shot.prompt) for shot in shots]
 
     def chain() -> Iterator[np.ndarray]:
-        for frames, _camera, _why in moves:
-            yield from frames
+        for shot, (camera, _why) in zip(shots, picks, strict=True):
+            yield from camera_frames_yuv(start, camera, shot.duration * fps)
 
-    return chain(), [why for _frames, _camera, why in moves]
+    return chain(), [why for _camera, why in picks]
 
 
 def _join(req: GenerationRequest, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
@@ -161,6 +164,9 @@ def _watch(
                 progress(min(0.99, i / n))
                 time.sleep(0.02)
         progress(min(0.99, i / n))
-        samples.offer(i, frame)  # the engine yields a fresh array per frame; keeping it is safe
+        if not is_yuv420(frame):
+            samples.offer(i, frame)  # the engine yields a fresh array per frame; keeping it is safe
+        elif i in samples.indices or i == n - 1:
+            samples.offer(i, yuv420_to_rgb(frame, *frame_size(frame)))  # only the frames kept
         yield frame
     progress(1.0)
