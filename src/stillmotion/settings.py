@@ -70,6 +70,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+MAX_RUNNING_VARS = {
+    "klingai": "STILLMOTION_MAX_RUNNING_KLINGAI",
+    "alibaba": "STILLMOTION_MAX_RUNNING_ALIBABA",
+    "xai": "STILLMOTION_MAX_RUNNING_XAI",
+    "gateway": "STILLMOTION_MAX_RUNNING_GATEWAY",
+}
+"""Concurrency caps: the key is the catalog provider for direct routes, or "gateway"."""
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -96,6 +105,12 @@ class Settings:
     local_concurrency: int = 1
     max_fetch_bytes: int = 50 * 1024 * 1024
     max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    database_url: Secret | None = None
+    """STILLMOTION_DATABASE_URL (postgresql://...): the job store in PostgreSQL, shared by replicas."""
+    allowed_hosts: tuple[str, ...] = ()
+    """STILLMOTION_ALLOWED_HOSTS: host names HTTP clients use (checked against the Host header)."""
+    max_running: dict[str, int] = field(default_factory=dict)
+    """STILLMOTION_MAX_RUNNING_<KLINGAI|ALIBABA|XAI|GATEWAY>: provider tasks running at once, across the store."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
 
@@ -124,6 +139,22 @@ class Settings:
             if value:
                 base_urls[key] = value.rstrip("/")
         hold = env.get("STILLMOTION_TEST_HOLD_FILE", "").strip()
+        database_url = _secret(env, "STILLMOTION_DATABASE_URL")
+        if database_url is not None and not database_url.reveal().startswith(("postgresql://", "postgres://")):
+            raise ValueError("STILLMOTION_DATABASE_URL must be a postgresql:// URL (unset: SQLite under STILLMOTION_HOME)")
+        allowed_hosts = tuple(
+            h.strip().lower() for h in env.get("STILLMOTION_ALLOWED_HOSTS", "").split(",") if h.strip()
+        )
+        for h in allowed_hosts:
+            if "/" in h or "@" in h or " " in h:
+                raise ValueError(f"STILLMOTION_ALLOWED_HOSTS takes host names (optionally host:port), got {h!r}")
+        max_running: dict[str, int] = {}
+        for key, var in MAX_RUNNING_VARS.items():
+            if env.get(var, "").strip():
+                cap = _int(env, var, 0)
+                if cap < 1:
+                    raise ValueError(f"{var} must be a positive integer, got {cap}")
+                max_running[key] = cap
         return cls(
             home=home,
             output_dir=output_dir,
@@ -146,6 +177,9 @@ class Settings:
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
             test_hold_file=Path(hold) if hold else None,
+            database_url=database_url,
+            allowed_hosts=allowed_hosts,
+            max_running=max_running,
         )
 
     def has_direct_key(self, provider: str) -> bool:
