@@ -1,25 +1,19 @@
-"""Which job store a process opens: PostgreSQL when STILLMOTION_DATABASE_URL is set, else SQLite."""
+"""The job store a server opens for its settings: PostgreSQL when STILLMOTION_DATABASE_URL is set
+(after checking that this replica sees the shared folders), else SQLite under STILLMOTION_HOME."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..settings import Settings
-from .store import JobStore
-
-if TYPE_CHECKING:
-    from .pg_store import PgStore
-
-AnyStore = "JobStore | PgStore"
+from .store import JobStore, open_store
 
 
-def open_store(settings: Settings) -> JobStore | PgStore:
-    if settings.database_url is None:
-        return JobStore(settings.db_path)
-    from .pg_store import PgStore
+def open_for_settings(settings: Settings) -> JobStore:
+    url = settings.database_url.reveal() if settings.database_url is not None else None
+    store = open_store(settings.db_path, url)
+    if url is None:
+        return store
     from .shared_home import check_shared_folders
 
-    store = PgStore(settings.database_url.reveal())
     try:
         folders = {"home_id": ("STILLMOTION_HOME", settings.home)}
         if settings.output_dir.resolve() != (settings.home / "outputs").resolve():

@@ -11,27 +11,41 @@ Selected by `STILLMOTION_DATABASE_URL=postgresql://...` (needs `pip install 'sti
 - A trigger NOTIFYs `stillmotion_jobs` with the job id on every insert/update, delivered at
   commit; `listen()` turns that into a callback, so resource subscribers on any replica hear
   about jobs that another replica drives.
-- Times that decide between replicas (leases) come from the database clock, not the replica's.
+- Times (created/updated, leases) come from the database clock, never a replica's, so replicas
+  with skewed clocks still agree on whose lease has lapsed.
+- Claims lock the job row with `FOR UPDATE SKIP LOCKED`: a replica never waits on a row another
+  replica is claiming or writing; it moves on.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from .store import JobRow
+from .store import (
+    JSON_COLS,
+    ROW_COLS,
+    SCHEMA_VERSION,
+    DuplicateIdempotencyKey,
+    JobRow,
+    JobStore,
+    check_columns,
+)
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "stillmotion_jobs"
 MIGRATION_LOCK = 0x5354_4D4F  # "STMO": pg_advisory_xact_lock key for schema changes
+NOW = "extract(epoch from clock_timestamp())::double precision"
+NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
 
-# Each entry runs once, in order, inside the migration transaction; never edit a released one.
+# Index i holds the step from schema i+1 to i+2 (schema 1 = the first SQLite release, which
+# never existed on PostgreSQL, so a new database goes straight to SCHEMA_VERSION). Each runs once,
+# in order, in the migration transaction; never edit a released one.
 MIGRATIONS: list[str] = [
-    # 1: the jobs table (the SQLite store's columns; JSON as jsonb, times as epoch seconds)
+    # -> 2: jobs with ownership and resume bookmarks; NOTIFY on visible changes
     """
     CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
@@ -52,31 +66,36 @@ MIGRATIONS: list[str] = [
         error JSONB,
         result JSONB,
         attempts INTEGER NOT NULL DEFAULT 0,
-        provider_done_at DOUBLE PRECISION
+        provider_done_at DOUBLE PRECISION,
+        owner TEXT,
+        lease_expires_at DOUBLE PRECISION,
+        status_detail TEXT,
+        submitted_at DOUBLE PRECISION,
+        video_url TEXT,
+        video_url_expires_at DOUBLE PRECISION
     );
     CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
     CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
-    CREATE TABLE IF NOT EXISTS stillmotion_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
+    CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner) WHERE owner IS NOT NULL;
     CREATE OR REPLACE FUNCTION stillmotion_jobs_notify() RETURNS trigger AS $$
     BEGIN
         PERFORM pg_notify('stillmotion_jobs', NEW.id);
         RETURN NULL;
     END $$ LANGUAGE plpgsql;
-    DROP TRIGGER IF EXISTS jobs_notify ON jobs;
-    CREATE TRIGGER jobs_notify AFTER INSERT OR UPDATE ON jobs
+    DROP TRIGGER IF EXISTS jobs_notify_insert ON jobs;
+    CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
         FOR EACH ROW EXECUTE FUNCTION stillmotion_jobs_notify();
+    DROP TRIGGER IF EXISTS jobs_notify_update ON jobs;
+    CREATE TRIGGER jobs_notify_update AFTER UPDATE ON jobs
+        FOR EACH ROW WHEN (OLD.updated_at IS DISTINCT FROM NEW.updated_at)
+        EXECUTE FUNCTION stillmotion_jobs_notify();
     """,
 ]
-
-_JSON_COLS = {"request", "operation", "warnings", "error", "result"}
-_TERMINAL_SQL = "('succeeded','failed','cancelled')"
+assert len(MIGRATIONS) + 1 == SCHEMA_VERSION, "a new schema version needs a PostgreSQL migration"
 
 
-class IdempotencyKeyTaken(Exception):
-    """Another job (perhaps created by another replica a moment ago) already holds this key."""
-
-
-def _require_psycopg() -> Any:
+def _require_psycopg() -> tuple[Any, Any]:
     try:
         import psycopg
         import psycopg_pool
@@ -88,8 +107,9 @@ def _require_psycopg() -> Any:
     return psycopg, psycopg_pool
 
 
-class PgStore:
-    """Thread-safe (a connection pool); every write commits before it returns."""
+class PgStore(JobStore):
+    """A connection pool (thread-safe); every statement autocommits, so each write is durable
+    when it returns."""
 
     def __init__(self, url: str, *, pool_size: int = 8) -> None:
         psycopg, psycopg_pool = _require_psycopg()
@@ -98,6 +118,7 @@ class PgStore:
         self.url = url
         self._psycopg = psycopg
         self._closed = False
+        self._listeners: list[_Listener] = []
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -107,106 +128,102 @@ class PgStore:
             name="stillmotion",
         )
         self._pool.open(wait=True, timeout=30)
-        self.migrate()
-        self._listeners: list[_Listener] = []
+        try:
+            self._migrate()
+        except BaseException:
+            self._pool.close()
+            raise
 
-    # -- schema --------------------------------------------------------------------------
+    # -- schema ---------------------------------------------------------------------------
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema; replicas starting together serialize on an advisory lock."""
+    def _migrate(self) -> None:
+        """Create or upgrade the schema; replicas starting together queue on an advisory lock,
+        and each finds the work done by the first."""
         with self._pool.connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS stillmotion_schema (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT version FROM stillmotion_schema").fetchone()
-            version = int(row["version"]) if row else 0
-            if row is None:
-                conn.execute("INSERT INTO stillmotion_schema (version) VALUES (0)")
-            for number, sql in enumerate(MIGRATIONS[version:], start=version + 1):
-                log.info("job store: applying PostgreSQL migration %d", number)
-                conn.execute(sql)
-                conn.execute("UPDATE stillmotion_schema SET version=%s", (number,))
-
-    def schema_version(self) -> int:
-        row = self._one("SELECT version FROM stillmotion_schema")
-        return int(row["version"]) if row else 0
-
-    def ping(self) -> None:
-        """Raises when the database cannot be reached (the /readyz probe)."""
-        self._one("SELECT 1 AS ok")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row["value"]) if row else 1
+            for number in range(version + 1, SCHEMA_VERSION + 1):
+                log.info("job store: migrating PostgreSQL schema to version %d", number)
+                conn.execute(MIGRATIONS[number - 2])
+            if version < SCHEMA_VERSION:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         for listener in self._listeners:
             listener.stop()
         self._pool.close()
 
-    # -- meta (the shared-volume marker) -------------------------------------------------
+    def now(self) -> float:
+        row = self._one(f"SELECT {NOW} AS now")
+        assert row is not None
+        return float(row["now"])
 
-    def meta_get(self, key: str) -> str | None:
-        row = self._one("SELECT value FROM stillmotion_meta WHERE key=%s", (key,))
-        return None if row is None else str(row["value"])
+    # -- helpers --------------------------------------------------------------------------
 
-    def meta_set_default(self, key: str, value: str) -> str:
-        """Store `value` under `key` unless a value is there; returns the value that holds."""
-        self._exec(
-            "INSERT INTO stillmotion_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, value)
-        )
-        held = self.meta_get(key)
-        assert held is not None
-        return held
-
-    # -- helpers -------------------------------------------------------------------------
-
-    def _one(self, sql: str, params: tuple[Any, ...] = ()) -> dict[str, Any] | None:
+    def _one(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> dict[str, Any] | None:
         with self._pool.connection() as conn:
             row: dict[str, Any] | None = conn.execute(sql, params).fetchone()
             return row
 
-    def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def _all(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[dict[str, Any]]:
         with self._pool.connection() as conn:
             rows: list[dict[str, Any]] = conn.execute(sql, params).fetchall()
             return rows
 
-    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> int:
-        with self._pool.connection() as conn:
-            return int(conn.execute(sql, params).rowcount)
-
-    def _value(self, col: str, value: Any) -> Any:
-        if col in _JSON_COLS and value is not None:
-            from psycopg.types.json import Jsonb
-
-            return Jsonb(value)
-        return value
-
     @staticmethod
     def _row(d: dict[str, Any]) -> JobRow:
-        fields = {k: d[k] for k in JobRow.__dataclass_fields__ if k in d}
-        return JobRow(**fields)
+        return JobRow(**{k: d[k] for k in ROW_COLS})
 
-    # -- reads ---------------------------------------------------------------------------
+    def _rows(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[JobRow]:
+        return [self._row(r) for r in self._all(sql, params)]
+
+    @staticmethod
+    def _encode(values: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        from psycopg.types.json import Jsonb
+
+        check_columns(values)
+        cols = [f"{k}=%s" for k in values]
+        vals = [Jsonb(v) if k in JSON_COLS and v is not None else v for k, v in values.items()]
+        return cols, vals
+
+    # -- reads ----------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobRow | None:
-        r = self._one("SELECT * FROM jobs WHERE id=%s", (job_id,))
-        return self._row(r) if r else None
+        rows = self._rows("SELECT * FROM jobs WHERE id=%s", (job_id,))
+        return rows[0] if rows else None
 
     def by_idempotency_key(self, key: str) -> JobRow | None:
-        r = self._one("SELECT * FROM jobs WHERE idempotency_key=%s", (key,))
-        return self._row(r) if r else None
+        rows = self._rows("SELECT * FROM jobs WHERE idempotency_key=%s", (key,))
+        return rows[0] if rows else None
 
     def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
         if status:
-            rows = self._all("SELECT * FROM jobs WHERE status=%s ORDER BY created_at DESC LIMIT %s", (status, limit))
-        else:
-            rows = self._all("SELECT * FROM jobs ORDER BY created_at DESC LIMIT %s", (limit,))
-        return [self._row(r) for r in rows]
+            return self._rows("SELECT * FROM jobs WHERE status=%s ORDER BY created_at DESC LIMIT %s", (status, limit))
+        return self._rows("SELECT * FROM jobs ORDER BY created_at DESC LIMIT %s", (limit,))
 
     def unfinished(self) -> list[JobRow]:
-        rows = self._all(
-            "SELECT * FROM jobs WHERE status IN ('queued','running','downloading') ORDER BY created_at"
-        )
-        return [self._row(r) for r in rows]
+        return self._rows(f"SELECT * FROM jobs WHERE {NOT_TERMINAL} ORDER BY created_at")
 
-    # -- writes --------------------------------------------------------------------------
+    def claimable(self, stale_owners: Collection[str] = ()) -> list[JobRow]:
+        return self._rows(
+            f"SELECT * FROM jobs WHERE {NOT_TERMINAL} AND (owner IS NULL OR lease_expires_at IS NULL"
+            f" OR lease_expires_at < {NOW} OR owner = ANY(%s)) ORDER BY created_at",
+            (list(stale_owners),),
+        )
+
+    def changed_since(self, since: float, *, limit: int = 1000) -> list[JobRow]:
+        return self._rows("SELECT * FROM jobs WHERE updated_at > %s ORDER BY updated_at LIMIT %s", (since, limit))
+
+    # -- writes ---------------------------------------------------------------------------
 
     def create(
         self,
@@ -219,56 +236,141 @@ class PgStore:
         args_hash: str,
         idempotency_key: str | None,
         warnings: list[str],
+        owner: str | None = None,
+        lease_s: float | None = None,
     ) -> JobRow:
-        now = time.time()
+        from psycopg.types.json import Jsonb
+
+        lease = lease_s if owner is not None and lease_s is not None else None
+        # ON CONFLICT on the unique key: two replicas inserting the same key at the same moment
+        # never both succeed; the loser gets no row back (and no error to parse).
         r = self._one(
             "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-            " args_hash, idempotency_key, warnings) VALUES (%s,%s,%s,%s,'queued','new',NULL,%s,%s,%s,%s,%s,%s)"
+            " args_hash, idempotency_key, warnings, owner, lease_expires_at)"
+            f" SELECT %(id)s, %(tool)s, %(model)s, %(route)s, 'queued', 'new', NULL, t.now, t.now, %(request)s,"
+            " %(args_hash)s, %(key)s, %(warnings)s, %(owner)s, t.now + %(lease)s"
+            f" FROM (SELECT {NOW} AS now) t"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
-            (
-                job_id, tool, model, route, now, now, self._value("request", request), args_hash, idempotency_key,
-                self._value("warnings", warnings),
-            ),
+            {
+                "id": job_id, "tool": tool, "model": model, "route": route, "request": Jsonb(request),
+                "args_hash": args_hash, "key": idempotency_key, "warnings": Jsonb(warnings), "owner": owner,
+                "lease": lease,
+            },
         )
         if r is None:
-            raise IdempotencyKeyTaken(idempotency_key)
+            raise DuplicateIdempotencyKey(idempotency_key)
         return self._row(r)
 
-    def _set_clause(self, fields: dict[str, Any]) -> tuple[str, tuple[Any, ...]]:
-        fields["updated_at"] = time.time()
-        for col in fields:
-            if col not in JobRow.__dataclass_fields__:
-                raise ValueError(f"no column {col!r}")
-        cols = ", ".join(f"{k}=%s" for k in fields)
-        return cols, tuple(self._value(k, v) for k, v in fields.items())
-
-    def update(self, job_id: str, **fields: Any) -> JobRow:
-        """Unconditional update (tests and repairs); the runner uses update_unless_terminal."""
-        cols, vals = self._set_clause(fields)
-        r = self._one(f"UPDATE jobs SET {cols} WHERE id=%s RETURNING *", (*vals, job_id))
-        assert r is not None
-        return self._row(r)
-
-    def update_unless_terminal(self, job_id: str, **fields: Any) -> JobRow | None:
-        """Atomically apply `fields` only if the job has not ended (a cancel wins over a late result)."""
-        cols, vals = self._set_clause(fields)
+    def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:
+        if self._closed:
+            return None
+        stale = [s for s in stale_owners if s != owner]
         r = self._one(
-            f"UPDATE jobs SET {cols} WHERE id=%s AND status NOT IN {_TERMINAL_SQL} RETURNING *", (*vals, job_id)
+            f"UPDATE jobs SET owner=%(owner)s, lease_expires_at={NOW} + %(lease)s WHERE id = ("
+            f" SELECT id FROM jobs WHERE id=%(id)s AND {NOT_TERMINAL} AND (owner IS NULL OR owner=%(owner)s"
+            f" OR lease_expires_at IS NULL OR lease_expires_at < {NOW} OR owner = ANY(%(stale)s))"
+            " FOR UPDATE SKIP LOCKED) RETURNING *",
+            {"owner": owner, "lease": lease_s, "id": job_id, "stale": stale},
         )
         return self._row(r) if r else None
 
-    def set_progress(self, job_id: str, progress: float | None) -> None:
-        if self._closed:  # a render thread abandoned at shutdown; the job restarts next time
-            return
-        self._exec(
-            f"UPDATE jobs SET progress=%s, updated_at=%s WHERE id=%s AND status NOT IN {_TERMINAL_SQL}",
-            (progress, time.time(), job_id),
+    def renew(self, owner: str, lease_s: float) -> set[str]:
+        if self._closed:
+            return set()
+        rows = self._all(
+            f"UPDATE jobs SET lease_expires_at={NOW} + %s WHERE owner=%s AND {NOT_TERMINAL} RETURNING id",
+            (lease_s, owner),
         )
+        return {str(r["id"]) for r in rows}
 
-    # -- change notifications across replicas -------------------------------------------
+    def release(self, owner: str, job_ids: Collection[str] | None = None) -> int:
+        if self._closed or (job_ids is not None and not job_ids):
+            return 0
+        sql = f"UPDATE jobs SET owner=NULL, lease_expires_at=NULL WHERE owner=%s AND {NOT_TERMINAL}"
+        params: tuple[Any, ...] = (owner,)
+        if job_ids is not None:
+            sql += " AND id = ANY(%s)"
+            params = (owner, list(job_ids))
+        with self._pool.connection() as conn:
+            return int(conn.execute(sql, params).rowcount)
+
+    def update_owned(
+        self, job_id: str, owner: str, values: Mapping[str, Any], *, lease_s: float | None = None
+    ) -> JobRow | None:
+        if self._closed:
+            return None
+        cols, vals = self._encode(values)
+        cols.append(f"updated_at={NOW}")
+        if lease_s is not None:
+            cols.append(f"lease_expires_at={NOW} + %s")
+            vals.append(lease_s)
+        r = self._one(
+            f"UPDATE jobs SET {', '.join(cols)} WHERE id=%s AND owner=%s AND {NOT_TERMINAL} RETURNING *",
+            (*vals, job_id, owner),
+        )
+        return self._row(r) if r else None
+
+    def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
+        if self._closed:  # a render thread abandoned at shutdown; the job restarts elsewhere
+            return False
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET progress=%s, status_detail=NULL, updated_at={NOW}"
+                f" WHERE id=%s AND owner=%s AND {NOT_TERMINAL}",
+                (progress, job_id, owner),
+            )
+            return cur.rowcount > 0
+
+    def cancel(self, job_id: str, error: dict[str, Any]) -> JobRow | None:
+        from psycopg.types.json import Jsonb
+
+        r = self._one(
+            "UPDATE jobs SET status='cancelled', stage='done', error=%s, status_detail=NULL, lease_expires_at=NULL,"
+            f" updated_at={NOW} WHERE id=%s AND {NOT_TERMINAL} RETURNING *",
+            (Jsonb(error), job_id),
+        )
+        return self._row(r) if r else None
+
+    def update(self, job_id: str, **values: Any) -> JobRow:
+        cols, vals = self._encode(values)
+        cols.append(f"updated_at={NOW}")
+        r = self._one(f"UPDATE jobs SET {', '.join(cols)} WHERE id=%s RETURNING *", (*vals, job_id))
+        assert r is not None
+        return self._row(r)
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def meta_get(self, key: str) -> str | None:
+        r = self._one("SELECT value FROM meta WHERE key=%s", (key,))
+        return None if r is None else str(r["value"])
+
+    def meta_set(self, key: str, value: str | None) -> None:
+        with self._pool.connection() as conn:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key=%s", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value=excluded.value",
+                    (key, value),
+                )
+
+    def meta_setdefault(self, key: str, value: str) -> str:
+        r = self._one(
+            "WITH ins AS (INSERT INTO meta(key, value) VALUES (%(k)s, %(v)s) ON CONFLICT (key) DO NOTHING"
+            " RETURNING value) SELECT value FROM ins UNION ALL SELECT value FROM meta WHERE key=%(k)s LIMIT 1",
+            {"k": key, "v": value},
+        )
+        if r is None:  # the row was inserted by a concurrent transaction we could not see yet
+            held = self.meta_get(key)
+            assert held is not None
+            return held
+        return str(r["value"])
+
+    # -- change notifications across replicas ---------------------------------------------
 
     def listen(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(job_id)` (on a background thread) whenever any process changes a job."""
+        """Call `callback(job_id)` (on a background thread) whenever any process makes a visible
+        change to a job (insert, or an update that bumps updated_at)."""
         listener = _Listener(self.url, callback, self._psycopg)
         listener.start()
         self._listeners.append(listener)
@@ -283,7 +385,6 @@ class _Listener:
         self.psycopg = psycopg
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stillmotion-pg-listen", daemon=True)
-        self._conn: Any = None
         self.ready = threading.Event()
 
     def start(self) -> None:

@@ -21,7 +21,7 @@ MARKER = ".stillmotion-shared-id"
 class MetaStore(Protocol):
     def meta_get(self, key: str) -> str | None: ...
 
-    def meta_set_default(self, key: str, value: str) -> str: ...
+    def meta_setdefault(self, key: str, value: str) -> str: ...
 
 
 class NotShared(SystemExit):
@@ -64,7 +64,7 @@ def check_shared_folders(store: MetaStore, folders: dict[str, tuple[str, Path]])
         mine = _read(folder / MARKER)
         if known is None:
             mine = _write_once(folder)
-            known = store.meta_set_default(key, mine)
+            known = store.meta_setdefault(key, mine)
         if mine != known:
             what = f"its marker {folder / MARKER} " + ("is missing" if mine is None else f"says {mine}")
             raise NotShared(
@@ -72,5 +72,5 @@ def check_shared_folders(store: MetaStore, folders: dict[str, tuple[str, Path]])
                 f"(the database expects marker id {known}; {what}). Replicas share the job database AND the files: "
                 f"put {var} on a volume every replica mounts (NFS, EFS, a Kubernetes ReadWriteMany volume). "
                 f"If this folder really is the shared one (moved on purpose), copy the marker file from the old "
-                f"folder, or run DELETE FROM stillmotion_meta WHERE key='{key}' to adopt it."
+                f"folder, or run DELETE FROM meta WHERE key='{key}' to adopt it."
             )

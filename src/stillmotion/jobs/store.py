@@ -560,7 +560,9 @@ class SqliteStore(JobStore):
 
 
 def open_store(db_path: Path, database_url: str | None = None) -> JobStore:
-    """The store for these settings: SQLite under the home (a PostgreSQL URL is #12's store)."""
+    """The store for these settings: PostgreSQL for a postgresql:// URL, else SQLite under the home."""
     if database_url:
-        raise ValueError("a PostgreSQL store is not available in this build (STILLMOTION_DATABASE_URL)")
+        from .pg_store import PgStore
+
+        return PgStore(database_url)
     return SqliteStore(db_path)
