@@ -319,7 +319,7 @@ class PgStore(JobStore):
                 f" WHERE id=%s AND owner=%s AND {NOT_TERMINAL}",
                 (progress, job_id, owner),
             )
-            return cur.rowcount > 0
+            return bool(cur.rowcount > 0)
 
     def cancel(self, job_id: str, error: dict[str, Any]) -> JobRow | None:
         from psycopg.types.json import Jsonb
