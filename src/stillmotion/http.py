@@ -11,11 +11,13 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .http_team import Probes, replicated, team_hosts
 from .server import build_server
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+GRACEFUL_S = 5
 MAX_BODY = 8 * 14 * 1024 * 1024  # eight 10 MB images as base64, with room for the JSON around them
 
 
@@ -59,17 +61,25 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
     if not _is_loopback(host):
         hosts += [host, f"{host}:{port}"]
         origins += [f"http://{host}:{port}", f"https://{host}"]
+    extra_hosts, extra_origins = team_hosts(settings)
+    hosts += extra_hosts
+    origins += extra_origins
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
     app: Any = server.streamable_http_app(
-        streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security
+        streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security,
+        stateless_http=replicated(settings),
     )
     if settings.http_token is not None:
         app = BearerGate(app, settings.http_token.reveal())
-    return app
+    manager = server.session_manager
+    # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
+    return Probes(app, lambda: getattr(getattr(manager, "_lifespan_state", None), "store", None))
 
 
 def serve_http(settings: Settings, host: str, port: int) -> int:
     app = build_http_app(settings, host, port)
     log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # SIGTERM: stop accepting, give open requests (a check_job wait, a listen stream) a few seconds,
+    # then the lifespan stops the runner and releases this process's leases for the other replicas.
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=GRACEFUL_S)
     return 0

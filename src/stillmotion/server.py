@@ -32,6 +32,7 @@ from pydantic import ConfigDict, Field, ValidationError
 from . import __version__
 from .catalog import MODELS, ModelSpec, catalog_table, model_ids_for_tool, models_for_tool, tool_model_rules
 from .errors import StillmotionError
+from .http_team import replicated
 from .jobs.store import JobRow
 from .requests import (
     CameraControl,
@@ -307,7 +308,10 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
         website_url="https://github.com/stillmotion/stillmotion",
     )
 
-    _serve_legacy_subscriptions(mcp, legacy_subscribers)
+    if not replicated(settings):
+        # (replicas serve 2025-era clients statelessly: no standing stream to notify on, so no
+        # resources/subscribe; 2026-era subscriptions/listen works on every replica)
+        _serve_legacy_subscriptions(mcp, legacy_subscribers)
 
     for tool in ("animate_image", "interpolate_frames", "camera_move", "motion_brush"):
         mcp.add_tool(

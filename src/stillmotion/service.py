@@ -20,6 +20,7 @@ import httpx
 
 from .catalog import MODELS
 from .errors import InvalidInput
+from .jobs.backends import open_for_settings
 from .jobs.runner import JobRunner
 from .jobs.store import JobRow, JobStore, args_fingerprint, new_job_id, validate_job_id
 from .media.images import LoadedImage, load_image
@@ -81,7 +82,7 @@ class Service:
     ) -> Service:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.db_path)
+        store = open_for_settings(settings)
 
         def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
             return render_job(ctx, out, progress, hold_file=settings.test_hold_file)
