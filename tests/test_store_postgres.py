@@ -1,6 +1,6 @@
 """The store contract on a real PostgreSQL (tests/pg.py starts a throwaway cluster), plus what
 only matters with replicas: migrations when several start at once, the idempotency race,
-SKIP LOCKED claims, change notifications across processes, the shared-folder marker."""
+SKIP LOCKED claims, the shared-folder marker."""
 
 from __future__ import annotations
 
@@ -111,34 +111,6 @@ def test_leases_are_on_the_database_clock(open_store: OpenStore) -> None:
         assert store.now() == pytest.approx(db_now[0], abs=2)
     finally:
         store.close()
-
-
-def test_listen_hears_visible_changes_from_another_replica(open_store: OpenStore) -> None:
-    a, b = open_store(), open_store()
-    heard: list[str] = []
-    got = threading.Event()
-
-    def on_change(job_id: str) -> None:
-        heard.append(job_id)
-        got.set()
-
-    try:
-        assert isinstance(b, PgStore)
-        b.listen(on_change)
-        row = _new(a, owner="a")
-        assert got.wait(10)
-        got.clear()
-        a.update_owned(row.id, "a", {"status": "running", "progress": 0.5})
-        assert got.wait(10)
-        assert heard == [row.id, row.id]
-        got.clear()
-        a.renew("a", 60)  # lease renewals are not visible changes
-        a.cancel(row.id, {"kind": "cancelled", "message": "x", "retryable": False})
-        assert got.wait(10)
-        assert heard == [row.id] * 3
-    finally:
-        a.close()
-        b.close()
 
 
 def test_shared_folder_marker(open_store: OpenStore, tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ Selected by `STILLMOTION_DATABASE_URL=postgresql://...` (needs `pip install 'sti
   any moment leaves nothing half-written.
 - The idempotency key has a unique index: the same key sent to two replicas at the same moment
   makes one job; the loser reads the winner's row.
-- A trigger NOTIFYs `stillmotion_jobs` with the job id on every insert/update, delivered at
-  commit; `listen()` turns that into a callback, so resource subscribers on any replica hear
-  about jobs that another replica drives.
+- Changes made by other replicas reach this one's waiters and resource subscribers the same way
+  as on SQLite: the runner polls `changed_since` (indexed on updated_at).
 - Times (created/updated, leases) come from the database clock, never a replica's, so replicas
   with skewed clocks still agree on whose lease has lapsed.
 - Claims lock the job row with `FOR UPDATE SKIP LOCKED`: a replica never waits on a row another
@@ -20,8 +19,7 @@ Selected by `STILLMOTION_DATABASE_URL=postgresql://...` (needs `pip install 'sti
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from .store import (
@@ -36,7 +34,6 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "stillmotion_jobs"
 MIGRATION_LOCK = 0x5354_4D4F  # "STMO": pg_advisory_xact_lock key for schema changes
 NOW = "extract(epoch from clock_timestamp())::double precision"
 NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
@@ -45,7 +42,7 @@ NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
 # never existed on PostgreSQL, so a new database goes straight to SCHEMA_VERSION). Each runs once,
 # in order, in the migration transaction; never edit a released one.
 MIGRATIONS: list[str] = [
-    # -> 2: jobs with ownership and resume bookmarks; NOTIFY on visible changes
+    # -> 2: jobs with ownership and resume bookmarks
     """
     CREATE TABLE IF NOT EXISTS jobs (
         id TEXT PRIMARY KEY,
@@ -78,18 +75,6 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
     CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
     CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner) WHERE owner IS NOT NULL;
-    CREATE OR REPLACE FUNCTION stillmotion_jobs_notify() RETURNS trigger AS $$
-    BEGIN
-        PERFORM pg_notify('stillmotion_jobs', NEW.id);
-        RETURN NULL;
-    END $$ LANGUAGE plpgsql;
-    DROP TRIGGER IF EXISTS jobs_notify_insert ON jobs;
-    CREATE TRIGGER jobs_notify_insert AFTER INSERT ON jobs
-        FOR EACH ROW EXECUTE FUNCTION stillmotion_jobs_notify();
-    DROP TRIGGER IF EXISTS jobs_notify_update ON jobs;
-    CREATE TRIGGER jobs_notify_update AFTER UPDATE ON jobs
-        FOR EACH ROW WHEN (OLD.updated_at IS DISTINCT FROM NEW.updated_at)
-        EXECUTE FUNCTION stillmotion_jobs_notify();
     """,
 ]
 assert len(MIGRATIONS) + 1 == SCHEMA_VERSION, "a new schema version needs a PostgreSQL migration"
@@ -118,7 +103,6 @@ class PgStore(JobStore):
         self.url = url
         self._psycopg = psycopg
         self._closed = False
-        self._listeners: list[_Listener] = []
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
@@ -158,8 +142,6 @@ class PgStore(JobStore):
         if self._closed:
             return
         self._closed = True
-        for listener in self._listeners:
-            listener.stop()
         self._pool.close()
 
     def now(self) -> float:
@@ -365,47 +347,3 @@ class PgStore(JobStore):
             assert held is not None
             return held
         return str(r["value"])
-
-    # -- change notifications across replicas ---------------------------------------------
-
-    def listen(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(job_id)` (on a background thread) whenever any process makes a visible
-        change to a job (insert, or an update that bumps updated_at)."""
-        listener = _Listener(self.url, callback, self._psycopg)
-        listener.start()
-        self._listeners.append(listener)
-
-
-class _Listener:
-    """One dedicated connection LISTENing on the jobs channel; reconnects if the database restarts."""
-
-    def __init__(self, url: str, callback: Callable[[str], None], psycopg: Any) -> None:
-        self.url = url
-        self.callback = callback
-        self.psycopg = psycopg
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="stillmotion-pg-listen", daemon=True)
-        self.ready = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-        self.ready.wait(10)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                with self.psycopg.connect(self.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self.ready.set()
-                    while not self._stop.is_set():
-                        for note in conn.notifies(timeout=0.5):
-                            self.callback(note.payload)
-            except Exception:
-                if self._stop.is_set():
-                    return
-                log.warning("job change listener lost its database connection; reconnecting", exc_info=True)
-                self._stop.wait(1.0)
