@@ -106,14 +106,14 @@ def _models() -> int:
 
 
 def _jobs(status: str | None, limit: int) -> int:
-    from .jobs.store import JobStore
+    from .jobs.store import SqliteStore
     from .settings import Settings
 
     settings = Settings.from_env()
     if not settings.db_path.exists():
         print("no jobs yet")
         return 0
-    store = JobStore(settings.db_path)
+    store = SqliteStore(settings.db_path)
     try:
         rows = store.recent(status=status, limit=limit)
     finally:

@@ -113,6 +113,12 @@ class Settings:
     """STILLMOTION_MAX_RUNNING_<KLINGAI|ALIBABA|XAI|GATEWAY>: provider tasks running at once, across the store."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
+    lease_ms: int = 30_000
+    """How long a process's claim on a job lasts without a heartbeat (STILLMOTION_LEASE_MS)."""
+    background: bool = True
+    """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
+    worker_idle_ms: int = 120_000
+    """The background worker exits after this long with nothing to do."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -180,6 +186,9 @@ class Settings:
             database_url=database_url,
             allowed_hosts=allowed_hosts,
             max_running=max_running,
+            lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
+            background=_flag(env, "STILLMOTION_BACKGROUND", True),
+            worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:
