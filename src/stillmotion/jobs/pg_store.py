@@ -22,6 +22,7 @@ import logging
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from .caps import RUNNING_SQL, RunningCap
 from .store import (
     JSON_COLS,
     ROW_COLS,
@@ -35,6 +36,7 @@ from .store import (
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x5354_4D4F  # "STMO": pg_advisory_xact_lock key for schema changes
+CAP_LOCK = 0x5354_4D43  # "STMC": pg_advisory_xact_lock(CAP_LOCK, hashtext(cap name)) around a cap check
 NOW = "extract(epoch from clock_timestamp())::double precision"
 NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
 
@@ -290,6 +292,34 @@ class PgStore(JobStore):
             f"UPDATE jobs SET {', '.join(cols)} WHERE id=%s AND owner=%s AND {NOT_TERMINAL} RETURNING *",
             (*vals, job_id, owner),
         )
+        return self._row(r) if r else None
+
+    def update_owned_capped(
+        self, job_id: str, owner: str, values: Mapping[str, Any], *, cap: RunningCap, lease_s: float | None = None
+    ) -> JobRow | None:
+        if self._closed:
+            return None
+        cols, vals = self._encode(values)
+        cols.append(f"updated_at={NOW}")
+        if lease_s is not None:
+            cols.append(f"lease_expires_at={NOW} + %s")
+            vals.append(lease_s)
+        model_cond = " AND model = ANY(%s)" if cap.models is not None else ""
+        params: tuple[Any, ...] = (job_id, cap.route) + ((list(cap.models),) if cap.models is not None else ())
+        with self._pool.connection() as conn, conn.transaction():
+            # one cap checker at a time per cap, across every replica; READ COMMITTED gives the
+            # count below a fresh snapshot taken after the lock, so it sees every committed start
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CAP_LOCK, cap.name))
+            counted = conn.execute(
+                f"SELECT COUNT(*) AS n FROM jobs WHERE id<>%s AND route=%s AND {RUNNING_SQL}{model_cond}", params
+            ).fetchone()
+            running = int(counted["n"]) if counted else 0
+            if running >= cap.limit:
+                raise cap.reached(running)
+            r = conn.execute(
+                f"UPDATE jobs SET {', '.join(cols)} WHERE id=%s AND owner=%s AND {NOT_TERMINAL} RETURNING *",
+                (*vals, job_id, owner),
+            ).fetchone()
         return self._row(r) if r else None
 
     def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
