@@ -79,6 +79,10 @@ def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, 
     raise ValueError(f"no provider for {provider} via {route}")
 
 
+ACTIVE: list[Service] = []
+"""Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -117,18 +121,29 @@ class Service:
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         await self.runner.start(tg)
+        ACTIVE.append(self)
 
     def stop(self) -> None:
         """Every job task stops (call before cancelling the task group that runs them)."""
         self.runner.stop()
 
     def close(self) -> int:
-        """After every job task stopped: release this process's jobs, close the store. Returns how
-        many unfinished jobs were released (another process, or the background worker, finishes them)."""
+        """After every job task stopped: release this process's jobs, close the store, and (a stdio
+        server with STILLMOTION_BACKGROUND=1) make sure a background worker finishes them. Returns
+        how many unfinished jobs were released."""
+        ACTIVE[:] = [s for s in ACTIVE if s is not self]
         try:
-            return self.runner.release()
+            released = self.runner.release()
         finally:
             self.store.close()
+        if released and self.settings.transport == "stdio" and self.settings.background:
+            from .jobs.worker import ensure_worker
+
+            try:
+                ensure_worker(self.settings)
+            except OSError:
+                log.exception("could not start the background worker; the jobs resume with the next server")
+        return released
 
     # -- submit --------------------------------------------------------------------------
 
