@@ -89,11 +89,12 @@ def img(tmp_path: Path) -> Path:
 
 
 def team_env(pg_url: str, shared: Path, img: Path, fakes: Fakes | None = None, **extra: str) -> dict[str, str]:
-    return base_env(
-        STILLMOTION_HOME=str(shared), STILLMOTION_DATABASE_URL=pg_url, STILLMOTION_INPUT_ROOTS=str(img.parent),
-        STILLMOTION_POLL_INTERVAL_MS="200", STILLMOTION_RETRY_BASE_MS="20", STILLMOTION_LEASE_MS=str(LEASE_MS),
-        **(fakes.env() if fakes else {}), **extra,
-    )
+    env = {
+        "STILLMOTION_HOME": str(shared), "STILLMOTION_DATABASE_URL": pg_url, "STILLMOTION_INPUT_ROOTS": str(img.parent),
+        "STILLMOTION_POLL_INTERVAL_MS": "200", "STILLMOTION_RETRY_BASE_MS": "20", "STILLMOTION_LEASE_MS": str(LEASE_MS),
+        **(fakes.env() if fakes else {}),
+    }  # fmt: skip
+    return base_env(**{**env, **extra})
 
 
 def gen_args(model: str, img: Path, **extra: Any) -> dict[str, Any]:
