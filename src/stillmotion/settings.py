@@ -181,6 +181,7 @@ class Settings:
             poll_interval_ms=_int(env, "STILLMOTION_POLL_INTERVAL_MS", 5000),
             poll_timeout_ms=_int(env, "STILLMOTION_POLL_TIMEOUT_MS", 600_000),
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
+            max_retries=max(0, _int(env, "STILLMOTION_MAX_RETRIES", 5)),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
             test_hold_file=Path(hold) if hold else None,
             database_url=database_url,

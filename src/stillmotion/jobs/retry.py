@@ -28,6 +28,10 @@ async def _sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
+def _secs(delay: float) -> str:
+    return f"{delay:.0f} s" if delay >= 10 else f"{delay:.1f} s"
+
+
 @dataclass
 class RetryPolicy:
     base_s: float = 1.0
@@ -45,8 +49,8 @@ class RetryPolicy:
 
     def detail(self, attempt: int, err: StillmotionError, delay: float) -> str:
         if isinstance(err, ConcurrencyLimited):
-            return f"queued: {err.message}; trying again in {delay:.0f} s"
-        return f"retrying: {err.message}, attempt {attempt} of {self.max_retries}, next in {delay:.0f} s"
+            return f"queued: {err.message}; trying again in {_secs(delay)}"
+        return f"retrying: {err.message}, attempt {attempt} of {self.max_retries}, next in {_secs(delay)}"
 
     def should_retry(self, attempt: int, err: StillmotionError) -> bool:
         """attempt = how many retries this would be (1 = the first retry)."""

@@ -455,13 +455,14 @@ class JobRunner:
         async def attempt() -> StartResult:
             async with self._create_slots:
                 t0 = time.monotonic()
+                # (a retry's status_detail stays until the create is answered)
                 if cap is None:
-                    self._set(job, stage="submitting", lease_s=self.lease_s)
+                    self._set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
                 else:  # raises CapReached (a ConcurrencyLimited: the job waits queued, no attempt limit)
-                    self._set_capped(job, cap, stage="submitting", lease_s=self.lease_s)
+                    self._set_capped(job, cap, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
                 if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
-                    self._set(job, stage="new")
+                    self._set(job, stage="new", status_detail=job.row.status_detail)
                     raise ProviderError("the lease ran short before the create request went out", retryable=True)
                 return await provider.start(ctx)
 
