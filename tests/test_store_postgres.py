@@ -164,3 +164,20 @@ def test_cluster_is_a_real_server_run_by_a_non_root_user(pg: PgCluster) -> None:
     import os
 
     assert owner != 0 or os.geteuid() != 0
+
+
+def test_jobs_command_lists_the_team_store(open_store: OpenStore, pg_url: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.replicas import base_env
+
+    store = open_store()
+    try:
+        row = _new(store, owner="otherhost:1:2:abc")
+    finally:
+        store.close()
+    env = base_env(STILLMOTION_HOME=str(tmp_path / "home"), STILLMOTION_DATABASE_URL=pg_url)
+    out = subprocess.run([sys.executable, "-m", "stillmotion", "jobs"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert row.id in out.stdout and "owner otherhost:1:2:abc" in out.stdout
