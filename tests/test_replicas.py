@@ -300,11 +300,19 @@ def test_one_session_alternating_between_two_replicas(
                 names = {t.name for t in (await c.list_tools()).tools}
                 assert {"animate_image", "check_job", "cancel_job"} <= names
                 job = structured(await c.call_tool("animate_image", gen_args(LOCAL, img, wait_seconds=0)))
+                progress: list[float] = []
+
+                async def on_progress(p: float, total: float | None, message: str | None) -> None:
+                    progress.append(p)
+
                 for _ in range(30):
-                    got = structured(await c.call_tool("check_job", {"job_id": job["job_id"], "wait_seconds": 5}))
+                    got = structured(await c.call_tool(
+                        "check_job", {"job_id": job["job_id"], "wait_seconds": 5}, progress_callback=on_progress
+                    ))
                     if got["status"] in TERMINAL:
                         break
                 assert got["status"] == "succeeded", got
+                assert progress and progress[-1] == 1.0, "progress reaches the caller through any replica"
                 listed = structured(await c.call_tool("list_jobs", {}))
                 assert job["job_id"] in [j["job_id"] for j in listed["jobs"]]
                 video = await c.read_resource(f"stillmotion://jobs/{job['job_id']}/video.mp4")
