@@ -67,3 +67,14 @@ def test_allowed_hosts_setting_is_checked() -> None:
     caps = Settings.from_env({"STILLMOTION_MAX_RUNNING_KLINGAI": "5", "STILLMOTION_MAX_RUNNING_GATEWAY": "2"})
     assert caps.max_running == {"klingai": 5, "gateway": 2}
     assert "pw-x9" not in repr(Settings.from_env({"STILLMOTION_DATABASE_URL": "postgresql://u:pw-x9@h/db"}))
+
+
+def test_team_hosts_forms() -> None:
+    from stillmotion.http_team import team_hosts
+
+    s = Settings.from_env({"STILLMOTION_ALLOWED_HOSTS": "mcp.example.com,10.0.0.5:8443,[fd00::1],[fd00::2]:9000"},
+                          transport="http")
+    hosts, origins = team_hosts(s)
+    assert hosts == ["mcp.example.com", "mcp.example.com:*", "10.0.0.5:8443", "[fd00::1]", "[fd00::1]:*", "[fd00::2]:9000"]
+    assert "https://mcp.example.com" in origins and "https://10.0.0.5:8443" in origins
+    assert "http://[fd00::1]:*" in origins and "http://[fd00::2]:9000" in origins

@@ -33,7 +33,8 @@ def team_hosts(settings: Settings) -> tuple[list[str], list[str]]:
     hosts: list[str] = []
     origins: list[str] = []
     for name in settings.allowed_hosts:
-        if ":" in name and not name.startswith("["):  # host:port as given
+        has_port = "]:" in name if name.startswith("[") else ":" in name
+        if has_port:  # host:port as given
             hosts.append(name)
             origins += [f"http://{name}", f"https://{name}"]
             continue
