@@ -109,6 +109,7 @@ class RoundRobinProxy:
         self.port = free_port()
         self.sent: list[str] = []
         self._i = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ready = threading.Event()
@@ -125,8 +126,19 @@ class RoundRobinProxy:
 
     def __exit__(self, *exc: object) -> None:
         assert self._loop is not None
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(20)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+
+    async def _shutdown(self) -> None:
+        """Close the listener and every open connection (no task or socket outlives the proxy)."""
+        assert self._server is not None
+        self._server.close()
+        tasks = [t for t in self._tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._server.wait_closed()
 
     def _run(self) -> None:
         self._loop = asyncio.new_event_loop()
@@ -135,10 +147,13 @@ class RoundRobinProxy:
         try:
             self._loop.run_forever()
         finally:
-            self._server.close()
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
             async with httpx.AsyncClient(timeout=httpx.Timeout(120.0)) as client:
                 while True:
@@ -167,7 +182,10 @@ class RoundRobinProxy:
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
                     await resp.aclose()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await writer.wait_closed()
+            self._tasks.discard(task)
