@@ -111,6 +111,8 @@ class Settings:
     """STILLMOTION_ALLOWED_HOSTS: host names HTTP clients use (checked against the Host header)."""
     max_running: dict[str, int] = field(default_factory=dict)
     """STILLMOTION_MAX_RUNNING_<KLINGAI|ALIBABA|XAI|GATEWAY>: provider tasks running at once, across the store."""
+    resource_links: bool = True
+    """STILLMOTION_RESOURCE_LINKS=0: tool results carry no resource_link (the text names the file)."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
     lease_ms: int = 30_000
@@ -183,6 +185,7 @@ class Settings:
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
             max_retries=max(0, _int(env, "STILLMOTION_MAX_RETRIES", 5)),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
+            resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
             database_url=database_url,
             allowed_hosts=allowed_hosts,
