@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
+import httpx
 import pytest
 from mcp import Client
 
@@ -329,6 +331,13 @@ def test_one_session_alternating_between_two_replicas(
                         break
                 assert got["status"] == "succeeded", got
                 assert progress and progress[-1] == 1.0, "progress reaches the caller through any replica"
+                # the signed file link one replica made is honoured by every replica (shared secret + volume)
+                link = urlsplit(got["video"]["http_url"])
+                async with httpx.AsyncClient(timeout=30) as web:
+                    for r in reps:
+                        got_file = await web.get(f"{r.base}{link.path}?{link.query}")
+                        assert got_file.status_code == 200
+                        assert hashlib.sha256(got_file.content).hexdigest() == got["video"]["sha256"]
                 listed = structured(await c.call_tool("list_jobs", {}))
                 assert job["job_id"] in [j["job_id"] for j in listed["jobs"]]
                 video = await c.read_resource(f"stillmotion://jobs/{job['job_id']}/video.mp4")
