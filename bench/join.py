@@ -1,4 +1,4 @@
-"""Section 5: join_clips. Three 2 s 720p clips joined by stream copy (same encoding) and by
+"""Section 6: join_clips. Three 2 s 720p clips joined by stream copy (same encoding) and by
 re-encode (one clip of another size and frame rate), and with a 0.5 s crossfade."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _time(fn: Callable[[], object], reps: int) -> Stat:
 
 
 def run(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> Section:
-    sec = Section("5. join_clips: three 2 s clips")
+    sec = Section("6. join_clips: three 2 s clips")
     reps = 2 if quick else 5
     log("section 4: join_clips")
     a = clip_facts(_clip(tmp / "a.mp4", 1280, 720, 24, 2.0, 1))
