@@ -27,7 +27,7 @@ from stillmotion.jobs.pg_store import PgStore
 from stillmotion.jobs.store import JobRow
 from stillmotion.media.video import probe_video
 from tests.conftest import write_image
-from tests.fakes import GatewayFake, KlingFake, XaiFake
+from tests.fakes import BlobFake, GatewayFake, KlingFake, XaiFake
 from tests.fakes.base import FakeServer, Recorded, instance_of
 from tests.replicas import Replica, RoundRobinProxy, base_env, replicas, start_replica
 
@@ -46,13 +46,15 @@ class Fakes:
         self.kling = KlingFake(api_key="kling-key")
         self.xai = XaiFake(api_key="xai-key-0123456789")
         self.gateway = GatewayFake(api_key="gw-key")
-        self.all: list[FakeServer] = [self.kling, self.xai, self.gateway]
+        self.blob = BlobFake()  # Wan through the Gateway takes image URLs: local images go through Blob
+        self.all: list[FakeServer] = [self.kling, self.xai, self.gateway, self.blob]
 
     def env(self) -> dict[str, str]:
         return {
             "KLINGAI_API_KEY": "kling-key", "KLINGAI_BASE_URL": self.kling.base_url,
             "XAI_API_KEY": "xai-key-0123456789", "XAI_BASE_URL": self.xai.api_base,
             "AI_GATEWAY_API_KEY": "gw-key", "AI_GATEWAY_BASE_URL": self.gateway.base_url + "/v4/ai",
+            "BLOB_READ_WRITE_TOKEN": self.blob.token, "VERCEL_BLOB_API_URL": self.blob.base_url,
         }  # fmt: skip
 
     def hold(self) -> None:
