@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from stillmotion.jobs.store import DuplicateIdempotencyKey, JobRow, JobStore, new_job_id
+from stillmotion.jobs.store import DuplicateIdempotencyKey, JobHead, JobRow, JobStore, new_job_id
 
 __all__ = [
     "OpenStore",
@@ -32,6 +32,7 @@ __all__ = [
     "test_claim_rules",
     "test_create_and_read_back",
     "test_duplicate_idempotency_key",
+    "test_heads_match_full_rows",
     "test_meta_table",
     "test_recent_and_unfinished",
     "test_release",
@@ -220,6 +221,27 @@ def test_changed_since_reports_visible_changes_not_renewals(store: JobStore) -> 
     store.cancel(a.id, {"kind": "cancelled", "message": "x", "retryable": False})
     assert [r.id for r in store.changed_since(mark)] == [b.id, a.id]
     assert store.changed_since(store.changed_since(mark)[-1].updated_at) == []
+
+
+def test_heads_match_full_rows(store: JobStore) -> None:
+    """The narrow reads the runner polls with say exactly what the full reads say."""
+    rows = []
+    for owner in ("a", None, "b"):
+        rows.append(_new(store, owner=owner, lease_s=30 if owner else None))
+        time.sleep(0.002)
+    mark = max(r.updated_at for r in rows)
+    time.sleep(0.01)
+    store.update_owned(rows[2].id, "b", {"status": "running", "progress": 0.5})
+    store.cancel(rows[0].id, {"kind": "cancelled", "message": "x", "retryable": False})
+    assert store.unfinished_heads() == [JobHead.of(r) for r in store.unfinished()]
+    assert [h.id for h in store.unfinished_heads()] == [rows[1].id, rows[2].id]
+    changed = store.heads_changed_since(mark)
+    assert changed == [JobHead.of(r) for r in store.changed_since(mark)]
+    assert [(h.id, h.status, h.owner, h.terminal) for h in changed] == [
+        (rows[2].id, "running", "b", False),
+        (rows[0].id, "cancelled", "a", True),
+    ]
+    assert store.heads_changed_since(mark, limit=1) == changed[:1]
 
 
 def test_recent_and_unfinished(store: JobStore) -> None:

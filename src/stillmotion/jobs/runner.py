@@ -203,7 +203,7 @@ class JobRunner:
         """Claim every unfinished job that is ours to take: no owner, a lapsed lease, a gone owner."""
         if self._stopping:
             return
-        rows = self.store.unfinished()
+        rows = self.store.unfinished_heads()
         now = self.store.now()
         others = {r.owner for r in rows if r.owner and r.owner != self.owner}
         stale = {o for o in others if owner_is_gone(o)}
@@ -218,7 +218,9 @@ class JobRunner:
             if claimed is None:
                 continue
             if not mine:
-                log.info("took over job %s (%s, stage %s) from %s", row.id, row.status, row.stage, row.owner or "nobody")
+                log.info(
+                    "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
+                )
             self._launch(claimed)
 
     def heartbeat(self) -> None:
@@ -234,7 +236,7 @@ class JobRunner:
 
     def watch(self) -> None:
         """Notice changes other processes made: wake waiters, notify subscribers, stop what we lost."""
-        rows = self.store.changed_since(self._watch_mark - WATCH_MARGIN_S)
+        rows = self.store.heads_changed_since(self._watch_mark - WATCH_MARGIN_S)
         for row in rows:
             if self._seen.get(row.id) == row.updated_at:
                 continue
@@ -284,8 +286,17 @@ class JobRunner:
             for job_id in batch:
                 await self.on_change(job_id)
 
+    def change_event(self, job_id: str) -> anyio.Event:
+        """Set at the job's next change (own write, cancel, render progress, or another process's
+        write seen by the store watch). Take it BEFORE reading the row: a change after the read
+        then cannot be missed."""
+        ev = self._events.get(job_id)
+        if ev is None:
+            ev = self._events[job_id] = anyio.Event()
+        return ev
+
     async def wait_change(self, job_id: str, timeout: float) -> None:
-        ev = self._events.setdefault(job_id, anyio.Event())
+        ev = self.change_event(job_id)
         with anyio.move_on_after(max(0.0, timeout)):
             await ev.wait()
 

@@ -101,6 +101,28 @@ class JobRow:
         return self.status in TERMINAL
 
 
+@dataclass(frozen=True)
+class JobHead:
+    """The few columns the runner's periodic scans need (no JSON to decode): who holds the job,
+    until when, its public status and when it last changed."""
+
+    id: str
+    status: str
+    owner: str | None
+    lease_expires_at: float | None
+    updated_at: float
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def of(cls, row: JobRow) -> JobHead:
+        return cls(row.id, row.status, row.owner, row.lease_expires_at, row.updated_at)
+
+
+HEAD_COLS = "id, status, owner, lease_expires_at, updated_at"
+
 JSON_COLS = frozenset({"request", "operation", "warnings", "error", "result"})
 ROW_COLS = tuple(f.name for f in fields(JobRow))
 WRITABLE = frozenset(ROW_COLS) - {"id", "created_at", "updated_at"}
@@ -155,6 +177,15 @@ class JobStore(ABC):
     def changed_since(self, since: float, *, limit: int = 1000) -> list[JobRow]:
         """Jobs whose `updated_at` is greater than `since`, oldest change first (for cross-process
         notifications: poll with the largest `updated_at` seen, minus a small margin)."""
+
+    def unfinished_heads(self) -> list[JobHead]:
+        """`unfinished()`, heads only (the claim scan reads every unfinished job every few seconds).
+        An engine may override this with a narrower read; the answer must be the same."""
+        return [JobHead.of(r) for r in self.unfinished()]
+
+    def heads_changed_since(self, since: float, *, limit: int = 1000) -> list[JobHead]:
+        """`changed_since()`, heads only (the store watch polls it twice a second)."""
+        return [JobHead.of(r) for r in self.changed_since(since, limit=limit)]
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -397,6 +428,17 @@ class SqliteStore(JobStore):
     def changed_since(self, since: float, *, limit: int = 1000) -> list[JobRow]:
         return self._select("updated_at > ?", (since, limit), "ORDER BY updated_at LIMIT ?")
 
+    def _heads(self, where: str, params: tuple[Any, ...], tail: str) -> list[JobHead]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {HEAD_COLS} FROM jobs WHERE {where} {tail}", params).fetchall()
+        return [JobHead(*r) for r in rows]
+
+    def unfinished_heads(self) -> list[JobHead]:
+        return self._heads(_NOT_TERMINAL, (), "ORDER BY created_at")
+
+    def heads_changed_since(self, since: float, *, limit: int = 1000) -> list[JobHead]:
+        return self._heads("updated_at > ?", (since, limit), "ORDER BY updated_at LIMIT ?")
+
     # -- writes -----------------------------------------------------------------------------
 
     @staticmethod
@@ -497,12 +539,12 @@ class SqliteStore(JobStore):
             if self._closed:
                 return None
             with self._write() as db:
-                cur = db.execute(
-                    f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND owner=? AND {_NOT_TERMINAL}",
+                # RETURNING: the new row comes back from the write itself (no second read)
+                rows = db.execute(
+                    f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND owner=? AND {_NOT_TERMINAL} RETURNING *",
                     (*vals, job_id, owner),
-                )
-                changed = cur.rowcount
-        return self.get(job_id) if changed else None
+                ).fetchall()
+        return self._row(rows[0]) if rows else None
 
     def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
         with self._lock:
