@@ -74,6 +74,18 @@ async def _alone(tmp: Path, fake: FakeKlingProcess) -> float:
     return sorted(vals)[len(vals) // 2]
 
 
+def _start_spy(pid: int) -> subprocess.Popen[bytes] | None:
+    out = os.environ.get("BENCH_PYSPY")
+    exe = shutil.which("py-spy")
+    if not out or not exe or not pid:
+        return None
+    fmt = "raw" if out.endswith(".txt") else "flamegraph"
+    return subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-o", out, "-f", fmt, "-r", "50", "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[str], None]) -> dict[str, Any]:
     img = small_png(tmp / "small.png")
     home = tmp / f"home-waiters-{n_jobs}"
@@ -85,15 +97,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     check_calls: list[int] = []
     async with StdioMCP(_env(home, fake)) as mcp:
         assert mcp.watch is not None
-        spy: subprocess.Popen[bytes] | None = None
-        spy_out = os.environ.get("BENCH_PYSPY")
-        if spy_out and shutil.which("py-spy"):
-            fmt = "raw" if spy_out.endswith(".txt") else "flamegraph"
-            spy = subprocess.Popen(
-                ["py-spy", "record", "-p", str(mcp.proc.pid if mcp.proc else 0), "-o", spy_out, "-f", fmt, "-r", "50",
-                 "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
+        spy = _start_spy(mcp.proc.pid if mcp.proc else 0)
         cpu0 = mcp.watch.cpu_seconds()
         t_start = time.perf_counter()
         limiter = anyio.CapacityLimiter(25)
@@ -101,7 +105,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
         async def agent(i: int) -> None:
             async with limiter:
                 job_id = await mcp.job("animate_image", _args(img, POLL_MS))
-            sc, at, calls = await _check_until_end(mcp, job_id, f"agent-{i}")
+            _, at, calls = await _check_until_end(mcp, job_id, f"agent-{i}")
             seen_at[job_id] = at
             check_calls.append(calls)
 
