@@ -1,4 +1,4 @@
-"""Section 5: server work per provider job with agents waiting in ``check_job``.
+"""Section 6: server work per provider job with agents waiting in ``check_job``.
 
 The same fake Kling server as section 2 (its own process, loopback), but the way agents use the
 server: every job is submitted and then watched by its own agent, which calls ``check_job`` with
@@ -137,9 +137,9 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
 
 
 def run(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> Section:
-    sec = Section("5. Server work per provider job, agents waiting in check_job")
+    sec = Section("6. Server work per provider job, agents waiting in check_job")
     n_jobs = 100 if quick else 500
-    log(f"section 5: {n_jobs} jobs, {POLL_MS} ms polls, one agent per job waiting in check_job")
+    log(f"section 6: {n_jobs} jobs, {POLL_MS} ms polls, one agent per job waiting in check_job")
     with FakeKlingProcess("kling-bench-key") as fake:
         alone = anyio.run(_alone, tmp, fake)
         fake.call("clear")
