@@ -30,6 +30,7 @@ from mcp.types import (
 from pydantic import ConfigDict, Field, ValidationError
 
 from . import __version__
+from .apps import apps_extension, link_player
 from .catalog import MODELS, ModelSpec, catalog_table, model_ids_for_tool, models_for_tool, tool_model_rules
 from .errors import StillmotionError
 from .jobs.store import JobRow
@@ -44,6 +45,7 @@ from .requests import (
 )
 from .service import Service
 from .settings import Settings
+from .tasks import TasksExtension
 from .tools.results import JobList, JobResult, call_result, job_result
 from .validation import ToolArgs
 
@@ -302,9 +304,10 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
 
     legacy_subscribers: dict[str, set[Any]] = {}
 
+    tasks = TasksExtension()
     mcp: MCPServer[Service] = MCPServer(
         "stillmotion", title="stillmotion", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
-        website_url="https://github.com/stillmotion/stillmotion",
+        website_url="https://github.com/stillmotion/stillmotion", extensions=[apps_extension(), tasks],
     )
 
     _serve_legacy_subscriptions(mcp, legacy_subscribers)
@@ -402,6 +405,8 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
     def last_frame_resource(job_id: str, ctx: Context[Service]) -> bytes:
         return _file(job_id, "last-frame.png", ctx)
 
+    link_player(mcp)  # _meta.ui.resourceUri on every job-returning tool (hosts without Apps ignore it)
+    tasks.bind(mcp)
     return mcp
 
 
