@@ -55,6 +55,7 @@ TASK_TOOLS = frozenset({"animate_image", "interpolate_frames", "camera_move", "m
 TTL_MS = 7 * 24 * 3600 * 1000  # a week: a person may come back to a clip the next day
 POLL_MS = {"local": 1000}  # local renders take seconds; provider jobs take minutes
 DEFAULT_POLL_MS = 5000
+JOB_META = "stillmotion/job_id"  # in each task's _meta: the job behind it, for check_job and the resources
 
 TaskStatus = Literal["working", "completed", "cancelled"]
 STATUS: dict[str, TaskStatus] = {
@@ -191,6 +192,7 @@ class TasksExtension(Extension):
             "lastUpdatedAt": _iso(max(task.created_at, row.updated_at)),
             "ttlMs": task.ttl_ms,
             "pollIntervalMs": POLL_MS.get(row.route, DEFAULT_POLL_MS),
+            "_meta": {JOB_META: row.id},
         }
 
     async def _check_job(self, ctx: ServerRequestContext[Any, Any], job_id: str) -> dict[str, Any]:
