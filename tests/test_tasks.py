@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import secrets
+import sqlite3
 import subprocess
 import sys
 import time
@@ -19,12 +20,22 @@ import anyio
 import httpx
 import pytest
 from mcp import Client, MCPError
-from mcp_types import CallToolRequest, CallToolRequestParams, CallToolResult, TaskMetadata
+from mcp_types import (
+    CallToolRequest,
+    CallToolRequestParams,
+    CallToolResult,
+    SubscriptionFilter,
+    SubscriptionsListenRequest,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+    TaskMetadata,
+)
 from mcp_types.jsonrpc import HEADER_MISMATCH
 
 from stillmotion.jobs.store import JobStore
 from stillmotion.server import build_server
 from stillmotion.settings import Settings
+from stillmotion.tasks import TaskStore
 from tests.conftest import SettingsFactory, structured
 from tests.tasks_client import (
     EXTENSION_ID,
@@ -292,3 +303,28 @@ def test_over_http_the_mcp_name_header_must_name_the_task(home: Path, image_480:
     finally:
         proc.terminate()
         proc.communicate(timeout=20)
+
+
+async def test_an_expired_task_is_refused_and_purged(make_settings: SettingsFactory, image_480: Path) -> None:
+    settings = make_settings()
+    async with _task_client(settings) as client:
+        task = await _start(client, image_480)
+        assert task.ttl_ms is not None
+        with sqlite3.connect(settings.db_path) as db:  # eight days later
+            db.execute("UPDATE tasks SET created_at = created_at - 8 * 86400 WHERE task_id = ?", (task.task_id,))
+        db.close()
+        with pytest.raises(MCPError) as err:
+            await get_task(client.session, task.task_id)
+        assert err.value.error.code == -32602 and "expired" in err.value.error.message
+        assert structured(await _check_job(client, _job_id(task)))["job_id"] == _job_id(task)  # the job stays
+    store = TaskStore(settings.db_path)
+    assert store.purge_expired() == 1 and store.get(task.task_id) is None
+
+
+async def test_task_notifications_need_the_declaration(make_settings: SettingsFactory) -> None:
+    async with Client(build_server(make_settings())) as client:  # type: ignore[arg-type]
+        request = SubscriptionsListenRequest(params=SubscriptionsListenRequestParams(
+            notifications=SubscriptionFilter.model_validate({"taskIds": ["task_x"], "toolsListChanged": True})))
+        with pytest.raises(MCPError) as err, anyio.fail_after(20):  # accepted, it would stream forever
+            await client.session.send_request(request, SubscriptionsListenResult)
+        assert err.value.error.code == -32021

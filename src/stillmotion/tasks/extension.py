@@ -100,8 +100,19 @@ class TasksExtension(Extension):
         self._stores: dict[str, TaskStore] = {}
 
     def bind(self, server: MCPServer[Any]) -> None:
-        """Give the extension the server whose `check_job` produces completed results."""
+        """Give the extension the server whose `check_job` produces completed results, and gate
+        `subscriptions/listen` task notifications (which this server does not push) on the declaration."""
         self._server = server
+        server._lowlevel_server.middleware.append(self._listen_gate)
+
+    async def _listen_gate(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        """SEP-2663: a non-declaring client asking `subscriptions/listen` for `taskIds` gets -32021.
+        A declaring one is acknowledged without them (the SDK echoes only what it honors): poll tasks/get."""
+        if ctx.method == "subscriptions/listen" and ctx.request_id is not None:
+            notifications = (ctx.params or {}).get("notifications")
+            if isinstance(notifications, dict) and "taskIds" in notifications:
+                require_client_extension(ctx, EXTENSION_ID)
+        return await call_next(ctx)
 
     def methods(self) -> Sequence[MethodBinding]:
         versions = frozenset(MODERN_PROTOCOL_VERSIONS)
