@@ -27,8 +27,6 @@ from mcp import MCPError
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension, MethodBinding
-from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.server import require_client_extension
 from mcp.shared.inbound import MCP_NAME_HEADER, decode_header_value
 from mcp_types import (
@@ -37,12 +35,11 @@ from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
     RequestParams,
-    TextContent,
 )
 from mcp_types import methods as _methods
 from mcp_types.jsonrpc import HEADER_MISMATCH
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StillmotionError
 from ..jobs.store import JobRow
@@ -207,16 +204,14 @@ class TasksExtension(Extension):
         }
 
     async def _check_job(self, ctx: ServerRequestContext[Any, Any], job_id: str) -> dict[str, Any]:
-        """Exactly what `tools/call check_job` answers: the same tool, called through the server."""
+        """Exactly what `tools/call check_job` answers: the server's own tools/call handler (every
+        extension's interceptor included) runs check_job, and the result is shaped as on the wire."""
         assert self._server is not None, "TasksExtension.bind(server) was not called"
-        context: Context[Any] = Context(request_context=ctx, mcp_server=self._server)
-        try:
-            result = await self._server.call_tool("check_job", {"job_id": job_id}, context)
-        except ToolError as exc:
-            result = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
-        if not isinstance(result, CallToolResult):
-            raise MCPError(code=INTERNAL_ERROR, message="check_job did not return a tool result")
-        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+        entry = self._server._lowlevel_server.get_request_handler("tools/call")
+        if entry is None:
+            raise MCPError(code=INTERNAL_ERROR, message="tools/call is not served")
+        result = await entry.handler(ctx, CallToolRequestParams(name="check_job", arguments={"job_id": job_id}))
+        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True) if isinstance(result, BaseModel) else dict(result or {})
         return _methods.serialize_server_result("tools/call", ctx.protocol_version, dumped)
 
     def _store(self, svc: Any) -> TaskStore:
