@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from mcp import Client
 from mcp_types import TextResourceContents
 
 from stillmotion.apps import APP_MIME_TYPE, PLAYER_URI, player_html
@@ -75,3 +76,22 @@ async def test_clients_without_apps_get_exactly_the_ordinary_result(
     dump = got.model_dump(mode="json", exclude_none=True, exclude={"meta", "result_type"})
     assert dump == expected.model_dump(mode="json", exclude_none=True, exclude={"meta", "result_type"})
     assert not any("ui://" in str(block) for block in got.content)
+
+
+async def test_signed_file_origin_goes_into_the_player_csp(make_settings: SettingsFactory) -> None:
+    from types import SimpleNamespace
+
+    from mcp.server import MCPServer
+
+    from stillmotion.apps import apps_extension, file_origins
+
+    http = SimpleNamespace(file_links=SimpleNamespace(base_url="https://video.example.com:8443/base"))
+    assert file_origins(http) == ["https://video.example.com:8443"]
+    assert file_origins(make_settings()) == []  # stdio: no file links, nothing declared
+    server: MCPServer[None] = MCPServer("t", extensions=[apps_extension(file_origins(http))])
+    async with Client(server) as client:
+        (res,) = (await client.list_resources()).resources
+        assert res.meta is not None and res.meta["ui"]["csp"] == {"resourceDomains": ["https://video.example.com:8443"]}
+    async with connect(make_settings()) as client:
+        listed = {str(r.uri): r for r in (await client.list_resources()).resources}
+        assert "csp" not in ((listed[PLAYER_URI].meta or {}).get("ui") or {})  # the spec's default CSP applies

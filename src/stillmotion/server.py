@@ -30,7 +30,7 @@ from mcp.types import (
 from pydantic import ConfigDict, Field, ValidationError
 
 from . import __version__
-from .apps import apps_extension, link_player
+from .apps import apps_extension, file_origins, link_player
 from .catalog import MODELS, ModelSpec, catalog_table, model_ids_for_tool, models_for_tool, tool_model_rules
 from .errors import StillmotionError
 from .jobs.store import JobRow
@@ -307,7 +307,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
     tasks = TasksExtension()
     mcp: MCPServer[Service] = MCPServer(
         "stillmotion", title="stillmotion", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan,
-        website_url="https://github.com/stillmotion/stillmotion", extensions=[apps_extension(), tasks],
+        website_url="https://github.com/stillmotion/stillmotion", extensions=[tasks, apps_extension(file_origins(settings))],
     )
 
     _serve_legacy_subscriptions(mcp, legacy_subscribers)

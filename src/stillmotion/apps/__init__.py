@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 from mcp.server import MCPServer
 from mcp.server.apps import APP_MIME_TYPE, Apps, ResourceCsp
@@ -18,11 +19,22 @@ PLAYER_URI = "ui://stillmotion/player.html"
 # Every tool whose result is a job (join_clips once it exists); missing names are skipped.
 PLAYER_TOOLS = ("animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips", "check_job")
 
-__all__ = ["APP_MIME_TYPE", "PLAYER_TOOLS", "PLAYER_URI", "apps_extension", "link_player", "player_html"]
+__all__ = [
+    "APP_MIME_TYPE", "PLAYER_TOOLS", "PLAYER_URI", "apps_extension", "file_origins", "link_player", "player_html",
+]
 
 
 def player_html() -> str:
     return files(__package__).joinpath("player.html").read_text(encoding="utf-8")
+
+
+def file_origins(settings: Any) -> list[str]:
+    """The origin of the HTTP transport's signed file links (`video.http_url`), when it serves them."""
+    base = getattr(getattr(settings, "file_links", None), "base_url", None)
+    if not isinstance(base, str) or not base:
+        return []
+    url = urlsplit(base)
+    return [f"{url.scheme}://{url.netloc}"] if url.scheme in ("http", "https") and url.netloc else []
 
 
 def apps_extension(file_origins: list[str] | None = None) -> Apps:

@@ -36,7 +36,7 @@ type Block = { type: string; text?: string; data?: string; mimeType?: string };
 type ToolResult = { content?: Block[]; structuredContent?: Record<string, unknown>; isError?: boolean };
 
 /** Largest clip read inline through resources/read (base64 in one message); bigger clips need a file URL. */
-const INLINE_MAX_BYTES = 24 * 1024 * 1024;
+const INLINE_MAX_BYTES = 32 * 1024 * 1024; // the server's default STILLMOTION_MAX_RESOURCE_BYTES
 const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 const STATUS_TEXT: Record<string, string> = {
   queued: "Queued: waiting for a free worker for",
