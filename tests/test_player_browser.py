@@ -70,9 +70,9 @@ async def _browser() -> AsyncIterator[Any]:
             await browser.close()
 
 
-async def _host(browser: Any, client: Client) -> tuple[Any, Any]:
+async def _host(browser: Any, client: Client, *, csp: str = DEFAULT_CSP, page: Any = None) -> tuple[Any, Any]:
     """A page running the official AppBridge with the player from resources/read; returns (page, player frame)."""
-    page = await browser.new_page(viewport={"width": 740, "height": 560})
+    page = page or await browser.new_page(viewport={"width": 740, "height": 560})
 
     async def forward(method: str, params: dict[str, Any]) -> dict[str, Any]:
         if method == "tools/call":
@@ -89,7 +89,7 @@ async def _host(browser: Any, client: Client) -> tuple[Any, Any]:
     uri = (tool.meta or {})["ui"]["resourceUri"]
     assert uri == PLAYER_URI
     player = (await client.read_resource(uri)).contents[0]
-    await page.evaluate("([html, csp]) => window.mountPlayer(html, csp)", [player.text, DEFAULT_CSP])  # type: ignore[union-attr]
+    await page.evaluate("([html, csp]) => window.mountPlayer(html, csp)", [player.text, csp])  # type: ignore[union-attr]
     frame = next(f for f in page.frames if f is not page.main_frame)
     return page, frame
 
@@ -197,3 +197,63 @@ async def test_player_shows_a_failed_job(make_settings: SettingsFactory, image_4
         assert await frame.is_hidden("#done") and await frame.is_hidden("#running")
         await page.locator(".chat").screenshot(path=str(_shots(tmp_path) / "player-failed.png"))
         hold.unlink()
+
+
+def _csp_for(resource_meta: dict[str, Any] | None) -> str:
+    """What a host builds from the resource's `_meta.ui.csp`: the default plus the declared origins."""
+    domains = " ".join(((resource_meta or {}).get("ui") or {}).get("csp", {}).get("resourceDomains", []))
+    return DEFAULT_CSP.replace("media-src 'self' data:", f"media-src 'self' data: {domains}".rstrip())
+
+
+@asynccontextmanager
+async def _file_server(root: Path) -> AsyncIterator[str]:
+    """A loopback HTTP server for the clip, standing in for the transport's signed /files/ links."""
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(10)
+
+
+async def test_player_plays_from_a_declared_file_url_and_falls_back_when_refused(
+    make_settings: SettingsFactory, image_480: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings()
+    async with connect(settings) as client:
+        job = structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))
+        await wait_done(client, job["job_id"])
+    clip_dir = settings.output_dir / job["job_id"]
+    # one origin the resource declares, one it does not: the host's CSP refuses the second, so the
+    # player falls back to reading the clip through the server
+    async with _file_server(clip_dir) as origin, _file_server(clip_dir) as undeclared:
+        import stillmotion.server
+
+        monkeypatch.setattr(stillmotion.server, "file_origins", lambda _settings: [origin])  # as over HTTP
+        async with connect(settings) as client, _browser() as browser:
+            listed = {str(r.uri): r for r in (await client.list_resources()).resources}
+            csp = _csp_for(listed[PLAYER_URI].meta)
+            assert origin in csp
+            for base, read_through_server in ((origin, False), (undeclared, True)):
+                result = _dump(await client.call_tool("check_job", {"job_id": job["job_id"]}))
+                result["structuredContent"]["video"]["http_url"] = f"{base}/video.mp4?exp=1&sig=x"
+                page = await browser.new_page()
+                _, frame = await _host(browser, client, csp=csp, page=page)
+                await page.evaluate("r => window.sendToolResult(r)", result)
+                await _until(frame, "document.getElementById('video').readyState >= 2")
+                reads = [e for e in await page.evaluate("window.hostLog") if e.startswith("resources/read stillmotion")]
+                assert bool(reads) is read_through_server, (base, reads)
+                src = await frame.evaluate("document.getElementById('video').currentSrc")
+                assert src.startswith(f"{base}/video.mp4") if not read_through_server else src.startswith("data:video/mp4")
+                await page.close()
