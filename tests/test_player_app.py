@@ -20,7 +20,7 @@ pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web" / "player"
-SOURCES = ["package.json", "package-lock.json", "build.mjs", "src/index.html", "src/style.css", "src/main.ts"]
+SOURCES = ["package.json", "package-lock.json", "build.mjs", "src/index.html", "src/style.css", "src/main.ts", "src/test-host.ts"]
 LOCAL = {"model": "local/preview", "local": {"resolution": "480p"}, "duration": 1}
 
 
@@ -33,6 +33,8 @@ def test_built_player_is_self_contained_and_matches_its_sources() -> None:
         h.update((name + "\n").encode())
         h.update((WEB / name).read_text(encoding="utf-8").replace("\r\n", "\n").encode())
     assert m.group(1) == h.hexdigest(), "player.html is stale: run `npm ci && npm run build` in web/player"
+    host = (ROOT / "tests" / "browser" / "host.js").read_text(encoding="utf-8")
+    assert host.startswith(f"// Built by web/player/build.mjs from src/test-host.ts; do not edit. source-sha256: {m.group(1)}\n")
     # nothing is fetched at run time: no external script, style, font or module
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import|https?://[^\s\"')]+\.(js|css|mjs)\b", html)
     assert "ui/initialize" in html  # the official App class is bundled in

@@ -11,7 +11,7 @@ const root = join(here, "..", "..");
 const PLAYER_OUT = join(root, "src", "stillmotion", "apps", "player.html");
 const HOST_OUT = join(root, "tests", "browser", "host.js");
 // Files whose content decides the output; tests/test_player_app.py hashes the same list.
-export const SOURCES = ["package.json", "package-lock.json", "build.mjs", "src/index.html", "src/style.css", "src/main.ts"];
+export const SOURCES = ["package.json", "package-lock.json", "build.mjs", "src/index.html", "src/style.css", "src/main.ts", "src/test-host.ts"];
 
 function sourceHash() {
   const h = createHash("sha256");
@@ -60,7 +60,8 @@ async function main() {
   const html =
     `<!-- stillmotion player (MCP App). Built by web/player/build.mjs; do not edit. source-sha256: ${sourceHash()} -->\n` +
     template.replace("/*STYLE*/", () => css.trim()).replace("/*SCRIPT*/", () => js.trim());
-  const host = await bundle("src/test-host.ts");
+  const host = `// Built by web/player/build.mjs from src/test-host.ts; do not edit. source-sha256: ${sourceHash()}\n` +
+    (await bundle("src/test-host.ts"));
   const check = process.argv.includes("--check");
   for (const [path, text] of [[PLAYER_OUT, html], [HOST_OUT, host]]) {
     if (check) {
