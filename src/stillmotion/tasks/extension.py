@@ -100,7 +100,7 @@ class TasksExtension(Extension):
         """Give the extension the server whose `check_job` produces completed results, and gate
         `subscriptions/listen` task notifications (which this server does not push) on the declaration."""
         self._server = server
-        server._lowlevel_server.middleware.append(self._listen_gate)
+        server.middleware.append(self._listen_gate)
 
     async def _listen_gate(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         """SEP-2663: a non-declaring client asking `subscriptions/listen` for `taskIds` gets -32021.
