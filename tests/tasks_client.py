@@ -100,3 +100,14 @@ class TasksClient(ClientExtension):
 
     def claims(self) -> Sequence[ResultClaim[Any]]:
         return (ResultClaim(result_type="task", model=CreateTaskResult, resolve=_resolve),)
+
+
+def open_jobs(path: Any) -> Any:
+    """The job store for a test to read or repair (the store interface when it exists)."""
+    try:
+        from stillmotion.jobs.store import open_store  # type: ignore[attr-defined]
+    except ImportError:
+        from stillmotion.jobs.store import JobStore
+
+        return JobStore(path)
+    return open_store(path)

@@ -15,6 +15,7 @@ from mcp_types import TextResourceContents
 from stillmotion.apps import APP_MIME_TYPE, PLAYER_URI, player_html
 from stillmotion.tools.results import call_result
 from tests.conftest import SettingsFactory, connect, structured, wait_done
+from tests.tasks_client import open_jobs
 
 pytestmark = pytest.mark.anyio
 
@@ -66,9 +67,8 @@ async def test_clients_without_apps_get_exactly_the_ordinary_result(
         job = structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))
         await wait_done(client, job["job_id"])
         got = await client.call_tool("check_job", {"job_id": job["job_id"]})
-    from stillmotion.jobs.store import JobStore
 
-    store = JobStore(settings.db_path)
+    store = open_jobs(settings.db_path)
     try:
         row = store.get(job["job_id"])
         assert row is not None

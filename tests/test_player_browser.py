@@ -18,8 +18,8 @@ import pytest
 from mcp import Client
 
 from stillmotion.apps import PLAYER_URI
-from stillmotion.jobs.store import JobStore
 from tests.conftest import SettingsFactory, connect, structured, wait_done
+from tests.tasks_client import open_jobs
 
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +182,7 @@ async def test_player_shows_a_failed_job(make_settings: SettingsFactory, image_4
     async with connect(settings) as client, _browser() as browser:
         job = structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))
         await _park(client, job["job_id"])
-        store = JobStore(settings.db_path)  # the provider's verdict, as the runner stores it
+        store = open_jobs(settings.db_path)  # the provider's verdict, as the runner stores it
         store.update(job["job_id"], status="failed", stage="done", error={
             "kind": "content_filtered", "message": "The provider's safety filter blocked this output.", "retryable": False})
         store.close()

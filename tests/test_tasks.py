@@ -32,7 +32,6 @@ from mcp_types import (
 )
 from mcp_types.jsonrpc import HEADER_MISMATCH
 
-from stillmotion.jobs.store import JobStore
 from stillmotion.server import build_server
 from stillmotion.settings import Settings
 from stillmotion.tasks import TaskStore
@@ -43,6 +42,7 @@ from tests.tasks_client import (
     TasksClient,
     cancel_task,
     get_task,
+    open_jobs,
     update_task,
 )
 
@@ -139,7 +139,7 @@ async def test_a_failed_generation_is_a_completed_task_whose_result_says_so(
         task = await _start(client, image_480)
         job_id = _job_id(task)
         await _parked(client, job_id)
-        store = JobStore(settings.db_path)  # the provider's verdict, as the runner would store it
+        store = open_jobs(settings.db_path)  # the provider's verdict, as the runner would store it
         store.update(job_id, status="failed", stage="done", error={
             "kind": "content_filtered", "message": "the provider's safety filter blocked the output", "retryable": False})
         store.close()
