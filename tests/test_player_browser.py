@@ -128,7 +128,7 @@ async def test_player_plays_a_finished_clip(make_settings: SettingsFactory, imag
         assert violated == "img-src"  # the player runs under the spec's restrictive CSP: no network at all
 
         await page.evaluate("r => window.sendToolResult(r)", _dump(result))
-        await _until(frame, "document.getElementById('video').readyState >= 2")
+        await _until(frame, "document.getElementById('video').readyState >= 2 && !document.getElementById('play').disabled")
         log = await page.evaluate("window.hostLog")
         assert f"resources/read stillmotion://jobs/{job['job_id']}/video.mp4" in log  # read through the server
         assert await frame.inner_text("#fact-size") == "640×480"
@@ -147,7 +147,8 @@ async def test_player_plays_a_finished_clip(make_settings: SettingsFactory, imag
         await _until(frame, "document.getElementById('video').currentTime === 0")
         await page.keyboard.press("ArrowRight")  # scrubbing from the keyboard
         await _until(frame, "document.getElementById('video').currentTime >= 0.45")
-        assert await frame.evaluate("document.getElementById('seek').value") == "500"
+        await _until(frame, "document.getElementById('seek').value === '500'")  # the seek bar follows the clip
+        assert await frame.inner_text("#time") == "0:00.5 / 0:01.0"
         await page.locator(".chat").screenshot(path=str(_shots(tmp_path) / "player-finished.png"))
 
 
