@@ -328,3 +328,21 @@ async def test_task_notifications_need_the_declaration(make_settings: SettingsFa
         with pytest.raises(MCPError) as err, anyio.fail_after(20):  # accepted, it would stream forever
             await client.session.send_request(request, SubscriptionsListenResult)
         assert err.value.error.code == -32021
+
+
+async def test_status_message_is_the_jobs_status_detail(
+    make_settings: SettingsFactory, image_480: Path, tmp_path: Path
+) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()
+    settings = make_settings(STILLMOTION_TEST_HOLD_FILE=str(hold))
+    async with _task_client(settings) as client:
+        task = await _start(client, image_480)
+        await _parked(client, _job_id(task))
+        store = open_jobs(settings.db_path)  # what the runner writes while it retries a provider call
+        store.update(_job_id(task), status_detail="provider busy (HTTP 503); retry 2 of 5 in 4 s")
+        store.close()
+        view = await get_task(client.session, task.task_id)
+        assert view.status == "working"
+        assert view.status_message == "provider busy (HTTP 503); retry 2 of 5 in 4 s"
+        assert structured(await _check_job(client, _job_id(task)))["status_detail"] == view.status_message
