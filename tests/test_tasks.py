@@ -251,7 +251,7 @@ def _free_port() -> int:
 def test_over_http_the_mcp_name_header_must_name_the_task(home: Path, image_480: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STILLMOTION_")}
-    env.update(STILLMOTION_HOME=str(home), PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    env.update(STILLMOTION_HOME=str(home), STILLMOTION_BACKGROUND="0", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "stillmotion", "serve", "--http", "--port", str(port)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
