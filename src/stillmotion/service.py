@@ -147,9 +147,9 @@ class Service:
 
     # -- submit --------------------------------------------------------------------------
 
-    async def submit(self, args: ToolArgs, *, raw_args: dict[str, Any], idempotency_key: str | None) -> JobRow:
+    async def submit(self, args: ToolArgs, *, idempotency_key: str | None) -> JobRow:
         """Validate everything, store the job, start it. Raises InvalidInput/MissingCredentials."""
-        fingerprint = args_fingerprint({"tool": args.tool, **raw_args})
+        fingerprint = args_fingerprint(args.fingerprint())
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(idempotency_key)
             if existing is not None:

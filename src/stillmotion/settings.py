@@ -96,6 +96,8 @@ class Settings:
     local_concurrency: int = 1
     max_fetch_bytes: int = 50 * 1024 * 1024
     max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    resource_links: bool = True
+    """STILLMOTION_RESOURCE_LINKS=0: tool results carry no resource_link (the text names the file)."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
     lease_ms: int = 30_000
@@ -152,6 +154,7 @@ class Settings:
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
             max_retries=max(0, _int(env, "STILLMOTION_MAX_RETRIES", 5)),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
+            resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),

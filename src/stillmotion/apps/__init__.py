@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from mcp.server import MCPServer
 from mcp.server.apps import APP_MIME_TYPE, Apps, ResourceCsp
 
+from ..tools import _sdk
+
 PLAYER_URI = "ui://stillmotion/player.html"
 # Every tool whose result is a job (join_clips once it exists); missing names are skipped.
 PLAYER_TOOLS = ("animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips", "check_job")
@@ -57,7 +59,7 @@ def link_player(server: MCPServer[Any]) -> list[str]:
     """Stamp `_meta.ui.resourceUri` on every job-returning tool already registered. Returns their names."""
     linked = []
     for name in PLAYER_TOOLS:
-        tool = server._tool_manager.get_tool(name)
+        tool = _sdk.registered_tool(server, name)
         if tool is None:
             continue
         meta = dict(tool.meta or {})

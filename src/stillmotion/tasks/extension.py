@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StillmotionError
 from ..jobs.store import JobRow
+from ..tools import _sdk
 from .store import TaskRow, TaskStore
 
 log = logging.getLogger(__name__)
@@ -207,10 +208,10 @@ class TasksExtension(Extension):
         """Exactly what `tools/call check_job` answers: the server's own tools/call handler (every
         extension's interceptor included) runs check_job, and the result is shaped as on the wire."""
         assert self._server is not None, "TasksExtension.bind(server) was not called"
-        entry = self._server._lowlevel_server.get_request_handler("tools/call")
-        if entry is None:
+        handler = _sdk.tools_call_handler(self._server)
+        if handler is None:
             raise MCPError(code=INTERNAL_ERROR, message="tools/call is not served")
-        result = await entry.handler(ctx, CallToolRequestParams(name="check_job", arguments={"job_id": job_id}))
+        result = await handler(ctx, CallToolRequestParams(name="check_job", arguments={"job_id": job_id}))
         dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True) if isinstance(result, BaseModel) else dict(result or {})
         return _methods.serialize_server_result("tools/call", ctx.protocol_version, dumped)
 
