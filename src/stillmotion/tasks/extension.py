@@ -137,7 +137,7 @@ class TasksExtension(Extension):
             return result
         svc = ctx.lifespan_context
         task = self._store(svc).create(job_id, TTL_MS)
-        log.info("task %s… created for job %s", task.task_id[:12], job_id)
+        log.info("task created for job %s", job_id)  # the task id is a bearer: never logged
         return {"resultType": "task", **self._task(task, svc.get(job_id))}
 
     @staticmethod
