@@ -53,6 +53,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..requests import StoredImage
+from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
@@ -140,7 +141,7 @@ def describe_warning(w: Any) -> str:
 
 def _warnings(body: Any) -> list[str]:
     ws = body.get("warnings") if isinstance(body, dict) else None
-    return [describe_warning(w) for w in ws] if isinstance(ws, list) else []
+    return [scrub(describe_warning(w)) for w in ws] if isinstance(ws, list) else []
 
 
 def _video(videos: Any) -> VideoResult | StillmotionError:
