@@ -97,3 +97,16 @@ async def test_signed_file_origin_goes_into_the_player_csp(make_settings: Settin
     async with connect(make_settings()) as client:
         listed = {str(r.uri): r for r in (await client.list_resources()).resources}
         assert "csp" not in ((listed[PLAYER_URI].meta or {}).get("ui") or {})  # the spec's default CSP applies
+
+
+async def test_over_http_the_player_may_load_the_signed_file_links(make_settings: SettingsFactory) -> None:
+    import dataclasses
+
+    from stillmotion.file_links import FileLinks
+    from stillmotion.server import build_server
+
+    settings = dataclasses.replace(make_settings("http"), file_links=FileLinks("http://127.0.0.1:8765", b"k" * 32))
+    async with Client(build_server(settings)) as client:
+        listed = {str(r.uri): r for r in (await client.list_resources()).resources}
+    meta = listed[PLAYER_URI].meta
+    assert meta is not None and meta["ui"]["csp"] == {"resourceDomains": ["http://127.0.0.1:8765"]}

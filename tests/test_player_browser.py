@@ -258,3 +258,54 @@ async def test_player_plays_from_a_declared_file_url_and_falls_back_when_refused
                 src = await frame.evaluate("document.getElementById('video').currentSrc")
                 assert src.startswith(f"{base}/video.mp4") if not read_through_server else src.startswith("data:video/mp4")
                 await page.close()
+
+
+def test_over_http_the_player_plays_the_signed_file_link(home: Path, image_480: Path) -> None:
+    """The real HTTP transport: the result's `video.http_url` (a signed /files/ link) is declared
+    in the player resource's CSP, and the clip plays from it without a resources/read."""
+    import base64
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    _need_browser()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STILLMOTION_")}
+    env.update(STILLMOTION_HOME=str(home), STILLMOTION_BACKGROUND="0", PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
+    proc = subprocess.Popen([sys.executable, "-m", "stillmotion", "serve", "--http", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        for _ in range(200):
+            try:
+                httpx.get(url, timeout=0.5)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+        async def run() -> None:
+            image = "data:image/png;base64," + base64.b64encode(image_480.read_bytes()).decode()
+            async with Client(url) as client, _browser() as browser:
+                job = structured(await client.call_tool("animate_image", {"image": image, **LOCAL}))
+                await wait_done(client, job["job_id"])
+                result = _dump(await client.call_tool("check_job", {"job_id": job["job_id"]}))
+                link = result["structuredContent"]["video"]["http_url"]
+                assert link.startswith(f"http://127.0.0.1:{port}/files/")
+                listed = {str(r.uri): r for r in (await client.list_resources()).resources}
+                csp = _csp_for(listed[PLAYER_URI].meta)
+                assert f"http://127.0.0.1:{port}" in csp
+                page, frame = await _host(browser, client, csp=csp)
+                await page.evaluate("r => window.sendToolResult(r)", result)
+                await _until(frame, "document.getElementById('video').readyState >= 2")
+                assert await frame.evaluate("document.getElementById('video').currentSrc") == link
+                assert not [e for e in await page.evaluate("window.hostLog") if "video.mp4" in e]  # no inline read
+
+        anyio.run(run)
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
