@@ -346,3 +346,18 @@ async def test_status_message_is_the_jobs_status_detail(
         assert view.status == "working"
         assert view.status_message == "provider busy (HTTP 503); retry 2 of 5 in 4 s"
         assert structured(await _check_job(client, _job_id(task)))["status_detail"] == view.status_message
+
+
+async def test_join_clips_shows_the_player_and_answers_with_a_task(make_settings: SettingsFactory, image_480: Path) -> None:
+    pytest.importorskip("stillmotion.tools.join", reason="join_clips is not in this build yet")
+    async with _task_client(make_settings()) as client:
+        tools = {t.name: t for t in (await client.list_tools()).tools}
+        assert (tools["join_clips"].meta or {}).get("ui", {}).get("resourceUri") == "ui://stillmotion/player.html"
+        clips = [structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))["job_id"]
+                 for _ in range(2)]  # the task client resolves these transparently
+        res = await client.session.call_tool("join_clips", {"clips": clips}, allow_claimed=True)
+        assert isinstance(res, CreateTaskResult), res
+        done = await _until(client, res.task_id, "completed")
+        assert done.result is not None and done.result["structuredContent"]["tool"] == "join_clips"
+        assert done.result["structuredContent"]["status"] == "succeeded"
+        assert _wire(done.result) == _wire(await _check_job(client, _job_id(res)))
