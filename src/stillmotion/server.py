@@ -21,6 +21,7 @@ from . import __version__
 from .apps import apps_extension, file_origins, link_player
 from .arguments import WAIT_MAX_S
 from .catalog import catalog_table
+from .http_team import replicated
 from .service import Service
 from .settings import Settings
 from .tasks import TasksExtension
@@ -95,7 +96,10 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
     calls.server = mcp
     link_player(mcp)  # _meta.ui.resourceUri on every job-returning tool (hosts without Apps ignore it)
     tasks.bind(mcp)
-    legacy.register(mcp)
+    if not replicated(settings):
+        # (replicas serve 2025-era clients statelessly: no standing stream to notify on, so no
+        # resources/subscribe; 2026-era subscriptions/listen works on every replica)
+        legacy.register(mcp)
     resources.register(mcp, settings)
     return mcp
 

@@ -22,6 +22,7 @@ import httpx
 from . import __version__
 from .catalog import MODELS
 from .errors import InvalidInput
+from .jobs.backends import open_for_settings
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
 from .jobs.store import (
@@ -30,7 +31,6 @@ from .jobs.store import (
     JobStore,
     args_fingerprint,
     new_job_id,
-    open_store,
     validate_job_id,
 )
 from .media.images import LoadedImage, load_image, off_loop
@@ -104,7 +104,7 @@ class Service:
         install_log_scrubber()
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings.db_path)
+        store = open_for_settings(settings)
         owner = owner or new_owner_id()
         client.headers["User-Agent"] = user_agent(owner)
 
