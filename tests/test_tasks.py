@@ -9,7 +9,6 @@ import base64
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,7 +33,6 @@ from mcp_types.jsonrpc import HEADER_MISMATCH
 
 from stillmotion.server import build_server
 from stillmotion.settings import Settings
-from stillmotion.tasks import TaskStore
 from tests.conftest import SettingsFactory, structured
 from tests.tasks_client import (
     EXTENSION_ID,
@@ -305,20 +303,21 @@ def test_over_http_the_mcp_name_header_must_name_the_task(home: Path, image_480:
         proc.communicate(timeout=20)
 
 
-async def test_an_expired_task_is_refused_and_purged(make_settings: SettingsFactory, image_480: Path) -> None:
+async def test_an_expired_task_is_refused(make_settings: SettingsFactory, image_480: Path) -> None:
     settings = make_settings()
     async with _task_client(settings) as client:
         task = await _start(client, image_480)
         assert task.ttl_ms is not None
-        with sqlite3.connect(settings.db_path) as db:  # eight days later
-            db.execute("UPDATE tasks SET created_at = created_at - 8 * 86400 WHERE task_id = ?", (task.task_id,))
-        db.close()
+        store = open_jobs(settings.db_path)  # eight days later
+        key = "task:" + task.task_id
+        stored = json.loads(store.meta_get(key))
+        assert stored["job_id"] == _job_id(task)  # the mapping lives in the job store (shared by replicas)
+        store.meta_set(key, json.dumps({**stored, "created_at": stored["created_at"] - 8 * 86400}))
+        store.close()
         with pytest.raises(MCPError) as err:
             await get_task(client.session, task.task_id)
         assert err.value.error.code == -32602 and "expired" in err.value.error.message
         assert structured(await _check_job(client, _job_id(task)))["job_id"] == _job_id(task)  # the job stays
-    store = TaskStore(settings.db_path)
-    assert store.purge_expired() == 1 and store.get(task.task_id) is None
 
 
 async def test_task_notifications_need_the_declaration(make_settings: SettingsFactory) -> None:
@@ -361,3 +360,21 @@ async def test_join_clips_shows_the_player_and_answers_with_a_task(make_settings
         assert done.result is not None and done.result["structuredContent"]["tool"] == "join_clips"
         assert done.result["structuredContent"]["status"] == "succeeded"
         assert _wire(done.result) == _wire(await _check_job(client, _job_id(res)))
+
+
+async def test_on_postgresql_the_task_lives_in_the_shared_database(
+    make_settings: SettingsFactory, image_480: Path, pg_url: str
+) -> None:
+    from stillmotion.jobs.pg_store import PgStore
+
+    settings = make_settings(STILLMOTION_DATABASE_URL=pg_url)
+    async with _task_client(settings) as client:
+        task = await _start(client, image_480)
+    shared = PgStore(pg_url, pool_size=1)  # what every replica reads
+    try:
+        assert json.loads(shared.meta_get("task:" + task.task_id) or "{}")["job_id"] == _job_id(task)
+    finally:
+        shared.close()
+    async with _task_client(make_settings(STILLMOTION_DATABASE_URL=pg_url)) as client:
+        done = await _until(client, task.task_id, "completed")
+        assert done.result is not None and done.result["structuredContent"]["status"] == "succeeded"

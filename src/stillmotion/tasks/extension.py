@@ -95,7 +95,6 @@ class TasksExtension(Extension):
 
     def __init__(self) -> None:
         self._server: MCPServer[Any] | None = None
-        self._stores: dict[str, TaskStore] = {}
 
     def bind(self, server: MCPServer[Any]) -> None:
         """Give the extension the server whose `check_job` produces completed results, and gate
@@ -215,9 +214,6 @@ class TasksExtension(Extension):
         dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True) if isinstance(result, BaseModel) else dict(result or {})
         return _methods.serialize_server_result("tools/call", ctx.protocol_version, dumped)
 
-    def _store(self, svc: Any) -> TaskStore:
-        path = svc.settings.db_path
-        store = self._stores.get(str(path))
-        if store is None:
-            store = self._stores[str(path)] = TaskStore(path)
-        return store
+    @staticmethod
+    def _store(svc: Any) -> TaskStore:
+        return TaskStore(svc.store)

@@ -1,29 +1,20 @@
-"""task id -> job id, durably: one small table in the job database (SQLite, WAL).
+"""task id -> job id, durably, in the job store itself (its key-value `meta` table).
 
-Kept apart from the job store on purpose: a task is only a second, unguessable name for a job
-that a tasks-extension client holds, so every status and result is read from the job itself.
-Each call opens a short-lived connection (tasks/* are polled every few seconds at most), so
-there is nothing to close at shutdown and any thread may use it.
+A task is only a second, unguessable name for a job that a tasks-extension client holds, so every
+status and result is read from the job. Keeping the mapping in the job store means it lives
+wherever the jobs live: the SQLite file under the home, or the PostgreSQL database that HTTP
+replicas share (a task created on one replica resolves on every other).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
-import sqlite3
 import time
-from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT PRIMARY KEY,
-    job_id TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    ttl_ms INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS tasks_job ON tasks(job_id);
-"""
+KEY_PREFIX = "task:"
 
 
 def new_task_id() -> str:
@@ -43,32 +34,26 @@ class TaskRow:
 
 
 class TaskStore:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with closing(self._connect()) as db:
-            db.executescript(SCHEMA)
+    """Over any job store with `meta_get` / `meta_set` (SqliteStore, PgStore)."""
 
-    def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
+    def __init__(self, jobs: Any) -> None:
+        self.jobs = jobs
 
     def create(self, job_id: str, ttl_ms: int) -> TaskRow:
-        """Insert and commit before returning: a tasks/get for the id resolves as soon as we answer."""
+        """Committed before returning: a tasks/get for the id resolves as soon as we answer."""
         row = TaskRow(new_task_id(), job_id, time.time(), ttl_ms)
-        with closing(self._connect()) as db:
-            db.execute(
-                "INSERT INTO tasks (task_id, job_id, created_at, ttl_ms) VALUES (?,?,?,?)",
-                (row.task_id, row.job_id, row.created_at, row.ttl_ms),
-            )
+        value = json.dumps({"job_id": row.job_id, "created_at": row.created_at, "ttl_ms": row.ttl_ms})
+        self.jobs.meta_set(KEY_PREFIX + row.task_id, value)
         return row
 
     def get(self, task_id: str) -> TaskRow | None:
-        with closing(self._connect()) as db:
-            r = db.execute("SELECT task_id, job_id, created_at, ttl_ms FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-        return TaskRow(r[0], r[1], float(r[2]), int(r[3])) if r else None
+        if not task_id.startswith("task_") or len(task_id) > 200:
+            return None
+        raw = self.jobs.meta_get(KEY_PREFIX + task_id)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return TaskRow(task_id, str(data["job_id"]), float(data["created_at"]), int(data["ttl_ms"]))
 
-    def purge_expired(self, now: float | None = None) -> int:
-        now = now if now is not None else time.time()
-        with closing(self._connect()) as db:
-            return db.execute("DELETE FROM tasks WHERE created_at + ttl_ms / 1000.0 < ?", (now,)).rowcount
+    def forget(self, task_id: str) -> None:
+        self.jobs.meta_set(KEY_PREFIX + task_id, None)
