@@ -44,6 +44,14 @@ from .requests import (
 )
 from .service import Service
 from .settings import Settings
+from .tools.cost import (
+    GEN_EXCLUDED_FROM_FINGERPRINT,
+    GenerationResult,
+    cost_params,
+    dry_run_result,
+    fix_output_schema,
+    gate,
+)
 from .tools.results import JobList, JobResult, call_result, job_result
 from .validation import ToolArgs
 
@@ -197,7 +205,7 @@ def _to_args(tool: str, kw: dict[str, Any]) -> ToolArgs:
 def _raw(kw: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in kw.items():
-        if k in ("wait_seconds", "idempotency_key"):
+        if k in ("wait_seconds", "idempotency_key", *GEN_EXCLUDED_FROM_FINGERPRINT):
             continue
         out[k] = v.model_dump(mode="json", exclude_none=True) if hasattr(v, "model_dump") else (
             [x.model_dump(mode="json", exclude_none=True) if hasattr(x, "model_dump") else x for x in v]
@@ -233,9 +241,13 @@ def _tool_error(exc: StillmotionError) -> ToolError:
 def _make_generation_tool(tool: str, settings: Settings) -> Callable[..., Any]:
     async def fn(**kw: Any) -> CallToolResult:
         ctx: Context[Service] = kw.pop("ctx")
+        confirmation = kw.pop("confirmation", None)
         svc = _service(ctx)
         wait_seconds = float(kw.get("wait_seconds") or 0)
         try:
+            if kw.get("dry_run"):
+                return await dry_run_result(svc, _to_args(tool, kw))
+            gate(confirmation, kw.get("confirm_cost_usd"), svc.settings.confirm_above_usd)
             row = await svc.submit(_to_args(tool, kw), raw_args=_raw(kw), idempotency_key=kw.get("idempotency_key"))
             if wait_seconds > 0:
                 row = await svc.wait(row.id, wait_seconds, await _progress_reporter(ctx))
@@ -249,8 +261,9 @@ def _make_generation_tool(tool: str, settings: Settings) -> Callable[..., Any]:
         return call_result(row)
 
     params = [*TOOL_PARAMS[tool], *_common_params(tool, settings.strict_capabilities, settings.default_model)]
+    params = cost_params(tool, params, _to_args)
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
-    ret = Annotated[CallToolResult, JobResult]
+    ret = Annotated[CallToolResult, GenerationResult]
     fn.__signature__ = inspect.Signature(params, return_annotation=ret)  # type: ignore[attr-defined]
     fn.__annotations__ = {p.name: p.annotation for p in params} | {"return": ret}
     fn.__name__ = tool
@@ -318,6 +331,7 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
             annotations=GEN_ANNOTATIONS,
         )
         _forbid_extra_arguments(mcp, tool)
+        fix_output_schema(mcp._tool_manager.get_tool(tool).output_schema)  # type: ignore[union-attr]
 
     @mcp.tool(annotations=READ_ANNOTATIONS)
     async def check_job(

@@ -11,7 +11,10 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from .pricing import PriceBook, PriceFileError, load_price_book
+
 Route = Literal["auto", "direct", "gateway"]
+BudgetPeriod = Literal["day", "month", "total"]
 Transport = Literal["stdio", "http", "inproc"]
 
 DEFAULT_BASE_URLS = {
@@ -70,6 +73,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
+def _usd(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"environment variable {name} must be an amount in US dollars >= 0 (like 25 or 2.50), got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -96,6 +112,13 @@ class Settings:
     local_concurrency: int = 1
     max_fetch_bytes: int = 50 * 1024 * 1024
     max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    prices: PriceBook = field(default_factory=PriceBook)
+    """The built-in price table plus STILLMOTION_PRICES (validated at start-up)."""
+    budget_usd: float | None = None
+    """STILLMOTION_BUDGET_USD: the most the period's committed + in-flight spend may reach."""
+    budget_period: BudgetPeriod = "month"
+    confirm_above_usd: float | None = None
+    """STILLMOTION_CONFIRM_ABOVE_USD: jobs estimated above this need the person's yes."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
 
@@ -124,6 +147,13 @@ class Settings:
             if value:
                 base_urls[key] = value.rstrip("/")
         hold = env.get("STILLMOTION_TEST_HOLD_FILE", "").strip()
+        try:
+            prices = load_price_book(env.get("STILLMOTION_PRICES"))
+        except PriceFileError as exc:
+            raise ValueError(str(exc)) from None
+        period = env.get("STILLMOTION_BUDGET_PERIOD", "").strip().lower() or "month"
+        if period not in ("day", "month", "total"):
+            raise ValueError(f"STILLMOTION_BUDGET_PERIOD must be day, month or total, got {period!r}")
         return cls(
             home=home,
             output_dir=output_dir,
@@ -145,6 +175,10 @@ class Settings:
             poll_timeout_ms=_int(env, "STILLMOTION_POLL_TIMEOUT_MS", 600_000),
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
+            prices=prices,
+            budget_usd=_usd(env, "STILLMOTION_BUDGET_USD"),
+            budget_period=period,  # type: ignore[arg-type]
+            confirm_above_usd=_usd(env, "STILLMOTION_CONFIRM_ABOVE_USD"),
             test_hold_file=Path(hold) if hold else None,
         )
 

@@ -38,6 +38,7 @@ from ..errors import (
 )
 from ..media.net import UrlGuard, download_to_file
 from ..media.publish import Samples
+from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
@@ -377,6 +378,8 @@ class JobRunner:
     async def _handle_status(
         self, job_id: str, st: Status, provider: Provider, ctx: JobContext, op: dict[str, Any]
     ) -> None:
+        if st.actual is not None:
+            self.store.set_actual_cost(job_id, actual_usd(st.actual, self.settings.prices), st.actual.to_dict())
         if st.state == "failed":
             raise st.error or ProviderError("the provider reported a failure without a reason")
         assert st.video is not None

@@ -21,6 +21,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InvalidInput
+from .spend import (
+    COST_COLUMNS,
+    BudgetRule,
+    Period,
+    budget_status,
+    ensure_cost_schema,
+    reserve_or_refuse,
+    spend_breakdown,
+)
 
 Status = Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
 Stage = Literal["new", "submitting", "polling", "downloading", "done"]
@@ -89,13 +98,21 @@ class JobRow:
     result: dict[str, Any] | None
     attempts: int
     provider_done_at: float | None
+    estimated_usd: float | None = None
+    cost: dict[str, Any] | None = None
+    """{basis, estimate} of the estimate made at submission (jobs/spend.py)."""
+    actual_usd: float | None = None
+    actual_cost: dict[str, Any] | None = None
+    """What the provider's answer said: {usd, units, source}."""
+    billed: int = 0
+    """1 once the job ended after reaching the provider (set by a trigger; see jobs/spend.py)."""
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
 
-_JSON_COLS = {"request", "operation", "warnings", "error", "result"}
+_JSON_COLS = {"request", "operation", "warnings", "error", "result", *COST_COLUMNS}
 
 
 class JobStore:
@@ -110,6 +127,7 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
+        ensure_cost_schema(self._db)
         self._closed = False
 
     def close(self) -> None:
@@ -167,31 +185,67 @@ class JobStore:
         args_hash: str,
         idempotency_key: str | None,
         warnings: list[str],
+        cost: dict[str, Any] | None = None,
+        budget: BudgetRule | None = None,
     ) -> JobRow:
+        """Insert a queued job. With a budget, the period's spend is summed, compared and the job
+        inserted in one write transaction (BEGIN IMMEDIATE): concurrent submissions, in this process
+        or another on the same file, can never go over together. Raises BudgetExceeded."""
         now = time.time()
+        cost = cost or {}
         with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-                " args_hash, idempotency_key, warnings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (
-                    job_id,
-                    tool,
-                    model,
-                    route,
-                    "queued",
-                    "new",
-                    None,
-                    now,
-                    now,
-                    json.dumps(request),
-                    args_hash,
-                    idempotency_key,
-                    json.dumps(warnings),
-                ),
-            )
+            if budget is not None:
+                self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if budget is not None:
+                    reserve_or_refuse(self._db, budget, cost.get("estimated_usd"), cost.get("basis", ""), now)
+                self._insert(
+                    job_id, tool, model, route, now, request, args_hash, idempotency_key, warnings, cost
+                )
+            except BaseException:
+                if budget is not None:
+                    self._db.execute("ROLLBACK")
+                raise
+            if budget is not None:
+                self._db.execute("COMMIT")
         row = self.get(job_id)
         assert row is not None
         return row
+
+    def _insert(
+        self,
+        job_id: str,
+        tool: str,
+        model: str,
+        route: str,
+        now: float,
+        request: dict[str, Any],
+        args_hash: str,
+        idempotency_key: str | None,
+        warnings: list[str],
+        cost: dict[str, Any],
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
+            " args_hash, idempotency_key, warnings, estimated_usd, cost) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                job_id,
+                tool,
+                model,
+                route,
+                "queued",
+                "new",
+                None,
+                now,
+                now,
+                json.dumps(request),
+                args_hash,
+                idempotency_key,
+                json.dumps(warnings),
+                cost.get("estimated_usd"),
+                json.dumps({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)}),
+            ),
+        )
 
     def update(self, job_id: str, **fields: Any) -> JobRow:
         """Unconditional update (tests and repairs); the runner uses update_unless_terminal."""
@@ -225,3 +279,22 @@ class JobStore:
                 "UPDATE jobs SET progress=?, updated_at=? WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
                 (progress, time.time(), job_id),
             )
+
+    # -- cost ----------------------------------------------------------------------------
+
+    def set_actual_cost(self, job_id: str, usd: float | None, detail: dict[str, Any]) -> None:
+        """Record what the provider's answer said the job cost (any status: a late answer still counts)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._db.execute(
+                "UPDATE jobs SET actual_usd=?, actual_cost=? WHERE id=?", (usd, json.dumps(detail), job_id)
+            )
+
+    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+        """The budget's standing in its period and spend by UTC day, model and route."""
+        with self._lock:
+            return {
+                "budget": budget_status(self._db, budget, period),
+                "rows": spend_breakdown(self._db, since),
+            }
