@@ -51,6 +51,7 @@ from .tools.cost import (
     dry_run_result,
     fix_output_schema,
     gate,
+    register_spend_resource,
 )
 from .tools.results import JobList, JobResult, call_result, job_result
 from .validation import ToolArgs
@@ -383,6 +384,8 @@ def build_server(settings: Settings | None = None) -> MCPServer[Service]:
 
     for tool in ("check_job", "list_jobs", "cancel_job", "list_models"):
         _forbid_extra_arguments(mcp, tool)
+
+    register_spend_resource(mcp, settings)
 
     @mcp.resource("stillmotion://models", name="models", mime_type="application/json", description="The model catalog.")
     def models_resource() -> str:

@@ -13,6 +13,7 @@ Hooks for the generation tools (whatever module registers them):
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -96,6 +97,8 @@ def job_label(model: str, options: dict[str, Any], duration: int) -> str:
 def _about(cost: Cost) -> str:
     if cost.estimated_usd is None:
         return "price unknown (no price for it in the table)"
+    if cost.estimated_usd == 0:
+        return "free"
     return f"about ${cost.estimated_usd:.2f}" + ("" if cost.estimate else " (provider price)")
 
 
@@ -236,3 +239,36 @@ def fix_output_schema(schema: dict[str, Any] | None) -> None:
     """MCP wants `type: object` at the top of an output schema; a union of objects is still one."""
     if schema is not None and "anyOf" in schema:
         schema.setdefault("type", "object")
+
+
+def spend_report(store: Any, settings: Any) -> dict[str, Any]:
+    """Budget standing and spend by UTC day, model and route (the resource and `stillmotion spend`)."""
+    from ..jobs.spend import BudgetRule
+
+    rule = BudgetRule(settings.budget_usd, settings.budget_period) if settings.budget_usd is not None else None
+    report: dict[str, Any] = store.spend(rule, settings.budget_period)
+    report["confirm_above_usd"] = settings.confirm_above_usd
+    report["prices_file"] = str(settings.prices.path) if settings.prices.path else None
+    return report
+
+
+def register_spend_resource(mcp: Any, settings: Any) -> None:
+    @mcp.resource(  # type: ignore[untyped-decorator]
+        "stillmotion://spend",
+        name="spend",
+        mime_type="application/json",
+        description="Committed and estimated spend by UTC day, model and route, and the budget left.",
+    )
+    def spend_resource() -> str:
+        return json.dumps(read_spend(settings), indent=1)
+
+
+def read_spend(settings: Any) -> dict[str, Any]:
+    """The spend report from the home's job store (its own short-lived connection: any process)."""
+    from ..jobs.store import JobStore
+
+    store = JobStore(settings.db_path)
+    try:
+        return spend_report(store, settings)
+    finally:
+        store.close()
