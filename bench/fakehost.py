@@ -29,10 +29,13 @@ class RequestInfo:
     method: str
     path: str
     at: float
+    instance: str = ""
+    """The stillmotion instance named in the User-Agent."""
 
 
 def _serve(conn: multiprocessing.connection.Connection, api_key: str) -> None:
     from tests.fakes import KlingFake
+    from tests.fakes.base import instance_of
 
     with KlingFake(api_key=api_key) as fake:
         opened = [0]
@@ -64,7 +67,7 @@ def _serve(conn: multiprocessing.connection.Connection, api_key: str) -> None:
                     conn.send([TaskInfo(t.id, t.created_at, t.done_at, t.done_wall) for t in fake.tasks.values()])
             elif cmd == "requests":
                 with fake._lock:
-                    conn.send([RequestInfo(r.method, r.path, r.at) for r in fake.requests])
+                    conn.send([RequestInfo(r.method, r.path, r.at, instance_of(r)) for r in fake.requests])
             elif cmd == "violations":
                 conn.send(list(fake.violations))
             elif cmd == "settle":

@@ -16,7 +16,7 @@ from pathlib import Path
 from .common import ROOT, Row, Section, machine_info, now_stamp, versions
 from .report import markdown, text_table
 
-SECTIONS: dict[str, str] = {"1": "engine", "2": "overhead", "3": "download"}
+SECTIONS: dict[str, str] = {"1": "engine", "2": "overhead", "3": "download", "4": "many_processes"}
 
 
 def _log(msg: str) -> None:
@@ -32,6 +32,10 @@ def _runner(name: str) -> Callable[..., Section]:
         from . import overhead
 
         return overhead.run
+    if name == "many_processes":
+        from . import many_processes
+
+        return many_processes.run
     from . import download
 
     return download.run
@@ -40,7 +44,8 @@ def _runner(name: str) -> Callable[..., Section]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 100 jobs instead of 500 (~4 min)")
-    ap.add_argument("--sections", default="1,2,3", help="comma-separated: 1 engine, 2 server overhead, 3 download")
+    ap.add_argument("--sections", default="1,2,3,4",
+                    help="comma-separated: 1 engine, 2 server overhead, 3 download, 4 two servers on one home")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md", help="markdown report to write")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "results.json", help="raw results")
     ap.add_argument("--baseline", type=Path, default=ROOT / "bench" / "baseline-before.json",
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     date = now_stamp()
     mode = "quick" if args.quick else "full"
     cmd = "python -m bench" + (" --quick" if args.quick else "") + (
-        f" --sections {args.sections}" if args.sections != "1,2,3" else "")
+        f" --sections {args.sections}" if args.sections != "1,2,3,4" else "")
     raw = {
         "date": date,
         "mode": mode,

@@ -25,9 +25,12 @@ hyp_settings.load_profile("ci" if os.environ.get("CI") else "dev")
 for var in (
     "KLINGAI_API_KEY", "KLINGAI_ACCESS_KEY", "KLINGAI_SECRET_KEY", "ALIBABA_API_KEY", "DASHSCOPE_API_KEY",
     "XAI_API_KEY", "AI_GATEWAY_API_KEY", "STILLMOTION_ROUTE", "STILLMOTION_DEFAULT_MODEL", "STILLMOTION_HOME",
-    "STILLMOTION_OUTPUT_DIR", "STILLMOTION_INPUT_ROOTS", "STILLMOTION_STRICT_CAPABILITIES",
+    "STILLMOTION_OUTPUT_DIR", "STILLMOTION_INPUT_ROOTS", "STILLMOTION_STRICT_CAPABILITIES", "STILLMOTION_LEASE_MS",
+    "STILLMOTION_WORKER_IDLE_MS",
 ):
     os.environ.pop(var, None)
+# No background worker outlives a test unless the test is about it (tests/test_many_processes.py).
+os.environ["STILLMOTION_BACKGROUND"] = "0"
 
 
 @pytest.fixture
@@ -46,7 +49,8 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def make_settings(home: Path) -> SettingsFactory:
     def make(transport: str = "stdio", **env: str) -> Settings:
-        base = {"STILLMOTION_HOME": str(home), "STILLMOTION_POLL_INTERVAL_MS": "50", "STILLMOTION_RETRY_BASE_MS": "20"}
+        base = {"STILLMOTION_HOME": str(home), "STILLMOTION_POLL_INTERVAL_MS": "50", "STILLMOTION_RETRY_BASE_MS": "20",
+                "STILLMOTION_BACKGROUND": "0"}
         base.update(env)
         return Settings.from_env(base, transport=transport)  # type: ignore[arg-type]
 

@@ -22,7 +22,7 @@ from stillmotion.errors import (
     RateLimited,
     StillmotionError,
 )
-from stillmotion.jobs.store import JobStore
+from stillmotion.jobs.store import SqliteStore
 from stillmotion.media.video import probe_video
 from stillmotion.providers.base import JobContext
 from stillmotion.providers.gateway import GatewayProvider, map_error
@@ -615,7 +615,7 @@ async def test_sse_job_found_polling_after_restart_is_interrupted(
     job, done = await run_job(env, make_settings, "animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"})
     assert_video(done)
     settings = make_settings(**env)
-    store = JobStore(settings.db_path)
+    store = SqliteStore(settings.db_path)
     try:  # as if the server died right after the stream's result was stored
         store.update(job["job_id"], status="running", stage="polling", operation={"flow": "sse"}, result=None)
     finally:

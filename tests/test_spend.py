@@ -15,9 +15,10 @@ import pytest
 
 from stillmotion.errors import BudgetExceeded
 from stillmotion.jobs.spend import BudgetRule, period_start
-from stillmotion.jobs.store import JobStore
+from stillmotion.jobs.store import JobStore, SqliteStore
 
 EXE = [sys.executable, "-m", "stillmotion"]
+OWNER = "test-owner"
 
 
 def _env(home: Path, **extra: str) -> dict[str, str]:
@@ -26,13 +27,20 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+class ClockStore(SqliteStore):
+    offset = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
 def add(store: JobStore, n: int, usd: float | None, model: str = "xai/grok-imagine-video", route: str = "direct",
         budget: BudgetRule | None = None) -> str:
     job_id = f"job_{n:016x}"
     store.create(
         job_id=job_id, tool="animate_image", model=model, route=route, request={}, args_hash="h",
         idempotency_key=None, warnings=[], cost={"estimated_usd": usd, "basis": "test", "estimate": True},
-        budget=budget,
+        budget=budget, owner=OWNER, lease_s=60,
     )
     return job_id
 
@@ -40,17 +48,20 @@ def add(store: JobStore, n: int, usd: float | None, model: str = "xai/grok-imagi
 def end(store: JobStore, job_id: str, *stages: str, status: str) -> None:
     """Walk the job through the runner's stages, then end it as the runner would."""
     for stage in stages:
-        store.update_unless_terminal(job_id, stage=stage, status="running")
-    store.update_unless_terminal(job_id, status=status, stage="done")
+        assert store.update_owned(job_id, OWNER, {"stage": stage, "status": "running"}) is not None
+    if status == "cancelled":
+        assert store.cancel(job_id, {"kind": "cancelled"}) is not None
+    else:
+        assert store.update_owned(job_id, OWNER, {"status": status, "stage": "done"}) is not None
 
 
 def test_which_jobs_count_and_for_how_much(tmp_path: Path) -> None:
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = SqliteStore(tmp_path / "jobs.sqlite3")
     try:
         rule = BudgetRule(10.0, "total")
         a = add(store, 1, 1.0)  # succeeds, the provider reports 0.8
         end(store, a, "submitting", "polling", "downloading", status="succeeded")
-        store.set_actual_cost(a, 0.8, {"usd": 0.8, "units": None, "source": "test"})
+        store.set_actual_cost(a, OWNER, 0.8, {"usd": 0.8, "units": None, "source": "test"})
         b = add(store, 2, 1.0)  # failed after its create: counted at its estimate
         end(store, b, "submitting", "polling", status="failed")
         c = add(store, 3, 1.0)  # the provider refused the create (back to stage new): free
@@ -88,11 +99,12 @@ def test_periods_are_utc_and_old_jobs_do_not_count(tmp_path: Path) -> None:
     assert period_start("day", now) == datetime(2026, 3, 31, tzinfo=UTC).timestamp()
     assert period_start("month", now) == datetime(2026, 3, 1, tzinfo=UTC).timestamp()
     assert period_start("total", now) == 0.0
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = ClockStore(tmp_path / "jobs.sqlite3")
     try:
+        store.offset = -40 * 86400  # a job from 40 days ago
         old = add(store, 1, 3.0)
         end(store, old, "submitting", "polling", status="succeeded")
-        store.update(old, created_at=time.time() - 40 * 86400)
+        store.offset = 0.0
         add(store, 2, 1.0)
         assert store.spend(BudgetRule(5, "month"), "month")["budget"]["reserved_usd"] == pytest.approx(1.0)
         assert store.spend(BudgetRule(5, "month"), "month")["budget"]["committed_usd"] == 0
@@ -103,11 +115,11 @@ def test_periods_are_utc_and_old_jobs_do_not_count(tmp_path: Path) -> None:
 
 def test_spend_command_and_a_bad_price_file_stops_start_up(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    store = JobStore(home / "jobs.sqlite3")
+    store = SqliteStore(home / "jobs.sqlite3")
     try:
         a = add(store, 1, 0.25)
         end(store, a, "submitting", "polling", status="succeeded")
-        store.set_actual_cost(a, 0.2, {"usd": 0.2, "units": None, "source": "test"})
+        store.set_actual_cost(a, OWNER, 0.2, {"usd": 0.2, "units": None, "source": "test"})
         add(store, 2, None, model="klingai/kling-v2.6-i2v")
     finally:
         store.close()

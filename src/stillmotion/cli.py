@@ -1,4 +1,4 @@
-"""Command line: `stillmotion` (stdio server), `serve --http`, `demo`, `models`, `jobs`, `run`.
+"""Command line: `stillmotion` (stdio server), `serve --http`, `demo`, `models`, `jobs`, `run`, `worker`.
 
 stdout belongs to the MCP protocol when serving stdio; everything else logs to stderr.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from importlib import resources
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs.add_argument("--limit", type=int, default=20)
     spend = sub.add_parser("spend", help="committed and estimated spend by UTC day, model and route; the budget left")
     spend.add_argument("--json", action="store_true", help="print the stillmotion://spend JSON instead of a table")
+    worker = sub.add_parser("worker", help="run the job runner alone, in the foreground (systemd, a container)")
+    worker.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     run = sub.add_parser("run", help="call any tool from a shell")
     run.add_argument("tool")
     run.add_argument("arguments", nargs="?", default="{}", help="JSON object of tool arguments")
@@ -69,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return _spend(args.json)
     if args.command == "run":
         return anyio.run(_run_tool, args.tool, args.arguments, args.wait)
+    if args.command == "worker":
+        return _worker(args.background, args.verbose)
     parser.print_help(sys.stderr)
     return 2
 
@@ -83,11 +89,48 @@ def _serve(http: bool, host: str, port: int) -> int:
         print(f"stillmotion: {exc}", file=sys.stderr)
         return 2
     if not http:
-        build_server(settings).run()
+        server = build_server(settings)
+        _hand_over_on_signal()
+        server.run()
         return 0
     from .http import serve_http
 
     return serve_http(settings, host, port)
+
+
+def _hand_over_on_signal() -> None:
+    """SIGTERM/SIGHUP to a stdio server: release its jobs, start the background worker, exit.
+
+    Done right in the handler: the stdio transport reads stdin on a thread that no cancellation
+    can interrupt, so an orderly shutdown would wait for the client's next line forever."""
+
+    def handler(signum: int, frame: object) -> None:
+        from .service import ACTIVE
+
+        logging.getLogger("stillmotion").info("signal %d: handing unfinished jobs over", signum)
+        for svc in list(ACTIVE):
+            try:
+                svc.stop()
+                svc.close()
+            except Exception:
+                logging.getLogger("stillmotion").exception("hand-over failed")
+        logging.shutdown()
+        os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
+def _worker(background: bool, verbose: bool) -> int:
+    from .jobs.worker import log_to_file, run_worker
+    from .settings import Settings
+
+    settings = Settings.from_env(transport="inproc")
+    if background:
+        log_to_file(settings.home, verbose)
+    else:
+        logging.getLogger("stillmotion").setLevel(logging.DEBUG if verbose else logging.INFO)
+    return anyio.run(lambda: run_worker(settings, idle_exit=background))
 
 
 def _models() -> int:
@@ -113,25 +156,38 @@ def _models() -> int:
 
 
 def _jobs(status: str | None, limit: int) -> int:
-    from .jobs.store import JobStore
+    from .jobs.ownership import owner_is_alive
+    from .jobs.store import SqliteStore
+    from .jobs.worker import META_KEY, worker_alive
     from .settings import Settings
 
     settings = Settings.from_env()
     if not settings.db_path.exists():
         print("no jobs yet")
         return 0
-    store = JobStore(settings.db_path)
+    store = SqliteStore(settings.db_path)
     try:
         rows = store.recent(status=status, limit=limit)
+        worker_id = store.meta_get(META_KEY)
     finally:
         store.close()
+    if worker_alive(settings.home):
+        print(f"background worker: alive ({worker_id or 'id unknown'})")
+    else:
+        print("background worker: not running")
     if not rows:
         print("no jobs")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
         path = (r.result or {}).get("video", {}).get("path", "") if r.status == "succeeded" else ""
         err = (r.error or {}).get("kind", "")
-        print(f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}")
+        line = f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}"
+        if not r.terminal:
+            alive = owner_is_alive(r.owner)
+            state = {True: "alive", False: "gone", None: "another host"}[alive] if r.owner else ""
+            who = f"owner {r.owner} ({state})" if r.owner else "owner none (waiting for a process)"
+            line += f"  {who}" + (f"  [{r.status_detail}]" if r.status_detail else "")
+        print(line)
     return 0
 
 

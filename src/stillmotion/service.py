@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -18,12 +17,22 @@ import anyio
 import anyio.abc
 import httpx
 
+from . import __version__
 from .catalog import MODELS
 from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput
+from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
 from .jobs.spend import BudgetRule
-from .jobs.store import JobRow, JobStore, args_fingerprint, new_job_id, validate_job_id
+from .jobs.store import (
+    DuplicateIdempotencyKey,
+    JobRow,
+    JobStore,
+    args_fingerprint,
+    new_job_id,
+    open_store,
+    validate_job_id,
+)
 from .media.images import LoadedImage, load_image
 from .media.net import UrlGuard
 from .media.publish import Samples, publish_video
@@ -48,6 +57,11 @@ ProgressFn = Callable[[JobRow], Awaitable[None]]
 RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
 
 
+def user_agent(owner: OwnerId | str) -> str:
+    """Every provider request says which process sent it (the fakes attribute requests by it)."""
+    return f"stillmotion/{__version__} (instance {owner})"
+
+
 def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, route: str) -> Provider:
     """The provider class for (catalog provider, route). Imported lazily: each is a small mapping module."""
     if route == "gateway":
@@ -67,6 +81,10 @@ def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, 
 
         return XaiProvider(client, settings)
     raise ValueError(f"no provider for {provider} via {route}")
+
+
+ACTIVE: list[Service] = []
+"""Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
 
 
 def _stored(img: LoadedImage, path: str) -> StoredImage:
@@ -89,10 +107,13 @@ class Service:
         settings: Settings,
         client: httpx.AsyncClient,
         on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        owner: OwnerId | None = None,
     ) -> Service:
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.db_path)
+        store = open_store(settings.db_path)
+        owner = owner or new_owner_id()
+        client.headers["User-Agent"] = user_agent(owner)
 
         def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
             return render_job(ctx, out, progress, hold_file=settings.test_hold_file)
@@ -105,14 +126,35 @@ class Service:
             local_render=local,
             publish=publish_video,
             on_change=on_change,
+            owner=owner,
         )
         return cls(settings, store, client, runner)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         await self.runner.start(tg)
+        ACTIVE.append(self)
 
-    def close(self) -> None:
-        self.store.close()
+    def stop(self) -> None:
+        """Every job task stops (call before cancelling the task group that runs them)."""
+        self.runner.stop()
+
+    def close(self) -> int:
+        """After every job task stopped: release this process's jobs, close the store, and (a stdio
+        server with STILLMOTION_BACKGROUND=1) make sure a background worker finishes them. Returns
+        how many unfinished jobs were released."""
+        ACTIVE[:] = [s for s in ACTIVE if s is not self]
+        try:
+            released = self.runner.release()
+        finally:
+            self.store.close()
+        if released and self.settings.transport == "stdio" and self.settings.background:
+            from .jobs.worker import ensure_worker
+
+            try:
+                ensure_worker(self.settings)
+            except OSError:
+                log.exception("could not start the background worker; the jobs resume with the next server")
+        return released
 
     # -- submit --------------------------------------------------------------------------
 
@@ -180,10 +222,12 @@ class Service:
                 args_hash=fingerprint,
                 idempotency_key=idempotency_key,
                 warnings=plan.warnings,
+                owner=self.runner.owner,
+                lease_s=self.runner.lease_s,
                 cost=cost.to_dict(),
                 budget=self.budget_rule() if plan.route != "local" else None,
             )
-        except sqlite3.IntegrityError:
+        except DuplicateIdempotencyKey:
             # the same key won a race with us: answer with that job
             shutil.rmtree(folder, ignore_errors=True)
             assert idempotency_key is not None
@@ -194,7 +238,7 @@ class Service:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
-        self.runner.launch(job_id)
+        self.runner.launch_new(row)
         return row
 
     def _request(

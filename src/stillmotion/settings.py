@@ -121,6 +121,12 @@ class Settings:
     """STILLMOTION_CONFIRM_ABOVE_USD: jobs estimated above this need the person's yes."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
+    lease_ms: int = 30_000
+    """How long a process's claim on a job lasts without a heartbeat (STILLMOTION_LEASE_MS)."""
+    background: bool = True
+    """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
+    worker_idle_ms: int = 120_000
+    """The background worker exits after this long with nothing to do."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -174,12 +180,16 @@ class Settings:
             poll_interval_ms=_int(env, "STILLMOTION_POLL_INTERVAL_MS", 5000),
             poll_timeout_ms=_int(env, "STILLMOTION_POLL_TIMEOUT_MS", 600_000),
             retry_base_ms=_int(env, "STILLMOTION_RETRY_BASE_MS", 1000),
+            max_retries=max(0, _int(env, "STILLMOTION_MAX_RETRIES", 5)),
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
             prices=prices,
             budget_usd=_usd(env, "STILLMOTION_BUDGET_USD"),
             budget_period=period,  # type: ignore[arg-type]
             confirm_above_usd=_usd(env, "STILLMOTION_CONFIRM_ABOVE_USD"),
             test_hold_file=Path(hold) if hold else None,
+            lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
+            background=_flag(env, "STILLMOTION_BACKGROUND", True),
+            worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:

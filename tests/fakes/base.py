@@ -46,6 +46,7 @@ __all__ = [
     "Reply",
     "Route",
     "Task",
+    "instance_of",
 ]
 
 _log = logging.getLogger("tests.fakes")
@@ -77,6 +78,15 @@ class Recorded:
     def obj(self) -> dict[str, Any]:
         """The JSON body when it is an object, else {}."""
         return self.json if isinstance(self.json, dict) else {}
+
+
+def instance_of(req: Recorded) -> str:
+    """The process instance a stillmotion request names in its User-Agent ("" when none)."""
+    ua = req.header("user-agent") or ""
+    marker = "(instance "
+    if marker in ua and ua.endswith(")"):
+        return ua[ua.index(marker) + len(marker) : -1]
+    return ua
 
 
 class AbortConnection(Exception):
@@ -604,6 +614,14 @@ class FakeServer:
                 if (method is None or r.method == method.upper())
                 and (path_prefix is None or r.path.startswith(path_prefix))
             ]
+
+    def by_instance(self, method: str | None = None, path_prefix: str | None = None) -> dict[str, list[Recorded]]:
+        """Matching requests grouped by the sending process: the ``instance`` named in the
+        User-Agent (``stillmotion/<version> (instance <owner id>)``), or the whole header."""
+        out: dict[str, list[Recorded]] = {}
+        for r in self.calls(method, path_prefix):
+            out.setdefault(instance_of(r), []).append(r)
+        return out
 
     def api_calls(self) -> list[Recorded]:
         """Every recorded request except result-file downloads (GET/HEAD /files/...)."""

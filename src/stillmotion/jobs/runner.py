@@ -1,10 +1,24 @@
-"""Drives every job to an end, in the background, and picks up where a crash left off.
+"""Drives the jobs this process owns to an end, and takes over jobs whose owner is gone.
 
-One task per unfinished job. For a remote job: mark `submitting`, create, store the operation,
-poll every `poll_interval_ms` until done or `poll_timeout_ms`, download, probe, publish. Local
-jobs render on a worker thread (at most `local_concurrency` at once). Retries live here:
-429 and 5xx are retried with exponential backoff and jitter, honouring Retry-After; a
-concurrency limit keeps the job queued; a quota answer ends it at once.
+Ownership (see store.py): a job created by a tool call here is ours at once; a start-up scan and
+a periodic scan claim unfinished jobs with no owner, a lapsed lease or an owner known to be gone;
+a heartbeat renews our leases and stops any job we lost. Every write made while driving a job is
+conditional on still owning it (`_set` raises `Lost` otherwise, which ends that job's task
+quietly).
+
+A remote job is a stage table, each handler returning the next stage:
+
+    new         -> submit   (create request, in a create slot, with at least half a lease left)
+    submitting  -> recover  (a create whose answer was lost, or sent by a process that died)
+    polling     -> poll     (every poll_interval_ms until done or poll_timeout_ms)
+    downloading -> download (stream to a temp file unique to this attempt, check, rename)
+
+Local jobs render on a worker thread (at most `local_concurrency` at once); a taken-over render
+starts again from scratch. Every retry (create, poll, recover, download) goes through one
+`RetryPolicy`, which writes what it is waiting for into the job's `status_detail`.
+
+Changes made by other processes (a cancel, progress of a job another process drives) are seen
+by polling the store every WATCH_S: waiters wake and resource subscribers are notified.
 """
 
 from __future__ import annotations
@@ -12,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
-import random
+import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +44,10 @@ import httpx
 from ..errors import (
     AmbiguousSubmission,
     Cancelled,
-    ConcurrencyLimited,
     Expired,
     Interrupted,
     JobTimeout,
     ProviderError,
-    RateLimited,
     StillmotionError,
 )
 from ..media.net import UrlGuard, download_to_file
@@ -42,6 +56,8 @@ from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
+from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
+from .retry import RetryPolicy
 from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +66,10 @@ CREATE_DEFER_S = 0.01
 """How long a new remote job waits before building its create request (see _submit)."""
 CREATE_CONCURRENCY = 8
 """Create requests in flight at once, across all jobs (500 submitted at once: 2.6x less peak RSS)."""
+WATCH_S = 0.5
+"""How often the store is read for changes other processes made (cancel, progress, results)."""
+WATCH_MARGIN_S = 2.0
+"""Changes are re-read this far back: a write committed late with an earlier timestamp is not missed."""
 
 ProviderFactory = Callable[[str, str], Provider]
 """(catalog provider, route) -> Provider."""
@@ -57,6 +77,30 @@ LocalRender = Callable[[JobContext, Path, Callable[[float], None]], tuple[list[s
 """Renders into the path, reporting progress 0-1; returns extra warnings and the poster samples."""
 Publisher = Callable[[Path, Path, Samples | None], dict[str, Any]]
 """(video path, job dir, samples) -> result dict (video facts, poster, last frame); ValueError if undecodable."""
+
+
+class Lost(Exception):
+    """This process no longer owns the job (cancelled, finished or taken over elsewhere): stop, write nothing."""
+
+
+@dataclass
+class Job:
+    """One job as this process drives it."""
+
+    row: JobRow
+    scope: anyio.CancelScope
+    ctx: JobContext | None = None
+    provider: Provider | None = None
+    video: VideoResult | None = None
+    """The result this process learned (may carry inline base64 that no column holds)."""
+    lost_answer: bool = False
+    """This process sent a create and lost its answer (vs. found `submitting` after a takeover)."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """Set when the job must stop (lost, cancelled, shutdown); render threads check it."""
+
+    @property
+    def id(self) -> str:
+        return self.row.id
 
 
 class JobRunner:
@@ -70,6 +114,8 @@ class JobRunner:
         local_render: LocalRender,
         publish: Publisher,
         on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+        owner: OwnerId | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -78,9 +124,15 @@ class JobRunner:
         self.local_render = local_render
         self.publish = publish
         self.on_change = on_change
+        self.owner_id = owner or new_owner_id()
+        self.owner = str(self.owner_id)
+        self.lease_s = settings.lease_ms / 1000
+        self.retry = RetryPolicy(base_s=settings.retry_base_ms / 1000, max_retries=settings.max_retries)
+        if sleep is not None:
+            self.retry.sleep = sleep
         self.guard = UrlGuard(settings.allow_private_network, frozenset(settings.trusted_origins()))
         self._tg: anyio.abc.TaskGroup | None = None
-        self._scopes: dict[str, anyio.CancelScope] = {}
+        self._jobs: dict[str, Job] = {}
         self._events: dict[str, anyio.Event] = {}
         self._local_limiter = anyio.CapacityLimiter(settings.local_concurrency)
         # Publishing (decode check, poster, last frame) is CPU work: more at once than there are
@@ -93,24 +145,123 @@ class JobRunner:
         self._stopping = False
         self._changed: set[str] = set()
         self._changes_ready = anyio.Event()
+        self._seen: dict[str, float] = {}
+        self._watch_mark = 0.0
+        self.last_activity = time.monotonic()
+        """Monotonic time this runner last drove a job (the background worker exits when idle)."""
+        register_live(self.owner)
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    @property
+    def scan_s(self) -> float:
+        """How often unowned and stale jobs are looked for ("every few seconds")."""
+        return max(0.05, min(3.0, self.lease_s / 3))
+
+    @property
+    def heartbeat_s(self) -> float:
+        return max(0.05, self.lease_s / 3)
+
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        self._watch_mark = self.store.now()
         if self.on_change is not None:
             tg.start_soon(self._send_notifications, name="resource notifications")
-        for row in self.store.unfinished():
-            log.info("resuming job %s (%s, stage %s)", row.id, row.status, row.stage)
-            self.launch(row.id)
+        self.scan()
+        tg.start_soon(self._every, self.scan_s, self.scan, name="claim scan")
+        tg.start_soon(self._every, self.heartbeat_s, self.heartbeat, name="lease heartbeat")
+        tg.start_soon(self._every, WATCH_S, self.watch, name="store watch")
+
+    async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
+        while not self._stopping:
+            await anyio.sleep(interval)
+            try:
+                fn()
+            except Exception:  # a store hiccup must not end the loop (the next round retries)
+                log.warning("%s failed", getattr(fn, "__name__", fn), exc_info=True)
 
     def stop(self) -> None:
-        """Shutdown: render threads stop at their next frame (their jobs resume on the next start)."""
+        """Shutdown: every job stops (render threads at their next frame); call release() after."""
         self._stopping = True
+        for job in self._jobs.values():
+            job.stop.set()
 
-    def launch(self, job_id: str) -> None:
+    def release(self) -> int:
+        """Give up every job this runner owns (after stop() and once its tasks ended)."""
+        unregister_live(self.owner)
+        n = self.store.release(self.owner)
+        if n:
+            log.info("released %d unfinished job(s) for another process to finish", n)
+        return n
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._jobs)
+
+    # -- ownership -------------------------------------------------------------------------
+
+    def scan(self) -> None:
+        """Claim every unfinished job that is ours to take: no owner, a lapsed lease, a gone owner."""
+        if self._stopping:
+            return
+        rows = self.store.unfinished()
+        now = self.store.now()
+        others = {r.owner for r in rows if r.owner and r.owner != self.owner}
+        stale = {o for o in others if owner_is_gone(o)}
+        for row in rows:
+            if row.id in self._jobs:
+                continue
+            mine = row.owner == self.owner
+            free = row.owner is None or row.owner in stale or (row.lease_expires_at or 0) < now
+            if not (mine or free):
+                continue
+            claimed = self.store.claim(row.id, self.owner, self.lease_s, stale)
+            if claimed is None:
+                continue
+            if not mine:
+                log.info("took over job %s (%s, stage %s) from %s", row.id, row.status, row.stage, row.owner or "nobody")
+            self._launch(claimed)
+
+    def heartbeat(self) -> None:
+        held = self.store.renew(self.owner, self.lease_s)
+        for job_id, job in list(self._jobs.items()):
+            if job_id not in held and not job.stop.is_set():
+                self._lose(job, "its lease went to another process or it ended elsewhere")
+
+    def _lose(self, job: Job, why: str) -> None:
+        log.info("stopped driving job %s: %s", job.id, why)
+        job.stop.set()
+        job.scope.cancel()
+
+    def watch(self) -> None:
+        """Notice changes other processes made: wake waiters, notify subscribers, stop what we lost."""
+        rows = self.store.changed_since(self._watch_mark - WATCH_MARGIN_S)
+        for row in rows:
+            if self._seen.get(row.id) == row.updated_at:
+                continue
+            self._seen[row.id] = row.updated_at
+            self._notify(row.id)
+            job = self._jobs.get(row.id)
+            if job is not None and not job.stop.is_set() and (row.terminal or row.owner != self.owner):
+                self._lose(job, "cancelled" if row.status == "cancelled" else "it changed hands")
+        if rows:
+            self._watch_mark = max(self._watch_mark, rows[-1].updated_at)
+        if len(self._seen) > 10_000 or (rows and len(self._seen) > 4 * len(rows) + 1000):
+            floor = self._watch_mark - 4 * WATCH_MARGIN_S
+            self._seen = {k: v for k, v in self._seen.items() if v >= floor}
+
+    def launch_new(self, row: JobRow) -> None:
+        """A job this process just created (and owns)."""
+        self._launch(row)
+
+    def _launch(self, row: JobRow) -> None:
         assert self._tg is not None, "runner not started"
-        self._tg.start_soon(self._drive, job_id, name=f"job {job_id}")
+        if row.id in self._jobs:
+            return
+        job = Job(row=row, scope=anyio.CancelScope())
+        self._jobs[row.id] = job
+        self.last_activity = time.monotonic()
+        self._tg.start_soon(self._drive, job, name=f"job {row.id}")
 
     # -- change notification -------------------------------------------------------------
 
@@ -139,19 +290,33 @@ class JobRunner:
         with anyio.move_on_after(max(0.0, timeout)):
             await ev.wait()
 
-    def _set(self, job_id: str, **fields: Any) -> JobRow | None:
-        row = self.store.update_unless_terminal(job_id, **fields)
-        self._notify(job_id)
+    def _set(self, job: Job, *, lease_s: float | None = None, **values: Any) -> JobRow:
+        """An owned write; clears status_detail unless given. Raises Lost when we no longer own the job."""
+        values.setdefault("status_detail", None)
+        row = self.store.update_owned(job.id, self.owner, values, lease_s=lease_s)
+        if row is None:
+            raise Lost(job.id)
+        job.row = row
+        self._seen[job.id] = row.updated_at
+        self._notify(job.id)
         return row
 
-    def _fail(self, job_id: str, err: StillmotionError) -> None:
-        log.info("job %s failed: %s (%s)", job_id, err.kind, err.message)
-        self._set(job_id, status="failed", stage="done", error=err.to_dict())
+    def _fail(self, job: Job, err: StillmotionError) -> None:
+        log.info("job %s failed: %s (%s)", job.id, err.kind, err.message)
+        with contextlib.suppress(Lost):
+            self._set(job, status="failed", stage="done", error=err.to_dict())
+
+    def _waiting(self, job: Job, **extra: Any) -> Callable[[StillmotionError, str], Awaitable[None]]:
+        async def on_wait(err: StillmotionError, detail: str) -> None:
+            log.info("job %s: %s", job.id, detail)
+            self._set(job, status_detail=detail, **extra)
+
+        return on_wait
 
     # -- cancel --------------------------------------------------------------------------
 
     def cancel(self, job_id: str) -> JobRow | None:
-        """End a job now. Returns the row, or None if it had already ended."""
+        """End a job now, whichever process drives it. Returns the row, or None if it had already ended."""
         row = self.store.get(job_id)
         remote = row is not None and row.route != "local"
         message = (
@@ -160,109 +325,191 @@ class JobRunner:
             if remote
             else "cancelled by request."
         )
-        ended = self.store.update_unless_terminal(job_id, status="cancelled", stage="done", error=Cancelled(message).to_dict())
-        scope = self._scopes.get(job_id)
-        if scope is not None:
-            scope.cancel()
+        ended = self.store.cancel(job_id, Cancelled(message).to_dict())
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._lose(job, "cancelled")
+        if ended is not None:
+            self._seen[job_id] = ended.updated_at
         self._notify(job_id)
         return ended
 
     # -- driving -------------------------------------------------------------------------
 
-    async def _drive(self, job_id: str) -> None:
-        with anyio.CancelScope() as scope:
-            self._scopes[job_id] = scope
-            try:
-                row = self.store.get(job_id)
-                if row is None or row.terminal:
+    async def _drive(self, job: Job) -> None:
+        try:
+            with job.scope:
+                row = job.row
+                if row.terminal:
                     return
-                ctx = JobContext(job_id, GenerationRequest.model_validate(row.request))
+                self._clean_leftovers(row.id)
+                job.ctx = JobContext(row.id, GenerationRequest.model_validate(row.request))
                 if row.route == "local":
-                    await self._run_local(row, ctx)
-                else:
-                    await self._run_remote(row, ctx)
-            except StillmotionError as err:
-                self._fail(job_id, err)
-            except Exception as exc:  # a bug must still end the job, with a message
-                log.exception("job %s crashed", job_id)
-                self._fail(job_id, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
-            finally:
-                self._scopes.pop(job_id, None)
+                    await self._run_local(job)
+                    return
+                job.provider = self.provider_factory(self._provider_name(row.model), row.route)
+                stage: str = row.stage
+                handlers = {
+                    "new": self._submit,
+                    "submitting": self._recover,
+                    "polling": self._poll,
+                    "downloading": self._download,
+                }
+                while stage != "done":
+                    stage = await handlers[stage](job)
+        except Lost:
+            log.debug("job %s: no longer ours", job.id)
+        except StillmotionError as err:
+            if not job.stop.is_set():
+                self._fail(job, err)
+        except Exception as exc:  # a bug must still end the job, with a message
+            log.exception("job %s crashed", job.id)
+            if not job.stop.is_set():
+                self._fail(job, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
+        finally:
+            self._jobs.pop(job.id, None)
+            self._progress_mark.pop(job.id, None)
+            self.last_activity = time.monotonic()
+
+    def _clean_leftovers(self, job_id: str) -> None:
+        """Temporary files of earlier attempts (a process that died or lost the job) are garbage."""
+        d = self.settings.output_dir / job_id
+        if not d.is_dir():
+            return
+        tag = self.owner_id.file_tag
+        for part in d.glob(".*.part"):
+            if tag not in part.name:
+                part.unlink(missing_ok=True)
+
+    def _tmp(self, job_id: str, kind: str) -> Path:
+        """A temporary file only this attempt writes (the owner's tag in its name)."""
+        return self.job_dir(job_id) / f".{kind}.{self.owner_id.file_tag}.mp4.part"
 
     # -- local ---------------------------------------------------------------------------
 
-    async def _run_local(self, row: JobRow, ctx: JobContext) -> None:
-        job_dir = self.job_dir(row.id)
+    async def _run_local(self, job: Job) -> None:
+        assert job.ctx is not None
         async with self._local_limiter:
-            if self._terminal(row.id):
-                return
-            self._set(row.id, status="running", stage="polling", progress=0.0)
-            tmp = job_dir / ".render.mp4.part"
+            self._set(job, status="running", stage="polling", progress=0.0, lease_s=self.lease_s)
+            tmp = self._tmp(job.id, "render")
             loop = asyncio.get_running_loop()
 
             def progress(p: float) -> None:
                 # Runs on the render thread. It must never block on the event loop: at shutdown the
                 # loop is gone, and a thread waiting for it would keep the process alive forever.
-                if self._stopping:
-                    raise Cancelled("the server is stopping; the render restarts with the server")
-                last = self._progress_mark.get(row.id, -1.0)
+                if job.stop.is_set():
+                    raise Cancelled("this process no longer drives the job")
+                last = self._progress_mark.get(job.id, -1.0)
                 if p - last >= 0.05 or p >= 1.0:
-                    self._progress_mark[row.id] = p
-                    self.store.set_progress(row.id, round(p, 4))
+                    self._progress_mark[job.id] = p
+                    if not self.store.set_progress(job.id, self.owner, round(p, 4)):
+                        job.stop.set()
+                        raise Cancelled("this process no longer drives the job")
                     with contextlib.suppress(RuntimeError):  # loop already closed
-                        loop.call_soon_threadsafe(self._notify, row.id)
-                if self._terminal(row.id):
-                    raise Cancelled("cancelled")
+                        loop.call_soon_threadsafe(self._notify, job.id)
 
             try:
                 extra, samples = await anyio.to_thread.run_sync(
-                    self.local_render, ctx, tmp, progress, abandon_on_cancel=True
+                    self.local_render, job.ctx, tmp, progress, abandon_on_cancel=True
                 )
             except Cancelled:
                 tmp.unlink(missing_ok=True)
-                return
+                raise Lost(job.id) from None
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             if extra:
-                current = self.store.get(row.id)
-                if current is not None:
-                    self.store.update_unless_terminal(row.id, warnings=list(dict.fromkeys([*current.warnings, *extra])))
-        await self._finish_file(row.id, tmp, provider_url=None, expires=None, samples=samples)
+                self._set(job, warnings=list(dict.fromkeys([*job.row.warnings, *extra])))
+        await self._finish_file(job, tmp, provider_url=None, expires=None, samples=samples)
 
-    def _terminal(self, job_id: str) -> bool:
-        row = self.store.get(job_id)
-        return row is None or row.terminal
+    # -- remote stages ---------------------------------------------------------------------
 
-    # -- remote --------------------------------------------------------------------------
+    def _provider_name(self, model: str) -> str:
+        from ..catalog import MODELS
 
-    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
-        base = self.settings.retry_base_ms / 1000
-        delay = retry_after if retry_after is not None else min(60.0, base * (2**attempt)) * (0.5 + random.random() / 2)
-        await anyio.sleep(delay)
+        return MODELS[model].provider
 
-    async def _run_remote(self, row: JobRow, ctx: JobContext) -> None:
-        provider = self.provider_factory(self._provider_name(row.model), row.route)
+    async def _submit(self, job: Job) -> str:
+        """new -> create request. `submitting` is written inside the create slot, immediately
+        before the request goes out, and only with at least half a lease ahead."""
+        assert job.provider is not None and job.ctx is not None
+        provider, ctx = job.provider, job.ctx
+        # Building a create request (reading the images, base64, JSON: ~15 ms of CPU on the event
+        # loop for a 5 MB PNG) at once would delay the answer of the tool call that submitted this
+        # job; a few ms later that answer is out (measured: 2x lower p50, 3x lower p99).
+        await anyio.sleep(CREATE_DEFER_S)
+
+        async def attempt() -> StartResult:
+            async with self._create_slots:
+                t0 = time.monotonic()
+                # (a retry's status_detail stays until the create is answered)
+                self._set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
+                if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
+                    # paused or starved while marking: the lease may be gone; never send on a short lease
+                    self._set(job, stage="new", status_detail=job.row.status_detail)
+                    raise ProviderError("the lease ran short before the create request went out", retryable=True)
+                try:
+                    return await provider.start(ctx)
+                except AmbiguousSubmission:
+                    raise
+                except StillmotionError:
+                    # the provider answered no: nothing was created, so nothing is billed (jobs/spend.py)
+                    self._set(job, stage="new", status_detail=job.row.status_detail)
+                    raise
+
+        try:
+            started = await self.retry.run(attempt, on_wait=self._waiting(job, stage="new", status="queued"))
+        except AmbiguousSubmission:
+            job.lost_answer = True
+            return "submitting"
+        return await self._started(job, started)
+
+    async def _started(self, job: Job, started: StartResult) -> str:
+        warnings = list(dict.fromkeys([*job.row.warnings, *started.warnings]))
+        self._set(
+            job,
+            stage="polling",
+            status="running",
+            operation=started.operation,
+            provider_task_id=started.provider_task_id,
+            warnings=warnings,
+            progress=None,
+            submitted_at=time.time(),
+        )
+        if started.completed is not None:
+            return self._on_status(job, started.completed)
+        return "polling"
+
+    async def _recover(self, job: Job) -> str:
+        """submitting -> ask the provider for the task whose create answer was lost (never resubmit
+        where it cannot be looked up: Wan and xAI end `interrupted`)."""
+        assert job.provider is not None and job.ctx is not None
+        provider, ctx = job.provider, job.ctx
+        started = await self.retry.run(lambda: provider.recover(ctx), on_wait=self._waiting(job))
+        if started is None:
+            if job.lost_answer:
+                raise Interrupted(
+                    "the create request got no answer; the provider may have started (and may bill) the task, "
+                    "but it cannot be looked up, so it was not resubmitted."
+                )
+            raise Interrupted(
+                "the process that sent this job's create request stopped before storing the answer; the provider "
+                "may have started (and may bill) the task, but it cannot be looked up, so it was not resubmitted."
+            )
+        return await self._started(job, started)
+
+    async def _poll(self, job: Job) -> str:
+        """polling -> status every poll_interval_ms (start to start) until the task ends."""
+        assert job.provider is not None and job.ctx is not None
+        provider, ctx = job.provider, job.ctx
         req = ctx.request
-        op = row.operation
-        if row.stage in ("new", "submitting"):
-            started = await self._submit(row, ctx, provider)
-            if started is None:
-                return
-            op = started.operation
-            if started.completed is not None:
-                await self._handle_status(row.id, started.completed, provider, ctx, op)
-                return
-        assert op is not None
-        row = self.store.get(row.id) or row
-        if row.stage == "downloading" and row.result and row.result.get("pending_video"):
-            pv = row.result["pending_video"]
-            await self._download(row.id, VideoResult(url=pv.get("url"), url_expires_at=pv.get("expires")), provider, ctx, op)
-            return
-        deadline_base = row.updated_at if row.stage == "polling" else time.time()
-        submitted_at = (row.operation or {}).get("_submitted_at", deadline_base)
-        failures = 0
+        op = job.row.operation or {}
+        submitted_at = job.row.submitted_at or job.row.updated_at
         interval = req.poll_interval_ms / 1000
         # Polls start every `interval` (start to start), so a slow answer does not push every later
         # poll back: under load the poll that sees the task done comes at most one interval late.
         next_poll = time.monotonic() + interval
+        on_wait = self._waiting(job)
         while True:
             if time.time() - submitted_at > req.poll_timeout_ms / 1000:
                 raise JobTimeout(
@@ -270,176 +517,102 @@ class JobRunner:
                     "the task may still complete on the provider's side."
                 )
             await anyio.sleep(max(0.0, next_poll - time.monotonic()))
-            # never two polls closer than one interval, also after an answer later than that
             next_poll = max(next_poll, time.monotonic()) + interval
-            if self._terminal(row.id):
-                return
-            try:
-                st = await provider.status(ctx, op)
-            except RateLimited as err:
-                failures += 1
-                if failures > self.settings.max_retries * 4:
-                    raise
-                await self._backoff(failures, err.retry_after)
-                next_poll = time.monotonic() + interval  # as before: a full interval after the backoff
-                continue
-            except StillmotionError as err:
-                if err.retryable and failures < self.settings.max_retries:
-                    failures += 1
-                    await self._backoff(failures, err.retry_after)
-                    next_poll = time.monotonic() + interval
-                    continue
-                raise
-            failures = 0
+            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=on_wait)
             if st.state == "pending":
-                if st.progress is not None:
-                    self._set(row.id, status="running", progress=st.progress)
+                if st.progress is not None and (st.progress != job.row.progress or job.row.status_detail):
+                    self._set(job, status="running", progress=st.progress)
+                elif job.row.status_detail:
+                    self._set(job)  # the retry is over: clear its detail
                 continue
-            await self._handle_status(row.id, st, provider, ctx, op)
-            return
+            return self._on_status(job, st)
 
-    def _provider_name(self, model: str) -> str:
-        from ..catalog import MODELS
-
-        return MODELS[model].provider
-
-    async def _submit(self, row: JobRow, ctx: JobContext, provider: Provider) -> StartResult | None:
-        attempt = 0
-        started: StartResult | None = None
-        if row.stage == "submitting":
-            # a crash (or a lost answer) between the create request and storing its answer
-            started = await self._recover(row.id, ctx, provider)
-            if started is None:
-                raise Interrupted(
-                    "the server stopped while this job's create request was in flight; the provider may have "
-                    "started (and may bill) the task, but it cannot be looked up, so it was not resubmitted."
-                )
-        else:
-            # Building a create request (reading the images, base64, JSON: ~15 ms of CPU on the event
-            # loop for a 5 MB PNG) at once would delay the answer of the tool call that submitted this
-            # job; a few ms later that answer is out (measured: 2x lower p50, 3x lower p99).
-            await anyio.sleep(CREATE_DEFER_S)
-        while started is None:
-            if self._terminal(row.id):
-                return None
-            self._set(row.id, stage="submitting")
-            try:
-                async with self._create_slots:
-                    started = await provider.start(ctx)
-            except ConcurrencyLimited as err:
-                self._set(row.id, stage="new", status="queued")
-                log.info("job %s waits for a provider slot: %s", row.id, err.message)
-                attempt += 1
-                await self._backoff(min(attempt, 5), err.retry_after or None)
-                continue
-            except AmbiguousSubmission:
-                started = await self._recover(row.id, ctx, provider)
-                if started is None:
-                    raise Interrupted(
-                        "the create request got no answer; the provider may have started (and may bill) the task, "
-                        "but it cannot be looked up, so it was not resubmitted."
-                    ) from None
-                break
-            except StillmotionError as err:
-                self._set(row.id, stage="new")
-                if err.retryable and attempt < self.settings.max_retries:
-                    attempt += 1
-                    await self._backoff(attempt, err.retry_after)
-                    continue
-                raise
-        op = dict(started.operation)
-        op["_submitted_at"] = time.time()
-        started.operation = op
-        warnings = list(dict.fromkeys([*(self.store.get(row.id) or row).warnings, *started.warnings]))
-        self._set(
-            row.id,
-            stage="polling",
-            status="running",
-            operation=op,
-            provider_task_id=started.provider_task_id,
-            warnings=warnings,
-            progress=None,
-        )
-        return started
-
-    async def _recover(self, job_id: str, ctx: JobContext, provider: Provider) -> StartResult | None:
-        """provider.recover, retried like any other call when the provider answers 429/5xx."""
-        attempt = 0
-        while True:
-            try:
-                return await provider.recover(ctx)
-            except StillmotionError as err:
-                if err.retryable and attempt < self.settings.max_retries and not self._terminal(job_id):
-                    attempt += 1
-                    await self._backoff(attempt, err.retry_after)
-                    continue
-                raise
-
-    async def _handle_status(
-        self, job_id: str, st: Status, provider: Provider, ctx: JobContext, op: dict[str, Any]
-    ) -> None:
+    def _record_cost(self, job: Job, st: Status) -> None:
         if st.actual is not None:
-            self.store.set_actual_cost(job_id, actual_usd(st.actual, self.settings.prices), st.actual.to_dict())
+            usd = actual_usd(st.actual, self.settings.prices)
+            self.store.set_actual_cost(job.id, self.owner, usd, st.actual.to_dict())
+
+    def _on_status(self, job: Job, st: Status) -> str:
+        self._record_cost(job, st)
         if st.state == "failed":
             raise st.error or ProviderError("the provider reported a failure without a reason")
         assert st.video is not None
-        self.store.update_unless_terminal(job_id, provider_done_at=time.time())
-        await self._download(job_id, st.video, provider, ctx, op)
+        job.video = st.video
+        self._set(job, provider_done_at=time.time())
+        return "downloading"
 
-    async def _download(
-        self, job_id: str, video: VideoResult, provider: Provider, ctx: JobContext, op: dict[str, Any]
-    ) -> None:
-        job_dir = self.job_dir(job_id)
-        tmp = job_dir / ".download.mp4.part"
-        pending = {"pending_video": {"url": video.url, "expires": video.url_expires_at}} if video.url else None
-        self._set(job_id, status="downloading", stage="downloading", result=pending)
-        if video.data_b64 is not None:
-            await anyio.to_thread.run_sync(_write_b64, video.data_b64, tmp)
-            await self._finish_file(job_id, tmp, provider_url=None, expires=None)
-            return
-        assert video.url is not None
-        attempt = 0
-        refreshed = False
-        while True:
-            try:
-                await download_to_file(self.client, self.guard, video.url, tmp, max_bytes=self.settings.max_download_bytes)
-                break
-            except Expired:
-                if refreshed:
-                    raise
-                refreshed = True
-                st = await provider.status(ctx, op)
-                if st.state != "completed" or st.video is None or not st.video.url:
-                    raise
-                video = st.video
-            except StillmotionError as err:
-                if err.retryable and attempt < self.settings.max_retries:
-                    attempt += 1
-                    await self._backoff(attempt, None)
-                    continue
-                raise
-        await self._finish_file(job_id, tmp, provider_url=video.url, expires=video.url_expires_at)
+    async def _download(self, job: Job) -> str:
+        """downloading -> stream the result to this attempt's temp file, check it, publish it."""
+        assert job.provider is not None and job.ctx is not None
+        provider, ctx = job.provider, job.ctx
+        op = job.row.operation or {}
+        video = job.video
+        if video is None and job.row.video_url:
+            video = VideoResult(url=job.row.video_url, url_expires_at=job.row.video_url_expires_at)
+        if video is None:  # taken over between "provider done" and the download: ask again
+            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
+            if st.state != "completed":
+                return self._on_status(job, st)
+            self._record_cost(job, st)
+            assert st.video is not None
+            video = st.video
+        self._set(job, status="downloading", stage="downloading", video_url=video.url, video_url_expires_at=video.url_expires_at)
+        tmp = self._tmp(job.id, "download")
+        try:
+            if video.data_b64 is not None:
+                await anyio.to_thread.run_sync(_write_b64, video.data_b64, tmp)
+                await self._finish_file(job, tmp, provider_url=None, expires=None)
+                return "done"
+            refreshed = False
+            while True:
+                url = video.url
+                assert url is not None
+                try:
+                    fetch = functools.partial(
+                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes
+                    )
+                    await self.retry.run(fetch, on_wait=self._waiting(job))
+                    break
+                except Expired:
+                    if refreshed:
+                        raise
+                    refreshed = True
+                    st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
+                    if st.state != "completed" or st.video is None or not st.video.url:
+                        raise
+                    video = st.video
+                    self._set(job, video_url=video.url, video_url_expires_at=video.url_expires_at)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        await self._finish_file(job, tmp, provider_url=video.url, expires=video.url_expires_at)
+        return "done"
+
+    # -- publishing ------------------------------------------------------------------------
 
     async def _finish_file(
-        self, job_id: str, tmp: Path, *, provider_url: str | None, expires: float | None, samples: Samples | None = None
+        self, job: Job, tmp: Path, *, provider_url: str | None, expires: float | None, samples: Samples | None = None
     ) -> None:
-        if self._terminal(job_id):
-            tmp.unlink(missing_ok=True)
-            return
-        job_dir = self.job_dir(job_id)
+        job_dir = self.job_dir(job.id)
         final = job_dir / "video.mp4"
         try:
             result = await anyio.to_thread.run_sync(
-                self._publish_file, tmp, final, job_dir, samples, limiter=self._publish_limiter
+                self._publish_file, job, tmp, final, job_dir, samples, limiter=self._publish_limiter
             )
         except ValueError as exc:
             raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires
-        self._set(job_id, status="succeeded", stage="done", progress=1.0, result=result)
+        self._set(job, status="succeeded", stage="done", progress=1.0, result=result, video_url=None,
+                  video_url_expires_at=None, lease_s=None)
 
-    def _publish_file(self, tmp: Path, final: Path, job_dir: Path, samples: Samples | None) -> dict[str, Any]:
+    def _publish_file(self, job: Job, tmp: Path, final: Path, job_dir: Path, samples: Samples | None) -> dict[str, Any]:
+        """Worker thread: check the file this attempt wrote, then (still owning the job) rename it into place."""
         info = self.publish(tmp, job_dir, samples)  # checks before the rename: a broken file never gets the final name
+        if job.stop.is_set() or self.store.update_owned(job.id, self.owner, {"status_detail": None}) is None:
+            raise Lost(job.id)
         os.replace(tmp, final)
         info["video"]["path"] = str(final)
         return info
@@ -457,3 +630,6 @@ def _write_b64(data: str, dest: Path) -> None:
             fh.write(base64.b64decode(data[i : i + step]))
         fh.flush()
         os.fsync(fh.fileno())
+
+
+__all__ = ["CREATE_CONCURRENCY", "JobRunner", "Lost"]

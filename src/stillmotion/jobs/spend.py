@@ -30,15 +30,7 @@ COST_COLUMNS = frozenset({"cost", "actual_cost"})
 """JSON columns added to the jobs table."""
 EPSILON = 1e-9
 
-_COLUMNS = (
-    ("estimated_usd", "REAL"),
-    ("cost", "TEXT"),
-    ("actual_usd", "REAL"),
-    ("actual_cost", "TEXT"),
-    ("billed", "INTEGER NOT NULL DEFAULT 0"),
-)
-
-TRIGGER = """
+BILLED_TRIGGER = """
 CREATE TRIGGER IF NOT EXISTS jobs_billed AFTER UPDATE OF status ON jobs
 WHEN NEW.status IN ('succeeded','failed','cancelled')
  AND OLD.status NOT IN ('succeeded','failed','cancelled')
@@ -46,7 +38,7 @@ WHEN NEW.status IN ('succeeded','failed','cancelled')
  AND NEW.route != 'local'
 BEGIN
   UPDATE jobs SET billed = 1 WHERE id = NEW.id;
-END;
+END
 """
 
 SPEND_SQL = """
@@ -59,20 +51,6 @@ COMMITTED_SQL = (
     "THEN COALESCE(actual_usd, estimated_usd, 0) ELSE 0 END"
 )
 RESERVED_SQL = "CASE WHEN status NOT IN ('succeeded','failed','cancelled') THEN COALESCE(estimated_usd, 0) ELSE 0 END"
-
-
-def ensure_cost_schema(db: sqlite3.Connection) -> None:
-    """Add the cost columns and the `billed` trigger to a jobs table (idempotent, also for old homes)."""
-    have = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
-    for name, decl in _COLUMNS:
-        if name not in have:
-            try:
-                db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {decl}")
-            except sqlite3.OperationalError as exc:  # another process added it first
-                if "duplicate column" not in str(exc).lower():
-                    raise
-    db.executescript(TRIGGER)
-    db.execute("CREATE INDEX IF NOT EXISTS jobs_created_cost ON jobs(created_at, status)")
 
 
 def period_start(period: Period, now: float | None = None) -> float:

@@ -1,10 +1,22 @@
-"""The job store: one SQLite file under STILLMOTION_HOME, WAL mode, one row per job.
+"""The job store: one interface (`JobStore`), one implementation per engine.
+
+`SqliteStore` keeps one SQLite file under STILLMOTION_HOME (WAL mode, one row per job); a
+PostgreSQL store implements the same interface for teams. `tests/store_contract.py` is the
+behaviour every implementation must show.
 
 Public `status` is what agents see (queued, running, downloading, succeeded, failed, cancelled);
-`stage` is the runner's own bookmark for resuming after a crash:
+`stage` is the runner's bookmark for resuming after a crash or a takeover:
 
     new -> submitting -> polling -> downloading -> done
-             (create request in flight: after a crash the provider is asked to recover it)
+             (create request in flight: whoever resumes asks the provider to recover it)
+
+Ownership: every unfinished job has at most one `owner` (a process instance id, see
+`jobs/ownership.py`) and a `lease_expires_at` on the store's clock. A process claims a job with
+one conditional update, renews its leases on a heartbeat, releases them when it stops, and every
+write it makes while driving a job is conditional on still owning it. Anyone may cancel.
+
+Resume bookmarks live in their own columns (`submitted_at`, `video_url`, `video_url_expires_at`,
+`provider_done_at`), never inside the provider's opaque `operation` or the published `result`.
 """
 
 from __future__ import annotations
@@ -16,17 +28,19 @@ import secrets
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InvalidInput
 from .spend import (
+    BILLED_TRIGGER,
     COST_COLUMNS,
     BudgetRule,
     Period,
     budget_status,
-    ensure_cost_schema,
     reserve_or_refuse,
     spend_breakdown,
 )
@@ -34,33 +48,10 @@ from .spend import (
 Status = Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
 Stage = Literal["new", "submitting", "polling", "downloading", "done"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+UNFINISHED: tuple[str, ...] = ("queued", "running", "downloading")
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{7,63}$")
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    tool TEXT NOT NULL,
-    model TEXT NOT NULL,
-    route TEXT NOT NULL,
-    status TEXT NOT NULL,
-    stage TEXT NOT NULL,
-    progress REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    request TEXT NOT NULL,
-    args_hash TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    operation TEXT,
-    provider_task_id TEXT,
-    warnings TEXT NOT NULL DEFAULT '[]',
-    error TEXT,
-    result TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    provider_done_at REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
-"""
+SCHEMA_VERSION = 2
+"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks."""
 
 
 def new_job_id() -> str:
@@ -75,6 +66,10 @@ def validate_job_id(job_id: str) -> str:
 
 def args_fingerprint(args: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(args, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class DuplicateIdempotencyKey(Exception):
+    """`create` lost a race: another job already holds this idempotency key."""
 
 
 @dataclass
@@ -98,12 +93,24 @@ class JobRow:
     result: dict[str, Any] | None
     attempts: int
     provider_done_at: float | None
+    owner: str | None = None
+    """The process instance driving this job (None: nobody; any process may claim it)."""
+    lease_expires_at: float | None = None
+    """Store clock; past it, another process may take the job over."""
+    status_detail: str | None = None
+    """What the job is doing right now, for agents (e.g. 'retrying: ..., attempt 2 of 5, next in 4 s')."""
+    submitted_at: float | None = None
+    """When the provider accepted the create (the poll timeout counts from here)."""
+    video_url: str | None = None
+    """The provider's result URL, kept while downloading (a takeover resumes the download)."""
+    video_url_expires_at: float | None = None
     estimated_usd: float | None = None
+    """The estimate made at submission (None: no price known); see jobs/spend.py."""
     cost: dict[str, Any] | None = None
-    """{basis, estimate} of the estimate made at submission (jobs/spend.py)."""
+    """{basis, estimate} of that estimate."""
     actual_usd: float | None = None
     actual_cost: dict[str, Any] | None = None
-    """What the provider's answer said: {usd, units, source}."""
+    """What the provider's answer said it cost: {usd, units, source}."""
     billed: int = 0
     """1 once the job ended after reaching the provider (set by a trigger; see jobs/spend.py)."""
 
@@ -112,11 +119,207 @@ class JobRow:
         return self.status in TERMINAL
 
 
-_JSON_COLS = {"request", "operation", "warnings", "error", "result", *COST_COLUMNS}
+JSON_COLS = frozenset({"request", "operation", "warnings", "error", "result", *COST_COLUMNS})
+ROW_COLS = tuple(f.name for f in fields(JobRow))
+WRITABLE = frozenset(ROW_COLS) - {"id", "created_at", "updated_at"}
 
 
-class JobStore:
-    """Thread-safe; every write commits before it returns (a kill -9 loses nothing acknowledged)."""
+class JobStore(ABC):
+    """The durable job table plus a small key/value table (`meta`).
+
+    Rules every implementation keeps:
+    - Every write is durable when it returns (a kill -9 loses nothing acknowledged).
+    - Times (`created_at`, `updated_at`, `lease_expires_at`) are seconds since the epoch on the
+      store's clock (`now()`); leases are given as a length and turned into an expiry by the store.
+    - Writes that change a job's visible state bump `updated_at` (what `changed_since` reports);
+      lease renewals and releases do not.
+    - "Unfinished" means status queued, running or downloading; terminal rows never change again
+      except through `update` (repairs and tests).
+    - Safe to call from several threads of one process.
+    """
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection. Calls after close may be ignored (set_progress) or raise."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """The store's clock (the one leases are measured on)."""
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobRow | None: ...
+
+    @abstractmethod
+    def by_idempotency_key(self, key: str) -> JobRow | None: ...
+
+    @abstractmethod
+    def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
+        """Newest first (created_at), optionally only one status."""
+
+    @abstractmethod
+    def unfinished(self) -> list[JobRow]:
+        """Every unfinished job, oldest first, whoever owns it."""
+
+    @abstractmethod
+    def claimable(self, stale_owners: Collection[str] = ()) -> list[JobRow]:
+        """Unfinished jobs another process may claim now, oldest first: no owner, a lease past its
+        expiry, or an owner listed in `stale_owners` (owners the caller knows are gone)."""
+
+    @abstractmethod
+    def changed_since(self, since: float, *, limit: int = 1000) -> list[JobRow]:
+        """Jobs whose `updated_at` is greater than `since`, oldest change first (for cross-process
+        notifications: poll with the largest `updated_at` seen, minus a small margin)."""
+
+    # -- writes ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def create(
+        self,
+        *,
+        job_id: str,
+        tool: str,
+        model: str,
+        route: str,
+        request: dict[str, Any],
+        args_hash: str,
+        idempotency_key: str | None,
+        warnings: list[str],
+        owner: str | None = None,
+        lease_s: float | None = None,
+        cost: Mapping[str, Any] | None = None,
+        budget: BudgetRule | None = None,
+    ) -> JobRow:
+        """Insert a queued job at stage `new`, owned by `owner` (leased for `lease_s`) when given.
+        Raises DuplicateIdempotencyKey when the key is taken.
+
+        `cost` is the estimate ({estimated_usd, basis, estimate}). With `budget`, the period's spend
+        is summed, compared and the job inserted in ONE write transaction, so concurrent
+        submissions (threads, processes, replicas) can never go over together; raises
+        BudgetExceeded (nothing inserted) when the estimate does not fit or is unknown."""
+
+    @abstractmethod
+    def set_actual_cost(self, job_id: str, owner: str, usd: float | None, detail: Mapping[str, Any]) -> bool:
+        """Owned write of what the provider's answer said the job cost; False when not owned."""
+
+    @abstractmethod
+    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+        """{budget: standing in its period (committed, reserved, left), rows: spend by UTC day,
+        model and route since `since`}; see jobs/spend.py for what counts."""
+
+    @abstractmethod
+    def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:
+        """Take the job in one conditional update inside a write transaction: succeeds when the
+        job is unfinished and has no owner, a lapsed lease, an owner in `stale_owners`, or is
+        already `owner`'s. Sets owner and a fresh lease; does not bump `updated_at`. Returns the
+        claimed row, or None when someone else holds it (or it ended)."""
+
+    @abstractmethod
+    def renew(self, owner: str, lease_s: float) -> set[str]:
+        """Extend the lease of every unfinished job `owner` holds; returns their ids (a job being
+        driven that is missing from the answer was lost and must stop at once)."""
+
+    @abstractmethod
+    def release(self, owner: str, job_ids: Collection[str] | None = None) -> int:
+        """Give up `owner`'s unfinished jobs (all, or only `job_ids`): owner and lease cleared, so
+        the next scan of any process takes them. Returns how many were released."""
+
+    @abstractmethod
+    def update_owned(
+        self, job_id: str, owner: str, values: Mapping[str, Any], *, lease_s: float | None = None
+    ) -> JobRow | None:
+        """Apply `values` (bumping `updated_at`; with `lease_s`, renewing the lease too) only while
+        the job is unfinished AND owned by `owner`, in one conditional update. Returns the new
+        row, or None when the job ended or changed hands (the caller must stop driving it)."""
+
+    @abstractmethod
+    def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
+        """Owned-and-unfinished progress write (render threads call it); False = stop. After close: False."""
+
+    @abstractmethod
+    def cancel(self, job_id: str, error: dict[str, Any]) -> JobRow | None:
+        """Any process: end an unfinished job as cancelled (stage done, `error`), whoever owns it.
+        Returns the row, or None when it had already ended."""
+
+    @abstractmethod
+    def update(self, job_id: str, **values: Any) -> JobRow:
+        """Unconditional update (tests and repairs only; the runner never uses it)."""
+
+    # -- meta (small shared key/value: signing secrets, the worker's id, schema version) ---
+
+    @abstractmethod
+    def meta_get(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def meta_set(self, key: str, value: str | None) -> None:
+        """Set (or with None, delete) a key."""
+
+    @abstractmethod
+    def meta_setdefault(self, key: str, value: str) -> str:
+        """Insert the key if absent (atomic across processes); returns the stored value."""
+
+
+def check_columns(values: Mapping[str, Any]) -> None:
+    bad = set(values) - WRITABLE
+    if bad:
+        raise ValueError(f"not writable job columns: {sorted(bad)}")
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite
+# --------------------------------------------------------------------------------------------
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tool TEXT NOT NULL,
+    model TEXT NOT NULL,
+    route TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    progress REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    request TEXT NOT NULL,
+    args_hash TEXT NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    operation TEXT,
+    provider_task_id TEXT,
+    warnings TEXT NOT NULL DEFAULT '[]',
+    error TEXT,
+    result TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    provider_done_at REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+"""
+
+ADDED_COLUMNS = (
+    ("owner", "TEXT"),
+    ("lease_expires_at", "REAL"),
+    ("status_detail", "TEXT"),
+    ("submitted_at", "REAL"),
+    ("video_url", "TEXT"),
+    ("video_url_expires_at", "REAL"),
+    ("estimated_usd", "REAL"),
+    ("cost", "TEXT"),
+    ("actual_usd", "REAL"),
+    ("actual_cost", "TEXT"),
+    ("billed", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns of schema 2, added in place to older databases."""
+
+_NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
+
+
+class SqliteStore(JobStore):
+    """One connection per store object, serialised by a lock; WAL lets other processes read while
+    one writes. Conditional writes are single UPDATE statements in `BEGIN IMMEDIATE` transactions."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,53 +329,122 @@ class JobStore:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
-        ensure_cost_schema(self._db)
+        self._db.execute("PRAGMA busy_timeout=30000")
         self._closed = False
+        self._migrate()
+
+    def _migrate(self) -> None:
+        self._db.executescript(SQLITE_SCHEMA)  # (executescript commits on its own: outside the transaction)
+        with self._lock, self._write():
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(jobs)").fetchall()}
+            for name, kind in ADDED_COLUMNS:
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            self._db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at)")
+            self._db.execute(BILLED_TRIGGER)
+            row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            version = int(row[0]) if row else 1
+            if version < 2:
+                self._move_bookmarks()
+            if version < SCHEMA_VERSION:
+                self._db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (str(SCHEMA_VERSION),),
+                )
+
+    def _move_bookmarks(self) -> None:
+        """Schema 1 kept `_submitted_at` inside operation and `pending_video` inside result."""
+        rows = self._db.execute(f"SELECT id, operation, result FROM jobs WHERE {_NOT_TERMINAL}").fetchall()
+        for r in rows:
+            op = json.loads(r["operation"]) if r["operation"] else None
+            res = json.loads(r["result"]) if r["result"] else None
+            submitted = op.pop("_submitted_at", None) if isinstance(op, dict) else None
+            pending = res.pop("pending_video", None) if isinstance(res, dict) else None
+            self._db.execute(
+                "UPDATE jobs SET operation=?, result=?, submitted_at=COALESCE(submitted_at, ?),"
+                " video_url=COALESCE(video_url, ?), video_url_expires_at=COALESCE(video_url_expires_at, ?) WHERE id=?",
+                (
+                    json.dumps(op) if op is not None else None,
+                    json.dumps(res) if res else None,
+                    submitted,
+                    (pending or {}).get("url"),
+                    (pending or {}).get("expires"),
+                    r["id"],
+                ),
+            )
+
+    class _Tx:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+            self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _write(self) -> SqliteStore._Tx:
+        return SqliteStore._Tx(self._db)
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._db.close()
+            if not self._closed:
+                self._closed = True
+                self._db.close()
 
-    # -- reads ---------------------------------------------------------------------------
+    def now(self) -> float:
+        return time.time()
 
-    def _row(self, r: sqlite3.Row) -> JobRow:
+    # -- reads ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _row(r: sqlite3.Row) -> JobRow:
         d = dict(r)
-        for col in _JSON_COLS:
+        for col in JSON_COLS:
             if d[col] is not None:
                 d[col] = json.loads(d[col])
         return JobRow(**d)
 
-    def get(self, job_id: str) -> JobRow | None:
+    def _select(self, where: str, params: tuple[Any, ...] = (), tail: str = "") -> list[JobRow]:
         with self._lock:
-            r = self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
-        return self._row(r) if r else None
+            rows = self._db.execute(f"SELECT * FROM jobs WHERE {where} {tail}", params).fetchall()
+        return [self._row(r) for r in rows]
+
+    def get(self, job_id: str) -> JobRow | None:
+        rows = self._select("id=?", (job_id,))
+        return rows[0] if rows else None
 
     def by_idempotency_key(self, key: str) -> JobRow | None:
-        with self._lock:
-            r = self._db.execute("SELECT * FROM jobs WHERE idempotency_key=?", (key,)).fetchone()
-        return self._row(r) if r else None
+        rows = self._select("idempotency_key=?", (key,))
+        return rows[0] if rows else None
 
     def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
-        q = "SELECT * FROM jobs"
-        params: tuple[Any, ...] = ()
         if status:
-            q += " WHERE status=?"
-            params = (status,)
-        q += " ORDER BY created_at DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(q, (*params, limit)).fetchall()
-        return [self._row(r) for r in rows]
+            return self._select("status=?", (status, limit), "ORDER BY created_at DESC LIMIT ?")
+        return self._select("1", (limit,), "ORDER BY created_at DESC LIMIT ?")
 
     def unfinished(self) -> list[JobRow]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM jobs WHERE status IN ('queued','running','downloading') ORDER BY created_at"
-            ).fetchall()
-        return [self._row(r) for r in rows]
+        return self._select(f"{_NOT_TERMINAL}", (), "ORDER BY created_at")
 
-    # -- writes --------------------------------------------------------------------------
+    def claimable(self, stale_owners: Collection[str] = ()) -> list[JobRow]:
+        stale = list(stale_owners)
+        marks = ",".join("?" * len(stale))
+        cond = "owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < ?" + (f" OR owner IN ({marks})" if stale else "")
+        return self._select(f"{_NOT_TERMINAL} AND ({cond})", (self.now(), *stale), "ORDER BY created_at")
+
+    def changed_since(self, since: float, *, limit: int = 1000) -> list[JobRow]:
+        return self._select("updated_at > ?", (since, limit), "ORDER BY updated_at LIMIT ?")
+
+    # -- writes -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _encode(values: Mapping[str, Any]) -> tuple[list[str], list[Any]]:
+        check_columns(values)
+        cols = [f"{k}=?" for k in values]
+        vals = [json.dumps(v) if k in JSON_COLS and v is not None else v for k, v in values.items()]
+        return cols, vals
 
     def create(
         self,
@@ -185,116 +457,174 @@ class JobStore:
         args_hash: str,
         idempotency_key: str | None,
         warnings: list[str],
-        cost: dict[str, Any] | None = None,
+        owner: str | None = None,
+        lease_s: float | None = None,
+        cost: Mapping[str, Any] | None = None,
         budget: BudgetRule | None = None,
     ) -> JobRow:
-        """Insert a queued job. With a budget, the period's spend is summed, compared and the job
-        inserted in one write transaction (BEGIN IMMEDIATE): concurrent submissions, in this process
-        or another on the same file, can never go over together. Raises BudgetExceeded."""
-        now = time.time()
+        now = self.now()
+        lease = now + lease_s if owner is not None and lease_s is not None else None
         cost = cost or {}
-        with self._lock:
-            if budget is not None:
-                self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if budget is not None:
-                    reserve_or_refuse(self._db, budget, cost.get("estimated_usd"), cost.get("basis", ""), now)
-                self._insert(
-                    job_id, tool, model, route, now, request, args_hash, idempotency_key, warnings, cost
+        estimated = cost.get("estimated_usd")
+        try:
+            with self._lock, self._write() as db:
+                if budget is not None:  # BEGIN IMMEDIATE holds the write lock: sum, compare, insert
+                    reserve_or_refuse(db, budget, estimated, str(cost.get("basis", "")), now)
+                db.execute(
+                    "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
+                    " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost)"
+                    " VALUES (?,?,?,?,'queued','new',NULL,?,?,?,?,?,?,?,?,?,?)",
+                    (job_id, tool, model, route, now, now, json.dumps(request), args_hash, idempotency_key,
+                     json.dumps(warnings), owner, lease, estimated,
+                     json.dumps({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)})),
                 )
-            except BaseException:
-                if budget is not None:
-                    self._db.execute("ROLLBACK")
-                raise
-            if budget is not None:
-                self._db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            if idempotency_key is not None and "idempotency_key" in str(exc):
+                raise DuplicateIdempotencyKey(idempotency_key) from exc
+            raise
         row = self.get(job_id)
         assert row is not None
         return row
 
-    def _insert(
-        self,
-        job_id: str,
-        tool: str,
-        model: str,
-        route: str,
-        now: float,
-        request: dict[str, Any],
-        args_hash: str,
-        idempotency_key: str | None,
-        warnings: list[str],
-        cost: dict[str, Any],
-    ) -> None:
-        self._db.execute(
-            "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-            " args_hash, idempotency_key, warnings, estimated_usd, cost) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                job_id,
-                tool,
-                model,
-                route,
-                "queued",
-                "new",
-                None,
-                now,
-                now,
-                json.dumps(request),
-                args_hash,
-                idempotency_key,
-                json.dumps(warnings),
-                cost.get("estimated_usd"),
-                json.dumps({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)}),
-            ),
-        )
-
-    def update(self, job_id: str, **fields: Any) -> JobRow:
-        """Unconditional update (tests and repairs); the runner uses update_unless_terminal."""
-        fields["updated_at"] = time.time()
-        cols = [f"{k}=?" for k in fields]
-        vals = [json.dumps(v) if k in _JSON_COLS and v is not None else v for k, v in fields.items()]
+    def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:
+        stale = [s for s in stale_owners if s != owner]
+        marks = ",".join("?" * len(stale))
+        now = self.now()
         with self._lock:
-            self._db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id=?", (*vals, job_id))
-        row = self.get(job_id)
-        assert row is not None
-        return row
+            if self._closed:
+                return None
+            with self._write() as db:
+                cur = db.execute(
+                    f"UPDATE jobs SET owner=?, lease_expires_at=? WHERE id=? AND {_NOT_TERMINAL} AND ("
+                    "owner IS NULL OR owner=? OR lease_expires_at IS NULL OR lease_expires_at < ?"
+                    + (f" OR owner IN ({marks})" if stale else "")
+                    + ")",
+                    (owner, now + lease_s, job_id, owner, now, *stale),
+                )
+                changed = cur.rowcount
+        return self.get(job_id) if changed else None
 
-    def update_unless_terminal(self, job_id: str, **fields: Any) -> JobRow | None:
-        """Atomically apply `fields` only if the job has not ended (a cancel wins over a late result)."""
-        fields["updated_at"] = time.time()
-        cols = [f"{k}=?" for k in fields]
-        vals = [json.dumps(v) if k in _JSON_COLS and v is not None else v for k, v in fields.items()]
+    def renew(self, owner: str, lease_s: float) -> set[str]:
         with self._lock:
-            cur = self._db.execute(
-                f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
-                (*vals, job_id),
+            if self._closed:
+                return set()
+            with self._write() as db:
+                rows = db.execute(
+                    f"UPDATE jobs SET lease_expires_at=? WHERE owner=? AND {_NOT_TERMINAL} RETURNING id",
+                    (self.now() + lease_s, owner),
+                ).fetchall()
+        return {r[0] for r in rows}
+
+    def release(self, owner: str, job_ids: Collection[str] | None = None) -> int:
+        ids = list(job_ids) if job_ids is not None else None
+        extra = f" AND id IN ({','.join('?' * len(ids))})" if ids is not None else ""
+        if ids is not None and not ids:
+            return 0
+        with self._lock:
+            if self._closed:
+                return 0
+            with self._write() as db:
+                cur = db.execute(
+                    f"UPDATE jobs SET owner=NULL, lease_expires_at=NULL WHERE owner=? AND {_NOT_TERMINAL}{extra}",
+                    (owner, *(ids or ())),
+                )
+                return cur.rowcount
+
+    def update_owned(
+        self, job_id: str, owner: str, values: Mapping[str, Any], *, lease_s: float | None = None
+    ) -> JobRow | None:
+        cols, vals = self._encode(values)
+        now = self.now()
+        cols.append("updated_at=?")
+        vals.append(now)
+        if lease_s is not None:
+            cols.append("lease_expires_at=?")
+            vals.append(now + lease_s)
+        with self._lock:
+            if self._closed:
+                return None
+            with self._write() as db:
+                cur = db.execute(
+                    f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND owner=? AND {_NOT_TERMINAL}",
+                    (*vals, job_id, owner),
+                )
+                changed = cur.rowcount
+        return self.get(job_id) if changed else None
+
+    def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
+        with self._lock:
+            if self._closed:  # a render thread abandoned at shutdown; the job restarts elsewhere
+                return False
+            with self._write() as db:
+                cur = db.execute(
+                    f"UPDATE jobs SET progress=?, status_detail=NULL, updated_at=? WHERE id=? AND owner=? AND {_NOT_TERMINAL}",
+                    (progress, self.now(), job_id, owner),
+                )
+                return cur.rowcount > 0
+
+    def cancel(self, job_id: str, error: dict[str, Any]) -> JobRow | None:
+        with self._lock, self._write() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET status='cancelled', stage='done', error=?, status_detail=NULL, lease_expires_at=NULL,"
+                f" updated_at=? WHERE id=? AND {_NOT_TERMINAL}",
+                (json.dumps(error), self.now(), job_id),
             )
             changed = cur.rowcount
         return self.get(job_id) if changed else None
 
-    def set_progress(self, job_id: str, progress: float | None) -> None:
-        with self._lock:
-            if self._closed:  # a render thread abandoned at shutdown; the job restarts next time
-                return
-            self._db.execute(
-                "UPDATE jobs SET progress=?, updated_at=? WHERE id=? AND status NOT IN ('succeeded','failed','cancelled')",
-                (progress, time.time(), job_id),
-            )
+    def update(self, job_id: str, **values: Any) -> JobRow:
+        cols, vals = self._encode(values)
+        cols.append("updated_at=?")
+        vals.append(self.now())
+        with self._lock, self._write() as db:
+            db.execute(f"UPDATE jobs SET {', '.join(cols)} WHERE id=?", (*vals, job_id))
+        row = self.get(job_id)
+        assert row is not None
+        return row
 
-    # -- cost ----------------------------------------------------------------------------
+    # -- cost -------------------------------------------------------------------------------
 
-    def set_actual_cost(self, job_id: str, usd: float | None, detail: dict[str, Any]) -> None:
-        """Record what the provider's answer said the job cost (any status: a late answer still counts)."""
+    def set_actual_cost(self, job_id: str, owner: str, usd: float | None, detail: Mapping[str, Any]) -> bool:
         with self._lock:
             if self._closed:
-                return
-            self._db.execute(
-                "UPDATE jobs SET actual_usd=?, actual_cost=? WHERE id=?", (usd, json.dumps(detail), job_id)
-            )
+                return False
+            with self._write() as db:
+                cur = db.execute(
+                    "UPDATE jobs SET actual_usd=?, actual_cost=? WHERE id=? AND owner=?",
+                    (usd, json.dumps(dict(detail)), job_id, owner),
+                )
+                return cur.rowcount > 0
 
     def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
-        """The budget's standing in its period and spend by UTC day, model and route."""
         with self._lock:
-            return {
-                "budget": budget_status(self._db, budget, period),
-                "rows": spend_breakdown(self._db, since),
-            }
+            return {"budget": budget_status(self._db, budget, period), "rows": spend_breakdown(self._db, since)}
+
+    # -- meta -------------------------------------------------------------------------------
+
+    def meta_get(self, key: str) -> str | None:
+        with self._lock:
+            r = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(r[0]) if r else None
+
+    def meta_set(self, key: str, value: str | None) -> None:
+        with self._lock, self._write() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key=?", (key,))
+            else:
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (key, value),
+                )
+
+    def meta_setdefault(self, key: str, value: str) -> str:
+        with self._lock, self._write() as db:
+            db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, value))
+            r = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return str(r[0])
+
+
+def open_store(db_path: Path, database_url: str | None = None) -> JobStore:
+    """The store for these settings: SQLite under the home (a PostgreSQL URL is #12's store)."""
+    if database_url:
+        raise ValueError("a PostgreSQL store is not available in this build (STILLMOTION_DATABASE_URL)")
+    return SqliteStore(db_path)

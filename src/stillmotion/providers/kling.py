@@ -107,10 +107,12 @@ class KlingProvider(Provider):
         resp = await send(self.client, "POST", self._base + PATH, headers=self._headers(), json=body, creates=True)
         try:
             data = self._data(resp, creating=True)
-        except _DuplicateExternalId:
+        except _DuplicateExternalId as dup:
+            # 1201 on a create: "external_task_id already exists" (another attempt or process created
+            # it) means "look it up", never a failure; any other 1201 is the caller's input.
             found = await self._lookup(job.job_id)
             if found is None:
-                raise ProviderError("Kling reports this job's task as a duplicate but cannot find it") from None
+                raise ProviderRejectedInput(dup.message, provider_code=dup.provider_code) from None
             return found
         task_id = str(data.get("task_id") or "")
         if not task_id:
@@ -168,7 +170,7 @@ class KlingProvider(Provider):
                 return AuthError(text, provider_code=pcode)
             if 1100 <= code <= 1102:
                 return QuotaError(text, provider_code=pcode)
-            if code == 1201 and creating and "duplicat" in message.lower():
+            if code == 1201 and creating:
                 return _DuplicateExternalId(text, provider_code=pcode)
             if code in (1200, 1201):
                 return ProviderRejectedInput(text, provider_code=pcode)

@@ -265,9 +265,9 @@ def register_spend_resource(mcp: Any, settings: Any) -> None:
 
 def read_spend(settings: Any) -> dict[str, Any]:
     """The spend report from the home's job store (its own short-lived connection: any process)."""
-    from ..jobs.store import JobStore
+    from ..jobs.store import open_store
 
-    store = JobStore(settings.db_path)
+    store = open_store(settings.db_path)
     try:
         return spend_report(store, settings)
     finally:

@@ -69,6 +69,9 @@ class JobResult(BaseModel):
     route: Literal["direct", "gateway", "local"]
     status: Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
     progress: float | None = Field(None, description="0-1 when known")
+    status_detail: str | None = Field(
+        None, description="What the job is doing right now when it is not plain progress (e.g. retrying a provider)."
+    )
     created_at: str
     updated_at: str
     provider_task_id: str | None = None
@@ -128,6 +131,7 @@ def job_result(row: JobRow) -> JobResult:
         route=row.route,
         status=row.status,
         progress=row.progress,
+        status_detail=row.status_detail if not row.terminal else None,
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
         provider_task_id=row.provider_task_id,
@@ -146,6 +150,8 @@ def summary_text(res: JobResult) -> str:
     if res.progress is not None and res.status in ("running", "downloading"):
         head += f", {res.progress:.0%}"
     lines = [head + "."]
+    if res.status_detail:
+        lines.append(f"Now: {res.status_detail}.")
     if res.video is not None:
         v = res.video
         lines.append(

@@ -1,0 +1,73 @@
+"""The one retry policy: create, poll, recover and download all retry through it.
+
+Retryable errors (429, 5xx, connection failures: `StillmotionError.retryable`) are tried again
+up to `max_retries` times with exponential backoff and jitter, or exactly after the provider's
+Retry-After. A provider concurrency limit (`ConcurrencyLimited`) is not a failure: the job waits
+for a slot with no attempt limit. Before each wait the caller hears what is happening (the
+runner writes it to the job's `status_detail`, so any process can show it).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+
+from ..errors import ConcurrencyLimited, StillmotionError
+
+T = TypeVar("T")
+
+OnWait = Callable[[StillmotionError, str], Awaitable[None]]
+"""(the error, a one-line status detail) -> awaited before sleeping."""
+
+
+async def _sleep(seconds: float) -> None:
+    await anyio.sleep(seconds)
+
+
+def _secs(delay: float) -> str:
+    return f"{delay:.0f} s" if delay >= 10 else f"{delay:.1f} s"
+
+
+@dataclass
+class RetryPolicy:
+    base_s: float = 1.0
+    max_retries: int = 5
+    cap_s: float = 60.0
+    sleep: Callable[[float], Awaitable[None]] = field(default=_sleep)
+    jitter: Callable[[], float] = field(default=random.random)
+    """0-1; the delay is scaled by 0.5 + jitter/2 (Retry-After is honoured exactly)."""
+
+    def delay(self, attempt: int, err: StillmotionError) -> float:
+        if err.retry_after is not None:
+            return max(0.0, min(self.cap_s, err.retry_after))
+        exp = min(attempt, 6) if isinstance(err, ConcurrencyLimited) else attempt
+        return min(self.cap_s, self.base_s * 2.0 ** (exp - 1)) * (0.5 + self.jitter() / 2)
+
+    def detail(self, attempt: int, err: StillmotionError, delay: float) -> str:
+        if isinstance(err, ConcurrencyLimited):
+            return f"queued: {err.message}; trying again in {_secs(delay)}"
+        return f"retrying: {err.message}, attempt {attempt} of {self.max_retries}, next in {_secs(delay)}"
+
+    def should_retry(self, attempt: int, err: StillmotionError) -> bool:
+        """attempt = how many retries this would be (1 = the first retry)."""
+        if not err.retryable:
+            return False
+        return isinstance(err, ConcurrencyLimited) or attempt <= self.max_retries
+
+    async def run(self, fn: Callable[[], Awaitable[T]], *, on_wait: OnWait | None = None) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await fn()
+            except StillmotionError as err:
+                attempt += 1
+                if not self.should_retry(attempt, err):
+                    raise
+                delay = self.delay(attempt, err)
+                if on_wait is not None:
+                    await on_wait(err, self.detail(attempt, err, delay))
+                await self.sleep(delay)

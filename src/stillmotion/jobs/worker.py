@@ -1,0 +1,159 @@
+"""The background worker: finishes a home's jobs after the client that started them went away.
+
+A stdio server that stops (stdin closed, SIGTERM, SIGHUP) while it owns unfinished jobs releases
+them and calls `ensure_worker`: if no worker holds the home's lock file, one is started as a
+detached process (its own session, so a client killing the server's process group does not
+stop it; stdin, stdout and stderr on /dev/null, so the client still sees the server's stdout
+close). The worker claims every unowned or stale job like any other process, logs to
+`<home>/worker.log`, and exits after `STILLMOTION_WORKER_IDLE_MS` with nothing to do.
+`stillmotion worker` runs the same loop in the foreground (systemd, a container), without the
+idle exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import IO
+
+import anyio
+import httpx
+
+from ..settings import Settings
+
+if sys.platform != "win32":
+    import fcntl
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "worker.lock"
+LOG_NAME = "worker.log"
+META_KEY = "worker"
+"""meta key holding the running worker's owner id (for `stillmotion jobs`)."""
+
+
+def lock_path(home: Path) -> Path:
+    return home / LOCK_NAME
+
+
+def take_lock(home: Path) -> IO[bytes] | None:
+    """The home's worker lock, held until the returned file is closed (or the process dies); None when taken."""
+    if sys.platform == "win32":
+        return None
+    home.mkdir(parents=True, exist_ok=True)
+    fh = open(lock_path(home), "ab")  # held for the life of the worker
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def worker_alive(home: Path) -> bool:
+    """Whether a worker holds this home's lock right now."""
+    if sys.platform == "win32" or not lock_path(home).exists():
+        return False
+    fh = take_lock(home)
+    if fh is None:
+        return True
+    fh.close()
+    return False
+
+
+def ensure_worker(settings: Settings) -> bool:
+    """Start a detached background worker for this home unless one is alive. True if one was started."""
+    if not settings.background or sys.platform == "win32":
+        return False
+    if worker_alive(settings.home):
+        log.info("a background worker is already running for %s; it takes the released jobs", settings.home)
+        return False
+    env = dict(os.environ)
+    env["STILLMOTION_HOME"] = str(settings.home)
+    env["STILLMOTION_OUTPUT_DIR"] = str(settings.output_dir)
+    cmd = [sys.executable, "-m", "stillmotion", "worker", "--background"]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        env=env,
+        cwd=str(settings.home),
+    )
+    log.info("started background worker pid %d for %s (log: %s)", proc.pid, settings.home, settings.home / LOG_NAME)
+    return True
+
+
+def log_to_file(home: Path, verbose: bool = False) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(home / LOG_NAME, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
+    """Drive every unowned or stale job of the home until stopped (or, with idle_exit, idle)."""
+    from ..service import Service
+
+    lock = take_lock(settings.home)
+    if lock is None and idle_exit:
+        log.info("another worker holds %s; exiting", lock_path(settings.home))
+        return 0
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    idle_s = settings.worker_idle_ms / 1000
+    try:
+        async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
+            svc = Service.create(settings, client)
+            log.info("worker %s started for %s", svc.runner.owner, settings.home)
+            svc.store.meta_set(META_KEY, svc.runner.owner)
+            try:
+                async with anyio.create_task_group() as tg:
+                    await svc.start(tg)
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                        tg.start_soon(_stop_on_signal, signals, tg.cancel_scope)
+                        while True:
+                            await anyio.sleep(min(0.5, max(0.05, idle_s / 4)))
+                            quiet = time.monotonic() - svc.runner.last_activity
+                            if idle_exit and not svc.runner.busy and quiet >= idle_s:
+                                # Unlock first, then look once more: a server that released jobs
+                                # while it saw this worker alive has them taken here; one that
+                                # looks after the unlock starts a new worker.
+                                if lock is not None:
+                                    lock.close()
+                                    lock = None
+                                svc.runner.scan()
+                                if svc.runner.busy:
+                                    lock = take_lock(settings.home)
+                                    continue
+                                log.info("nothing to do for %.0f s; exiting", quiet)
+                                break
+                    svc.stop()
+                    tg.cancel_scope.cancel()
+            finally:
+                svc.stop()
+                if svc.store.meta_get(META_KEY) == svc.runner.owner:
+                    svc.store.meta_set(META_KEY, None)
+                svc.close()
+    finally:
+        if lock is not None:
+            lock.close()
+    return 0
+
+
+async def _stop_on_signal(signals: AsyncIterator[signal.Signals], scope: anyio.CancelScope) -> None:
+    async for sig in signals:
+        log.info("signal %d: releasing jobs and stopping", sig)
+        scope.cancel()
+        return

@@ -1,0 +1,255 @@
+"""What every JobStore implementation must do: the behaviour the runner relies on.
+
+A test module for one engine imports everything from here and defines one fixture,
+`open_store`: a callable returning a NEW store object on the SAME (empty, per-test) database
+each time it is called, so a second object stands in for a second process:
+
+    from tests.store_contract import *  # noqa: F403
+
+    @pytest.fixture
+    def open_store(tmp_path): ...
+
+Times here are small leases and store-clock comparisons, never sleeps longer than a lease.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from stillmotion.jobs.store import DuplicateIdempotencyKey, JobRow, JobStore, new_job_id
+
+__all__ = [
+    "OpenStore",
+    "store",
+    "test_cancel_from_any_process_wins_over_owner",
+    "test_changed_since_reports_visible_changes_not_renewals",
+    "test_claim_is_exclusive_across_processes",
+    "test_claim_rules",
+    "test_create_and_read_back",
+    "test_duplicate_idempotency_key",
+    "test_meta_table",
+    "test_recent_and_unfinished",
+    "test_release",
+    "test_renew_reports_what_is_still_held",
+    "test_set_progress_is_owned",
+    "test_unknown_column_is_refused",
+    "test_update_owned_is_conditional",
+]
+
+OpenStore = Callable[[], JobStore]
+
+
+@pytest.fixture
+def store(open_store: OpenStore) -> Iterator[JobStore]:
+    s = open_store()
+    yield s
+    s.close()
+
+
+def _new(store: JobStore, *, owner: str | None = None, lease_s: float | None = None, key: str | None = None,
+         route: str = "direct") -> JobRow:
+    return store.create(
+        job_id=new_job_id(), tool="animate_image", model="m", route=route, request={"prompt": "p", "n": 1},
+        args_hash="h", idempotency_key=key, warnings=["w"], owner=owner, lease_s=lease_s,
+    )
+
+
+def test_create_and_read_back(store: JobStore) -> None:
+    row = _new(store, owner="a", lease_s=30, key="k1")
+    got = store.get(row.id)
+    assert got == row
+    assert got.status == "queued" and got.stage == "new" and got.request == {"prompt": "p", "n": 1}
+    assert got.warnings == ["w"] and got.owner == "a"
+    assert got.lease_expires_at is not None and got.lease_expires_at == pytest.approx(store.now() + 30, abs=5)
+    assert got.status_detail is None and got.submitted_at is None and got.video_url is None
+    assert store.by_idempotency_key("k1") == row
+    assert store.by_idempotency_key("nope") is None and store.get("job_missing00") is None
+    unowned = _new(store)
+    assert unowned.owner is None and unowned.lease_expires_at is None
+
+
+def test_duplicate_idempotency_key(store: JobStore, open_store: OpenStore) -> None:
+    _new(store, key="same")
+    other = open_store()
+    try:
+        with pytest.raises(DuplicateIdempotencyKey):
+            _new(other, key="same")
+    finally:
+        other.close()
+
+
+def test_claim_rules(store: JobStore) -> None:
+    free = _new(store)
+    claimed = store.claim(free.id, "a", 30)
+    assert claimed is not None and claimed.owner == "a" and claimed.updated_at == free.updated_at
+    assert store.claim(free.id, "b", 30) is None, "a live lease is not claimable"
+    assert store.claim(free.id, "a", 30) is not None, "re-claiming your own job renews it"
+    assert store.claim(free.id, "b", 30, stale_owners=["a"]) is not None, "an owner known to be gone is stale"
+    assert (store.get(free.id) or free).owner == "b"
+
+    lapsed = _new(store, owner="c", lease_s=-1)  # a lease already past its expiry
+    assert [r.id for r in store.claimable()] == [lapsed.id]
+    assert {r.id for r in store.claimable(stale_owners=["b"])} == {free.id, lapsed.id}
+    assert store.claim(lapsed.id, "d", 30) is not None
+
+    store.update(free.id, status="succeeded", stage="done")
+    assert store.claim(free.id, "b", 30) is None, "a finished job is never claimed"
+    assert store.claimable(stale_owners=["b", "d"]) == [store.get(lapsed.id)]
+
+
+def test_claim_is_exclusive_across_processes(store: JobStore, open_store: OpenStore) -> None:
+    rows = [_new(store) for _ in range(10)]
+    others = [open_store() for _ in range(4)]
+    wins: dict[str, list[str]] = {}
+    lock = threading.Lock()
+
+    def contend(i: int, s: JobStore) -> None:
+        for r in rows:
+            if s.claim(r.id, f"p{i}", 30) is not None:
+                with lock:
+                    wins.setdefault(r.id, []).append(f"p{i}")
+
+    threads = [threading.Thread(target=contend, args=(i, s)) for i, s in enumerate(others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in others:
+        s.close()
+    assert sorted(wins) == sorted(r.id for r in rows)
+    assert all(len(w) == 1 for w in wins.values()), wins
+    for r in rows:
+        assert (store.get(r.id) or r).owner == wins[r.id][0]
+
+
+def test_renew_reports_what_is_still_held(store: JobStore) -> None:
+    a1 = _new(store, owner="a", lease_s=1)
+    a2 = _new(store, owner="a", lease_s=1)
+    _new(store, owner="b", lease_s=1)
+    store.update(a2.id, status="failed", stage="done")
+    before = store.get(a1.id)
+    assert before is not None
+    assert store.renew("a", 60) == {a1.id}
+    after = store.get(a1.id)
+    assert after is not None and (after.lease_expires_at or 0) > (before.lease_expires_at or 0) + 30
+    assert after.updated_at == before.updated_at, "a renewal is not a visible change"
+    assert store.claim(a1.id, "b", 30, stale_owners=["a"]) is not None
+    assert store.renew("a", 60) == set(), "a job taken over is reported lost"
+
+
+def test_release(store: JobStore) -> None:
+    a1 = _new(store, owner="a", lease_s=60)
+    a2 = _new(store, owner="a", lease_s=60)
+    a3 = _new(store, owner="a", lease_s=60)
+    b1 = _new(store, owner="b", lease_s=60)
+    store.update(a3.id, status="succeeded", stage="done")
+    assert store.release("a", [a1.id]) == 1
+    assert (store.get(a1.id) or a1).owner is None and (store.get(a2.id) or a2).owner == "a"
+    assert store.release("a") == 1
+    released = store.get(a2.id)
+    assert released is not None and released.owner is None and released.lease_expires_at is None
+    assert (store.get(b1.id) or b1).owner == "b"
+    assert {r.id for r in store.claimable()} == {a1.id, a2.id}
+
+
+def test_update_owned_is_conditional(store: JobStore, open_store: OpenStore) -> None:
+    row = _new(store, owner="a", lease_s=1)
+    got = store.update_owned(row.id, "a", {"stage": "submitting", "status_detail": "sending"}, lease_s=60)
+    assert got is not None and got.stage == "submitting" and got.status_detail == "sending"
+    assert got.updated_at >= row.updated_at and (got.lease_expires_at or 0) > store.now() + 30
+    assert store.update_owned(row.id, "b", {"stage": "polling"}) is None
+    other = open_store()
+    try:
+        assert other.claim(row.id, "b", 30, stale_owners=["a"]) is not None
+        assert store.update_owned(row.id, "a", {"stage": "polling", "operation": {"x": 1}}) is None, "lost: no write"
+        won = other.update_owned(row.id, "b", {"stage": "polling", "operation": {"task": "t"}, "submitted_at": 5.0})
+        assert won is not None and won.operation == {"task": "t"} and won.submitted_at == 5.0
+        done = other.update_owned(row.id, "b", {"status": "succeeded", "stage": "done", "result": {"ok": True}})
+        assert done is not None and done.terminal
+        assert other.update_owned(row.id, "b", {"status": "failed"}) is None, "a finished job never changes"
+    finally:
+        other.close()
+    final = store.get(row.id)
+    assert final is not None and final.status == "succeeded" and final.result == {"ok": True}
+
+
+def test_set_progress_is_owned(store: JobStore) -> None:
+    row = _new(store, owner="a", lease_s=30)
+    store.update_owned(row.id, "a", {"status_detail": "retrying"})
+    assert store.set_progress(row.id, "a", 0.5) is True
+    got = store.get(row.id)
+    assert got is not None and got.progress == 0.5 and got.status_detail is None
+    assert store.set_progress(row.id, "b", 0.9) is False
+    store.cancel(row.id, {"kind": "cancelled", "message": "x", "retryable": False})
+    assert store.set_progress(row.id, "a", 0.9) is False
+    assert (store.get(row.id) or row).progress == 0.5
+
+
+def test_cancel_from_any_process_wins_over_owner(store: JobStore, open_store: OpenStore) -> None:
+    row = _new(store, owner="a", lease_s=30)
+    other = open_store()
+    try:
+        err: dict[str, Any] = {"kind": "cancelled", "message": "cancelled by request.", "retryable": False}
+        ended = other.cancel(row.id, err)
+        assert ended is not None and ended.status == "cancelled" and ended.stage == "done" and ended.error == err
+        assert other.cancel(row.id, err) is None, "already ended"
+    finally:
+        other.close()
+    assert store.update_owned(row.id, "a", {"status": "succeeded", "stage": "done"}) is None
+    assert (store.get(row.id) or row).status == "cancelled"
+    assert store.renew("a", 30) == set()
+
+
+def test_changed_since_reports_visible_changes_not_renewals(store: JobStore) -> None:
+    a = _new(store, owner="a", lease_s=30)
+    b = _new(store, owner="a", lease_s=30)
+    mark = max(a.updated_at, b.updated_at)
+    assert store.changed_since(mark) == []
+    time.sleep(0.01)
+    store.renew("a", 30)
+    store.claim(a.id, "a", 30)
+    assert store.changed_since(mark) == []
+    store.update_owned(b.id, "a", {"progress": 0.25})
+    changed = store.changed_since(mark)
+    assert [r.id for r in changed] == [b.id] and changed[0].progress == 0.25
+    store.cancel(a.id, {"kind": "cancelled", "message": "x", "retryable": False})
+    assert [r.id for r in store.changed_since(mark)] == [b.id, a.id]
+    assert store.changed_since(store.changed_since(mark)[-1].updated_at) == []
+
+
+def test_recent_and_unfinished(store: JobStore) -> None:
+    rows = []
+    for _ in range(4):
+        rows.append(_new(store))
+        time.sleep(0.002)
+    store.update(rows[1].id, status="succeeded", stage="done")
+    assert [r.id for r in store.recent(limit=3)] == [rows[3].id, rows[2].id, rows[1].id]
+    assert [r.id for r in store.recent(status="succeeded")] == [rows[1].id]
+    assert [r.id for r in store.unfinished()] == [rows[0].id, rows[2].id, rows[3].id]
+
+
+def test_meta_table(store: JobStore, open_store: OpenStore) -> None:
+    assert store.meta_get("secret") is None
+    assert store.meta_setdefault("secret", "first") == "first"
+    other = open_store()
+    try:
+        assert other.meta_setdefault("secret", "second") == "first", "the first writer wins everywhere"
+        other.meta_set("worker", "host:1:2:abc")
+    finally:
+        other.close()
+    assert store.meta_get("worker") == "host:1:2:abc"
+    store.meta_set("worker", None)
+    assert store.meta_get("worker") is None
+
+
+def test_unknown_column_is_refused(store: JobStore) -> None:
+    row = _new(store, owner="a", lease_s=30)
+    with pytest.raises(ValueError):
+        store.update_owned(row.id, "a", {"id": "job_other0000"})
+    with pytest.raises(ValueError):
+        store.update(row.id, bogus=1)
