@@ -362,3 +362,25 @@ async def test_spend_resource_and_cost_on_every_job(
     assert rows[XAI]["jobs"] == 2 and rows[XAI]["committed_usd"] == pytest.approx(0.30)
     assert rows[XAI]["estimated_usd"] == pytest.approx(0.30) and rows[XAI]["actual_usd"] == pytest.approx(0.30)
     assert rows["local/preview"]["committed_usd"] == 0
+
+
+async def test_kling_units_become_dollars_with_a_unit_price(
+    make_settings: SettingsFactory, img: Path, tmp_path: Path
+) -> None:
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({
+        "prices": [{"model": "klingai/kling-v2.6-i2v", "route": "direct", "mode": "pro", "sound": "off",
+                    "usd_per_second": 0.14, "source": "test contract", "estimate": False}],
+        "kling_usd_per_unit": 0.125,
+    }))
+    with KlingFake(api_key=KEY) as fake:
+        env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_PRICES": str(prices)}
+        async with connect(make_settings(**env)) as client:
+            job = structured(await client.call_tool("animate_image", {
+                "model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "go", "kling": {"mode": "pro"}}))
+            assert job["cost"]["estimated_usd"] == pytest.approx(0.70) and job["cost"]["estimate"] is False
+            done = await wait_done(client, job["job_id"])
+    # the fake deducts 5 units for a pro task: 5 x $0.125
+    assert done["cost"] == {"estimated_usd": pytest.approx(0.70), "basis": done["cost"]["basis"], "estimate": False,
+                            "actual_usd": pytest.approx(0.625)}
+    assert "test contract" in done["cost"]["basis"]
