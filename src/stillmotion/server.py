@@ -46,11 +46,12 @@ from .service import Service
 from .settings import Settings
 from .tools.cost import (
     GEN_EXCLUDED_FROM_FINGERPRINT,
+    Asker,
     GenerationResult,
+    confirm,
     cost_params,
     dry_run_result,
     fix_output_schema,
-    gate,
     register_spend_resource,
 )
 from .tools.results import JobList, JobResult, call_result, job_result
@@ -242,13 +243,21 @@ def _tool_error(exc: StillmotionError) -> ToolError:
 def _make_generation_tool(tool: str, settings: Settings) -> Callable[..., Any]:
     async def fn(**kw: Any) -> CallToolResult:
         ctx: Context[Service] = kw.pop("ctx")
-        confirmation = kw.pop("confirmation", None)
         svc = _service(ctx)
         wait_seconds = float(kw.get("wait_seconds") or 0)
         try:
             if kw.get("dry_run"):
                 return await dry_run_result(svc, _to_args(tool, kw))
-            gate(confirmation, kw.get("confirm_cost_usd"), svc.settings.confirm_above_usd)
+            asker = Asker(
+                ctx.protocol_version, ctx.client_capabilities, ctx.session, ctx.request_id,
+                ctx.input_responses, ctx.request_state,
+            )
+            ask = await confirm(
+                svc, _to_args(tool, kw), confirm_cost_usd=kw.get("confirm_cost_usd"),
+                idempotency_key=kw.get("idempotency_key"), asker=asker,
+            )
+            if ask is not None:
+                return ask  # type: ignore[return-value]  # 2026-07-28: the client asks the person, then retries
             row = await svc.submit(_to_args(tool, kw), raw_args=_raw(kw), idempotency_key=kw.get("idempotency_key"))
             if wait_seconds > 0:
                 row = await svc.wait(row.id, wait_seconds, await _progress_reporter(ctx))
@@ -262,7 +271,7 @@ def _make_generation_tool(tool: str, settings: Settings) -> Callable[..., Any]:
         return call_result(row)
 
     params = [*TOOL_PARAMS[tool], *_common_params(tool, settings.strict_capabilities, settings.default_model)]
-    params = cost_params(tool, params, _to_args)
+    params = cost_params(params)
     params.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context))
     ret = Annotated[CallToolResult, GenerationResult]
     fn.__signature__ = inspect.Signature(params, return_annotation=ret)  # type: ignore[attr-defined]

@@ -1,30 +1,46 @@
-"""The tool layer's cost hooks: `dry_run`, the confirmation above a threshold, and their results.
+"""The tool layer's cost hooks: `dry_run`, the confirmation above a threshold, their results.
 
-Hooks for the generation tools (whatever module registers them):
+Whatever module registers the generation tools calls, in its handler:
 
-* `cost_params(tool, base_params)` adds `dry_run`, `confirm_cost_usd` and a hidden `confirmation`
-  parameter, filled by an SDK resolver *before* the tool body runs. On a 2026-07-28 connection the
-  resolver's question travels as an `InputRequiredResult` (the client answers and retries); on a
-  2025-era connection as an `elicitation/create` request during the call. The SDK picks the flow.
-* `run_generation(...)` is the body: a dry run, or the confirmation gate and then the submission.
-* `GENERATION_OUTPUT` is the output schema: a job, or a dry run's own shape.
+* `dry_run_result(svc, args)` when `dry_run` is true: every check, the route, the estimate and
+  the request that would be sent; no job, no request. Its shape (`DryRunResult`) is the second
+  arm of the generation tools' output schema (`GenerationResult`).
+* `confirm(svc, args, ..., asker=Asker(...))` before submitting: None when the job may start. On
+  a 2026-07-28 connection an unanswered question comes back as an `InputRequiredResult` for the
+  handler to return (the client asks the person and retries with the answer); on a 2025-era
+  connection the person is asked right away with `elicitation/create`. A client without
+  elicitation must pass `confirm_cost_usd` (error kind `confirmation_required` otherwise).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.resolve import Elicit, Resolve
-from mcp.types import CallToolResult, TextContent
+from mcp.server.elicitation import (
+    AcceptedElicitation,
+    CancelledElicitation,
+    DeclinedElicitation,
+    elicit_with_validation,
+    render_elicitation_schema,
+)
+from mcp.types import (
+    CallToolResult,
+    ClientCapabilities,
+    ElicitRequest,
+    ElicitRequestFormParams,
+    InputRequiredResult,
+    TextContent,
+)
+from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, Field, RootModel
 
 from ..catalog import MODELS
-from ..errors import Cancelled, ConfirmationRequired, StillmotionError
+from ..errors import Cancelled, ConfirmationRequired
 from ..pricing import Cost
 from ..validation import ToolArgs, plan_request
 from .results import CostInfo, JobResult
@@ -32,7 +48,8 @@ from .results import CostInfo, JobResult
 if TYPE_CHECKING:  # avoids an import cycle with service
     from ..service import Service
 
-GEN_EXCLUDED_FROM_FINGERPRINT = ("dry_run", "confirm_cost_usd", "confirmation")
+GEN_EXCLUDED_FROM_FINGERPRINT = ("dry_run", "confirm_cost_usd")
+"""Arguments that do not make a request different (an idempotent replay may add or drop them)."""
 
 
 class ProviderRequest(BaseModel):
@@ -50,9 +67,7 @@ class DryRunResult(BaseModel):
     route: Literal["direct", "gateway", "local"]
     duration: int
     cost: CostInfo
-    request: ProviderRequest = Field(
-        description="What would be sent; <job_id> and base64 images are placeholders; no credentials"
-    )
+    request: ProviderRequest = Field(description="<job_id> and base64 images are placeholders; no credentials")
     needs_confirmation: bool
     warnings: list[str] = Field(default_factory=list)
     next_step: str
@@ -66,24 +81,31 @@ class ConfirmCost(BaseModel):
     start: bool = Field(description="Start the job and pay for it")
 
 
+CONFIRM_KEY = "stillmotion_confirm_cost"
+"""The key of the confirmation question in a 2026-07-28 InputRequiredResult."""
+_INPUT_REQUIRED_VERSION = "2026-07-28"
+
+
 @dataclass(frozen=True)
-class Verdict:
-    """The resolver's answer when it asks nobody."""
+class Asker:
+    """What a tool call offers for asking the person (from the SDK Context or the request context)."""
 
-    kind: Literal["none", "argument"]
-    cost: Cost | None = None
-    label: str = ""
+    protocol_version: str | None
+    capabilities: ClientCapabilities | None
+    session: Any
+    request_id: Any
+    input_responses: Mapping[str, Any] | None = None
+    request_state: str | None = None
 
+    @property
+    def can_elicit(self) -> bool:
+        el = self.capabilities.elicitation if self.capabilities is not None else None
+        return el is not None and (el.form is not None or el.url is None)
 
-def _service(ctx: Context[Any]) -> Service:
-    svc: Service = ctx.request_context.lifespan_context
-    return svc
-
-
-def supports_elicitation(ctx: Context[Any]) -> bool:
-    caps = ctx.client_capabilities
-    el = caps.elicitation if caps is not None else None
-    return el is not None and (el.form is not None or el.url is None)
+    @property
+    def input_required(self) -> bool:
+        """2026-07-28 and later ask through an InputRequiredResult; earlier eras with elicitation/create."""
+        return self.protocol_version is not None and is_version_at_least(self.protocol_version, _INPUT_REQUIRED_VERSION)
 
 
 def job_label(model: str, options: dict[str, Any], duration: int) -> str:
@@ -108,45 +130,95 @@ def needs_confirmation(threshold: float | None, cost: Cost) -> bool:
     return cost.estimated_usd is None or cost.estimated_usd > threshold
 
 
-def make_confirmation_resolver(
-    tool: str, params: list[inspect.Parameter], to_args: Callable[[str, dict[str, Any]], ToolArgs]
-) -> Callable[..., Awaitable[Elicit[ConfirmCost] | Verdict]]:
-    """A resolver taking the tool's own arguments: asks the person only when it must."""
+def _digest(message: str) -> str:
+    return "sm1:" + hashlib.sha256(message.encode()).hexdigest()[:24]
 
-    async def confirm(**kw: Any) -> Elicit[ConfirmCost] | Verdict:
-        ctx: Context[Any] = kw.pop("ctx")
-        svc = _service(ctx)
-        threshold = svc.settings.confirm_above_usd
-        if threshold is None or kw.get("dry_run"):
-            return Verdict("none")
-        try:
-            plan = plan_request(to_args(tool, kw), svc.settings)
-        except StillmotionError:
-            return Verdict("none")  # the body reports the error itself
-        cost = svc.estimate(plan, tool)
-        if not needs_confirmation(threshold, cost):
-            return Verdict("none")
-        key = kw.get("idempotency_key")
-        if key is not None and svc.store.by_idempotency_key(key) is not None:
-            return Verdict("none")  # a replay answers with the existing job: nothing new to pay for
-        rule = svc.budget_rule()
-        if rule is not None and cost.estimated_usd is not None:
-            left = svc.store.spend(rule, rule.period)["budget"]["left_usd"]
-            if left is not None and cost.estimated_usd > left:
-                return Verdict("none")  # the budget refuses it anyway: do not ask the person for nothing
-        label = job_label(plan.spec.id, plan.options, plan.duration)
-        if not supports_elicitation(ctx):
-            return Verdict("argument", cost, label)
-        return Elicit(f"{label}, {_about(cost)}. Start?", ConfirmCost)
 
-    own = [p for p in params if p.name != "ctx"]
-    sig = [*own, inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=Context)]
-    confirm.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-        sig, return_annotation=Elicit[ConfirmCost] | Verdict
-    )
-    confirm.__annotations__ = {p.name: p.annotation for p in sig} | {"return": Elicit[ConfirmCost] | Verdict}
-    confirm.__name__ = confirm.__qualname__ = f"confirm_cost_{tool}"
-    return confirm
+def _answer(result: Any, label: str) -> None:
+    """Raise Cancelled unless the person accepted and said start."""
+    action: Any
+    content: Any
+    if isinstance(result, AcceptedElicitation):
+        data = result.data
+        action, content = "accept", data.model_dump() if isinstance(data, BaseModel) else data
+    elif isinstance(result, DeclinedElicitation | CancelledElicitation):
+        action, content = result.action, None
+    else:
+        raw = result.model_dump() if isinstance(result, BaseModel) else dict(result or {})
+        action, content = raw.get("action"), raw.get("content")
+    if action == "accept" and isinstance(content, Mapping) and content.get("start") is True:
+        return
+    if action == "accept":
+        raise Cancelled(f"The person said no to {label}; no job was created and nothing was sent.")
+    if action == "decline":
+        raise Cancelled(f"The person declined {label}; no job was created and nothing was sent.")
+    raise Cancelled(f"The confirmation of {label} was cancelled; no job was created and nothing was sent.")
+
+
+async def confirm(
+    svc: Service,
+    args: ToolArgs,
+    *,
+    confirm_cost_usd: float | None,
+    idempotency_key: str | None,
+    asker: Asker,
+) -> InputRequiredResult | None:
+    """None when the job may start. On a 2026-07-28 connection whose question is not answered yet,
+    the InputRequiredResult to return; on a 2025-era connection the person is asked right here.
+    Raises Cancelled (declined) or ConfirmationRequired (a client that cannot ask, unconfirmed)."""
+    threshold = svc.settings.confirm_above_usd
+    if threshold is None:
+        return None
+    plan = plan_request(args, svc.settings)
+    cost = svc.estimate(plan, args.tool)
+    if not needs_confirmation(threshold, cost):
+        return None
+    if idempotency_key is not None and svc.store.by_idempotency_key(idempotency_key) is not None:
+        return None  # a replay answers with the existing job: nothing new to pay for
+    rule = svc.budget_rule()
+    if rule is not None and cost.estimated_usd is not None:
+        left = svc.store.spend(rule, rule.period)["budget"]["left_usd"]
+        if left is not None and cost.estimated_usd > left:
+            return None  # the budget refuses it anyway: do not ask the person for nothing
+    label = job_label(plan.spec.id, plan.options, plan.duration)
+    if not asker.can_elicit:
+        _confirmed_by_argument(label, cost, confirm_cost_usd, threshold)
+        return None
+    message = f"{label}, {_about(cost)}. Start?"
+    if asker.input_required:
+        answer = (asker.input_responses or {}).get(CONFIRM_KEY)
+        if answer is not None and asker.request_state == _digest(message):
+            _answer(answer, label)
+            return None
+        request = ElicitRequest(
+            params=ElicitRequestFormParams(message=message, requested_schema=render_elicitation_schema(ConfirmCost))
+        )
+        return InputRequiredResult(input_requests={CONFIRM_KEY: request}, request_state=_digest(message))
+    try:
+        result = await elicit_with_validation(
+            session=asker.session, message=message, schema=ConfirmCost, related_request_id=asker.request_id
+        )
+    except ValueError as exc:  # accepted without content, or content not matching the form
+        raise Cancelled(f"The confirmation answer was not usable ({exc}); no job was created.") from None
+    _answer(result, label)
+    return None
+
+
+def _confirmed_by_argument(label: str, cost: Cost, confirm_cost_usd: float | None, threshold: float) -> None:
+    where = f"STILLMOTION_CONFIRM_ABOVE_USD={threshold:g}"
+    if cost.estimated_usd is None:
+        raise ConfirmationRequired(
+            f"{label}: the price is unknown, and jobs above {where} need the person's yes. This client cannot "
+            "ask them (no elicitation), and confirm_cost_usd cannot confirm an unknown price: add the model's price "
+            "to the STILLMOTION_PRICES file, or use a client that supports elicitation. No job was created."
+        )
+    if confirm_cost_usd is None or confirm_cost_usd + 1e-9 < cost.estimated_usd:
+        got = "" if confirm_cost_usd is None else f" (confirm_cost_usd {confirm_cost_usd:g} is below it)"
+        raise ConfirmationRequired(
+            f"{label} is estimated at ${cost.estimated_usd:.2f}, above {where}{got}. This client cannot ask "
+            f"the person (no elicitation): ask them, and if they agree call again with confirm_cost_usd >= "
+            f"{cost.estimated_usd:g}. No job was created."
+        )
 
 
 DRY_RUN_PARAM = Annotated[bool, Field(description="Check, route and price only: no job, no request sent.")]
@@ -156,58 +228,14 @@ CONFIRM_PARAM = Annotated[
 ]
 
 
-def cost_params(
-    tool: str, params: list[inspect.Parameter], to_args: Callable[[str, dict[str, Any]], ToolArgs]
-) -> list[inspect.Parameter]:
-    """`params` (the tool's own, without ctx) plus dry_run, confirm_cost_usd and the hidden confirmation."""
+def cost_params(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
+    """`params` (the tool's own, without ctx) plus dry_run and confirm_cost_usd."""
     kw = inspect.Parameter.KEYWORD_ONLY
-    visible = [
+    return [
         *params,
         inspect.Parameter("dry_run", kw, default=False, annotation=DRY_RUN_PARAM),
         inspect.Parameter("confirm_cost_usd", kw, default=None, annotation=CONFIRM_PARAM),
     ]
-    resolver = make_confirmation_resolver(tool, visible, to_args)
-    from mcp.server.elicitation import ElicitationResult
-
-    hidden = inspect.Parameter(
-        "confirmation", kw, default=None, annotation=Annotated[ElicitationResult[ConfirmCost], Resolve(resolver)]
-    )
-    return [*visible, hidden]
-
-
-def gate(confirmation: Any, confirm_cost_usd: float | None, threshold: float | None) -> None:
-    """Raise unless the job may start: declined -> Cancelled; unconfirmed -> ConfirmationRequired."""
-    from mcp.server.elicitation import AcceptedElicitation
-
-    if confirmation is None:
-        return
-    if not isinstance(confirmation, AcceptedElicitation):
-        raise Cancelled(f"The person {confirmation.action}d the confirmation; no job was created and nothing was sent."
-                        if confirmation.action == "decline"
-                        else "The confirmation was cancelled; no job was created and nothing was sent.")
-    data = confirmation.data
-    if isinstance(data, ConfirmCost):
-        if not data.start:
-            raise Cancelled("The person said no; no job was created and nothing was sent.")
-        return
-    if not isinstance(data, Verdict) or data.kind == "none":
-        return
-    cost = data.cost
-    assert cost is not None
-    where = f"STILLMOTION_CONFIRM_ABOVE_USD={threshold:g}"
-    if cost.estimated_usd is None:
-        raise ConfirmationRequired(
-            f"{data.label}: the price is unknown, and jobs above {where} need the person's yes. This client cannot "
-            "ask them (no elicitation), and confirm_cost_usd cannot confirm an unknown price: add the model's price "
-            "to the STILLMOTION_PRICES file, or use a client that supports elicitation. No job was created."
-        )
-    if confirm_cost_usd is None or confirm_cost_usd + 1e-9 < cost.estimated_usd:
-        got = "" if confirm_cost_usd is None else f" (confirm_cost_usd {confirm_cost_usd:g} is below it)"
-        raise ConfirmationRequired(
-            f"{data.label} is estimated at ${cost.estimated_usd:.2f}, above {where}{got}. This client cannot ask "
-            f"the person (no elicitation): ask them, and if they agree call again with confirm_cost_usd >= "
-            f"{cost.estimated_usd:g}. No job was created."
-        )
 
 
 async def dry_run_result(svc: Service, args: ToolArgs) -> CallToolResult:
