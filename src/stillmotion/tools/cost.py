@@ -221,11 +221,8 @@ def _confirmed_by_argument(label: str, cost: Cost, confirm_cost_usd: float | Non
         )
 
 
-DRY_RUN_PARAM = Annotated[bool, Field(description="Check, route and price only: no job, no request sent.")]
-CONFIRM_PARAM = Annotated[
-    float | None,
-    Field(ge=0, description="USD the person approved; needed above the confirm threshold when the client cannot ask."),
-]
+DRY_RUN_PARAM = Annotated[bool, Field(description="Check and price only; nothing is sent.")]
+CONFIRM_PARAM = Annotated[float | None, Field(ge=0, description="USD the person approved (if the client cannot ask).")]
 
 
 def cost_params(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
