@@ -116,6 +116,9 @@ def markdown(
     md += [f"| {k} | {v} |" for k, v in machine.items()]
     md += ["", "## Versions", "", "| package | version |", "|---|---|"]
     md += [f"| {k} | {v} |" for k, v in versions.items()]
+    from .toollist import tool_list_markdown
+
+    md += ["", *tool_list_markdown()]
     all_rows = [r for s in sections for r in s.rows]
     targeted = [r for r in all_rows if r.passed is not None]
     md += [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,13 +31,43 @@ def _env(home: Path, **extra: str) -> dict[str, str]:
 
 def test_models_table(home: Path) -> None:
     out = subprocess.run([*EXE, "models"], env=_env(home, XAI_API_KEY="x"), capture_output=True, text=True, check=True)
-    lines = out.stdout.splitlines()
-    assert lines[0].split()[:2] == ["model", "tools"]
-    by_model = {line.split()[0]: line for line in lines[1:]}
-    assert "local/preview" in by_model and by_model["local/preview"].rstrip().endswith("local")
-    assert by_model["xai/grok-imagine-video"].rstrip().endswith("direct")
-    assert by_model["klingai/kling-v2.6-i2v"].rstrip().endswith("needs a key")
-    assert "1-15 s" in by_model["xai/grok-imagine-video"]
+    rows = [re.split(r"\s{2,}", line) for line in out.stdout.splitlines()]
+    assert rows[0] == ["model", "tools", "durations", "modes", "route now", "enabled by"]
+    by_model = {r[0]: r for r in rows[1:]}
+    assert by_model["local/preview"][4:] == ["local", "nothing (offline)"]
+    assert by_model["xai/grok-imagine-video"][2:] == ["1-15 s", "-", "direct", "XAI_API_KEY or AI_GATEWAY_API_KEY"]
+    assert by_model["klingai/kling-v2.6-i2v"][4:] == [
+        "not set up", "KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY) or AI_GATEWAY_API_KEY"
+    ]
+    assert by_model["klingai/kling-v1.5-i2v"][5] == "KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY)"
+
+
+def test_run_help_lists_tools_and_unknown_tools_get_a_suggestion(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for tool in ("animate_image", "interpolate_frames", "camera_move", "motion_brush", "check_job", "list_models"):
+        assert f"\n  {tool} " in out
+    os.environ["STILLMOTION_HOME"] = str(home)
+    try:
+        code = main(["run", "camra_move", "{}"])
+    finally:
+        os.environ.pop("STILLMOTION_HOME")
+    assert code == 2
+    assert "unknown tool 'camra_move'; did you mean 'camera_move'?" in capsys.readouterr().err
+
+
+def test_next_step_fits_a_shell_user(home: Path, image_480: Path) -> None:
+    args = json.dumps({"image": str(image_480), "duration": 1, "local": {"resolution": "480p"}})
+    out = subprocess.run([*EXE, "run", "animate_image", args], env=_env(home), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    if result["status"] != "succeeded":
+        expected = "stillmotion run check_job '" + json.dumps({"job_id": result["job_id"]}) + "' --wait"
+        assert expected in result["next_step"] and "Call check_job" not in result["next_step"]
+    else:
+        assert "stillmotion run animate_image" in result["next_step"]
 
 
 def test_run_with_wait_then_jobs(home: Path, image_480: Path) -> None:

@@ -185,7 +185,7 @@ async def test_budget_50_concurrent_submissions_fit_exactly_7(
         ok = [r for r in results if not r.is_error]
         refused = [error_text(r) for r in results if r.is_error]
         assert (len(ok), len(refused)) == (7, 43)
-        assert all(t.startswith("Error executing tool animate_image: [budget] Refused before any request") for t in refused)
+        assert all(t.startswith("[budget] Refused before any request") for t in refused)
         assert "$0.00 of the $1.75 budget is left today" in refused[-1] and "STILLMOTION_BUDGET_USD" in refused[-1]
         listed = await jobs(client)
         assert len(listed) == 7 and all(j["cost"]["estimated_usd"] == pytest.approx(0.25) for j in listed)

@@ -209,3 +209,33 @@ async def test_http_server_stopping_releases_its_jobs_and_starts_no_worker(
             store.close()
         assert row is not None and row.status == "running" and row.owner is None and row.lease_expires_at is None
         assert not worker_alive(home) and not (home / "worker.log").exists()
+
+
+# -- Kling 1201 "already exists" on a create ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_kling_1201_already_exists_means_look_it_up(make_settings: SettingsFactory, image_480: Path) -> None:
+    import httpx
+
+    path = "/v1/videos/image2video"
+    with KlingFake(api_key="k") as fake:
+        # Our create is received, but before its answer comes another attempt created the same
+        # external_task_id: Kling then answers ours with 1201 "already exists".
+        fake.inject(f"POST {path}", status=400, delay_s=1.0,
+                    json={"code": 1201, "message": "external_task_id already exists", "request_id": "r1"})  # fmt: skip
+        settings = make_settings(KLINGAI_API_KEY="k", KLINGAI_BASE_URL=fake.base_url)
+        async with connect(settings) as client:
+            job = structured(await client.call_tool(
+                "animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(image_480), "prompt": "x"}))  # fmt: skip
+            with anyio.fail_after(20):
+                while not fake.calls("POST", path):
+                    await anyio.sleep(0.01)
+            body = fake.calls("POST", path)[0].json
+            assert body["external_task_id"] == job["job_id"]
+            async with httpx.AsyncClient() as other:
+                first = await other.post(fake.url(path), json=body, headers={"Authorization": "Bearer k"})
+            assert first.json()["code"] == 0
+            done = await wait_done(client, job["job_id"])
+        assert done["status"] == "succeeded", done
+        assert len(fake.tasks) == 1 and done["provider_task_id"] == first.json()["data"]["task_id"]

@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -308,6 +310,9 @@ def test_jobs_outlive_the_client(fakes: Fakes, home: Path, img: Path, servers: l
         assert parsed is not None
         worker_pid = parsed.pid
         assert worker != a_id and os.getsid(worker_pid) == worker_pid, "the worker runs in its own session"
+        listing = subprocess.run([sys.executable, "-m", "stillmotion", "jobs"], env={**os.environ, **env},
+                                 capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
+        assert listing.splitlines()[0] == f"background worker: alive ({worker})"
         fakes.release_tasks()
         done = _wait_rows(home, jobs, lambda r: r.terminal, timeout=60)
         for row in done.values():
@@ -409,5 +414,45 @@ def test_cancel_and_follow_from_another_process(
     fakes.release_tasks()
     followed = b.call_tool("check_job", {"job_id": to_follow, "wait_seconds": 30})["result"]["structuredContent"]
     assert followed["status"] == "succeeded" and _owner(home, to_follow) == a_id
-    updates = [line for line in b.stdout_lines if b"notifications/resources/updated" in line and uri.encode() in line]
-    assert updates, "B's subscriber heard nothing about a job A drives"
+    def heard() -> bool:
+        return any(b"notifications/resources/updated" in line and uri.encode() in line for line in b.stdout_lines)
+
+    # B's store watch (every 0.5 s) may see the final change just after check_job read it
+    _wait(heard, timeout=10, what="B's subscriber to hear about a job A drives")
+
+
+def test_foreground_worker_finishes_jobs_and_releases_on_sigterm(
+    fakes: Fakes, home: Path, img: Path, servers: list[StdioServer]
+) -> None:
+    fakes.hold_tasks()
+    a = _start(servers, _env(home, fakes))
+    jobs = [_submit(a, KLING, img), _submit(a, WAN, img)]
+    fakes.kling.wait_for_calls(1, "GET", KLING_PATH + "/", timeout=20)
+    fakes.wan.wait_for_calls(1, "GET", WAN_TASKS, timeout=20)
+    a.kill()
+    env = {**os.environ, **_env(home, fakes), "PYTHONUNBUFFERED": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "stillmotion", "worker"], env=env,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        _wait(lambda: worker_alive(home), what="the foreground worker's lock")
+        def worker_owns(r: JobRow) -> bool:
+            parsed = parse_owner(r.owner or "")
+            return parsed is not None and parsed.pid == worker.pid
+
+        _wait_rows(home, jobs, worker_owns)  # A was killed: the worker takes its jobs at once
+        worker.send_signal(signal.SIGTERM)  # stopping releases its jobs for the next process
+        assert worker.wait(timeout=20) == 0
+        released = _rows(home, jobs)
+        assert all(r.owner is None and not r.terminal for r in released.values()), released
+        assert not worker_alive(home)
+        _start(servers, _env(home, fakes))
+        fakes.release_tasks()
+        for row in _wait_rows(home, jobs, lambda r: r.terminal).values():
+            _assert_published(home, row)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        for pipe in (worker.stdout, worker.stderr):
+            if pipe is not None:
+                pipe.close()

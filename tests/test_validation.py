@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,21 +128,21 @@ BAD: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("wan_duration", "animate_image", {"model": WAN, "image": "{ok}", "prompt": "p", "duration": 1}, ["duration", "2"]),
     ("brush_duration_v1", "motion_brush", {"model": "klingai/kling-v1-i2v", "image": "{ok}", "prompt": "p", "duration": 10, "dynamic_masks": _masks(1)}, ["duration", "5"]),
     ("cfg_on_v2", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"cfg_scale": 0.5}}, ["kling.cfg_scale", "klingai/kling-v1-i2v"]),
-    ("cfg_range", "animate_image", {"model": "klingai/kling-v1-i2v", "image": "{ok}", "prompt": "p", "kling": {"cfg_scale": 1.5}}, ["cfg_scale", "less than or equal to 1"]),
+    ("cfg_range", "animate_image", {"model": "klingai/kling-v1-i2v", "image": "{ok}", "prompt": "p", "kling": {"cfg_scale": 1.5}}, ["kling.cfg_scale", "must be <= 1; got 1.5", "from 0 to 1"]),
     ("sound_v25", "animate_image", {"model": "klingai/kling-v2.5-turbo-i2v", "image": "{ok}", "prompt": "p", "kling": {"sound": "on"}}, ["kling.sound", K26]),
     ("sound_v26_std", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"sound": "on"}}, ["kling.sound", "pro"]),
     ("voices_no_sound", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"mode": "pro", "voices": ["v"]}}, ["kling.voices", "sound: on"]),
-    ("voices_three", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"mode": "pro", "sound": "on", "voices": ["a", "b", "c"]}}, ["voices", "at most 2"]),
+    ("voices_three", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"mode": "pro", "sound": "on", "voices": ["a", "b", "c"]}}, ["kling.voices", "has 3 items", "at most 2"]),
     ("voice_ref", "animate_image", {"model": K26, "image": "{ok}", "prompt": "hi <<<voice_2>>>", "kling": {"mode": "pro", "sound": "on", "voices": ["a"]}}, ["prompt", "<<<voice_1>>>"]),
     ("audio_not_flash", "animate_image", {"model": WAN, "image": "{ok}", "prompt": "p", "wan": {"audio": True}}, ["wan.audio", FLASH]),
-    ("xai_duration", "animate_image", {"model": XAI, "image": "{ok}", "prompt": "p", "duration": 16}, ["duration", "less than or equal to 15"]),
+    ("xai_duration", "animate_image", {"model": XAI, "image": "{ok}", "prompt": "p", "duration": 16}, ["duration", "16 s is not offered", "15"]),
     ("xai_resolution", "animate_image", {"model": XAI, "image": "{ok}", "prompt": "p", "xai": {"resolution": "1080p"}}, ["resolution", "480p", "720p"]),
     ("xai_prompt_missing", "animate_image", {"model": XAI, "image": "{ok}"}, ["prompt", "requires"]),
     ("camera_two_axes", "camera_move", {"image": "{ok}", "camera": {"type": "simple", "config": {"zoom": 2, "pan": 1}}}, ["camera.config", "exactly one", "zoom in [-10, 10]"]),
     ("camera_no_axis", "camera_move", {"image": "{ok}", "camera": {"type": "simple", "config": {}}}, ["camera.config", "exactly one"]),
     ("camera_no_config", "camera_move", {"image": "{ok}", "camera": {"type": "simple"}}, ["camera.config", "horizontal"]),
     ("camera_preset_config", "camera_move", {"image": "{ok}", "camera": {"type": "down_back", "config": {"zoom": 1}}}, ["camera.config", "no config"]),
-    ("camera_range", "camera_move", {"image": "{ok}", "camera": {"type": "simple", "config": {"zoom": 11}}}, ["zoom", "less than or equal to 10"]),
+    ("camera_range", "camera_move", {"image": "{ok}", "camera": {"type": "simple", "config": {"zoom": 11}}}, ["camera.config.zoom", "must be <= 10; got 11", "from -10 to 10"]),
     ("camera_type", "camera_move", {"image": "{ok}", "camera": {"type": "orbit"}}, ["camera.type", "down_back"]),
     ("camera_v15_preset", "camera_move", {"model": "klingai/kling-v1.5-i2v", "image": "{ok}", "prompt": "p", "camera": {"type": "down_back"}, "kling": {"mode": "pro"}}, ["camera.type", "simple"]),
     ("camera_v15_std", "camera_move", {"model": "klingai/kling-v1.5-i2v", "image": "{ok}", "prompt": "p", "camera": CAM}, ["kling.mode", "pro", "never upgrades"]),
@@ -150,17 +151,17 @@ BAD: list[tuple[str, str, dict[str, Any], list[str]]] = [
     ("interp_on_wan", "interpolate_frames", {"model": WAN, "start_image": "{ok}", "end_image": "{ok}", "prompt": "p"}, ["model", "local/preview"]),
     ("interp_v26_std", "interpolate_frames", {"model": K26, "start_image": "{ok}", "end_image": "{ok}", "prompt": "p"}, ["kling.mode", "pro"]),
     ("interp_v26_sound", "interpolate_frames", {"model": K26, "start_image": "{ok}", "end_image": "{ok}", "prompt": "p", "kling": {"mode": "pro", "sound": "on"}}, ["kling.sound", "silent"]),
-    ("masks_seven", "motion_brush", {"image": "{ok}", "dynamic_masks": _masks(7)}, ["dynamic_masks", "at most 6"]),
+    ("masks_seven", "motion_brush", {"image": "{ok}", "dynamic_masks": _masks(7)}, ["dynamic_masks", "has 7 items", "1-6"]),
     ("traj_one_point", "motion_brush", {"image": "{ok}", "dynamic_masks": _masks(1, points=1)}, ["dynamic_masks[0].trajectory", "2-77"]),
     ("traj_78_points", "motion_brush", {"image": "{ok}", "duration": 5, "dynamic_masks": _masks(1, points=78)}, ["dynamic_masks[0].trajectory", "2-77"]),
     ("traj_outside", "motion_brush", {"image": "{ok}", "dynamic_masks": [{"mask": {"box": [0, 0, 50, 50]}, "trajectory": [{"x": 10, "y": 10}, {"x": 700, "y": 10}]}]}, ["dynamic_masks[0].trajectory[1]", "x in [0, 639]"]),
     ("mask_aspect", "motion_brush", {"image": "{ok}", "dynamic_masks": _masks(1, mask="{mask_wrong_aspect}")}, ["dynamic_masks[0].mask", "aspect ratio"]),
     ("mask_resolution", "motion_brush", {"image": "{ok}", "dynamic_masks": _masks(1, mask="{mask_half}"), "static_mask": {"box": [0, 0, 100, 100]}}, ["static_mask", "one resolution", "320x240"]),
     ("shape_outside", "motion_brush", {"image": "{ok}", "dynamic_masks": _masks(1, mask={"box": [600, 10, 700, 60]})}, ["dynamic_masks[0].mask", "outside"]),
-    ("no_masks", "motion_brush", {"image": "{ok}", "dynamic_masks": []}, ["dynamic_masks", "at least 1"]),
-    ("wait_range", "animate_image", {"image": "{ok}", "wait_seconds": 51}, ["wait_seconds", "less than or equal to 50"]),
-    ("unknown_arg", "animate_image", {"image": "{ok}", "fps": 30}, ["fps", "Extra inputs"]),
-    ("options_typo", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"mdoe": "pro"}}, ["mdoe", "Extra inputs"]),
+    ("no_masks", "motion_brush", {"image": "{ok}", "dynamic_masks": []}, ["dynamic_masks", "has 0 items", "1-6"]),
+    ("wait_range", "animate_image", {"image": "{ok}", "wait_seconds": 51}, ["wait_seconds", "must be <= 50", "from 0 to 50"]),
+    ("unknown_arg", "animate_image", {"image": "{ok}", "fps": 30}, ["'fps': unknown argument", "image, "]),
+    ("options_typo", "animate_image", {"model": K26, "image": "{ok}", "prompt": "p", "kling": {"mdoe": "pro"}}, ["'kling.mdoe'", "did you mean 'mode'?"]),
 ]
 
 GOOD: list[tuple[str, str, dict[str, Any]]] = [
@@ -296,22 +297,26 @@ async def test_random_arguments_never_crash_or_leak_requests(
 async def test_schemas_are_generated_from_the_catalog(make_settings: SettingsFactory) -> None:
     async with connect(make_settings()) as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
-        listed = structured(await c.call_tool("list_models", {}))
+        listed = json.loads((await c.read_resource("stillmotion://models")).contents[0].text)  # type: ignore[union-attr]
     for tool in GENERATION_TOOLS:
         schema = tools[tool].input_schema
         model = schema["properties"]["model"]
         enum = next(x["enum"] for x in model["anyOf"] if "enum" in x) if "anyOf" in model else model["enum"]
         assert enum == model_ids_for_tool(tool)
         desc = model["description"]
-        for mid in enum:
-            if mid in MODELS:
-                assert mid in desc
-                assert MODELS[mid].serves(tool)
+        named = {
+            m.group(1) + middle + m.group(3)
+            for m in re.finditer(r"([\w/.-]*)\{([^}]*)\}([\w.-]*)", desc)
+            for middle in m.group(2).split(",")
+        } | set(re.findall(r"[a-z][\w.-]*/[a-z][\w.-]*", re.sub(r"[\w/.-]*\{[^}]*\}[\w.-]*", "", desc)))
+        assert named == {mid for mid in enum if mid in MODELS}, (tool, named)  # every model's rules, each once
+        for mid in named:
+            assert MODELS[mid].serves(tool)
         assert schema["properties"]["wait_seconds"]["maximum"] == 50
     cam = json.dumps(tools["camera_move"].input_schema)
-    assert '"minimum": -10' in cam and '"maximum": 10' in cam and "counter-clockwise" in cam
+    assert '"minimum": -10' in cam and '"maximum": 10' in cam and "counter-clockwise" in str(tools["camera_move"].description)
     kl = json.dumps(tools["animate_image"].input_schema)
-    assert "Not supported on Kling v2.x" in kl and "stretches".upper() in kl.upper()
+    assert "not on v2.x" in kl and "STRETCHES" in kl
     by_id = {m["id"]: m for m in listed["models"]}
     assert set(by_id) == set(MODELS)
     assert by_id[K26]["prompt"]["max_chars"] == 2500 and by_id[WAN]["negative_prompt"]["max_chars"] == 500

@@ -50,8 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     spend.add_argument("--json", action="store_true", help="print the stillmotion://spend JSON instead of a table")
     worker = sub.add_parser("worker", help="run the job runner alone, in the foreground (systemd, a container)")
     worker.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
-    run = sub.add_parser("run", help="call any tool from a shell")
-    run.add_argument("tool")
+    run = sub.add_parser(
+        "run",
+        help="call any tool from a shell",
+        description="Call one of the server's tools with a JSON object of arguments.",
+        epilog=_tools_epilog() if _asks_run_help(sys.argv[1:] if argv is None else argv) else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("tool", help="a tool name (listed below)")
     run.add_argument("arguments", nargs="?", default="{}", help="JSON object of tool arguments")
     run.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
     args = parser.parse_args(argv)
@@ -98,6 +104,35 @@ def _serve(http: bool, host: str, port: int) -> int:
     return serve_http(settings, host, port)
 
 
+def _asks_run_help(argv: list[str]) -> bool:
+    """Build the tool list for `run --help` only (it imports the server: not for every command)."""
+    return "run" in argv and any(a in ("-h", "--help") for a in argv)
+
+
+def _tools_epilog() -> str:
+    """`run --help`: every tool with the first sentence of its description, and examples."""
+    from .server import tool_specs
+    from .settings import Settings
+
+    try:
+        specs = tool_specs(Settings.from_env())
+    except Exception as exc:  # a broken environment must not break --help
+        return f"(tools unavailable: {exc})"
+    width = max(len(s.name) for s in specs)
+    lines = ["tools:"]
+    for spec in specs:
+        first = spec.description.split(". ")[0].rstrip(".")
+        lines.append(f"  {spec.name.ljust(width)}  {first}.")
+    lines += [
+        "",
+        "examples:",
+        "  stillmotion run animate_image '{\"image\": \"photo.jpg\", \"prompt\": \"slow zoom in\"}' --wait",
+        "  stillmotion run check_job '{\"job_id\": \"job_...\"}' --wait",
+        "  stillmotion run list_models '{\"model\": \"klingai/kling-v2.6-i2v\"}'",
+    ]
+    return "\n".join(lines)
+
+
 def _hand_over_on_signal() -> None:
     """SIGTERM/SIGHUP to a stdio server: release its jobs, start the background worker, exit.
 
@@ -117,8 +152,10 @@ def _hand_over_on_signal() -> None:
         logging.shutdown()
         os._exit(0)
 
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
 
 
 def _worker(background: bool, verbose: bool) -> int:
@@ -136,22 +173,19 @@ def _worker(background: bool, verbose: bool) -> int:
 def _models() -> int:
     from .catalog import MODELS
     from .settings import Settings
-    from .validation import choose_route
+    from .tools.models import SHORT_TOOL, enabled_by, route_now, tools_of
 
     settings = Settings.from_env()
-    rows: list[tuple[str, ...]] = [("model", "tools", "durations", "modes", "route now")]
+    rows: list[tuple[str, ...]] = [("model", "tools", "durations", "modes", "route now", "enabled by")]
     for m in MODELS.values():
-        route: str
-        try:
-            route = choose_route(m, settings)
-        except Exception:
-            route = "needs a key"
-        tools = ",".join(t.replace("_image", "").replace("_frames", "").replace("_move", "").replace("_brush", "")
-                         for t in m.features)
-        rows.append((m.id, tools, m.describe_durations(), "|".join(m.modes) or "-", route))
+        route, _ = route_now(m, settings)
+        tools = ",".join(SHORT_TOOL[t] for t in tools_of(m, settings))
+        rows.append(
+            (m.id, tools, m.describe_durations(), "|".join(m.modes) or "-", route or "not set up", enabled_by(m))
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
@@ -250,8 +284,16 @@ async def _run_tool(tool: str, raw: str, wait: bool) -> int:
     except json.JSONDecodeError as exc:
         print(f"arguments must be a JSON object: {exc}", file=sys.stderr)
         return 2
-    server = build_server()
+    server = build_server(shell=True)  # next steps name shell commands
     async with Client(server) as client:
+        names = [t.name for t in (await client.list_tools()).tools]
+        if tool not in names:
+            from .validation import did_you_mean
+
+            near = did_you_mean(tool, names, cutoff=0.6)
+            hint = f"; did you mean '{near}'?" if near else "."
+            print(f"stillmotion: unknown tool {tool!r}{hint} Tools: {', '.join(names)}.", file=sys.stderr)
+            return 2
         result = await client.call_tool(tool, arguments)
         structured = result.structured_content
         if result.is_error or not wait or not structured or "job_id" not in structured:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from .catalog import CAMERA_TYPES
 
 Strength = Annotated[float, Field(ge=-10, le=10)]
-PollInterval = Annotated[int, Field(ge=50, le=600_000, description="How often to check the task, ms (default 5000).")]
-PollTimeout = Annotated[
-    int, Field(ge=1000, le=7_200_000, description="Give up polling after this many ms (default 600000).")
-]
+PollInterval = Annotated[int, Field(ge=50, le=600_000)]
+"""How often to check the task, ms (default 5000)."""
+PollTimeout = Annotated[int, Field(ge=1000, le=7_200_000)]
+"""Give up polling after this many ms (default 600000)."""
 
 
 class _Strict(BaseModel):
@@ -28,12 +28,19 @@ class _Strict(BaseModel):
 class CameraConfig(_Strict):
     """Exactly one axis non-zero, each in [-10, 10]; seed signs (camera motion)."""
 
-    horizontal: Strength = Field(0, description="Camera translation along x; negative = left.")
-    vertical: Strength = Field(0, description="Camera translation along y; negative = down.")
-    pan: Strength = Field(0, description="Camera rotation around the y axis; negative = left.")
-    tilt: Strength = Field(0, description="Camera rotation around the x axis; negative = down.")
-    roll: Strength = Field(0, description="Camera rotation around the z axis; negative = counter-clockwise.")
-    zoom: Strength = Field(0, description="Focal length change; negative = narrower field of view (content grows).")
+    # signs (negative = left / down / counter-clockwise / narrower view) are in camera_move's description
+    horizontal: Strength = 0
+    """Camera translation along x; negative = left."""
+    vertical: Strength = 0
+    """Camera translation along y; negative = down."""
+    pan: Strength = 0
+    """Camera rotation around the y axis; negative = left."""
+    tilt: Strength = 0
+    """Camera rotation around the x axis; negative = down."""
+    roll: Strength = 0
+    """Camera rotation around the z axis; negative = counter-clockwise."""
+    zoom: Strength = 0
+    """Focal length change; negative = narrower field of view (content grows)."""
 
 
 CameraType = Literal["simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward"]
@@ -42,41 +49,52 @@ assert set(CameraType.__args__) == set(CAMERA_TYPES)  # type: ignore[attr-define
 
 class CameraControl(_Strict):
     type: CameraType = Field(
-        description=(
-            "simple: one axis from `config`; down_back: descend and pull back; forward_up: push in while "
-            "tilting up; right_turn_forward / left_turn_forward: turn, then push in."
-        )
+        description="simple: one axis from config; presets: down_back, forward_up, right/left_turn_forward."
     )
     config: CameraConfig | None = Field(
-        None, description="Required for type simple (exactly one non-zero axis); must be absent for the other types."
+        None, description="Type simple only: exactly one non-zero axis."
     )
 
 
 class Point(_Strict):
-    x: float = Field(description="Pixels from the input image's LEFT edge.")
-    y: float = Field(description="Pixels from the input image's BOTTOM edge (origin bottom-left).")
+    x: float
+    """Pixels from the input image's LEFT edge."""
+    y: float
+    """Pixels from the input image's BOTTOM edge (origin bottom-left)."""
 
 
 class BoxShape(_Strict):
     box: Annotated[list[float], Field(min_length=4, max_length=4)] = Field(
-        description="[x0, y0, x1, y1] in input-image pixels, origin bottom-left."
+        description="[x0, y0, x1, y1]"
     )
 
 
 class PolygonShape(_Strict):
     polygon: Annotated[list[Annotated[list[float], Field(min_length=2, max_length=2)]], Field(min_length=3)] = Field(
-        description="[[x, y], ...] in input-image pixels, origin bottom-left, at least 3 points."
+        description="[[x, y], ...]"
     )
 
 
+def _mask_kind(value: Any) -> str | None:
+    """Which form a mask takes, so that a bad mask is reported against that form only."""
+    if isinstance(value, str):
+        return "image"
+    if isinstance(value, PolygonShape) or (isinstance(value, dict) and "polygon" in value):
+        return "polygon"
+    if isinstance(value, BoxShape | dict):
+        return "box"
+    return None
+
+
 MaskInput = Annotated[
-    str | BoxShape | PolygonShape,
+    Annotated[str, Tag("image")] | Annotated[BoxShape, Tag("box")] | Annotated[PolygonShape, Tag("polygon")],
+    Discriminator(
+        _mask_kind,
+        custom_error_type="mask_type",
+        custom_error_message="a mask is an image string or a shape object {box: [...]} / {polygon: [...]}",
+    ),
     Field(
-        description=(
-            "A mask image (any image form: path, file:// or http(s) URL, data: URI, base64, stillmotion:// "
-            "resource; white = selected) or a shape the server rasterises at the input image's resolution: "
-            '{"box": [x0, y0, x1, y1]} or {"polygon": [[x, y], ...]} in input-image pixels, origin bottom-left.'
-        )
+        description="A mask image in any image form (white = selected), or a box/polygon in input-image pixels."
     ),
 ]
 
@@ -84,36 +102,33 @@ MaskInput = Annotated[
 class DynamicMask(_Strict):
     mask: MaskInput
     trajectory: list[Point] = Field(
-        description=(
-            "Path the masked region follows, in input-image pixels with the origin at the BOTTOM-LEFT corner. "
-            "2-77 points for a 5 s clip (the upper bound scales with duration)."
-        )
+        description="Path the region follows: input-image pixels, origin BOTTOM-LEFT; 2-77 points per 5 s."
     )
 
 
 class KlingOptions(_Strict):
     mode: Literal["std", "pro"] | None = Field(
-        None, description="std (default) or pro. Some features need pro on some models (see the model rules)."
+        None, description="Default std."
     )
     cfg_scale: Annotated[float, Field(ge=0, le=1)] | None = Field(
-        None, description="Prompt adherence 0-1 (default 0.5). Not supported on Kling v2.x."
+        None, description="Default 0.5; not on v2.x."
     )
-    sound: Literal["on", "off"] | None = Field(None, description="Generate audio (v2.6 pro, v3). Default off.")
+    sound: Literal["on", "off"] | None = Field(None, description="Audio (v2.6 pro, v3); default off.")
     voices: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=2)] | None = Field(
         None,
-        description="Up to 2 Kling voice ids; need sound on. Refer to them in the prompt as <<<voice_1>>>, <<<voice_2>>>.",
+        description="Voice ids; need sound on; prompt says <<<voice_1>>>.",
     )
-    watermark: bool | None = Field(None, description="Ask Kling for a watermarked result.")
+    watermark: bool | None = None
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
 
 
 class WanOptions(_Strict):
     audio: bool | None = Field(
-        None, description="Generate audio (wan-v2.6-i2v-flash only). Default false (DashScope's own default is true)."
+        None, description="Audio (flash model only). Default false."
     )
-    resolution: Literal["720P", "1080P"] | None = Field(None, description="Output tier; default 720P.")
-    prompt_extend: bool | None = Field(None, description="Let DashScope rewrite the prompt (its default true).")
+    resolution: Literal["720P", "1080P"] | None = Field(None, description="Default 720P.")
+    prompt_extend: bool | None = Field(None, description="Let Wan rewrite the prompt (default true).")
     seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
     watermark: bool | None = None
     poll_interval_ms: PollInterval | None = None
@@ -124,10 +139,7 @@ class XaiOptions(_Strict):
     resolution: Literal["480p", "720p"] | None = Field(None, description="Default 480p.")
     aspect_ratio: Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] | None = Field(
         None,
-        description=(
-            "Override the output aspect ratio. WARNING: this STRETCHES the input image; leave it out to keep the "
-            "image's own aspect ratio."
-        ),
+        description="STRETCHES the image to this shape; leave out to keep the image's own.",
     )
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
@@ -135,7 +147,7 @@ class XaiOptions(_Strict):
 
 class LocalOptions(_Strict):
     resolution: Literal["480p", "720p", "1080p"] = Field(
-        "720p", description="Short side of the output; the input's aspect ratio is kept."
+        "720p"
     )
 
 

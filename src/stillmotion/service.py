@@ -186,12 +186,10 @@ class Service:
         preview = preview_create_request(self.client, self.settings, request, held)
         return plan, self.estimate(plan, args.tool), preview
 
-    async def submit(
-        self, args: ToolArgs, *, raw_args: dict[str, Any], idempotency_key: str | None, plan: Plan | None = None
-    ) -> JobRow:
+    async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
         """Validate everything, store the job (reserving its estimate against the budget), start it.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
-        fingerprint = args_fingerprint({"tool": args.tool, **raw_args})
+        fingerprint = args_fingerprint(args.fingerprint())
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(idempotency_key)
             if existing is not None:

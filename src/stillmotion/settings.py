@@ -119,6 +119,8 @@ class Settings:
     budget_period: BudgetPeriod = "month"
     confirm_above_usd: float | None = None
     """STILLMOTION_CONFIRM_ABOVE_USD: jobs estimated above this need the person's yes."""
+    resource_links: bool = True
+    """STILLMOTION_RESOURCE_LINKS=0: tool results carry no resource_link (the text names the file)."""
     test_hold_file: Path | None = None
     """Test hook: while this file exists, local renders pause after their first frames."""
     lease_ms: int = 30_000
@@ -186,6 +188,7 @@ class Settings:
             budget_usd=_usd(env, "STILLMOTION_BUDGET_USD"),
             budget_period=period,  # type: ignore[arg-type]
             confirm_above_usd=_usd(env, "STILLMOTION_CONFIRM_ABOVE_USD"),
+            resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),

@@ -8,8 +8,10 @@ values. Options a model ignores become warnings, never silent drops.
 
 from __future__ import annotations
 
+import difflib
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -53,6 +55,31 @@ class ToolArgs:
     xai: XaiOptions | None = None
     local: LocalOptions | None = None
     image_argument: str = "image"
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The validated request as JSON data: what "the same arguments" means for an idempotency key."""
+        out: dict[str, Any] = {"tool": self.tool}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("tool", "image_argument") or value is None:
+                continue
+            name = self.image_argument if f.name == "image" else f.name
+            out[name] = _jsonable(value)
+        return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def did_you_mean(given: str, choices: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The choice closest to a near miss (`duraton` -> `duration`), or None when nothing is close."""
+    close = difflib.get_close_matches(given, list(choices), n=1, cutoff=cutoff)
+    return close[0] if close else None
 
 
 @dataclass
@@ -128,7 +155,9 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     mid = resolve_model_id(model_arg)
     allowed_models = [m.id for m in models_for_tool(tool, strict=settings.strict_capabilities)]
     if mid is None:
-        raise InvalidInput("model", f"unknown model {model_arg!r} for {tool}.", allowed_models)
+        near = did_you_mean(model_arg, allowed_models, cutoff=0.6)
+        hint = f"; did you mean '{near}'?" if near else "."
+        raise InvalidInput("model", f"unknown model {model_arg!r} for {tool}{hint}", allowed_models)
     spec = MODELS[mid]
     warnings: list[str] = []
     feature = spec.features.get(tool)

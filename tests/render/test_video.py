@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stillmotion.media.contact_sheet import contact_sheet_png, last_frame_png
+from stillmotion.media.contact_sheet import (
+    CAPTION_HEIGHT,
+    caption_strip,
+    contact_sheet_png,
+    last_frame_png,
+    time_label,
+)
 from stillmotion.media.video import (
     encode_frames,
     first_and_last_frames,
@@ -223,12 +229,22 @@ def test_contact_sheet_720p(tmp_path: Path) -> None:
     assert len(data) < 100_000
     sheet = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     tw, th = 200, round(200 * 720 / 1280)
-    assert sheet.shape == (2 * th + 2, 3 * tw + 4, 3)
+    cell = th + CAPTION_HEIGHT
+    assert sheet.shape == (2 * cell + 2, 3 * tw + 4, 3)
     first, last = first_and_last_frames(path)
     small_first = cv2.resize(first, (tw, th), interpolation=cv2.INTER_AREA)
     small_last = cv2.resize(last, (tw, th), interpolation=cv2.INTER_AREA)
     tile0 = sheet[:th, :tw]
-    tile5 = sheet[th + 2 :, 2 * (tw + 2) :]
+    tile5 = sheet[cell + 2 : cell + 2 + th, 2 * (tw + 2) :]
+    # each tile is captioned with its time (13 frames at 24 fps: frames 0, 2, 5, 7, 10, 12)
+    labels = [time_label(i / 24) for i in (0, 2, 5, 7, 10, 12)]
+    for k, label in enumerate(labels):
+        r, c = divmod(k, 3)
+        y, x = r * (cell + 2) + th, c * (tw + 2)
+        caption = sheet[y : y + CAPTION_HEIGHT, x : x + 60].astype(int)  # the text's end of the strip
+        diffs = {other: float(np.abs(caption - caption_strip(other, tw)[:, :60].astype(int)).mean()) for other in labels}
+        assert diffs[label] < 2.5 and min(diffs, key=lambda o: diffs[o]) == label, (label, diffs)
+    assert time_label(12 / 24) == "0.50 s"
     assert psnr(tile0, small_first) > 20
     assert psnr(tile5, small_last) > 20
     assert psnr(tile5, small_last) > psnr(tile5, small_first) + 3

@@ -225,7 +225,7 @@ class JobRunner:
     def heartbeat(self) -> None:
         held = self.store.renew(self.owner, self.lease_s)
         for job_id, job in list(self._jobs.items()):
-            if job_id not in held and not job.stop.is_set():
+            if job_id not in held and not job.stop.is_set() and not job.row.terminal:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
@@ -408,16 +408,23 @@ class JobRunner:
                     with contextlib.suppress(RuntimeError):  # loop already closed
                         loop.call_soon_threadsafe(self._notify, job.id)
 
+            def render(ctx: JobContext) -> tuple[list[str], Samples]:
+                # The thread removes its own temp file: an abandoned render (cancel, lost lease,
+                # shutdown) is still writing it until its next frame, and the encoder reopens it
+                # by name to finish the file.
+                try:
+                    out = self.local_render(ctx, tmp, progress)
+                    if job.stop.is_set():
+                        raise Cancelled("this process no longer drives the job")
+                    return out
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+
             try:
-                extra, samples = await anyio.to_thread.run_sync(
-                    self.local_render, job.ctx, tmp, progress, abandon_on_cancel=True
-                )
+                extra, samples = await anyio.to_thread.run_sync(render, job.ctx, abandon_on_cancel=True)
             except Cancelled:
-                tmp.unlink(missing_ok=True)
                 raise Lost(job.id) from None
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
             if extra:
                 self._set(job, warnings=list(dict.fromkeys([*job.row.warnings, *extra])))
         await self._finish_file(job, tmp, provider_url=None, expires=None, samples=samples)

@@ -121,7 +121,8 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
             try:
                 async with anyio.create_task_group() as tg:
                     await svc.start(tg)
-                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+                    stops = [getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n)]
+                    with anyio.open_signal_receiver(*stops) as signals:
                         tg.start_soon(_stop_on_signal, signals, tg.cancel_scope)
                         while True:
                             await anyio.sleep(min(0.5, max(0.05, idle_s / 4)))

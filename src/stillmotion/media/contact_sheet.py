@@ -1,4 +1,8 @@
-"""Pictures of a video: a small contact sheet (poster) and the last frame, as PNG bytes."""
+"""Pictures of a video: a small contact sheet (poster) and the last frame, as PNG bytes.
+
+Each contact-sheet tile carries its time (`1.25 s`) on a caption strip under the frame, so that
+small moves can be read from the sheet and the frames are left untouched.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +16,29 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from .video import Frame, _decode, _rgb, probe_video, read_frame, stream_header
+from .video import Frame, _decode, _rgb, probe_header, probe_video, read_frame, stream_header
 
 logger = logging.getLogger(__name__)
 
 MAX_SHEET_BYTES = 95_000
 _GAP = 2
 _BACKGROUND = (24, 24, 24)
+CAPTION_HEIGHT = 13
+_CAPTION_TEXT = (235, 235, 235)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.38
+
+
+def time_label(seconds: float) -> str:
+    return f"{seconds:.2f} s"
+
+
+def caption_strip(text: str, width: int) -> Frame:
+    """The caption under a tile: the text in light grey on the sheet's background."""
+    strip = np.empty((CAPTION_HEIGHT, width, 3), np.uint8)
+    strip[:] = _BACKGROUND
+    cv2.putText(strip, text, (3, CAPTION_HEIGHT - 3), _FONT, _FONT_SCALE, _CAPTION_TEXT, 1, cv2.LINE_AA)
+    return strip
 
 
 def pick_indices(n_frames: int, count: int = 6) -> list[int]:
@@ -53,16 +73,21 @@ def _tiles(path: Path, indices: list[int], size: tuple[int, int]) -> list[Frame]
     return out
 
 
-def _sheet(tiles: list[Frame], columns: int, rows: int, size: tuple[int, int]) -> Frame:
+def _sheet(
+    tiles: list[Frame], columns: int, rows: int, size: tuple[int, int], labels: Sequence[str] | None = None
+) -> Frame:
     tw, th = size
+    cell_h = th + (CAPTION_HEIGHT if labels is not None else 0)
     width = columns * tw + (columns - 1) * _GAP
-    height = rows * th + (rows - 1) * _GAP
+    height = rows * cell_h + (rows - 1) * _GAP
     sheet = np.empty((height, width, 3), np.uint8)
     sheet[:] = _BACKGROUND
     for k, tile in enumerate(tiles):
         r, c = divmod(k, columns)
-        y, x = r * (th + _GAP), c * (tw + _GAP)
+        y, x = r * (cell_h + _GAP), c * (tw + _GAP)
         sheet[y : y + th, x : x + tw] = tile
+        if labels is not None:
+            sheet[y + th : y + cell_h, x : x + tw] = caption_strip(labels[k], tw)
     return sheet
 
 
@@ -95,25 +120,38 @@ def contact_sheet_png(path: Path, *, columns: int = 3, rows: int = 2, tile_width
         raise ValueError(f"not a decodable MP4: {path.name}: no frame size")
     indices = pick_indices(n, columns * rows)
     size = (tile_width, max(2, round(tile_width * h / w)))
-    return contact_sheet_from_frames(_tiles(path, indices, size), columns=columns, rows=rows, tile_width=tile_width)
+    fps = probe_header(path).fps
+    times = [i / fps for i in indices] if fps > 0 else None
+    return contact_sheet_from_frames(
+        _tiles(path, indices, size), columns=columns, rows=rows, tile_width=tile_width, times=times
+    )
 
 
 def contact_sheet_from_frames(
-    frames: Sequence[Frame], *, columns: int = 3, rows: int = 2, tile_width: int = 200
+    frames: Sequence[Frame],
+    *,
+    columns: int = 3,
+    rows: int = 2,
+    tile_width: int = 200,
+    times: Sequence[float] | None = None,
 ) -> bytes:
     """The contact sheet of frames already in hand (any size, all the same): no decoding.
 
-    Kept under ~95 KB by reducing the palette and, if that is not enough, the tile size.
+    `times` (seconds, one per frame) label the tiles. Kept under ~95 KB by reducing the palette
+    and, if that is not enough, the tile size.
     """
     if not frames:
         raise ValueError("no frames for a contact sheet")
+    if times is not None and len(times) != len(frames):
+        raise ValueError(f"{len(times)} times for {len(frames)} frames")
+    labels = [time_label(t) for t in times] if times is not None else None
     h, w = frames[0].shape[:2]
     tw = tile_width
     data = b""
     while True:
         size = (tw, max(2, round(tw * h / w)))
         tiles = [f if f.shape[1::-1] == size else cast(Frame, cv2.resize(f, size, interpolation=cv2.INTER_AREA)) for f in frames]
-        sheet = _sheet(tiles, columns, rows, size)
+        sheet = _sheet(tiles, columns, rows, size, labels)
         for colors in (256, 128, 64, 32):
             data = _png(sheet, colors)
             if len(data) <= MAX_SHEET_BYTES:

@@ -105,7 +105,8 @@ def publish_video(video: Path, job_dir: Path, samples: Samples | None = None) ->
         raise ValueError("no decodable frames")
     poster = job_dir / "poster.png"
     last = job_dir / "last-frame.png"
-    _write_atomic(poster, contact_sheet_from_frames(samples.frames()))
+    times = [i / info.fps for i in samples.indices] if info.fps > 0 else None
+    _write_atomic(poster, contact_sheet_from_frames(samples.frames(), times=times))
     assert samples.last is not None
     _write_atomic(last, frame_png(samples.last))
     return {

@@ -200,7 +200,11 @@ def encode_frames(
         except BaseException as exc:  # re-raised on the calling thread
             failure.append(exc)
         finally:
-            writer.close()
+            try:
+                writer.close()
+            except BaseException as exc:  # e.g. an abandoned render whose .part file was removed
+                if not failure:
+                    failure.append(exc)
 
     def put(item: object) -> None:
         while True:

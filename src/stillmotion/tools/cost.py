@@ -15,11 +15,10 @@ Whatever module registers the generation tools calls, in its handler:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mcp.server.elicitation import (
     AcceptedElicitation,
@@ -47,10 +46,6 @@ from .results import CostInfo, JobResult
 
 if TYPE_CHECKING:  # avoids an import cycle with service
     from ..service import Service
-
-GEN_EXCLUDED_FROM_FINGERPRINT = ("dry_run", "confirm_cost_usd")
-"""Arguments that do not make a request different (an idempotent replay may add or drop them)."""
-
 
 class ProviderRequest(BaseModel):
     method: str | None
@@ -219,20 +214,6 @@ def _confirmed_by_argument(label: str, cost: Cost, confirm_cost_usd: float | Non
             f"the person (no elicitation): ask them, and if they agree call again with confirm_cost_usd >= "
             f"{cost.estimated_usd:g}. No job was created."
         )
-
-
-DRY_RUN_PARAM = Annotated[bool, Field(description="Check and price only; nothing is sent.")]
-CONFIRM_PARAM = Annotated[float | None, Field(ge=0, description="USD the person approved (if the client cannot ask).")]
-
-
-def cost_params(params: list[inspect.Parameter]) -> list[inspect.Parameter]:
-    """`params` (the tool's own, without ctx) plus dry_run and confirm_cost_usd."""
-    kw = inspect.Parameter.KEYWORD_ONLY
-    return [
-        *params,
-        inspect.Parameter("dry_run", kw, default=False, annotation=DRY_RUN_PARAM),
-        inspect.Parameter("confirm_cost_usd", kw, default=None, annotation=CONFIRM_PARAM),
-    ]
 
 
 async def dry_run_result(svc: Service, args: ToolArgs) -> CallToolResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -109,19 +110,38 @@ _NEXT_BY_ERROR = {
 }
 
 
-def next_step(row: JobRow) -> str:
+def status_detail(row: JobRow) -> str | None:
+    """What an unfinished job waits on (the store's `status_detail`, e.g. a retry); None once it ended."""
+    return row.status_detail if row.status_detail and not row.terminal else None
+
+
+def check_command(job_id: str) -> str:
+    """The shell command that follows a job to its end."""
+    return "stillmotion run check_job '" + json.dumps({"job_id": job_id}) + "' --wait"
+
+
+def next_step(row: JobRow, *, shell: bool = False) -> str:
+    """What to do next, for the caller at hand: a model calling tools, or a person in a shell."""
     if row.status == "succeeded":
-        return (
-            f"Done. The MP4 is at video.path; chain another clip from stillmotion://jobs/{row.id}/last-frame.png."
-        )
+        video = ((row.result or {}).get("video") or {}).get("path")
+        where = f"at {video}" if video else "at video.path"
+        chain = f"stillmotion://jobs/{row.id}/last-frame.png"
+        if shell:
+            command = "stillmotion run animate_image '" + json.dumps({"image": chain, "prompt": "..."}) + "' --wait"
+            return f"Done. The MP4 is {where}. Chain another clip from its last frame: {command}"
+        return f"Done. The MP4 is {where}; chain another clip from {chain}."
     if row.status in ("failed", "cancelled"):
         kind = (row.error or {}).get("kind", "provider_error")
         return _NEXT_BY_ERROR.get(kind, _NEXT_BY_ERROR["provider_error"])
     hint = "a few seconds" if row.route == "local" else "one to several minutes"
-    return f"Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
+    detail = status_detail(row)
+    waiting = f"It is {detail}. " if detail else ""
+    if shell:
+        return f"{waiting}Follow it with: {check_command(row.id)} (this usually takes {hint})."
+    return f"{waiting}Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
 
 
-def job_result(row: JobRow) -> JobResult:
+def job_result(row: JobRow, *, shell: bool = False) -> JobResult:
     result = row.result or {}
     video = result.get("video") if row.status == "succeeded" else None
     return JobResult(
@@ -131,14 +151,14 @@ def job_result(row: JobRow) -> JobResult:
         route=row.route,
         status=row.status,
         progress=row.progress,
-        status_detail=row.status_detail if not row.terminal else None,
+        status_detail=status_detail(row),
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
         provider_task_id=row.provider_task_id,
         warnings=row.warnings,
         error=JobErrorInfo.model_validate(row.error) if row.error else None,
         cost=job_cost(row),
-        next_step=next_step(row),
+        next_step=next_step(row, shell=shell),
         video=VideoFile.model_validate(video) if video else None,
         poster=ImageFile.model_validate(result["poster"]) if video and result.get("poster") else None,
         last_frame=ImageFile.model_validate(result["last_frame"]) if video and result.get("last_frame") else None,
@@ -175,10 +195,12 @@ def summary_text(res: JobResult) -> str:
     return "\n".join(lines)
 
 
-def call_result(row: JobRow) -> CallToolResult:
-    res = job_result(row)
+def call_result(row: JobRow, *, links: bool = True, shell: bool = False) -> CallToolResult:
+    """The job as a tool result. `links=False` (STILLMOTION_RESOURCE_LINKS=0) leaves the
+    resource_link out, for frameworks that cannot pass links on; the text still names the path."""
+    res = job_result(row, shell=shell)
     content: list[ContentBlock] = [TextContent(type="text", text=summary_text(res))]
-    if res.video is not None:
+    if res.video is not None and links:
         content.append(
             ResourceLink(
                 type="resource_link",
@@ -190,6 +212,7 @@ def call_result(row: JobRow) -> CallToolResult:
                 description=f"{res.video.width}x{res.video.height}, {res.video.duration_s:.2f} s; file: {res.video.path}",
             )
         )
+    if res.video is not None:
         if res.poster is not None and Path(res.poster.path).is_file():
             data = Path(res.poster.path).read_bytes()
             content.append(ImageContent(type="image", data=base64.b64encode(data).decode(), mime_type="image/png"))

@@ -1,0 +1,255 @@
+"""The generation tools: animate_image, interpolate_frames, camera_move, motion_brush.
+
+Each is one argument model (arguments.py) and one shared handler. Numbers in the descriptions
+and schemas come from the catalog (models, durations, prompt lengths) and from the argument
+models' own bounds (camera strengths, mask counts), so they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mcp.types import CallToolResult, InputRequiredResult
+
+from ..arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
+from ..catalog import (
+    CAMERA_AXES,
+    CAMERA_TYPES,
+    GENERATION_TOOLS,
+    ModelSpec,
+    model_ids_for_tool,
+    models_for_tool,
+)
+from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
+from ..requests import OPTION_FIELDS, CameraConfig
+from ..validation import max_trajectory_points
+from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
+from .cost import GenerationResult, confirm, dry_run_result
+from .results import call_result
+from .schema import JSON
+
+UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms"})
+"""Operator knobs the server accepts in every option object but does not advertise to models
+(STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server): they cost every tool's
+schema tokens and a model never needs them."""
+
+PROVIDER_NAMES = {"klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "local": "local/preview"}
+
+
+def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
+    feature = model.features.get(tool)
+    return feature.durations if feature is not None and feature.durations else model.durations
+
+
+def option_fields_for(tool: str, strict: bool = True) -> list[str]:
+    """The provider option arguments a tool carries: those of the providers whose models serve it."""
+    wanted = {OPTION_FIELDS[m.provider] for m in models_for_tool(tool, strict=strict)}
+    return [name for name in OPTION_ARGUMENTS if name in wanted]
+
+
+def _camera_bound() -> float:
+    for meta in CameraConfig.model_fields["zoom"].metadata:
+        le = getattr(meta, "le", None)
+        if le is not None:
+            return float(le)
+    raise AssertionError("CameraConfig.zoom has no upper bound")
+
+
+def _tool_text(tool: str) -> str:
+    if tool == "animate_image":
+        return (
+            "Animate a still image: the image becomes the first frame and the prompt describes the motion. "
+            "local/preview animates with a camera move steered by motion words in the prompt (zoom in, pan left, ...)."
+        )
+    if tool == "interpolate_frames":
+        return "Make a clip that starts on start_image and ends on end_image (first/last-frame)."
+    if tool == "camera_move":
+        b = _camera_bound()
+        presets = ", ".join(t for t in CAMERA_TYPES if t != "simple")
+        return (
+            f"Move the camera over the still scene. camera = {{type: simple, config: {{one non-zero axis of "
+            f"{', '.join(CAMERA_AXES)} in [-{b:g}, {b:g}]}}}} or {{type: {presets}}} with no config. "
+            "Negative = left / down / counter-clockwise / narrower view. On local/preview "
+            f"{b:g} = {PAN_TILT_DEG_PER_UNIT * b:g} deg pan/tilt, {ROLL_DEG_PER_UNIT * b:g} deg roll, 2x zoom, "
+            f"{TRANSLATION_FRACTION_PER_UNIT * b:g} frame shift."
+        )
+    if tool == "motion_brush":
+        masks = ARGS_BY_TOOL["motion_brush"].model_fields["dynamic_masks"].metadata
+        lo = next(v for v in (getattr(m, "min_length", None) for m in masks) if v is not None)
+        hi = next(v for v in (getattr(m, "max_length", None) for m in masks) if v is not None)
+        return (
+            f"Move {lo}-{hi} masked regions along trajectories (input-image pixels, origin BOTTOM-LEFT, "
+            f"2-{max_trajectory_points(5)} points per 5 s) while static_mask holds still."
+        )
+    raise KeyError(tool)
+
+
+def model_rules(tool: str, strict: bool) -> str:
+    """Per-model rules of one tool, models with the same rules grouped: `a, b: std|pro, 5/10 s`."""
+    groups: dict[str, list[str]] = {}
+    for m in models_for_tool(tool, strict=strict):
+        feat = m.features.get(tool)
+        parts = []
+        if m.modes:
+            parts.append("|".join(feat.modes if feat and feat.modes else m.modes))
+        durs = _durations(m, tool)
+        parts.append("/".join(map(str, durs)) + " s" if len(durs) <= 3 else f"{durs[0]}-{durs[-1]} s")
+        if tool == "camera_move" and feat is not None and feat.camera_types != CAMERA_TYPES:
+            parts.append("camera " + "|".join(feat.camera_types))
+        if feat is None:
+            parts.append("off-map")
+        groups.setdefault(", ".join(parts), []).append(m.id)
+    rules = "; ".join(f"{_brace(ids)}: {rule}" for rule, ids in groups.items())
+    if any("off-map" in rule for rule in groups):
+        rules += " (off-map: outside Kling's capability map, sent with a warning)"
+    return rules
+
+
+def _common_start(texts: list[str]) -> str:
+    """The characters every text starts with."""
+    first = texts[0]
+    n = 0
+    while n < len(first) and all(len(t) > n and t[n] == first[n] for t in texts):
+        n += 1
+    return first[:n]
+
+
+def _brace(ids: list[str]) -> str:
+    """`klingai/kling-{v1,v1.5}-i2v` for ids that share a prefix and suffix (they are in the enum in full)."""
+    if len(ids) < 2:
+        return ", ".join(ids)
+    prefix = _common_start(ids)
+    prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else prefix
+    suffix = _common_start([i[::-1] for i in ids])[::-1]
+    suffix = suffix[suffix.find("-"):] if "-" in suffix else ""
+    middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
+    if not prefix or any(not m for m in middles):
+        return ", ".join(ids)
+    return f"{prefix}{{{','.join(middles)}}}{suffix}"
+
+
+def _prompt_maxima(models: list[ModelSpec]) -> str:
+    by_provider: dict[str, int] = {}
+    for m in models:
+        if m.prompt_required:
+            by_provider[PROVIDER_NAMES[m.provider]] = max(by_provider.get(PROVIDER_NAMES[m.provider], 0), m.prompt_max)
+    return ", ".join(f"{p} {n}" for p, n in by_provider.items())
+
+
+def _short(m: ModelSpec) -> str:
+    return m.id.removeprefix("klingai/kling-").removesuffix("-i2v")
+
+
+def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
+    """Option fields from the catalog: which models take them (for this tool), their defaults.
+
+    Fields no model of this tool can use leave the schema; the server still refuses them with
+    the reason (e.g. sound on camera_move, where no model serving it has sound)."""
+
+    def fields_of(name: str) -> JSON | None:
+        if name not in props:
+            return None
+        found: JSON = next(m for m in props[name]["anyOf"] if m.get("type") == "object")["properties"]
+        return found
+
+    kling = [m for m in models if m.provider == "klingai"]
+    k = fields_of("kling")
+    if k is not None and kling:
+        sound = [m for m in kling if m.sound and not (tool == "interpolate_frames" and m.interpolation_silent_only)]
+        cfg = [m for m in kling if m.cfg_scale]
+        voices = [m for m in sound if m.voices]
+        if sound:
+            k["sound"]["description"] = "Audio on " + ", ".join(
+                _short(m) + ("" if set(m.sound) == set(m.modes) else " " + "|".join(m.sound)) for m in sound
+            ) + "; default off."
+        if cfg:
+            k["cfg_scale"]["description"] = f"Default 0.5; only {', '.join(_short(m) for m in cfg)}."
+        for name, keep in (("sound", sound), ("voices", voices), ("cfg_scale", cfg), ("mode", any(m.modes for m in kling))):
+            if not keep:
+                k.pop(name, None)
+    w = fields_of("wan")
+    wan = [m for m in models if m.provider == "alibaba"]
+    if w is not None and wan:
+        audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
+        w["audio"]["description"] = f"Audio ({', '.join(audio)} only); default false."
+        w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
+    x = fields_of("xai")
+    xai = [m for m in models if m.provider == "xai"]
+    if x is not None and xai:
+        x["resolution"]["description"] = f"Default {xai[0].default_resolution}."
+
+
+def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
+    """The catalog's numbers in a generation tool's schema: model enum and rules, duration and prompt bounds."""
+    strict = build.settings.strict_capabilities
+    default_model = build.settings.default_model
+    models = models_for_tool(tool, strict=strict)
+    ids = model_ids_for_tool(tool, strict=strict)
+
+    def edit(schema: JSON) -> JSON:
+        props = schema["properties"]
+        model: JSON = {
+            "anyOf": [{"enum": ids, "type": "string"}, {"type": "null"}],
+            "description": f"Per model: {model_rules(tool, strict)}.",
+        }
+        if default_model in ids:
+            model["default"] = default_model
+        props["model"] = model
+        durations = sorted({d for m in models for d in _durations(m, tool)})
+        props["duration"]["anyOf"][0].update(minimum=durations[0], maximum=durations[-1])
+        optional = sorted({m.id for m in models if not m.prompt_required})
+        props["prompt"]["anyOf"][0]["maxLength"] = max(m.prompt_max for m in models)
+        limits = {m.prompt_max for m in models}
+        props["prompt"]["description"] = (
+            "The motion"
+            + (f"; optional on {', '.join(optional)}." if optional else ".")
+            + (f" Max: {_prompt_maxima(models)}." if len(limits) > 1 else "")
+        )
+        if any(m.negative_prompt_max is None for m in models):
+            no_negative = sorted({PROVIDER_NAMES[m.provider] for m in models if m.negative_prompt_max is None})
+            props["negative_prompt"]["description"] = f"Not on {', '.join(no_negative)}."
+        _option_fields(props, tool, models)
+        for name in OPTION_ARGUMENTS:
+            if name in props:
+                obj = next(m for m in props[name]["anyOf"] if m.get("type") == "object")
+                for hidden in UNPUBLISHED_OPTIONS:
+                    obj["properties"].pop(hidden, None)
+        return schema
+
+    return edit
+
+
+async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | InputRequiredResult:
+    svc = call.service
+    request = args.to_tool_args()
+    if args.dry_run:
+        return await dry_run_result(svc, request)
+    if call.asker is not None:
+        ask = await confirm(
+            svc, request, confirm_cost_usd=args.confirm_cost_usd, idempotency_key=args.idempotency_key, asker=call.asker
+        )
+        if ask is not None:
+            return ask  # 2026-07-28: the client asks the person and calls again with the answer
+    row = await svc.submit(request, idempotency_key=args.idempotency_key)
+    if args.wait_seconds > 0:
+        row = await svc.wait(row.id, args.wait_seconds, call.progress())
+    return call_result(row, links=call.settings.resource_links, shell=call.shell)
+
+
+def specs(build: Build) -> list[ToolSpec[Any]]:
+    out: list[ToolSpec[Any]] = []
+    for tool in GENERATION_TOOLS:
+        out.append(
+            ToolSpec(
+                name=tool,
+                title=tool.replace("_", " ").capitalize(),
+                description=_tool_text(tool) + " Returns a job at once; then check_job.",
+                args=ARGS_BY_TOOL[tool],
+                handler=run_generation,
+                annotations=GEN_ANNOTATIONS,
+                output=GenerationResult,
+                specialise=specialise(tool, build),
+            )
+        )
+    return out
