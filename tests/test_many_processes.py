@@ -1,7 +1,7 @@
 """Several processes on one STILLMOTION_HOME: every job driven by exactly one of them.
 
 Real stdio subprocesses against the strict fakes, which attribute every request to the process
-that sent it (the instance in its User-Agent). Leases are short (1500 ms) and polls fast (50 ms);
+that sent it (the instance in its User-Agent). Leases are short (3000 ms, 1500 ms where one must lapse) and polls fast (50 ms);
 hold points are fake tasks that stay pending until released, hung create answers and the
 render hold file, never sleeps that a result depends on.
 """
@@ -30,7 +30,11 @@ from tests.fakes import KlingFake, WanFake, XaiFake
 from tests.fakes.base import FakeServer, Recorded, instance_of
 from tests.stdio_client import StdioServer
 
-LEASE_MS = 1500
+LEASE_MS = 3000
+"""Long enough that a live owner starved of CPU on a loaded CI machine still renews in time;
+takeovers of killed owners do not wait for it (their pid is gone). The paused-owner test, which
+does wait for a lease to lapse, uses PAUSE_LEASE_MS."""
+PAUSE_LEASE_MS = 1500
 KLING, WAN, XAI = "klingai/kling-v2.6-i2v", "alibaba/wan-v2.6-i2v", "xai/grok-imagine-video"
 KLING_PATH, WAN_CREATE, WAN_TASKS = "/v1/videos/image2video", "/api/v1/services/aigc/video-generation/video-synthesis", "/api/v1/tasks/"
 XAI_CREATE, XAI_STATUS = "/v1/videos/generations", "/v1/videos/"
@@ -192,7 +196,7 @@ def test_two_servers_one_home_every_job_driven_once(
     b_id = _owner(home, b_jobs[0])
     assert a_id != b_id
     # both run side by side for several leases: B's scans must leave A's live jobs alone
-    time.sleep(3 * LEASE_MS / 1000)
+    time.sleep(1.5 * LEASE_MS / 1000)  # past the lease A's jobs got at submit: renewals keep them
     rows = _rows(home, a_jobs)
     assert all(r.owner == a_id for r in rows.values()), {r.id: r.owner for r in rows.values()}
     retrying = [rows[j] for j in a_jobs[-2:]]
@@ -313,6 +317,11 @@ def test_jobs_outlive_the_client(fakes: Fakes, home: Path, img: Path, servers: l
         listing = subprocess.run([sys.executable, "-m", "stillmotion", "jobs"], env={**os.environ, **env},
                                  capture_output=True, text=True, timeout=60, check=True).stdout  # fmt: skip
         assert listing.splitlines()[0] == f"background worker: alive ({worker})"
+        # a server that starts while the worker runs leaves the worker's jobs alone
+        _start(servers, _env(home, fakes))
+        _wait_rows(home, jobs, lambda r: r.owner == worker)
+        time.sleep(1.5 * LEASE_MS / 1000)
+        assert all(r.owner == worker for r in _rows(home, jobs).values())
         fakes.release_tasks()
         done = _wait_rows(home, jobs, lambda r: r.terminal, timeout=60)
         for row in done.values():
@@ -348,14 +357,15 @@ def test_paused_owner_writes_nothing_over_the_new_owner(
     hold = tmp_path / "hold-render"
     hold.touch()
     fakes.hold_tasks()
-    a = _start(servers, _env(home, fakes, STILLMOTION_TEST_HOLD_FILE=str(hold)))
+    lease = {"STILLMOTION_LEASE_MS": str(PAUSE_LEASE_MS)}
+    a = _start(servers, _env(home, fakes, STILLMOTION_TEST_HOLD_FILE=str(hold), **lease))
     jobs = [_submit(a, "local/preview", img), _submit(a, KLING, img)]
     fakes.kling.wait_for_calls(1, "GET", KLING_PATH + "/", timeout=20)
     _wait_rows(home, jobs[:1], lambda r: r.status == "running" and r.progress is not None)
     a_id = _owner(home, jobs[0])
     os.kill(a.proc.pid, signal.SIGSTOP)  # a suspended laptop: A's leases lapse
     try:
-        b = _start(servers, _env(home, fakes))
+        b = _start(servers, _env(home, fakes, **lease))
         assert b.proc.poll() is None
         fakes.release_tasks()
         done = _wait_rows(home, jobs, lambda r: r.terminal, timeout=60)

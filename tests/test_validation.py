@@ -316,7 +316,7 @@ async def test_schemas_are_generated_from_the_catalog(make_settings: SettingsFac
     cam = json.dumps(tools["camera_move"].input_schema)
     assert '"minimum": -10' in cam and '"maximum": 10' in cam and "counter-clockwise" in str(tools["camera_move"].description)
     kl = json.dumps(tools["animate_image"].input_schema)
-    assert "not on v2.x" in kl and "STRETCHES" in kl
+    assert "only v1, v1.5, v1.6, v3.0" in kl and "STRETCHES" in kl  # cfg_scale: the catalog's Kling models
     by_id = {m["id"]: m for m in listed["models"]}
     assert set(by_id) == set(MODELS)
     assert by_id[K26]["prompt"]["max_chars"] == 2500 and by_id[WAN]["negative_prompt"]["max_chars"] == 500

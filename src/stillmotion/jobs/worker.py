@@ -120,10 +120,12 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
             svc.store.meta_set(META_KEY, svc.runner.owner)
             try:
                 async with anyio.create_task_group() as tg:
-                    await svc.start(tg)
+                    # the signal receiver first: a SIGTERM right after start-up claimed jobs must still
+                    # release them (measured under load: the default handler killed the worker)
                     stops = [getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n)]
                     with anyio.open_signal_receiver(*stops) as signals:
                         tg.start_soon(_stop_on_signal, signals, tg.cancel_scope)
+                        await svc.start(tg)
                         while True:
                             await anyio.sleep(min(0.5, max(0.05, idle_s / 4)))
                             quiet = time.monotonic() - svc.runner.last_activity

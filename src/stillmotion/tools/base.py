@@ -29,7 +29,6 @@ from ..jobs.store import JobRow
 from ..settings import Settings
 from ..validation import did_you_mean
 from .argerrors import argument_error, fit
-from .cost import Asker
 from .schema import JSON, published_schema, raw_schema
 
 if TYPE_CHECKING:
@@ -64,14 +63,18 @@ ProgressReport = Callable[[float, float | None, str | None], Awaitable[None]]
 
 @dataclass
 class Call:
-    """One tool call, as a handler sees it."""
+    """One tool call, as a handler sees it.
+
+    `request` (the SDK's per-request context: session, protocol_version, request_id, meta) and
+    `params` (the raw tools/call params: input_responses, request_state, _meta) are there for
+    handlers that talk back to the client (elicitation, input-required rounds)."""
 
     service: Service
     settings: Settings
     shell: bool
     report: ProgressReport
-    asker: Asker | None = None
-    """How to ask the person (elicitation) during this call: tools/cost.py."""
+    request: ServerRequestContext[Any, Any] | None = None
+    params: CallToolRequestParams | None = None
 
     def progress(self) -> Callable[[JobRow], Awaitable[None]]:
         """A job-update callback that reports monotonic progress with the job's status (and why it waits)."""
@@ -157,11 +160,7 @@ class ToolCalls(Extension):
             return error_result(unknown_tool(params.name, known))
         try:
             args = spec.validate(params.arguments or {})
-            asker = Asker(
-                ctx.protocol_version, ctx.session.client_capabilities, ctx.session, ctx.request_id,
-                params.input_responses, params.request_state,
-            )
-            call = Call(ctx.lifespan_context, self.app_settings, self.shell, ctx.session.report_progress, asker)
+            call = Call(ctx.lifespan_context, self.app_settings, self.shell, ctx.session.report_progress, ctx, params)
             return await spec.handler(args, call)
         except StillmotionError as exc:
             return error_result(exc)

@@ -25,7 +25,7 @@ from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATIO
 from ..requests import OPTION_FIELDS, CameraConfig
 from ..validation import max_trajectory_points
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
-from .cost import GenerationResult, confirm, dry_run_result
+from .cost import Asker, GenerationResult, confirm, dry_run_result
 from .results import call_result
 from .schema import JSON
 
@@ -225,9 +225,15 @@ async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | I
     request = args.to_tool_args()
     if args.dry_run:
         return await dry_run_result(svc, request)
-    if call.asker is not None:
+    if call.request is not None:
+        ctx, params = call.request, call.params
+        asker = Asker(
+            ctx.protocol_version, ctx.session.client_capabilities, ctx.session, ctx.request_id,
+            params.input_responses if params is not None else None,
+            params.request_state if params is not None else None,
+        )
         ask = await confirm(
-            svc, request, confirm_cost_usd=args.confirm_cost_usd, idempotency_key=args.idempotency_key, asker=call.asker
+            svc, request, confirm_cost_usd=args.confirm_cost_usd, idempotency_key=args.idempotency_key, asker=asker
         )
         if ask is not None:
             return ask  # 2026-07-28: the client asks the person and calls again with the answer
