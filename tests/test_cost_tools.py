@@ -362,6 +362,10 @@ async def test_spend_resource_and_cost_on_every_job(
     assert rows[XAI]["jobs"] == 2 and rows[XAI]["committed_usd"] == pytest.approx(0.30)
     assert rows[XAI]["estimated_usd"] == pytest.approx(0.30) and rows[XAI]["actual_usd"] == pytest.approx(0.30)
     assert rows["local/preview"]["committed_usd"] == 0
+    # the price table in use, every figure with its source
+    assert spend["prices"] and all("source" in p and "estimate" in p for p in spend["prices"])
+    wanted = {"model": XAI, "resolution": "480p", "usd_per_second": 0.05, "estimate": True}
+    assert any(wanted.items() <= p.items() for p in spend["prices"])
 
 
 async def test_kling_units_become_dollars_with_a_unit_price(

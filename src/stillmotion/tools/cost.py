@@ -255,6 +255,8 @@ def spend_report(store: Any, settings: Any) -> dict[str, Any]:
     report: dict[str, Any] = store.spend(rule, settings.budget_period)
     report["confirm_above_usd"] = settings.confirm_above_usd
     report["prices_file"] = str(settings.prices.path) if settings.prices.path else None
+    report["prices"] = settings.prices.table()
+    report["kling_usd_per_unit"] = settings.prices.kling_usd_per_unit
     return report
 
 
