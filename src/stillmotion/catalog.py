@@ -33,6 +33,9 @@ class ImageRules:
     min_aspect: float
     """width/height lower bound (0.4 = 1:2.5)."""
     max_aspect: float
+    max_pixels: int = 64_000_000
+    """width x height, checked from the file header before any decode (64 MP where the provider
+    states no limit)."""
 
     def describe(self) -> str:
         fmts = "/".join(f.lower().replace("jpeg", "jpg/jpeg") for f in self.formats)
@@ -40,14 +43,14 @@ class ImageRules:
         lo = 1 / self.min_aspect
         return (
             f"{fmts}, <= {self.max_bytes // MB} MB, {side}, aspect ratio between "
-            f"1:{lo:g} and {self.max_aspect:g}:1"
+            f"1:{lo:g} and {self.max_aspect:g}:1, at most {self.max_pixels / 1e6:g} megapixels"
         )
 
 
 KLING_IMAGES = ImageRules(("JPEG", "PNG"), 10 * MB, 300, None, 1 / 2.5, 2.5)
 WAN_IMAGES = ImageRules(("JPEG", "PNG", "BMP", "WEBP"), 20 * MB, 240, 8000, 1 / 8, 8.0)
 XAI_IMAGES = ImageRules(("JPEG", "PNG", "WEBP"), 20 * MB, 64, None, 1 / 8, 8.0)
-LOCAL_IMAGES = ImageRules(("JPEG", "PNG", "WEBP"), 50 * MB, 64, 8192, 1 / 4, 4.0)
+LOCAL_IMAGES = ImageRules(("JPEG", "PNG", "WEBP"), 50 * MB, 64, 8192, 1 / 4, 4.0, max_pixels=8192 * 8192)
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class ModelSpec:
                 "max_bytes": self.image_rules.max_bytes,
                 "min_side_px": self.image_rules.min_side,
                 "max_side_px": self.image_rules.max_side,
+                "max_pixels": self.image_rules.max_pixels,
                 "aspect_ratio_range": [round(self.image_rules.min_aspect, 4), self.image_rules.max_aspect],
                 "rule": self.image_rules.describe(),
             },

@@ -22,6 +22,9 @@ from . import __version__
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    from .scrub import install_log_scrubber
+
+    install_log_scrubber()  # no credential in any log line, whichever logger writes it
     logging.basicConfig(
         stream=sys.stderr,
         level=logging.DEBUG if verbose else logging.INFO,

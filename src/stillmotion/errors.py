@@ -17,13 +17,16 @@
     └── ConfirmationRequired kind=confirmation_required  above STILLMOTION_CONFIRM_ABOVE_USD, not confirmed
 
 Messages never contain secrets: providers build them from the provider's answer, never from
-request headers.
+request headers, and every message goes through the one scrubber (`scrub.py`) when the error is
+made, in case a provider echoed a credential back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, Literal
+
+from .scrub import scrub
 
 ErrorKind = Literal[
     "invalid_input",
@@ -53,9 +56,10 @@ class StillmotionError(Exception):
         retryable: bool | None = None,
         retry_after: float | None = None,
     ) -> None:
+        message = scrub(message)
         super().__init__(message)
         self.message = message
-        self.provider_code = provider_code
+        self.provider_code = scrub(provider_code) if provider_code is not None else None
         if retryable is not None:
             self.retryable = retryable
         self.retry_after = retry_after

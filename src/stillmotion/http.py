@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -11,6 +12,9 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from .file_links import FileLinks, file_url_secret
+from .http_files import FileRoute, guarded_protocol
+from .jobs.store import open_store
 from .server import build_server
 from .settings import Settings
 
@@ -53,6 +57,8 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         raise SystemExit(
             f"refusing to serve on {host}: binding off loopback requires STILLMOTION_HTTP_TOKEN (a bearer token)"
         )
+    links = FileLinks(_file_base_url(settings, host, port), _link_secret(settings))
+    settings = dataclasses.replace(settings, file_links=links)
     server = build_server(settings)
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "localhost", f"[::1]:{port}"]
     origins = [f"http://127.0.0.1:{port}", f"http://localhost:{port}"]
@@ -65,11 +71,37 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
     )
     if settings.http_token is not None:
         app = BearerGate(app, settings.http_token.reveal())
-    return app
+    # signed file links carry their own authorisation, so the route sits outside the token gate
+    return FileRoute(app, links, settings.output_dir)
+
+
+def _link_secret(settings: Settings) -> bytes:
+    """The file-link signing secret from the store's `meta` table: every replica of the store signs
+    and checks with the same one."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = open_store(settings.db_path)
+    try:
+        return file_url_secret(settings.home, store)
+    finally:
+        store.close()
+
+
+def _file_base_url(settings: Settings, host: str, port: int) -> str:
+    """STILLMOTION_PUBLIC_URL when set (behind a proxy or a load balancer), else the bound address."""
+    if settings.public_url:
+        return settings.public_url
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if shown != host or not _is_loopback(host):
+        log.warning("file links use http://%s:%d; set STILLMOTION_PUBLIC_URL to the address clients use", shown, port)
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
 
 
 def serve_http(settings: Settings, host: str, port: int) -> int:
     app = build_http_app(settings, host, port)
     log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # uvicorn's h11 protocol with header/body read timeouts (slow clients are disconnected)
+    protocol = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=protocol)
     return 0

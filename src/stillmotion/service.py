@@ -5,6 +5,7 @@ Holds the store, the shared httpx client and the runner for the life of the serv
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
@@ -15,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 import httpx
 
 from . import __version__
@@ -33,13 +35,14 @@ from .jobs.store import (
     open_store,
     validate_job_id,
 )
-from .media.images import LoadedImage, load_image
+from .media.images import LoadedImage, load_image, off_loop
 from .media.net import UrlGuard
 from .media.publish import Samples, publish_video
 from .pricing import Cost
 from .providers.base import JobContext, Provider
 from .providers.local import render_job
 from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
+from .scrub import install_log_scrubber
 from .settings import Settings
 from .validation import (
     LoadedInputs,
@@ -109,6 +112,7 @@ class Service:
         on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
         owner: OwnerId | None = None,
     ) -> Service:
+        install_log_scrubber()
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         store = open_store(settings.db_path)
@@ -173,8 +177,10 @@ class Service:
         creating a job, writing an input, uploading anything or contacting a provider."""
         plan = plan_request(args, self.settings)
         inputs = await self._load_inputs(args, plan.spec.id)
-        check_images(inputs, plan.spec, args)
-        check_masks_and_paths(inputs, plan.spec, args)
+        await off_loop(check_images, inputs, plan.spec, args)
+        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
+        for img in inputs.all():
+            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
         held: dict[str, bytes] = {}
 
         def hold(img: LoadedImage, name: str) -> StoredImage:
@@ -189,24 +195,38 @@ class Service:
     async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
         """Validate everything, store the job (reserving its estimate against the budget), start it.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
-        fingerprint = args_fingerprint(args.fingerprint())
+        # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
+        fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._same_or_error(existing, fingerprint)
         plan = plan or plan_request(args, self.settings)
         inputs = await self._load_inputs(args, plan.spec.id)
-        check_images(inputs, plan.spec, args)
-        check_masks_and_paths(inputs, plan.spec, args)
+        # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
+        await off_loop(check_images, inputs, plan.spec, args)
+        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
+        for img in inputs.all():
+            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
 
         job_id = new_job_id()
         folder = self.settings.inputs_dir / job_id
-        folder.mkdir(parents=True, exist_ok=True)
+        await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
+        kept: dict[str, StoredImage] = {}
+
+        def write_all() -> None:
+            for name, img in inputs.named():
+                path = folder / f"{name}.{img.ext}"
+                path.write_bytes(img.data)
+                kept[name] = StoredImage(
+                    path=str(path), url=img.url, mime=img.mime, width=img.width, height=img.height,
+                    bytes=len(img.data), sha256=img.sha256,
+                )
+
+        await off_loop(write_all)
 
         def keep(img: LoadedImage, name: str) -> StoredImage:
-            path = folder / f"{name}.{img.ext}"
-            path.write_bytes(img.data)
-            return _stored(img, str(path))
+            return kept[name]
 
         request = self._request(args, plan, inputs, keep)
         cost = self.estimate(plan, args.tool)
@@ -276,6 +296,7 @@ class Service:
         # the fetch cap is above every model's size rule, so the rule check can name the real size
         cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
         guard = UrlGuard(self.settings.allow_private_network, frozenset())
+        max_pixels = MODELS[model].image_rules.max_pixels
 
         async def load(value: str, argument: str) -> LoadedImage:
             return await load_image(
@@ -286,6 +307,8 @@ class Service:
                 input_roots=self.settings.input_roots,
                 resolve_resource=self.resource_path,
                 max_bytes=cap,
+                max_pixels=max_pixels,
+                model=model,
             )
 
         assert args.image is not None
@@ -296,14 +319,14 @@ class Service:
         for i, dm in enumerate(args.dynamic_masks or []):
             name = f"dynamic_masks[{i}].mask"
             if isinstance(dm.mask, BoxShape | PolygonShape):
-                mask = shape_to_image(dm.mask, image.width, image.height, name)
+                mask = await off_loop(shape_to_image, dm.mask, image.width, image.height, name)
             else:
                 mask = await load(dm.mask, name)
             inputs.dynamic.append((mask, [(p.x, p.y) for p in dm.trajectory]))
         if args.static_mask is not None:
             sm = args.static_mask
             if isinstance(sm, BoxShape | PolygonShape):
-                inputs.static_mask = shape_to_image(sm, image.width, image.height, "static_mask")
+                inputs.static_mask = await off_loop(shape_to_image, sm, image.width, image.height, "static_mask")
             else:
                 inputs.static_mask = await load(sm, "static_mask")
         return inputs

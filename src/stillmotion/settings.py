@@ -6,12 +6,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import platformdirs
 
 from .pricing import PriceBook, PriceFileError, load_price_book
+from .scrub import register_secret
+
+if TYPE_CHECKING:
+    from .file_links import FileLinks
 
 Route = Literal["auto", "direct", "gateway"]
 BudgetPeriod = Literal["day", "month", "total"]
@@ -32,6 +36,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        register_secret(value)  # from now on no stored, logged or returned text can carry it
 
     def reveal(self) -> str:
         return self._value
@@ -86,6 +91,26 @@ def _usd(env: Mapping[str, str], name: str) -> float | None:
     return value
 
 
+def _positive(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _int(env, name, default)
+    if value <= 0:
+        raise ValueError(f"environment variable {name} must be a positive integer, got {value}")
+    return value
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"environment variable {name} must be a number of seconds, got {raw!r}") from exc
+    if not 0 < value <= 3600:
+        raise ValueError(f"environment variable {name} must be between 0 and 3600 seconds, got {raw!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -111,7 +136,18 @@ class Settings:
     max_retries: int = 5
     local_concurrency: int = 1
     max_fetch_bytes: int = 50 * 1024 * 1024
-    max_download_bytes: int = 2 * 1024 * 1024 * 1024
+    max_download_bytes: int = 1024 * 1024 * 1024
+    """STILLMOTION_MAX_RESULT_BYTES: the largest result video downloaded (default 1 GiB)."""
+    max_resource_bytes: int = 32 * 1024 * 1024
+    """STILLMOTION_MAX_RESOURCE_BYTES: larger files are not sent inline by resources/read."""
+    public_url: str | None = None
+    """STILLMOTION_PUBLIC_URL: the base URL clients reach the HTTP transport at (for file links)."""
+    http_header_timeout_s: float = 10.0
+    """STILLMOTION_HTTP_HEADER_TIMEOUT_S: a request's headers must be complete within this."""
+    http_body_timeout_s: float = 30.0
+    """STILLMOTION_HTTP_BODY_TIMEOUT_S: each piece of a request body must arrive within this of the last."""
+    file_links: FileLinks | None = field(default=None, compare=False, repr=False)
+    """Set by the HTTP transport: signs the `/files/...` links results carry as `http_url`."""
     prices: PriceBook = field(default_factory=PriceBook)
     """The built-in price table plus STILLMOTION_PRICES (validated at start-up)."""
     budget_usd: float | None = None
@@ -190,6 +226,11 @@ class Settings:
             confirm_above_usd=_usd(env, "STILLMOTION_CONFIRM_ABOVE_USD"),
             resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
+            max_download_bytes=_positive(env, "STILLMOTION_MAX_RESULT_BYTES", 1024 * 1024 * 1024),
+            max_resource_bytes=_positive(env, "STILLMOTION_MAX_RESOURCE_BYTES", 32 * 1024 * 1024),
+            public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
+            http_header_timeout_s=_seconds(env, "STILLMOTION_HTTP_HEADER_TIMEOUT_S", 10.0),
+            http_body_timeout_s=_seconds(env, "STILLMOTION_HTTP_BODY_TIMEOUT_S", 30.0),
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),

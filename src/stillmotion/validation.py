@@ -388,6 +388,19 @@ class LoadedInputs:
     dynamic: list[tuple[LoadedImage, list[tuple[float, float]]]] = field(default_factory=list)
     static_mask: LoadedImage | None = None
 
+    def named(self) -> list[tuple[str, LoadedImage]]:
+        """Every image with the file name it is kept under."""
+        out = [("image", self.image)]
+        if self.end_image is not None:
+            out.append(("end_image", self.end_image))
+        out += [(f"dynamic_mask_{i}", m) for i, (m, _) in enumerate(self.dynamic)]
+        if self.static_mask is not None:
+            out.append(("static_mask", self.static_mask))
+        return out
+
+    def all(self) -> list[LoadedImage]:
+        return [img for _, img in self.named()]
+
 
 def check_masks_and_paths(inputs: LoadedInputs, spec: ModelSpec, args: ToolArgs) -> None:
     img = inputs.image

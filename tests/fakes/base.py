@@ -157,9 +157,10 @@ class Task:
 @dataclass
 class _Injection:
     match: str
-    kind: str  # reply | hang | drop
+    kind: str  # reply | hang | drop | fn
     times: int
     reply: Reply | None = None
+    fn: Callable[[Recorded], Reply] | None = None
     delay_s: float = 0.0
     after_effect: bool = True
 
@@ -707,6 +708,12 @@ class FakeServer:
         with self._lock:
             self._injections.append(_Injection(match, "reply", times, reply=reply, delay_s=delay_s))
 
+    def inject_fn(self, match: str, fn: Callable[[Recorded], Reply], times: int = 1) -> None:
+        """The next ``times`` matching requests are answered by ``fn(request)`` (after the route's
+        check, with no side effect): e.g. an error body that echoes every request header back."""
+        with self._lock:
+            self._injections.append(_Injection(match, "fn", times, fn=fn))
+
     def inject_hang(self, match: str, seconds: float, times: int = 1) -> None:
         """The next ``times`` matching requests are handled normally (side effects happen at once),
         but the answer is only sent after ``seconds`` — long enough for a client timeout."""
@@ -761,6 +768,11 @@ class FakeServer:
             self.sleep(inj.delay_s)
             assert inj.reply is not None
             return Reply(inj.reply.status, inj.reply.body, dict(inj.reply.headers))
+        if inj is not None and inj.kind == "fn":
+            if route is not None and route.check is not None:
+                route.check(req)
+            assert inj.fn is not None
+            return inj.fn(req)
         if inj is not None and inj.kind == "drop" and not inj.after_effect:
             if route is not None and route.check is not None:
                 route.check(req)

@@ -24,7 +24,6 @@ by polling the store every WATCH_S: waiters wake and resource subscribers are no
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import logging
@@ -50,7 +49,7 @@ from ..errors import (
     ProviderError,
     StillmotionError,
 )
-from ..media.net import UrlGuard, download_to_file
+from ..media.net import UrlGuard, download_to_file, write_base64_file
 from ..media.publish import Samples
 from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
@@ -567,7 +566,9 @@ class JobRunner:
         tmp = self._tmp(job.id, "download")
         try:
             if video.data_b64 is not None:
-                await anyio.to_thread.run_sync(_write_b64, video.data_b64, tmp)
+                await anyio.to_thread.run_sync(
+                    functools.partial(write_base64_file, video.data_b64, tmp, max_bytes=self.settings.max_download_bytes)
+                )
                 await self._finish_file(job, tmp, provider_url=None, expires=None)
                 return "done"
             refreshed = False
@@ -628,15 +629,6 @@ class JobRunner:
         d = self.settings.output_dir / job_id
         d.mkdir(parents=True, exist_ok=True)
         return d
-
-
-def _write_b64(data: str, dest: Path) -> None:
-    with open(dest, "wb") as fh:
-        step = 4 * 1024 * 1024
-        for i in range(0, len(data), step):
-            fh.write(base64.b64decode(data[i : i + step]))
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 __all__ = ["CREATE_CONCURRENCY", "JobRunner", "Lost"]

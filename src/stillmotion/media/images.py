@@ -8,23 +8,49 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import functools
 import hashlib
 import io
+import os
 import re
+import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
+import anyio
+import anyio.to_thread
 import httpx
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..catalog import ImageRules
 from ..errors import InvalidInput
 from .net import UrlGuard, fetch_bytes
 
-Image.MAX_IMAGE_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = None
+"""Pillow's own bomb guard is off: it would refuse (or warn about) a big image before its header can
+be read. Every input is checked against its model's `max_pixels` from the header instead, before
+any decode (DEFAULT_MAX_PIXELS when a caller names no model)."""
+DEFAULT_MAX_PIXELS = 100_000_000
+
+_IMAGE_WORK: list[anyio.CapacityLimiter] = []
+
+
+def image_work_limiter() -> anyio.CapacityLimiter:
+    """Worker threads for image decoding and checks: two at a time, so a burst of big submissions
+    neither takes every core nor holds many decoded images in memory at once."""
+    if not _IMAGE_WORK:
+        _IMAGE_WORK.append(anyio.CapacityLimiter(2))
+    return _IMAGE_WORK[0]
+
+
+async def off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run CPU-heavy or blocking image work on a worker thread (never on the event loop)."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=image_work_limiter())
 
 MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif"}
 EXT_BY_FORMAT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "BMP": "bmp", "GIF": "gif"}
@@ -40,7 +66,11 @@ class LoadedImage:
     width: int
     height: int
     url: str | None = None
-    """Set when the argument was an http(s) URL: providers may be handed the URL itself."""
+    """Set when the argument was an http(s) URL: providers may be handed the URL itself (only while
+    the bytes are exactly what that URL serves: a rotated or animated input is re-encoded, and the
+    URL dropped, so every provider gets the same upright still image)."""
+    warnings: list[str] = field(default_factory=list)
+    _sha256: str | None = field(default=None, repr=False)
 
     @property
     def mime(self) -> str:
@@ -52,29 +82,108 @@ class LoadedImage:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        """Computed once (call it off the event loop for big images)."""
+        if self._sha256 is None:
+            self._sha256 = hashlib.sha256(self.data).hexdigest()
+        return self._sha256
 
 
 ResourceResolver = Callable[[str, str], Path | None]
 """(job_id, file name) -> path of that job's file, or None."""
 
 
-def sniff(data: bytes, argument: str) -> tuple[str, int, int]:
+_PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+
+
+def header(data: bytes, argument: str) -> tuple[str, int, int]:
+    """Format and size from the file header alone: nothing is decoded (cheap for any size)."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format or "unknown"
             w, h = im.size
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+    except _PIL_ERRORS as exc:
         raise InvalidInput(argument, "is not a readable image (checked by content, not by file name).") from exc
     return fmt, w, h
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None, argument: str, model: str | None = None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        who = model or "this model"
+        raise InvalidInput(
+            argument,
+            f"is {width}x{height} px ({width * height / 1e6:.1f} megapixels); {who} accepts at most "
+            f"{max_pixels / 1e6:.1f} megapixels (checked from the file header, before decoding).",
+            f"<= {max_pixels} pixels (width x height)",
+        )
+
+
+def _decode_check(data: bytes, argument: str) -> None:
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.verify()  # PNG chunk CRCs and structure
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()  # every pixel: a truncated file fails here
+    except _PIL_ERRORS as exc:
+        raise InvalidInput(
+            argument, f"could not be decoded completely (truncated or corrupt image: {exc})."
+        ) from exc
+
+
+_REENCODE = {"JPEG": ("JPEG", {"quality": 95}), "PNG": ("PNG", {}), "WEBP": ("WEBP", {"lossless": True, "quality": 100})}
+
+
+def finish_image(img: LoadedImage, argument: str) -> LoadedImage:
+    """Decode completely (a truncated file is an error), take an animation's first frame (with a
+    warning) and apply EXIF orientation once: the result's bytes, size and coordinates are those of
+    the upright still the user sees. Runs on a worker thread."""
+    _decode_check(img.data, argument)
+    with Image.open(io.BytesIO(img.data)) as im:
+        frames = int(getattr(im, "n_frames", 1) or 1)
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+        if frames <= 1 and orientation in (0, 1):
+            return img
+        warnings = list(img.warnings)
+        im.seek(0)
+        frame = im.copy()
+        frame.info = dict(im.info)
+    if frames > 1:
+        warnings.append(
+            f"{argument} is an animated image ({frames} frames); only its first frame is used, on every route."
+        )
+    if orientation not in (0, 1):
+        frame = ImageOps.exif_transpose(frame)
+    exif = frame.getexif()
+    exif.pop(0x0112, None)
+    fmt, opts = _REENCODE.get(img.format, ("PNG", {}))
+    if fmt == "JPEG" and frame.mode not in ("RGB", "L", "CMYK"):
+        frame = frame.convert("RGB")
+    icc = frame.info.get("icc_profile")
+    if icc:
+        opts = {**opts, "icc_profile": icc}
+    buf = io.BytesIO()
+    frame.save(buf, format=fmt, exif=exif.tobytes(), **opts)
+    data = buf.getvalue()
+    return LoadedImage(data=data, format=fmt, width=frame.width, height=frame.height, url=None, warnings=warnings)
 
 
 def _within(path: Path, roots: Sequence[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
+_KIND = {
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+    stat.S_IFIFO: "FIFO (named pipe)",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFDIR: "directory",
+    stat.S_IFLNK: "symbolic link",
+}
+
+
 def _read_local(path: Path, argument: str, roots: tuple[Path, ...] | None, max_bytes: int) -> bytes:
+    """Read a local image file: a regular file only (checked on the opened descriptor, which is
+    opened non-blocking so a FIFO cannot hang), at most max_bytes + 1 bytes. Blocking: call it on a
+    worker thread."""
     if roots is not None:
         if not roots:
             raise InvalidInput(
@@ -90,16 +199,38 @@ def _read_local(path: Path, argument: str, roots: tuple[Path, ...] | None, max_b
                 [str(r) for r in roots],
             )
         path = resolved
+    path = path.expanduser()
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
     try:
-        size = path.stat().st_size
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise InvalidInput(argument, f"no readable file at {path}.") from exc
-    if size > max_bytes:
-        raise InvalidInput(argument, f"{path} is {size} bytes, over the {max_bytes}-byte read cap.")
+        if exc.errno == errno.ENXIO:  # a socket (or a FIFO/device with nobody on the other end)
+            raise InvalidInput(argument, f"{path} is not a regular file (a socket or device); only image files are read.") from exc
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            raise InvalidInput(argument, f"no readable file at {path}.") from exc
+        raise InvalidInput(argument, f"cannot read {path}: {exc.strerror}.") from exc
     try:
-        return path.expanduser().read_bytes()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _KIND.get(stat.S_IFMT(st.st_mode), "special file")
+            raise InvalidInput(argument, f"{path} is a {kind}, not a regular file; only image files are read.", "a regular image file")
+        if st.st_size > max_bytes:
+            raise InvalidInput(argument, f"{path} is {st.st_size} bytes, over the {max_bytes}-byte read cap.")
+        chunks: list[bytes] = []
+        got = 0
+        while got <= max_bytes:
+            chunk = os.read(fd, min(1024 * 1024, max_bytes + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        if got > max_bytes:
+            raise InvalidInput(argument, f"{path} is over the {max_bytes}-byte read cap (it grew while being read).")
+        return b"".join(chunks)
     except OSError as exc:
         raise InvalidInput(argument, f"cannot read {path}: {exc.strerror}.") from exc
+    finally:
+        os.close(fd)
 
 
 def _exists(s: str) -> bool:
@@ -130,61 +261,83 @@ async def load_image(
     input_roots: tuple[Path, ...] | None,
     resolve_resource: ResourceResolver,
     max_bytes: int,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    model: str | None = None,
 ) -> LoadedImage:
-    """Turn any accepted image form into bytes + facts. Does not apply a model's rules."""
+    """Turn any accepted image form into bytes + facts: read (capped, off the event loop), the pixel
+    cap checked from the header, then decoded completely and made upright on a worker thread. Does
+    not apply a model's other rules (see check_image)."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(argument, "must be a non-empty string (path, file:// or http(s) URL, data: URI, base64).")
     s = value.strip()
     url: str | None = None
-    if s.startswith("stillmotion://"):
-        m = _RESOURCE_RE.match(s)
-        if not m:
-            raise InvalidInput(
-                argument,
-                f"{s!r} is not an image resource of this server.",
-                "stillmotion://jobs/<job_id>/last-frame.png, stillmotion://jobs/<job_id>/poster.png",
-            )
-        path = resolve_resource(m.group(1), m.group(2))
-        if path is None:
-            raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).")
-        data = path.read_bytes()
-    elif s.startswith(("http://", "https://")):
+    if s.startswith(("http://", "https://")):
         data, _ = await fetch_bytes(client, guard, s, max_bytes=max_bytes, argument=argument)
         url = s
-    elif s.startswith("data:"):
-        head, sep, payload = s.partition(",")
-        if not sep or ";base64" not in head:
-            raise InvalidInput(argument, "a data: URI must be base64-encoded (data:image/png;base64,...).")
-        data = _b64decode(payload, argument)
-    elif s.startswith("file://"):
-        parts = urlsplit(s)
-        if parts.netloc not in ("", "localhost"):
-            raise InvalidInput(argument, "file:// URIs must name a local file (file:///path).")
-        data = _read_local(Path(unquote(parts.path)), argument, input_roots, max_bytes)
-    elif _exists(s):
-        data = _read_local(Path(s), argument, input_roots, max_bytes)
-    elif len(s) >= 16 and _B64_RE.match(s) and (decoded := _try_b64_image(s)) is not None:
-        data = decoded  # raw base64 (JPEG's starts with "/9j/", so this comes before the path guess)
-    elif _looks_like_path(s):
-        data = _read_local(Path(s), argument, input_roots, max_bytes)
-    elif len(s) >= 16 and _B64_RE.match(s):
-        data = _b64decode(s, argument)
+    elif s.startswith("stillmotion://"):
+        path = _resource(s, argument, resolve_resource)  # a store lookup: on the loop, where the store lives
+        data = await anyio.to_thread.run_sync(functools.partial(_read_local, path, argument, None, max_bytes))
     else:
-        raise InvalidInput(
-            argument,
-            f"{s[:60]!r} is neither an existing file, a URL, a data: URI nor base64 image data.",
-            "local path, file:// URI, http(s) URL, data: URI, raw base64, stillmotion://jobs/<id>/last-frame.png",
+        data = await anyio.to_thread.run_sync(
+            functools.partial(_read_any, s, argument, input_roots, max_bytes)
         )
     if len(data) > max_bytes:
         raise InvalidInput(argument, f"the image is {len(data)} bytes, over the {max_bytes}-byte cap.")
-    fmt, w, h = sniff(data, argument)
-    return LoadedImage(data=data, format=fmt, width=w, height=h, url=url)
+    fmt, w, h = header(data, argument)
+    check_pixels(w, h, max_pixels, argument, model)
+    img = LoadedImage(data=data, format=fmt, width=w, height=h, url=url)
+    done: LoadedImage = await off_loop(finish_image, img, argument)
+    if (done.width, done.height) != (w, h):
+        check_pixels(done.width, done.height, max_pixels, argument, model)
+    return done
+
+
+def _resource(s: str, argument: str, resolve_resource: ResourceResolver) -> Path:
+    m = _RESOURCE_RE.match(s)
+    if not m:
+        raise InvalidInput(
+            argument,
+            f"{s!r} is not an image resource of this server.",
+            "stillmotion://jobs/<job_id>/last-frame.png, stillmotion://jobs/<job_id>/poster.png",
+        )
+    path = resolve_resource(m.group(1), m.group(2))
+    if path is None:
+        raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).")
+    return path
+
+
+def _read_any(s: str, argument: str, input_roots: tuple[Path, ...] | None, max_bytes: int) -> bytes:
+    """Every form but URLs and resources to bytes. Blocking (stat, file reads, base64 of megabytes):
+    a worker thread."""
+    if s.startswith("data:"):
+        head, sep, payload = s.partition(",")
+        if not sep or ";base64" not in head:
+            raise InvalidInput(argument, "a data: URI must be base64-encoded (data:image/png;base64,...).")
+        return _b64decode(payload, argument)
+    if s.startswith("file://"):
+        parts = urlsplit(s)
+        if parts.netloc not in ("", "localhost"):
+            raise InvalidInput(argument, "file:// URIs must name a local file (file:///path).")
+        return _read_local(Path(unquote(parts.path)), argument, input_roots, max_bytes)
+    if _exists(s):
+        return _read_local(Path(s), argument, input_roots, max_bytes)
+    if len(s) >= 16 and _B64_RE.match(s) and (decoded := _try_b64_image(s)) is not None:
+        return decoded  # raw base64 (JPEG's starts with "/9j/", so this comes before the path guess)
+    if _looks_like_path(s):
+        return _read_local(Path(s), argument, input_roots, max_bytes)
+    if len(s) >= 16 and _B64_RE.match(s):
+        return _b64decode(s, argument)
+    raise InvalidInput(
+        argument,
+        f"{s[:60]!r} is neither an existing file, a URL, a data: URI nor base64 image data.",
+        "local path, file:// URI, http(s) URL, data: URI, raw base64, stillmotion://jobs/<id>/last-frame.png",
+    )
 
 
 def _try_b64_image(s: str) -> bytes | None:
     try:
         data = _b64decode(s, "image")
-        sniff(data, "image")
+        header(data, "image")
     except InvalidInput:
         return None
     return data
@@ -221,6 +374,7 @@ def check_image(img: LoadedImage, rules: ImageRules, *, argument: str, model: st
             f"is {img.width}x{img.height} px; {model} needs each side >= {rules.min_side} px.",
             rules.describe(),
         )
+    check_pixels(img.width, img.height, rules.max_pixels, argument, model)
     if rules.max_side is not None and max(img.width, img.height) > rules.max_side:
         raise InvalidInput(
             argument,
@@ -273,19 +427,35 @@ def rasterize_shape(
     return LoadedImage(data=data, format="PNG", width=width, height=height)
 
 
-def decode_rgb(data: bytes) -> np.ndarray:
-    """Decode to an RGB uint8 array, applying EXIF orientation."""
-    from PIL import ImageOps
+_HIGH_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
+
+def _eight_bit(im: Image.Image) -> Image.Image:
+    """16-bit and 32-bit grayscale to 8-bit by scaling (Pillow's own convert clips them to white)."""
+    if im.mode not in _HIGH_BIT_MODES:
+        return im
+    arr = np.asarray(im)
+    if im.mode == "F":
+        top = 1.0 if float(arr.max(initial=0.0)) <= 1.0 else 255.0
+        scaled = np.clip(arr / top * 255.0, 0, 255)
+    else:
+        wide = arr.astype(np.float64)
+        scaled = np.clip(wide / 257.0, 0, 255) if im.mode != "I" or wide.max(initial=0) > 255 else np.clip(wide, 0, 255)
+    return Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Decode to an RGB uint8 array: EXIF orientation applied, 16-bit grayscale scaled, alpha dropped."""
     with Image.open(io.BytesIO(data)) as opened:
         upright = ImageOps.exif_transpose(opened)
-        arr: np.ndarray = np.asarray(upright.convert("RGB"))
+        arr: np.ndarray = np.asarray(_eight_bit(upright).convert("RGB"))
         return arr
 
 
 def decode_mask(data: bytes) -> np.ndarray:
     """Decode a mask image to bool (bright = selected; alpha counts when present)."""
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data)) as opened:
+        im = _eight_bit(ImageOps.exif_transpose(opened))
         if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
             rgba = np.asarray(im.convert("RGBA"))
             sel: np.ndarray = (rgba[:, :, 3] > 127) & (rgba[:, :, :3].mean(axis=2) > 127)

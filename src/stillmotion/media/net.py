@@ -1,31 +1,53 @@
 """Outbound fetches of user-supplied and provider-supplied URLs: size-capped, time-limited, and
 refused on loopback/private/link-local networks unless allowed (or the URL's origin is one of the
-configured provider base URLs, so a fake or a proxy on loopback works)."""
+configured provider base URLs, so a fake or a proxy on loopback works).
+
+Every fetch follows redirects itself (at most ``MAX_REDIRECTS`` hops) and runs the guard on every
+hop. The guard also runs *inside the connect*: a fetch goes through its own connection pool whose
+network backend resolves the host once, checks every address it got, and connects to that checked
+address. So a name that answers a public address to the pre-flight check and a private one a moment
+later (DNS rebinding) is refused at connect time, never connected to.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import os
-from collections.abc import Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
-from urllib.parse import urlsplit
+from typing import Any, BinaryIO
+from urllib.parse import quote, urljoin, urlsplit
 
 import anyio
 import anyio.to_thread
+import httpcore
 import httpx
 
 from ..errors import Expired, InvalidInput, ProviderError, StillmotionError
 
 FETCH_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 CHUNK = 1024 * 1024
+MAX_REDIRECTS = 5
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+"""(host, port) -> the addresses the host resolves to, as strings."""
 
 
 class BlockedURL(StillmotionError):
     kind = "invalid_input"
+
+
+def path_segment(value: object) -> str:
+    """A provider id made safe as one URL path segment (`../x?y` cannot leave its place)."""
+    return quote(str(value), safe="")
 
 
 def _origin(url: str) -> str:
@@ -33,7 +55,12 @@ def _origin(url: str) -> str:
     return f"{p.scheme}://{p.netloc}".lower()
 
 
-def _is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+def _host_port(url: str) -> tuple[str, int]:
+    p = urlsplit(url)
+    return (p.hostname or "").lower(), p.port or (443 if p.scheme == "https" else 80)
+
+
+def _is_private(ip: IPAddress) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return _is_private(ip.ipv4_mapped)
     return (
@@ -46,45 +73,158 @@ def _is_private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     )
 
 
+async def system_resolver(host: str, port: int) -> list[str]:
+    infos = await anyio.getaddrinfo(host, port)
+    return [str(info[4][0]).split("%")[0] for info in infos]
+
+
 @dataclass(frozen=True)
 class UrlGuard:
     allow_private: bool
     trusted_origins: frozenset[str]
+    resolver: Resolver = field(default=system_resolver, compare=False)
+    """How host names are resolved (tests pass their own, to play DNS tricks)."""
 
-    async def check(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BlockedURL(f"only http(s) URLs can be fetched, got {parts.scheme or 'no'} scheme")
-        if self.allow_private or _origin(url) in self.trusted_origins:
-            return
-        host = parts.hostname
+    def _trusted(self, host: str, port: int) -> bool:
+        return any(_host_port(o) == (host.lower(), port) for o in self.trusted_origins)
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The checked addresses to connect to for (host, port): resolved once, each one checked.
+        Raises BlockedURL when any of them is private (unless allowed, or the host is trusted)."""
+        host = host.strip("[]")
+        if self.allow_private or self._trusted(host, port):
+            return [host]
         try:
-            addrs = [ipaddress.ip_address(host)]
+            addrs: list[IPAddress] = [ipaddress.ip_address(host)]
         except ValueError:
             try:
-                infos = await anyio.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80))
+                raw = await self.resolver(host, port)
             except OSError as exc:
                 raise BlockedURL(f"cannot resolve host {host!r}: {exc}") from exc
-            addrs = [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos]
+            try:
+                addrs = [ipaddress.ip_address(a.split("%")[0]) for a in raw]
+            except ValueError as exc:
+                raise BlockedURL(f"host {host!r} resolved to an unreadable address") from exc
+        if not addrs:
+            raise BlockedURL(f"host {host!r} resolved to no address")
         for ip in addrs:
             if _is_private(ip):
                 raise BlockedURL(
                     f"URL host {host!r} resolves to a private, loopback or link-local address ({ip}); "
                     "set STILLMOTION_ALLOW_PRIVATE_NETWORK=1 to allow it"
                 )
+        return [str(ip) for ip in dict.fromkeys(addrs)]
+
+    async def check(self, url: str) -> None:
+        """Pre-flight check of one URL (scheme, host); the connect runs the address check again."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BlockedURL(f"only http(s) URLs can be fetched, got {parts.scheme or 'no'} scheme")
+        if self.allow_private or _origin(url) in self.trusted_origins:
+            return
+        host, port = _host_port(url)
+        await self.addresses(host, port)
+
+    def client(self, timeout: httpx.Timeout = FETCH_TIMEOUT) -> httpx.AsyncClient:
+        """A client whose every connection goes to an address this guard checked at connect time."""
+        return httpx.AsyncClient(transport=_GuardedTransport(self), timeout=timeout, follow_redirects=False)
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend with the guard inside connect: resolve once, check, connect to
+    exactly the checked address (TLS still verifies the certificate for the URL's host name)."""
+
+    def __init__(self, guard: UrlGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        addresses = await self._guard.addresses(host, port)
+        last: Exception | None = None
+        for address in addresses:
+            try:
+                return await self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not fetched")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+_SSL: list[ssl.SSLContext] = []
+
+
+def _ssl_context() -> ssl.SSLContext:
+    """One verifying context for every fetch (loading the CA bundle costs milliseconds)."""
+    if not _SSL:
+        _SSL.append(httpx.create_ssl_context())
+    return _SSL[0]
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    def __init__(self, guard: UrlGuard) -> None:
+        ctx = _ssl_context()
+        super().__init__(verify=ctx, trust_env=False)  # the shared context: no CA bundle loaded per fetch
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ctx,
+            max_connections=4,
+            network_backend=_GuardedBackend(guard),
+        )
+
+
+class TooManyRedirects(StillmotionError):
+    kind = "provider_error"
+
+
+@asynccontextmanager
+async def open_url(guard: UrlGuard, url: str, *, timeout: httpx.Timeout = FETCH_TIMEOUT) -> AsyncIterator[httpx.Response]:
+    """GET `url`, following at most MAX_REDIRECTS redirects by hand, the guard on every hop (before
+    the request and again inside the connect). Yields the final answer, body not yet read.
+    Raises BlockedURL, TooManyRedirects or httpx.HTTPError."""
+    if not _SSL:
+        await anyio.to_thread.run_sync(_ssl_context)  # loading the CA bundle: once, off the loop
+    async with guard.client(timeout) as client:
+        current = url
+        for hop in range(MAX_REDIRECTS + 1):
+            await guard.check(current)
+            resp = await client.send(client.build_request("GET", current), stream=True)
+            location = resp.headers.get("location")
+            if resp.status_code in REDIRECT_CODES and location:
+                await resp.aclose()
+                if hop == MAX_REDIRECTS:
+                    raise TooManyRedirects(f"{url} redirected more than {MAX_REDIRECTS} times")
+                current = urljoin(current, location)
+                continue
+            try:
+                yield resp
+            finally:
+                await resp.aclose()
+            return
 
 
 async def fetch_bytes(
-    client: httpx.AsyncClient, guard: UrlGuard, url: str, *, max_bytes: int, argument: str
+    client: httpx.AsyncClient | None, guard: UrlGuard, url: str, *, max_bytes: int, argument: str
 ) -> tuple[bytes, str | None]:
-    """GET a user-supplied URL into memory (capped). Errors are InvalidInput naming the argument."""
-    try:
-        await guard.check(url)
-    except BlockedURL as exc:
-        raise InvalidInput(argument, exc.message) from exc
+    """GET a user-supplied URL into memory (capped at max_bytes; one byte more ends the read).
+    Errors are InvalidInput naming the argument. `client` is unused (fetches use the guard's own
+    connections); it stays for callers that pass the shared one."""
     buf = bytearray()
     try:
-        async with client.stream("GET", url, timeout=FETCH_TIMEOUT, follow_redirects=False) as resp:
+        async with open_url(guard, url) as resp:
             if resp.status_code != 200:
                 raise InvalidInput(argument, f"fetching {url} answered HTTP {resp.status_code}.")
             declared = resp.headers.get("content-length")
@@ -95,6 +235,8 @@ async def fetch_bytes(
                 if len(buf) > max_bytes:
                     raise InvalidInput(argument, f"the URL's file is over the {max_bytes}-byte cap.")
             ctype = resp.headers.get("content-type")
+    except (BlockedURL, TooManyRedirects) as exc:
+        raise InvalidInput(argument, exc.message) from exc
     except httpx.HTTPError as exc:
         raise InvalidInput(argument, f"could not fetch {url}: {type(exc).__name__}.") from exc
     return bytes(buf), ctype
@@ -178,7 +320,7 @@ class _FileSink:
 
 
 async def download_to_file(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | None,
     guard: UrlGuard,
     url: str,
     dest: Path,
@@ -188,13 +330,15 @@ async def download_to_file(
 ) -> Downloaded:
     """Stream a result URL to `dest` (a temp path the caller renames). Never holds the body in memory.
 
-    A short body (fewer bytes than Content-Length) is a retryable ProviderError; 403/404/410 on a
-    signed URL is Expired.
+    Redirects are followed by hand (at most MAX_REDIRECTS), the guard on every hop and at connect
+    time. A short body (fewer bytes than Content-Length) is a retryable ProviderError; 403/404/410
+    on a signed URL is Expired; over `max_bytes` (declared or streamed) is a ProviderError. On every
+    failure, cancellation included, `dest` is removed: no partial file stays behind.
+    `client` is unused (the guard's own connections are); it stays for existing callers.
     """
-    await guard.check(url)
     total = 0
     try:
-        async with client.stream("GET", url, timeout=FETCH_TIMEOUT, follow_redirects=True) as resp:
+        async with open_url(guard, url) as resp:
             if resp.status_code in (403, 404, 410):
                 raise Expired(f"the result URL answered HTTP {resp.status_code}; it has probably expired")
             if resp.status_code != 200:
@@ -202,7 +346,9 @@ async def download_to_file(
             declared_raw = resp.headers.get("content-length")
             declared = int(declared_raw) if declared_raw and declared_raw.isdigit() else None
             if declared is not None and declared > max_bytes:
-                raise ProviderError(f"result is {declared} bytes, over the {max_bytes}-byte cap")
+                raise ProviderError(
+                    f"result is {declared} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+                )
             with open(dest, "wb") as fh:
                 sink = _FileSink(fh)
                 try:
@@ -211,7 +357,9 @@ async def download_to_file(
                     async for chunk in resp.aiter_raw():
                         total += len(chunk)
                         if total > max_bytes:
-                            raise ProviderError(f"result is over the {max_bytes}-byte cap")
+                            raise ProviderError(
+                                f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+                            )
                         await sink.add(chunk)
                         if on_progress is not None:
                             on_progress(total, declared)
@@ -220,6 +368,36 @@ async def download_to_file(
                     sink.close()
             if declared is not None and total != declared:
                 raise ProviderError(f"result download truncated: {total} of {declared} bytes", retryable=True)
-    except httpx.HTTPError as exc:
-        raise ProviderError(f"result download failed: {type(exc).__name__}", retryable=True) from exc
+    except BaseException as exc:
+        dest.unlink(missing_ok=True)
+        if isinstance(exc, BlockedURL):
+            raise ProviderError(f"result download refused: {exc.message}") from exc
+        if isinstance(exc, httpx.HTTPError):
+            raise ProviderError(f"result download failed: {type(exc).__name__}", retryable=True) from exc
+        raise
     return Downloaded(dest, total, sha256)
+
+
+def write_base64_file(data: str, dest: Path, *, max_bytes: int) -> int:
+    """Decode a base64 result (the Gateway's inline video) to `dest` in slices, capped at max_bytes.
+    Runs on a worker thread. `dest` is removed on any failure."""
+    total = 0
+    try:
+        if len(data) * 3 // 4 > max_bytes + 3:
+            raise ProviderError(
+                f"result is about {len(data) * 3 // 4} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+            )
+        with open(dest, "wb") as fh:
+            step = 4 * 1024 * 1024
+            for i in range(0, len(data), step):
+                chunk = base64.b64decode(data[i : i + step])
+                total += len(chunk)
+                if total > max_bytes:
+                    raise ProviderError(f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)")
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return total

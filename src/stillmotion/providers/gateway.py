@@ -54,6 +54,7 @@ from ..errors import (
 )
 from ..pricing import gateway_actual
 from ..requests import StoredImage
+from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
@@ -141,7 +142,7 @@ def describe_warning(w: Any) -> str:
 
 def _warnings(body: Any) -> list[str]:
     ws = body.get("warnings") if isinstance(body, dict) else None
-    return [describe_warning(w) for w in ws] if isinstance(ws, list) else []
+    return [scrub(describe_warning(w)) for w in ws] if isinstance(ws, list) else []
 
 
 def _video(videos: Any) -> VideoResult | StillmotionError:

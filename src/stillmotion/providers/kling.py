@@ -26,7 +26,9 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.net import path_segment
 from ..pricing import kling_actual
+from ..scrub import register_derived
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
 
@@ -49,12 +51,14 @@ class KlingProvider(Provider):
             return s.kling_api_key.reveal()
         if s.kling_access_key is not None and s.kling_secret_key is not None:
             now = int(time.time())
-            return jwt.encode(
+            token = jwt.encode(
                 {"iss": s.kling_access_key.reveal(), "exp": now + 1800, "nbf": now - 5},
                 s.kling_secret_key.reveal(),
                 algorithm="HS256",
                 headers={"alg": "HS256", "typ": "JWT"},
             )
+            register_derived(token)  # an echoed JWT is scrubbed like the keys it was made from
+            return token
         raise MissingCredentials("KlingAI needs KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY).")
 
     def _headers(self) -> dict[str, str]:
@@ -120,7 +124,7 @@ class KlingProvider(Provider):
         return StartResult(operation={"task_id": task_id}, provider_task_id=task_id)
 
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
-        resp = await send(self.client, "GET", f"{self._base}{PATH}/{operation['task_id']}", headers=self._headers())
+        resp = await send(self.client, "GET", f"{self._base}{PATH}/{path_segment(operation['task_id'])}", headers=self._headers())
         return self._status(self._data(resp))
 
     async def recover(self, job: JobContext) -> StartResult | None:
@@ -132,7 +136,7 @@ class KlingProvider(Provider):
         return await self.start(job)
 
     async def _lookup(self, external_id: str) -> StartResult | None:
-        resp = await send(self.client, "GET", f"{self._base}{PATH}/{external_id}", headers=self._headers())
+        resp = await send(self.client, "GET", f"{self._base}{PATH}/{path_segment(external_id)}", headers=self._headers())
         body = json_body(resp)
         if resp.status_code == 404 or (isinstance(body, dict) and body.get("code") in (1203,)):
             return None

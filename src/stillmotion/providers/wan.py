@@ -27,6 +27,8 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.net import path_segment
+from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -104,7 +106,7 @@ class WanProvider(Provider):
 
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
         task_id = str(operation["task_id"])
-        resp = await send(self.client, "GET", f"{self._base}{TASKS_PATH}/{task_id}", headers=self._headers())
+        resp = await send(self.client, "GET", f"{self._base}{TASKS_PATH}/{path_segment(task_id)}", headers=self._headers())
         return self._status(task_id, self._output(resp, polling=True))
 
     async def recover(self, job: JobContext) -> StartResult | None:
@@ -127,9 +129,7 @@ class WanProvider(Provider):
         raise self._error(resp, body)
 
     def _scrub(self, text: str) -> str:
-        key = self.settings.alibaba_api_key
-        secret = key.reveal() if key is not None else ""
-        return text.replace(secret, "***") if len(secret) >= 4 else text
+        return scrub(text)  # the one scrubber: every credential and derived token
 
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         code = str(body.get("code") or "") if isinstance(body, dict) else ""

@@ -25,7 +25,9 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..media.net import path_segment
 from ..pricing import xai_actual
+from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -91,7 +93,7 @@ class XaiProvider(Provider):
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
         request_id = str(operation["request_id"])
         resp = await send(
-            self.client, "GET", f"{self._base}{STATUS_PATH}/{request_id}", headers=self._headers()
+            self.client, "GET", f"{self._base}{STATUS_PATH}/{path_segment(request_id)}", headers=self._headers()
         )
         data = json_body(resp)
         if resp.status_code == 202:
@@ -113,9 +115,7 @@ class XaiProvider(Provider):
     # -- answers ---------------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        key = self.settings.xai_api_key
-        secret = key.reveal() if key is not None else ""
-        return text.replace(secret, "***") if len(secret) >= 4 else text
+        return scrub(text)  # the one scrubber: every credential and derived token
 
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         message, code = _error_fields(body)

@@ -240,7 +240,7 @@ async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | I
     row = await svc.submit(request, idempotency_key=args.idempotency_key)
     if args.wait_seconds > 0:
         row = await svc.wait(row.id, args.wait_seconds, call.progress())
-    return call_result(row, links=call.settings.resource_links, shell=call.shell)
+    return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
 
 
 def specs(build: Build) -> list[ToolSpec[Any]]:

@@ -32,17 +32,17 @@ class CancelJobArgs(Args):
 
 async def check_job(args: CheckJobArgs, call: Call) -> CallToolResult:
     row = await call.service.wait(args.job_id, args.wait_seconds, call.progress())
-    return call_result(row, links=call.settings.resource_links, shell=call.shell)
+    return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
 
 
 async def list_jobs(args: ListJobsArgs, call: Call) -> CallToolResult:
     rows = call.service.list(args.status, args.limit)
-    return model_result(JobList(jobs=[job_result(r, shell=call.shell) for r in rows]))
+    return model_result(JobList(jobs=[job_result(r, shell=call.shell, file_links=call.settings.file_links) for r in rows]))
 
 
 async def cancel_job(args: CancelJobArgs, call: Call) -> CallToolResult:
     row, changed = call.service.cancel(args.job_id)
-    result = call_result(row, links=call.settings.resource_links, shell=call.shell)
+    result = call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
     if not changed:
         first = result.content[0]
         assert first.type == "text"

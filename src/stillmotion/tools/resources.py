@@ -16,6 +16,7 @@ from ..service import Service
 from ..settings import Settings
 from . import _sdk
 from .models import public_catalog
+from .resource_files import read_resource_file
 from .results import job_result
 
 
@@ -29,31 +30,34 @@ def register(mcp: MCPServer[Service], settings: Settings) -> None:
 
     @mcp.resource("stillmotion://jobs/{job_id}", name="job", mime_type="application/json", description="A job as JSON.")
     def job_resource(job_id: str, ctx: Context[Service]) -> str:
+        svc = service(ctx)
         try:
-            row = service(ctx).get(job_id)
+            row = svc.get(job_id)
         except StillmotionError as exc:
             raise ResourceError(exc.message) from exc
-        return job_result(row).model_dump_json(indent=1)
+        return job_result(row, file_links=svc.settings.file_links).model_dump_json(indent=1)
 
-    def _file(job_id: str, name: str, ctx: Context[Service]) -> bytes:
-        path = service(ctx).resource_path(job_id, name)
+    async def _file(job_id: str, name: str, ctx: Context[Service]) -> bytes:
+        svc = service(ctx)
+        path = svc.resource_path(job_id, name)
         if path is None:
             raise ResourceError(f"stillmotion://jobs/{job_id}/{name} does not exist (unknown job, or not succeeded)")
-        return path.read_bytes()
+        # capped by STILLMOTION_MAX_RESOURCE_BYTES (the error names the path and a download URL), off the loop
+        return await read_resource_file(path, job_id, name, svc.settings)
 
     @mcp.resource("stillmotion://jobs/{job_id}/video.mp4", name="video", mime_type="video/mp4", description="A job's MP4.")
-    def video_resource(job_id: str, ctx: Context[Service]) -> bytes:
-        return _file(job_id, "video.mp4", ctx)
+    async def video_resource(job_id: str, ctx: Context[Service]) -> bytes:
+        return await _file(job_id, "video.mp4", ctx)
 
     @mcp.resource("stillmotion://jobs/{job_id}/poster.png", name="poster", mime_type="image/png", description="Contact sheet.")
-    def poster_resource(job_id: str, ctx: Context[Service]) -> bytes:
-        return _file(job_id, "poster.png", ctx)
+    async def poster_resource(job_id: str, ctx: Context[Service]) -> bytes:
+        return await _file(job_id, "poster.png", ctx)
 
     @mcp.resource(
         "stillmotion://jobs/{job_id}/last-frame.png", name="last-frame", mime_type="image/png", description="Final frame."
     )
-    def last_frame_resource(job_id: str, ctx: Context[Service]) -> bytes:
-        return _file(job_id, "last-frame.png", ctx)
+    async def last_frame_resource(job_id: str, ctx: Context[Service]) -> bytes:
+        return await _file(job_id, "last-frame.png", ctx)
 
 
 class LegacySubscriptions:

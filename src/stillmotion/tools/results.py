@@ -11,7 +11,9 @@ from typing import Literal
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
+from ..file_links import FileLinks
 from ..jobs.store import JobRow
+from ..scrub import scrub, scrub_obj
 
 
 class JobErrorInfo(BaseModel):
@@ -38,12 +40,16 @@ class VideoFile(BaseModel):
     sha256: str
     provider_url: str | None = None
     provider_url_expires_at: float | None = None
+    http_url: str | None = Field(
+        None, description="Over the HTTP transport: a signed, expiring link to download the file (Range supported)."
+    )
 
 
 class ImageFile(BaseModel):
     uri: str
     path: str
     mime_type: str = "image/png"
+    http_url: str | None = Field(None, description="Over the HTTP transport: a signed, expiring download link.")
 
 
 class CostInfo(BaseModel):
@@ -141,8 +147,11 @@ def next_step(row: JobRow, *, shell: bool = False) -> str:
     return f"{waiting}Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
 
 
-def job_result(row: JobRow, *, shell: bool = False) -> JobResult:
+def job_result(row: JobRow, *, shell: bool = False, file_links: FileLinks | None = None) -> JobResult:
+    """`file_links` (the HTTP transport's) adds signed `http_url`s to the files of a succeeded job."""
     result = row.result or {}
+    if file_links is not None and row.status == "succeeded" and result.get("video"):
+        result = file_links.add_to_result(row.id, result)
     video = result.get("video") if row.status == "succeeded" else None
     return JobResult(
         job_id=row.id,
@@ -155,8 +164,8 @@ def job_result(row: JobRow, *, shell: bool = False) -> JobResult:
         created_at=_iso(row.created_at),
         updated_at=_iso(row.updated_at),
         provider_task_id=row.provider_task_id,
-        warnings=row.warnings,
-        error=JobErrorInfo.model_validate(row.error) if row.error else None,
+        warnings=[scrub(w) for w in row.warnings],
+        error=JobErrorInfo.model_validate(scrub_obj(row.error)) if row.error else None,
         cost=job_cost(row),
         next_step=next_step(row, shell=shell),
         video=VideoFile.model_validate(video) if video else None,
@@ -179,6 +188,8 @@ def summary_text(res: JobResult) -> str:
             + (", with audio" if v.has_audio else "")
             + ")."
         )
+        if v.http_url:
+            lines.append(f"Download: {v.http_url}")
     if res.error is not None:
         lines.append(f"Error ({res.error.kind}): {res.error.message}")
     if res.cost.estimated_usd or res.cost.actual_usd is not None:
@@ -195,10 +206,13 @@ def summary_text(res: JobResult) -> str:
     return "\n".join(lines)
 
 
-def call_result(row: JobRow, *, links: bool = True, shell: bool = False) -> CallToolResult:
+def call_result(
+    row: JobRow, *, links: bool = True, shell: bool = False, file_links: FileLinks | None = None
+) -> CallToolResult:
     """The job as a tool result. `links=False` (STILLMOTION_RESOURCE_LINKS=0) leaves the
-    resource_link out, for frameworks that cannot pass links on; the text still names the path."""
-    res = job_result(row, shell=shell)
+    resource_link out, for frameworks that cannot pass links on; the text still names the path.
+    `file_links` (the HTTP transport's) adds signed `http_url`s."""
+    res = job_result(row, shell=shell, file_links=file_links)
     content: list[ContentBlock] = [TextContent(type="text", text=summary_text(res))]
     if res.video is not None and links:
         content.append(
