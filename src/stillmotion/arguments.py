@@ -62,8 +62,8 @@ class GenerationArgs(_Args):
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=200, description="Same key + same args = same job."
     )
-    dry_run: bool = Field(False, description="Check and price only; nothing is sent.")
-    confirm_cost_usd: float | None = Field(None, ge=0, description="USD the person approved (if the client cannot ask).")
+    dry_run: bool = Field(False, description="Check and price only.")
+    confirm_cost_usd: float | None = Field(None, ge=0, description="USD the person approved.")
     kling: KlingOptions | None = None
     local: LocalOptions | None = None
 
