@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from PIL import Image
 
 from stillmotion.server import build_server
 from stillmotion.settings import Settings
+from tests.pg import PgCluster, pg_cluster
 from tests.render.measure import textured_image
 
 hyp_settings.register_profile("ci", deadline=None, derandomize=True, max_examples=60)
@@ -96,3 +97,20 @@ async def wait_done(client: Client, job_id: str, rounds: int = 20) -> dict[str, 
 
 def rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the whole session (see tests/pg.py)."""
+    with pg_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg: PgCluster) -> Iterator[str]:
+    """A fresh database on the session's cluster, dropped after the test."""
+    url = pg.create_database()
+    try:
+        yield url
+    finally:
+        pg.drop_database(url)

@@ -194,15 +194,16 @@ def _models() -> int:
 
 def _jobs(status: str | None, limit: int) -> int:
     from .jobs.ownership import owner_is_alive
-    from .jobs.store import SqliteStore
+    from .jobs.store import open_store
     from .jobs.worker import META_KEY, worker_alive
     from .settings import Settings
 
     settings = Settings.from_env()
-    if not settings.db_path.exists():
+    url = settings.database_url.reveal() if settings.database_url is not None else None
+    if url is None and not settings.db_path.exists():
         print("no jobs yet")
         return 0
-    store = SqliteStore(settings.db_path)
+    store = open_store(settings.db_path, url)  # (PostgreSQL: the team's store, every replica's jobs)
     try:
         rows = store.recent(status=status, limit=limit)
         worker_id = store.meta_get(META_KEY)

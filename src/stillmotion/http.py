@@ -14,12 +14,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .file_links import FileLinks, file_url_secret
 from .http_files import FileRoute, guarded_protocol
+from .http_team import Probes, replicated, team_hosts
 from .jobs.store import open_store
 from .server import build_server
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+GRACEFUL_S = 5
 MAX_BODY = 8 * 14 * 1024 * 1024  # eight 10 MB images as base64, with room for the JSON around them
 
 
@@ -65,21 +67,29 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
     if not _is_loopback(host):
         hosts += [host, f"{host}:{port}"]
         origins += [f"http://{host}:{port}", f"https://{host}"]
+    extra_hosts, extra_origins = team_hosts(settings)
+    hosts += extra_hosts
+    origins += extra_origins
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
     app: Any = server.streamable_http_app(
-        streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security
+        streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security,
+        stateless_http=replicated(settings),
     )
     if settings.http_token is not None:
         app = BearerGate(app, settings.http_token.reveal())
     # signed file links carry their own authorisation, so the route sits outside the token gate
-    return FileRoute(app, links, settings.output_dir)
+    app = FileRoute(app, links, settings.output_dir)
+    manager = server.session_manager
+    # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
+    return Probes(app, lambda: getattr(getattr(manager, "_lifespan_state", None), "store", None))
 
 
 def _link_secret(settings: Settings) -> bytes:
     """The file-link signing secret from the store's `meta` table: every replica of the store signs
     and checks with the same one."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    store = open_store(settings.db_path)
+    url = settings.database_url.reveal() if settings.database_url is not None else None
+    store = open_store(settings.db_path, url)  # replicas: the PostgreSQL store they share
     try:
         return file_url_secret(settings.home, store)
     finally:
@@ -101,7 +111,9 @@ def _file_base_url(settings: Settings, host: str, port: int) -> str:
 def serve_http(settings: Settings, host: str, port: int) -> int:
     app = build_http_app(settings, host, port)
     log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
-    # uvicorn's h11 protocol with header/body read timeouts (slow clients are disconnected)
+    # uvicorn's h11 protocol with header/body read timeouts (slow clients are disconnected).
+    # SIGTERM: stop accepting, give open requests (a check_job wait, a listen stream) a few seconds,
+    # then the lifespan stops the runner and releases this process's leases for the other replicas.
     protocol = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=protocol)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
     return 0

@@ -20,6 +20,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 from . import __version__
 from .arguments import WAIT_MAX_S
 from .catalog import catalog_table
+from .http_team import replicated
 from .service import Service
 from .settings import Settings
 from .tools import _sdk, generation, jobs, models, resources
@@ -91,7 +92,10 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
         tools=[_declared(spec) for spec in specs],
     )
     calls.server = mcp
-    legacy.register(mcp)
+    if not replicated(settings):
+        # (replicas serve 2025-era clients statelessly: no standing stream to notify on, so no
+        # resources/subscribe; 2026-era subscriptions/listen works on every replica)
+        legacy.register(mcp)
     resources.register(mcp, settings)
     register_spend_resource(mcp, settings)
     return mcp

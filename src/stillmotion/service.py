@@ -23,6 +23,7 @@ from . import __version__
 from .catalog import MODELS
 from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput
+from .jobs.backends import open_for_settings
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
 from .jobs.spend import BudgetRule
@@ -32,7 +33,6 @@ from .jobs.store import (
     JobStore,
     args_fingerprint,
     new_job_id,
-    open_store,
     validate_job_id,
 )
 from .media.images import LoadedImage, load_image, off_loop
@@ -115,7 +115,7 @@ class Service:
         install_log_scrubber()
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
-        store = open_store(settings.db_path)
+        store = open_for_settings(settings)
         owner = owner or new_owner_id()
         client.headers["User-Agent"] = user_agent(owner)
 

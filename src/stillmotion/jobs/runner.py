@@ -55,6 +55,7 @@ from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
+from .caps import RunningCap, cap_for
 from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
 from .retry import RetryPolicy
 from .store import JobRow, JobStore
@@ -300,6 +301,17 @@ class JobRunner:
         self._notify(job.id)
         return row
 
+    def _set_capped(self, job: Job, cap: RunningCap, *, lease_s: float | None = None, **values: Any) -> JobRow:
+        """`_set` within a concurrency cap shared by every process on the store (jobs/caps.py)."""
+        values.setdefault("status_detail", None)
+        row = self.store.update_owned_capped(job.id, self.owner, values, cap=cap, lease_s=lease_s)
+        if row is None:
+            raise Lost(job.id)
+        job.row = row
+        self._seen[job.id] = row.updated_at
+        self._notify(job.id)
+        return row
+
     def _fail(self, job: Job, err: StillmotionError) -> None:
         log.info("job %s failed: %s (%s)", job.id, err.kind, err.message)
         with contextlib.suppress(Lost):
@@ -445,11 +457,16 @@ class JobRunner:
         # job; a few ms later that answer is out (measured: 2x lower p50, 3x lower p99).
         await anyio.sleep(CREATE_DEFER_S)
 
+        cap = cap_for(self.settings, job.row.model, job.row.route)
+
         async def attempt() -> StartResult:
             async with self._create_slots:
                 t0 = time.monotonic()
                 # (a retry's status_detail stays until the create is answered)
-                self._set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
+                if cap is None:
+                    self._set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
+                else:  # raises CapReached (a ConcurrencyLimited: the job waits queued, no attempt limit)
+                    self._set_capped(job, cap, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
                 if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     self._set(job, stage="new", status_detail=job.row.status_detail)

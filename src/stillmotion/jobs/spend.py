@@ -105,7 +105,13 @@ def reserve_or_refuse(
     db: sqlite3.Connection, budget: BudgetRule, estimated_usd: float | None, basis: str, now: float
 ) -> None:
     """Inside the caller's write transaction: refuse (BudgetExceeded) unless the job fits."""
-    spent = period_spend(db, budget.period, now)
+    refuse_unless_fits(period_spend(db, budget.period, now), budget, estimated_usd, basis, now)
+
+
+def refuse_unless_fits(
+    spent: PeriodSpend, budget: BudgetRule, estimated_usd: float | None, basis: str, now: float
+) -> None:
+    """Raise BudgetExceeded unless `estimated_usd` fits on top of the period's `spent` (any engine)."""
     left = max(0.0, budget.usd - spent.total_usd)
     when = period_label(budget.period, now)
     how = (
@@ -128,7 +134,10 @@ def reserve_or_refuse(
 
 
 def budget_status(db: sqlite3.Connection, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
-    spent = period_spend(db, budget.period if budget else period, now)
+    return status_of(period_spend(db, budget.period if budget else period, now), budget, period, now)
+
+
+def status_of(spent: PeriodSpend, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
     return {
         "budget_usd": budget.usd if budget else None,
         "period": budget.period if budget else period,
@@ -159,18 +168,20 @@ def spend_breakdown(db: sqlite3.Connection, since: float = 0.0) -> list[dict[str
         """,
         (since,),
     ).fetchall()
-    return [
-        {
-            "day": r[0],
-            "model": r[1],
-            "route": r[2],
-            "jobs": int(r[3]),
-            "billed_jobs": int(r[4]),
-            "committed_usd": round(float(r[5]), 6),
-            "actual_usd": round(float(r[6]), 6) if r[6] is not None else None,
-            "estimated_usd": round(float(r[7]), 6),
-            "in_flight_usd": round(float(r[8]), 6),
-            "unknown_price_jobs": int(r[9]),
-        }
-        for r in rows
-    ]
+    return [breakdown_row(tuple(r)) for r in rows]
+
+
+def breakdown_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    """One row of (day, model, route, jobs, billed, committed, actual, estimated, reserved, unknown)."""
+    return {
+        "day": str(r[0]),
+        "model": r[1],
+        "route": r[2],
+        "jobs": int(r[3]),
+        "billed_jobs": int(r[4]),
+        "committed_usd": round(float(r[5]), 6),
+        "actual_usd": round(float(r[6]), 6) if r[6] is not None else None,
+        "estimated_usd": round(float(r[7]), 6),
+        "in_flight_usd": round(float(r[8]), 6),
+        "unknown_price_jobs": int(r[9]),
+    }

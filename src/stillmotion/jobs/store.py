@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InvalidInput
+from .caps import RUNNING_SQL, RunningCap
 from .spend import (
     BILLED_TRIGGER,
     COST_COLUMNS,
@@ -50,8 +51,8 @@ Stage = Literal["new", "submitting", "polling", "downloading", "done"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 UNFINISHED: tuple[str, ...] = ("queued", "running", "downloading")
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{7,63}$")
-SCHEMA_VERSION = 2
-"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks."""
+SCHEMA_VERSION = 3
+"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks. 3: cost columns (estimate, actual, billed; issue #15)."""
 
 
 def new_job_id() -> str:
@@ -234,6 +235,14 @@ class JobStore(ABC):
         """Apply `values` (bumping `updated_at`; with `lease_s`, renewing the lease too) only while
         the job is unfinished AND owned by `owner`, in one conditional update. Returns the new
         row, or None when the job ended or changed hands (the caller must stop driving it)."""
+
+    @abstractmethod
+    def update_owned_capped(
+        self, job_id: str, owner: str, values: Mapping[str, Any], *, cap: RunningCap, lease_s: float | None = None
+    ) -> JobRow | None:
+        """`update_owned`, only while fewer than `cap.limit` OTHER jobs of the cap's group are
+        running at the provider (see jobs/caps.py); the count and the write are one transaction,
+        serialised across processes. Raises CapReached when the group is full."""
 
     @abstractmethod
     def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
@@ -551,6 +560,35 @@ class SqliteStore(JobStore):
                 changed = cur.rowcount
         return self.get(job_id) if changed else None
 
+    def update_owned_capped(
+        self, job_id: str, owner: str, values: Mapping[str, Any], *, cap: RunningCap, lease_s: float | None = None
+    ) -> JobRow | None:
+        cols, vals = self._encode(values)
+        now = self.now()
+        cols.append("updated_at=?")
+        vals.append(now)
+        if lease_s is not None:
+            cols.append("lease_expires_at=?")
+            vals.append(now + lease_s)
+        models = list(cap.models or ())
+        model_cond = f" AND model IN ({','.join('?' * len(models))})" if cap.models is not None else ""
+        with self._lock:
+            if self._closed:
+                return None
+            with self._write() as db:  # BEGIN IMMEDIATE: no other process writes between count and update
+                running = db.execute(
+                    f"SELECT COUNT(*) FROM jobs WHERE id<>? AND route=? AND {RUNNING_SQL}{model_cond}",
+                    (job_id, cap.route, *models),
+                ).fetchone()[0]
+                if running >= cap.limit:
+                    raise cap.reached(int(running))
+                cur = db.execute(
+                    f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND owner=? AND {_NOT_TERMINAL}",
+                    (*vals, job_id, owner),
+                )
+                changed = cur.rowcount
+        return self.get(job_id) if changed else None
+
     def set_progress(self, job_id: str, owner: str, progress: float | None) -> bool:
         with self._lock:
             if self._closed:  # a render thread abandoned at shutdown; the job restarts elsewhere
@@ -624,7 +662,9 @@ class SqliteStore(JobStore):
 
 
 def open_store(db_path: Path, database_url: str | None = None) -> JobStore:
-    """The store for these settings: SQLite under the home (a PostgreSQL URL is #12's store)."""
+    """The store for these settings: PostgreSQL for a postgresql:// URL, else SQLite under the home."""
     if database_url:
-        raise ValueError("a PostgreSQL store is not available in this build (STILLMOTION_DATABASE_URL)")
+        from .pg_store import PgStore
+
+        return PgStore(database_url)
     return SqliteStore(db_path)

@@ -14,12 +14,12 @@ import numpy as np
 
 from ..media.images import decode_mask, decode_rgb
 from ..media.publish import Samples
-from ..media.video import encode_frames
+from ..media.video import encode_frames, frame_size, is_yuv420, yuv420_to_rgb
 from ..render import (
     BrushRegion,
-    animate_frames,
     brush_frames,
-    camera_frames,
+    camera_frames_yuv,
+    choose_camera,
     fit_image,
     interpolate_frames,
     working_size,
@@ -53,7 +53,7 @@ def render_job(
     frames: Iterator[np.ndarray]
     if req.tool == "camera_move":
         assert req.camera is not None
-        frames = camera_frames(start, req.camera.model_dump(exclude_none=True), n)
+        frames = camera_frames_yuv(start, req.camera.model_dump(exclude_none=True), n)
     elif req.tool == "interpolate_frames":
         assert req.end_image is not None
         end = fit_image(decode_rgb(ctx.image_bytes(req.end_image)), size)
@@ -72,12 +72,15 @@ def render_job(
         static = _fit_mask(decode_mask(ctx.image_bytes(req.static_mask)), size) if req.static_mask else None
         frames = brush_frames(start, regions, static, n)
     else:
-        frames, _camera, why = animate_frames(start, req.prompt, n)
+        camera, why = choose_camera(req.prompt)
+        frames = camera_frames_yuv(start, camera, n)
         warnings.append(
             f"local/preview animates a still by camera motion only ({why}); it does not generate new content."
         )
     samples = Samples(n)
-    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=FPS)
+    # camera moves render straight into the encoder's pixel format (I420); the others are RGB
+    fmt = "rgb24" if req.tool in ("interpolate_frames", "motion_brush") else "yuv420p"
+    encode_frames(_watch(frames, n, progress, hold_file, samples), out, fps=FPS, frame_format=fmt)
     return warnings, samples
 
 
@@ -96,6 +99,9 @@ def _watch(
                 progress(min(0.99, i / n))
                 time.sleep(0.02)
         progress(min(0.99, i / n))
-        samples.offer(i, frame)  # the engine yields a fresh array per frame; keeping it is safe
+        if not is_yuv420(frame):
+            samples.offer(i, frame)  # the engine yields a fresh array per frame; keeping it is safe
+        elif i in samples.indices or i == n - 1:
+            samples.offer(i, yuv420_to_rgb(frame, *frame_size(frame)))  # only the frames kept
         yield frame
     progress(1.0)

@@ -6,12 +6,15 @@ the region is translated by (point(t) - first point), whether or not the anchor 
 the mask. The path is resampled by arc length, so the region moves at constant speed (no
 easing): frame 0 at the first point, the last frame at the last point.
 
-Rendering: the union of the moving regions is filled once by TELEA inpainting at half
-resolution (the vacated area); each frame pastes every region (in the given order, later
-on top) with a feathered alpha that is 1 on the mask and fades out over a few pixels
-around it, only inside the region's bounding box; then the static mask (True = hold still)
-is re-blended from the input inside those boxes, so static pixels never change.
-Frame 0 is the input image exactly.
+Rendering: the area the moving regions leave (their union, grown by a pixel or two for
+anti-aliased edges) is filled once, before the first frame, with a smooth membrane
+(harmonic) interpolation of its surroundings, solved coarse-to-fine on the area's bounding
+box: no X-shaped or square smear, no seam. Each frame pastes every region (in the given
+order, later on top) with an alpha that is 1 inside the mask and fades to 0 at the mask's
+edge (a feather INSIDE the mask, so no pixel of the surroundings travels with the region
+and no outline follows it), only inside the region's bounding box; then the static mask
+(True = hold still) is re-blended from the input inside those boxes, so static pixels never
+change. Frame 0 is the input image exactly.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def _feather_px(width: int, height: int) -> int:
 
 
 def _outward_alpha(mask: Mask, feather: int) -> NDArray[np.float32]:
-    """1 on the mask, fading to 0 over about ``feather`` pixels outside it."""
+    """1 on the mask, fading to 0 over about ``feather`` pixels outside it (the static mask)."""
     m = mask.astype(np.uint8)
     d = max(1, feather // 2)
     grown = cv2.dilate(m, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * d + 1, 2 * d + 1)))
@@ -96,6 +99,20 @@ def _outward_alpha(mask: Mask, feather: int) -> NDArray[np.float32]:
     alpha: NDArray[np.float32] = np.maximum(soft, m.astype(np.float32))
     alpha[alpha < 1.0 / 512.0] = 0.0
     return alpha
+
+
+def _inward_alpha(mask: Mask, feather: int) -> NDArray[np.float32]:
+    """0 outside the mask, rising (smoothstep) to 1 at ``feather`` pixels inside its edge.
+
+    Distances are measured to the nearest pixel outside the mask, so the fade never reaches
+    past the mask: nothing around the region moves with it. A pixel just inside the edge is
+    about half transparent.
+    """
+    m = np.pad(mask.astype(np.uint8), 1)  # the frame's border counts as an edge too
+    dist = cv2.distanceTransform(m, cv2.DIST_L2, 5)[1:-1, 1:-1]
+    a = np.clip((dist - 0.5) / max(1.0, float(feather)), 0.0, 1.0).astype(np.float32)
+    out: NDArray[np.float32] = a * a * (np.float32(3.0) - np.float32(2.0) * a)
+    return out
 
 
 def _bbox(alpha: NDArray[np.float32], pad: int) -> tuple[int, int, int, int] | None:
@@ -111,21 +128,65 @@ def _bbox(alpha: NDArray[np.float32], pad: int) -> tuple[int, int, int, int] | N
     )
 
 
+_JACOBI_STEPS = 24
+
+
+def _membrane(img: NDArray[np.float32], hole: Mask) -> NDArray[np.float32]:
+    """``img`` with ``hole`` replaced by the harmonic interpolation of the pixels around it.
+
+    Coarse-to-fine: the known pixels are averaged down (weighted by how much of each coarse
+    pixel is known) until the hole is small, filled there, then each finer level starts from
+    the upsampled coarser solution and relaxes it with a few Jacobi steps (3x3 means, known
+    pixels held fixed). Smooth everywhere inside, continuous with the surroundings.
+    """
+    h, w = hole.shape
+    known = (~hole).astype(np.float32)
+    if not hole.any():
+        return img
+    if min(h, w) <= 4 or not known.any():
+        fill = img[~hole].mean(axis=0) if known.any() else img.reshape(-1, img.shape[2]).mean(axis=0)
+        out = img.copy()
+        out[hole] = fill
+        return out
+    sw, sh = max(1, w // 2), max(1, h // 2)
+    wsum = cv2.resize(known, (sw, sh), interpolation=cv2.INTER_AREA)
+    vsum = cv2.resize(img * known[..., None], (sw, sh), interpolation=cv2.INTER_AREA)
+    if vsum.ndim == 2:
+        vsum = vsum[..., None]
+    coarse_hole = wsum < 1e-3
+    averaged = np.ascontiguousarray(vsum / np.maximum(wsum, 1e-3)[..., None], dtype=np.float32)
+    coarse = _membrane(averaged, coarse_hole)
+    up = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_LINEAR)
+    if up.ndim == 2:
+        up = up[..., None]
+    out = img.copy()
+    out[hole] = up[hole]
+    hole8 = hole.astype(np.uint8)
+    for _ in range(_JACOBI_STEPS):
+        smooth = cv2.blur(out, (3, 3), borderType=cv2.BORDER_REPLICATE)
+        if smooth.ndim == 2:
+            smooth = smooth[..., None]
+        cv2.copyTo(smooth, hole8, out)
+    return out
+
+
 def _inpaint_background(img: Frame, hole: Mask) -> Frame:
-    """``img`` with ``hole`` filled by TELEA inpainting computed at half resolution."""
+    """``img`` with ``hole`` filled by a membrane interpolation of its surroundings.
+
+    Solved on the hole's bounding box plus a margin (the rest of the image is untouched).
+    """
     if not hole.any():
         return img.copy()
     h, w = img.shape[:2]
-    sw, sh = max(2, w // 2), max(2, h // 2)
-    small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
-    small_hole = cv2.resize(hole.astype(np.uint8) * 255, (sw, sh), interpolation=cv2.INTER_LINEAR)
-    small_hole = cv2.dilate((small_hole > 0).astype(np.uint8) * 255, np.ones((3, 3), np.uint8))
-    filled = cv2.inpaint(small, small_hole, 3, cv2.INPAINT_TELEA)
-    # Soften TELEA's radial streaks; only the hole is taken from this.
-    filled = cv2.GaussianBlur(filled, (0, 0), max(1.0, min(sw, sh) / 180.0))
-    up = cv2.resize(filled, (w, h), interpolation=cv2.INTER_LINEAR)
+    ys, xs = np.nonzero(hole)
+    margin = max(8, (int(xs.max() - xs.min()) + int(ys.max() - ys.min())) // 8)
+    x0, x1 = max(0, int(xs.min()) - margin), min(w, int(xs.max()) + 1 + margin)
+    y0, y1 = max(0, int(ys.min()) - margin), min(h, int(ys.max()) + 1 + margin)
+    crop = img[y0:y1, x0:x1].astype(np.float32)
+    filled = _membrane(np.ascontiguousarray(crop), np.ascontiguousarray(hole[y0:y1, x0:x1]))
     bg = img.copy()
-    bg[hole] = up[hole]
+    sub = hole[y0:y1, x0:x1]
+    bg[y0:y1, x0:x1][sub] = np.clip(filled[sub] + 0.5, 0, 255).astype(np.uint8)
     return bg
 
 
@@ -167,6 +228,9 @@ def _brush(
     for m, path in moving:
         if len(set(path)) > 1:
             hole |= m
+    # Anti-aliased object edges lie a pixel or two outside a mask drawn on them.
+    grow = max(1, feather // 3)
+    hole = cv2.dilate(hole.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)).astype(bool)
     bg = _inpaint_background(src, hole)
     static_alpha: NDArray[np.float32] | None = None
     if static is not None and static.any():
@@ -174,7 +238,7 @@ def _brush(
         bg = cast(Frame, cv2.blendLinear(src, bg, static_alpha, np.float32(1.0) - static_alpha))
     sprites: list[_Sprite] = []
     for m, path in moving:
-        alpha = _outward_alpha(m, feather)
+        alpha = _inward_alpha(m, feather)
         box = _bbox(alpha, 1)
         if box is None:
             continue

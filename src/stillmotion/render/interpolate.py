@@ -9,6 +9,15 @@ confidence ``exp(-|F_AB(p) + F_BA(p + F_AB(p))|^2 / 4)`` carried as an 8-bit alp
 channel, so that a single remap warps each image together with its confidence. Where the flow cannot follow (large
 motion of a large object) this degrades to a cross-fade, never to garbage.
 
+Borders: the confidence also falls to 0 over the outermost ``EDGE_RAMP_PX`` pixels of each
+image, and the remap replicates the edge (confidence included) beyond them. So where the
+flow points outside one image (content entering at a border) that image's replicated edge
+gets no weight and the other image, which has that content, fills the strip: no streaks.
+And where a flow points outside the other image (content with no match there), it is
+replaced by a smooth extension of the matched flow around it (``_extend_at_borders``):
+DIS's own guess there is often a pixel off. (Estimating the flow on padded frames was
+tried and measured worse: the padding looks static and pulls the border flow towards 0.)
+
 Frame 0 is the start image exactly and the last frame the end image exactly.
 """
 
@@ -27,6 +36,7 @@ from .frames import Frame, as_rgb_frame, check_n_frames, clip_time
 logger = logging.getLogger(__name__)
 
 FLOW_SCALE = 0.5
+EDGE_RAMP_PX = 3.0
 
 Flow = NDArray[np.float32]
 
@@ -41,12 +51,36 @@ def _flows(a: Frame, b: Frame) -> tuple[Flow, Flow]:
     fab = dis.calc(ga, gb, None)
     fba = dis.calc(gb, ga, None)
     out: list[Flow] = []
-    for f in (fab, fba):
+    for f in (_extend_at_borders(fab), _extend_at_borders(fba)):
         up = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
         up[..., 0] *= w / sw
         up[..., 1] *= h / sh
         out.append(np.ascontiguousarray(up, dtype=np.float32))
     return out[0], out[1]
+
+
+def _extend_at_borders(flow: Flow) -> Flow:
+    """Flow where it points outside the other image, replaced by a smooth extension of the rest.
+
+    Content that enters or leaves at a border has no match in the other image, so the flow
+    there is DIS's guess (often a pixel off, which shows as a smear in the strip that only one
+    image can fill). It is replaced by a normalised Gaussian average of the flow of the pixels
+    that do have a match nearby.
+    """
+    h, w = flow.shape[:2]
+    tx = flow[..., 0] + np.arange(w, dtype=np.float32)[None, :]
+    ty = flow[..., 1] + np.arange(h, dtype=np.float32)[:, None]
+    valid = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    if valid.all() or not valid.any():
+        return flow
+    weight = valid.astype(np.float32)
+    sigma = max(2.0, 0.04 * min(w, h))
+    num = cv2.GaussianBlur(flow * weight[..., None], (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    den = cv2.GaussianBlur(weight, (0, 0), sigma, borderType=cv2.BORDER_REPLICATE)
+    fill = ~valid & (den > 1e-3)
+    out = flow.copy()
+    out[fill] = num[fill] / den[fill][:, None]
+    return out
 
 
 def _confidence(f1: Flow, f2: Flow, grid: Flow) -> NDArray[np.float32]:
@@ -68,8 +102,17 @@ def interpolate_frames(start: np.ndarray, end: np.ndarray, n_frames: int) -> Ite
     return _interpolate(a, b, n_frames)
 
 
+def _edge_ramp(h: int, w: int) -> NDArray[np.float32]:
+    """0 on the outermost pixel ring, rising linearly to 1 at EDGE_RAMP_PX from the border."""
+    x = np.minimum(np.arange(w, dtype=np.float32), np.arange(w, dtype=np.float32)[::-1])
+    y = np.minimum(np.arange(h, dtype=np.float32), np.arange(h, dtype=np.float32)[::-1])
+    d = np.minimum(x[None, :], y[:, None])
+    return np.asarray(np.clip(d / np.float32(EDGE_RAMP_PX), 0.0, 1.0), dtype=np.float32)
+
+
 def _with_confidence(img: Frame, conf: NDArray[np.float32]) -> NDArray[np.uint8]:
     """RGBA: the image with its confidence (0..1) as an 8-bit alpha, so one remap moves both."""
+    conf = conf * _edge_ramp(*conf.shape)
     alpha = np.clip(conf * np.float32(255.0) + np.float32(0.5), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(np.dstack([img, alpha]))
 
