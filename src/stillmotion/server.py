@@ -27,6 +27,7 @@ from .settings import Settings
 from .tasks import TasksExtension
 from .tools import _sdk, generation, jobs, models, resources
 from .tools.base import Build, ToolCalls, ToolSpec
+from .tools.cost import register_spend_resource
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +102,19 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
         # resources/subscribe; 2026-era subscriptions/listen works on every replica)
         legacy.register(mcp)
     resources.register(mcp, settings)
+    register_spend_resource(mcp, settings)
     return mcp
 
 
 def _declared(spec: ToolSpec[Any]) -> Any:
-    from .tools.schema import published_schema
+    from .tools.schema import published_output_schema
 
     return _sdk.declared_tool(
         name=spec.name,
         title=spec.title,
         description=spec.description,
         input_schema=spec.input_schema,
-        output_schema=published_schema(spec.output) if spec.output is not None else None,
+        output_schema=published_output_schema(spec.output) if spec.output is not None else None,
         annotations=spec.annotations,
         meta=spec.meta,
     )
