@@ -21,10 +21,12 @@ import httpx
 
 from . import __version__
 from .catalog import MODELS
-from .errors import InvalidInput
+from .dryrun import preview_create_request
+from .errors import BudgetExceeded, InvalidInput
 from .jobs.backends import open_for_settings
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
+from .jobs.spend import BudgetRule
 from .jobs.store import (
     DuplicateIdempotencyKey,
     JobRow,
@@ -36,6 +38,7 @@ from .jobs.store import (
 from .media.images import LoadedImage, load_image, off_loop
 from .media.net import UrlGuard
 from .media.publish import Samples, publish_video
+from .pricing import Cost
 from .providers.base import JobContext, Provider
 from .providers.local import render_job
 from .requests import BoxShape, GenerationRequest, PolygonShape, StoredImage, StoredMask
@@ -43,6 +46,7 @@ from .scrub import install_log_scrubber
 from .settings import Settings
 from .validation import (
     LoadedInputs,
+    Plan,
     ToolArgs,
     check_images,
     check_masks_and_paths,
@@ -87,6 +91,13 @@ def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, 
 
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
+
+
+def _stored(img: LoadedImage, path: str) -> StoredImage:
+    return StoredImage(
+        path=path, url=img.url, mime=img.mime, width=img.width, height=img.height,
+        bytes=len(img.data), sha256=img.sha256,
+    )
 
 
 @dataclass
@@ -154,15 +165,46 @@ class Service:
 
     # -- submit --------------------------------------------------------------------------
 
-    async def submit(self, args: ToolArgs, *, idempotency_key: str | None) -> JobRow:
-        """Validate everything, store the job, start it. Raises InvalidInput/MissingCredentials."""
+    def estimate(self, plan: Plan, tool: str) -> Cost:
+        """The cost of a planned request before anything is sent."""
+        return self.settings.prices.estimate(
+            model=plan.spec.id, route=plan.route, tool=tool, duration=plan.duration, options=plan.options
+        )
+
+    def budget_rule(self) -> BudgetRule | None:
+        s = self.settings
+        return BudgetRule(s.budget_usd, s.budget_period) if s.budget_usd is not None else None
+
+    async def dry_run(self, args: ToolArgs) -> tuple[Plan, Cost, dict[str, Any]]:
+        """Every check, the route, the estimate and the create request that would be sent, without
+        creating a job, writing an input, uploading anything or contacting a provider."""
+        plan = plan_request(args, self.settings)
+        inputs = await self._load_inputs(args, plan.spec.id)
+        await off_loop(check_images, inputs, plan.spec, args)
+        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
+        for img in inputs.all():
+            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
+        held: dict[str, bytes] = {}
+
+        def hold(img: LoadedImage, name: str) -> StoredImage:
+            path = f"<dry-run>/{name}.{img.ext}"
+            held[path] = img.data
+            return _stored(img, path)
+
+        request = self._request(args, plan, inputs, hold)
+        preview = preview_create_request(self.client, self.settings, request, held)
+        return plan, self.estimate(plan, args.tool), preview
+
+    async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
+        """Validate everything, store the job (reserving its estimate against the budget), start it.
+        Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._same_or_error(existing, fingerprint)
-        plan = plan_request(args, self.settings)
+        plan = plan or plan_request(args, self.settings)
         inputs = await self._load_inputs(args, plan.spec.id)
         # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
         await off_loop(check_images, inputs, plan.spec, args)
@@ -189,7 +231,41 @@ class Service:
         def keep(img: LoadedImage, name: str) -> StoredImage:
             return kept[name]
 
-        request = GenerationRequest(
+        request = self._request(args, plan, inputs, keep)
+        cost = self.estimate(plan, args.tool)
+        try:
+            row = self.store.create(
+                job_id=job_id,
+                tool=args.tool,
+                model=plan.spec.id,
+                route=plan.route,
+                request=request.model_dump(mode="json"),
+                args_hash=fingerprint,
+                idempotency_key=idempotency_key,
+                warnings=plan.warnings,
+                owner=self.runner.owner,
+                lease_s=self.runner.lease_s,
+                cost=cost.to_dict(),
+                budget=self.budget_rule() if plan.route != "local" else None,
+            )
+        except DuplicateIdempotencyKey:
+            # the same key won a race with us: answer with that job
+            shutil.rmtree(folder, ignore_errors=True)
+            assert idempotency_key is not None
+            existing = self.store.by_idempotency_key(idempotency_key)
+            assert existing is not None
+            return self._same_or_error(existing, fingerprint)
+        except BudgetExceeded:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
+        self.runner.launch_new(row)
+        return row
+
+    def _request(
+        self, args: ToolArgs, plan: Plan, inputs: LoadedInputs, keep: Callable[[LoadedImage, str], StoredImage]
+    ) -> GenerationRequest:
+        return GenerationRequest(
             tool=args.tool,
             model=plan.spec.id,
             route=plan.route,
@@ -208,29 +284,6 @@ class Service:
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
         )
-        try:
-            row = self.store.create(
-                job_id=job_id,
-                tool=args.tool,
-                model=plan.spec.id,
-                route=plan.route,
-                request=request.model_dump(mode="json"),
-                args_hash=fingerprint,
-                idempotency_key=idempotency_key,
-                warnings=plan.warnings,
-                owner=self.runner.owner,
-                lease_s=self.runner.lease_s,
-            )
-        except DuplicateIdempotencyKey:
-            # the same key won a race with us: answer with that job
-            shutil.rmtree(folder, ignore_errors=True)
-            assert idempotency_key is not None
-            existing = self.store.by_idempotency_key(idempotency_key)
-            assert existing is not None
-            return self._same_or_error(existing, fingerprint)
-        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
-        self.runner.launch_new(row)
-        return row
 
     def _same_or_error(self, existing: JobRow, fingerprint: str) -> JobRow:
         if existing.args_hash != fingerprint:

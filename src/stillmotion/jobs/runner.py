@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..media.net import UrlGuard, download_to_file, write_base64_file
 from ..media.publish import Samples
+from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
@@ -481,7 +482,14 @@ class JobRunner:
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     self._set(job, stage="new", status_detail=job.row.status_detail)
                     raise ProviderError("the lease ran short before the create request went out", retryable=True)
-                return await provider.start(ctx)
+                try:
+                    return await provider.start(ctx)
+                except AmbiguousSubmission:
+                    raise
+                except StillmotionError:
+                    # the provider answered no: nothing was created, so nothing is billed (jobs/spend.py)
+                    self._set(job, stage="new", status_detail=job.row.status_detail)
+                    raise
 
         try:
             started = await self.retry.run(attempt, on_wait=self._waiting(job, stage="new", status="queued"))
@@ -553,7 +561,13 @@ class JobRunner:
                 continue
             return self._on_status(job, st)
 
+    def _record_cost(self, job: Job, st: Status) -> None:
+        if st.actual is not None:
+            usd = actual_usd(st.actual, self.settings.prices)
+            self.store.set_actual_cost(job.id, self.owner, usd, st.actual.to_dict())
+
     def _on_status(self, job: Job, st: Status) -> str:
+        self._record_cost(job, st)
         if st.state == "failed":
             raise st.error or ProviderError("the provider reported a failure without a reason")
         assert st.video is not None
@@ -573,6 +587,7 @@ class JobRunner:
             st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
             if st.state != "completed":
                 return self._on_status(job, st)
+            self._record_cost(job, st)
             assert st.video is not None
             video = st.video
         self._set(job, status="downloading", stage="downloading", video_url=video.url, video_url_expires_at=video.url_expires_at)
