@@ -17,7 +17,7 @@ from .common import ROOT, Row, Section, machine_info, now_stamp, versions
 from .report import markdown, text_table
 
 SECTIONS: dict[str, str] = {
-    "1": "engine", "2": "overhead", "3": "download", "4": "many_processes", "5": "team", "6": "join",
+    "1": "engine", "2": "overhead", "3": "download", "4": "many_processes", "5": "team", "6": "waiters", "7": "join",
 }
 
 
@@ -42,6 +42,10 @@ def _runner(name: str) -> Callable[..., Section]:
         from . import team
 
         return team.run
+    if name == "waiters":
+        from . import waiters
+
+        return waiters.run
     if name == "join":
         from . import join
 
@@ -55,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 100 jobs instead of 500 (~4 min)")
     ap.add_argument("--sections", default="1,2,3,4",
-                    help="comma-separated: 1 engine, 2 server overhead, 3 download, 4 two servers on one home, 5 team server (PostgreSQL replicas; on request), 6 join_clips (on request)")
+                    help="comma-separated: 1 engine, 2 server overhead, 3 download, 4 two servers on one home, 5 team server (PostgreSQL replicas; on request), "
+                    "6 agents waiting in check_job (on request), 7 join_clips (on request)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md", help="markdown report to write")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "results.json", help="raw results")
     ap.add_argument("--baseline", type=Path, default=ROOT / "bench" / "baseline-before.json",

@@ -101,11 +101,18 @@ class StdioMCP:
 
     async def _read_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        buf = ""
+        # Linear in the bytes read: pieces are joined only when a line ends (re-scanning and
+        # re-slicing one growing string made the client, not the server, the bottleneck once
+        # hundreds of large answers queued up).
+        pieces: list[str] = []
         async for text in TextReceiveStream(self.proc.stdout):
-            buf += text
-            while "\n" in buf:
-                line, buf = buf.split("\n", 1)
+            if "\n" not in text:
+                pieces.append(text)
+                continue
+            *done, rest = text.split("\n")
+            lines = ["".join([*pieces, done[0]]), *done[1:]]
+            pieces = [rest] if rest else []
+            for line in lines:
                 if not line.strip():
                     continue
                 msg = json.loads(line)

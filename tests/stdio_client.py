@@ -65,6 +65,24 @@ class StdioServer:
             if msg.get("id") == rid:
                 return msg
 
+    def send_request(self, method: str, params: dict[str, Any] | None = None) -> int:
+        """Send without waiting (pipelined requests); returns the id to `collect`."""
+        rid = self._next_id
+        self._next_id += 1
+        self.send({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or {}})
+        return rid
+
+    def collect(self, ids: list[int], timeout: float = 60) -> list[dict[str, Any]]:
+        """The answers to `ids`, in that order (other messages are dropped)."""
+        got: dict[int, dict[str, Any]] = {}
+        while len(got) < len(ids):
+            msg = self._q.get(timeout=timeout)
+            if msg is None:
+                raise RuntimeError(f"server exited; stderr:\n{self.stderr.decode(errors='replace')[-3000:]}")
+            if msg.get("id") in ids:
+                got[msg["id"]] = msg
+        return [got[i] for i in ids]
+
     def initialize(self) -> dict[str, Any]:
         res = self.request(
             "initialize",

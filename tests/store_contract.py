@@ -21,17 +21,22 @@ from typing import Any
 
 import pytest
 
-from stillmotion.jobs.store import DuplicateIdempotencyKey, JobRow, JobStore, new_job_id
+from stillmotion.errors import BudgetExceeded
+from stillmotion.jobs.spend import BudgetRule
+from stillmotion.jobs.store import DuplicateIdempotencyKey, JobHead, JobRow, JobStore, new_job_id
 
 __all__ = [
     "OpenStore",
     "store",
+    "test_budget_reservation_is_atomic_across_processes",
     "test_cancel_from_any_process_wins_over_owner",
     "test_changed_since_reports_visible_changes_not_renewals",
     "test_claim_is_exclusive_across_processes",
     "test_claim_rules",
+    "test_committed_spend_counts_jobs_that_reached_the_provider",
     "test_create_and_read_back",
     "test_duplicate_idempotency_key",
+    "test_heads_match_full_rows",
     "test_meta_table",
     "test_recent_and_unfinished",
     "test_release",
@@ -222,6 +227,27 @@ def test_changed_since_reports_visible_changes_not_renewals(store: JobStore) -> 
     assert store.changed_since(store.changed_since(mark)[-1].updated_at) == []
 
 
+def test_heads_match_full_rows(store: JobStore) -> None:
+    """The narrow reads the runner polls with say exactly what the full reads say."""
+    rows = []
+    for owner in ("a", None, "b"):
+        rows.append(_new(store, owner=owner, lease_s=30 if owner else None))
+        time.sleep(0.002)
+    mark = max(r.updated_at for r in rows)
+    time.sleep(0.01)
+    store.update_owned(rows[2].id, "b", {"status": "running", "progress": 0.5})
+    store.cancel(rows[0].id, {"kind": "cancelled", "message": "x", "retryable": False})
+    assert store.unfinished_heads() == [JobHead.of(r) for r in store.unfinished()]
+    assert [h.id for h in store.unfinished_heads()] == [rows[1].id, rows[2].id]
+    changed = store.heads_changed_since(mark)
+    assert changed == [JobHead.of(r) for r in store.changed_since(mark)]
+    assert [(h.id, h.status, h.owner, h.terminal) for h in changed] == [
+        (rows[2].id, "running", "b", False),
+        (rows[0].id, "cancelled", "a", True),
+    ]
+    assert store.heads_changed_since(mark, limit=1) == changed[:1]
+
+
 def test_recent_and_unfinished(store: JobStore) -> None:
     rows = []
     for _ in range(4):
@@ -253,3 +279,79 @@ def test_unknown_column_is_refused(store: JobStore) -> None:
         store.update_owned(row.id, "a", {"id": "job_other0000"})
     with pytest.raises(ValueError):
         store.update(row.id, bogus=1)
+
+
+# -- cost (issue #15) ------------------------------------------------------------------------
+
+
+def _priced(store: JobStore, usd: float | None, *, budget: BudgetRule | None = None, owner: str = "me",
+            route: str = "direct") -> JobRow:
+    return store.create(
+        job_id=new_job_id(), tool="animate_image", model="m", route=route, request={}, args_hash="h",
+        idempotency_key=None, warnings=[], owner=owner, lease_s=60,
+        cost={"estimated_usd": usd, "basis": "contract test", "estimate": True}, budget=budget,
+    )
+
+
+def test_committed_spend_counts_jobs_that_reached_the_provider(store: JobStore) -> None:
+    def walk(row: JobRow, *stages: str, end: str) -> None:
+        for stage in stages:
+            assert store.update_owned(row.id, "me", {"stage": stage, "status": "running"}) is not None
+        if end == "cancelled":
+            assert store.cancel(row.id, {"kind": "cancelled"}) is not None
+        else:
+            assert store.update_owned(row.id, "me", {"status": end, "stage": "done"}) is not None
+
+    done = _priced(store, 1.0)
+    walk(done, "submitting", "polling", "downloading", end="succeeded")
+    assert store.set_actual_cost(done.id, "me", 0.5, {"usd": 0.5, "units": None, "source": "test"})
+    assert not store.set_actual_cost(done.id, "someone-else", 9.0, {})
+    walk(_priced(store, 1.0), "submitting", "polling", end="failed")  # failed after its create: 1.0
+    walk(_priced(store, 1.0), "submitting", "new", end="failed")  # the create was refused: 0
+    walk(_priced(store, 1.0), "submitting", end="cancelled")  # create in flight: possibly billed, 1.0
+    walk(_priced(store, 1.0), end="cancelled")  # nothing sent: 0
+    _priced(store, 0.25)  # in flight: reserved
+    walk(_priced(store, 0.0, route="local"), "polling", end="succeeded")
+    got = store.spend(BudgetRule(10.0, "total"), "total")
+    assert got["budget"]["committed_usd"] == pytest.approx(2.5)
+    assert got["budget"]["reserved_usd"] == pytest.approx(0.25)
+    assert got["budget"]["left_usd"] == pytest.approx(7.25)
+    row = store.get(done.id)
+    assert row is not None and (row.estimated_usd, row.actual_usd, row.billed) == (1.0, 0.5, 1)
+    assert row.cost == {"basis": "contract test", "estimate": True}
+    (bucket,) = [r for r in got["rows"] if r["route"] == "direct"]
+    assert (bucket["jobs"], bucket["billed_jobs"], bucket["actual_usd"]) == (6, 3, 0.5)
+
+
+def test_budget_reservation_is_atomic_across_processes(open_store: OpenStore) -> None:
+    """Five store objects (five processes) and 40 threads submit $1 jobs against $7: exactly 7 fit."""
+    stores = [open_store() for _ in range(5)]
+    rule = BudgetRule(7.0, "day")
+    made: list[str] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def submit(s: JobStore) -> None:
+        for _ in range(2):
+            try:
+                row = _priced(s, 1.0, budget=rule)
+            except BudgetExceeded as exc:
+                with lock:
+                    refused.append(exc.message)
+            else:
+                with lock:
+                    made.append(row.id)
+
+    threads = [threading.Thread(target=submit, args=(stores[i % 5],)) for i in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert (len(made), len(refused)) == (7, 73)
+        assert len(stores[0].recent(limit=200)) == 7
+        with pytest.raises(BudgetExceeded, match="unknown"):
+            _priced(stores[1], None, budget=BudgetRule(100.0, "total"))
+    finally:
+        for s in stores:
+            s.close()

@@ -88,7 +88,7 @@ ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
      "[invalid_input] Invalid argument 'camera.config.dolly': unknown field. Allowed: horizontal, vertical, pan, tilt, roll, zoom."),
     ("typo_argument", "animate_image", {"image": X, "duraton": 5},
      "[invalid_input] Invalid argument 'duraton': unknown argument; did you mean 'duration'? Allowed: model, prompt, "
-     "negative_prompt, duration, wait_seconds, idempotency_key, kling, local, image, wan, xai."),
+     "negative_prompt, duration, wait_seconds, idempotency_key, dry_run, confirm_cost_usd, kling, local, image, wan, xai."),
     ("zoom_range", "camera_move", {"image": X, "camera": {"type": "simple", "config": {"zoom": 20}}},
      "[invalid_input] Invalid argument 'camera.config.zoom': must be <= 10; got 20. Allowed: a number from -10 to 10."),
     ("option_typo", "animate_image", {"image": X, "kling": {"mdoe": "pro"}},

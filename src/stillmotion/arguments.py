@@ -39,7 +39,7 @@ NEGATIVE_PROMPT_MAX = max(m.negative_prompt_max or 0 for m in MODELS.values())
 
 ImageArg = Annotated[str, Field(min_length=1, description=IMAGE_FORMS)]
 
-CONTROL_FIELDS = frozenset({"wait_seconds", "idempotency_key"})
+CONTROL_FIELDS = frozenset({"wait_seconds", "idempotency_key", "dry_run", "confirm_cost_usd"})
 """Arguments that steer the call, not the job: never part of the request or its fingerprint."""
 
 
@@ -62,6 +62,8 @@ class GenerationArgs(_Args):
     idempotency_key: str | None = Field(
         None, min_length=1, max_length=200, description="Same key + same args = same job."
     )
+    dry_run: bool = Field(False, description="Check and price only.")
+    confirm_cost_usd: float | None = Field(None, ge=0, description="USD the person approved.")
     kling: KlingOptions | None = None
     local: LocalOptions | None = None
 

@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     jobs = sub.add_parser("jobs", help="recent jobs")
     jobs.add_argument("--status", default=None)
     jobs.add_argument("--limit", type=int, default=20)
+    spend = sub.add_parser("spend", help="committed and estimated spend by UTC day, model and route; the budget left")
+    spend.add_argument("--json", action="store_true", help="print the stillmotion://spend JSON instead of a table")
     worker = sub.add_parser("worker", help="run the job runner alone, in the foreground (systemd, a container)")
     worker.add_argument("--background", action="store_true", help=argparse.SUPPRESS)
     run = sub.add_parser(
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--wait", action="store_true", help="follow the job to its end with a progress bar")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    if args.command in ("demo", "run", "models", "jobs") and not args.verbose:
+    if args.command in ("demo", "run", "models", "jobs", "spend") and not args.verbose:
         logging.getLogger("stillmotion").setLevel(logging.WARNING)  # a command's own output stays readable
 
     if args.command in (None, "serve"):
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return _models()
     if args.command == "jobs":
         return _jobs(args.status, args.limit)
+    if args.command == "spend":
+        return _spend(args.json)
     if args.command == "run":
         return anyio.run(_run_tool, args.tool, args.arguments, args.wait)
     if args.command == "worker":
@@ -88,15 +92,18 @@ def _serve(http: bool, host: str, port: int) -> int:
     from .server import build_server
     from .settings import Settings
 
+    try:
+        settings = Settings.from_env(transport="http" if http else "stdio")
+    except ValueError as exc:  # a bad setting (e.g. the STILLMOTION_PRICES file) stops start-up, clearly
+        print(f"stillmotion: {exc}", file=sys.stderr)
+        return 2
     if not http:
-        settings = Settings.from_env(transport="stdio")
         server = build_server(settings)
         _hand_over_on_signal()
         server.run()
         return 0
     from .http import serve_http
 
-    settings = Settings.from_env(transport="http")
     return serve_http(settings, host, port)
 
 
@@ -219,6 +226,55 @@ def _jobs(status: str | None, limit: int) -> int:
             who = f"owner {r.owner} ({state})" if r.owner else "owner none (waiting for a process)"
             line += f"  {who}" + (f"  [{r.status_detail}]" if r.status_detail else "")
         print(line)
+    return 0
+
+
+def _settings_or_exit() -> Any:
+    from .settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        print(f"stillmotion: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _money(x: float | None) -> str:
+    return "-" if x is None else f"${x:,.2f}"
+
+
+def _spend(as_json: bool) -> int:
+    from .tools.cost import read_spend
+
+    settings = _settings_or_exit()
+    report = read_spend(settings)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return 0
+    b = report["budget"]
+    if b["budget_usd"] is None:
+        print(f"No budget (STILLMOTION_BUDGET_USD unset). This {b['period']} since {b['period_start']}: "
+              f"{_money(b['committed_usd'])} committed, {_money(b['reserved_usd'])} in flight.")
+    else:
+        print(f"Budget {_money(b['budget_usd'])} per {b['period']} (UTC, since {b['period_start']}): "
+              f"{_money(b['committed_usd'])} committed, {_money(b['reserved_usd'])} in flight, "
+              f"{_money(b['left_usd'])} left.")
+    if report["confirm_above_usd"] is not None:
+        print(f"Jobs above {_money(report['confirm_above_usd'])} need confirmation.")
+    if not report["rows"]:
+        print("no jobs yet")
+        return 0
+    head = ("day (UTC)", "model", "route", "jobs", "committed", "actual", "estimated", "in flight", "no price")
+    rows = [head] + [
+        (r["day"], r["model"], r["route"], str(r["jobs"]), _money(r["committed_usd"]), _money(r["actual_usd"]),
+         _money(r["estimated_usd"]), _money(r["in_flight_usd"]), str(r["unknown_price_jobs"] or ""))
+        for r in report["rows"]
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    print("committed: jobs that reached the provider (its reported cost, else the estimate); "
+          "estimated: the estimates of those and of jobs in flight.")
     return 0
 
 

@@ -12,7 +12,9 @@
     ├── JobTimeout          kind=timeout
     ├── Expired             kind=expired         the task or its result URL expired
     ├── Cancelled           kind=cancelled
-    └── Interrupted         kind=interrupted     a crash left a submission whose fate cannot be looked up
+    ├── Interrupted         kind=interrupted     a crash left a submission whose fate cannot be looked up
+    ├── BudgetExceeded      kind=budget          the estimate would take the period's spend over the budget
+    └── ConfirmationRequired kind=confirmation_required  above STILLMOTION_CONFIRM_ABOVE_USD, not confirmed
 
 Messages never contain secrets: providers build them from the provider's answer, never from
 request headers, and every message goes through the one scrubber (`scrub.py`) when the error is
@@ -37,6 +39,8 @@ ErrorKind = Literal[
     "expired",
     "cancelled",
     "interrupted",
+    "budget",
+    "confirmation_required",
 ]
 
 
@@ -152,3 +156,15 @@ class ProviderRejectedInput(StillmotionError):
     """The provider refused a request parameter that our own checks let through."""
 
     kind: ErrorKind = "invalid_input"
+
+
+class BudgetExceeded(StillmotionError):
+    """Refused before any request: the estimate would take the period's spend over the budget."""
+
+    kind: ErrorKind = "budget"
+
+
+class ConfirmationRequired(StillmotionError):
+    """The estimate is above STILLMOTION_CONFIRM_ABOVE_USD and nobody confirmed it."""
+
+    kind: ErrorKind = "confirmation_required"

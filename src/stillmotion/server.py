@@ -18,13 +18,16 @@ from mcp.server import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 
 from . import __version__
+from .apps import apps_extension, file_origins, link_player
 from .arguments import WAIT_MAX_S
 from .catalog import catalog_table
 from .http_team import replicated
 from .service import Service
 from .settings import Settings
+from .tasks import TasksExtension
 from .tools import _sdk, generation, jobs, join, models, resources
 from .tools.base import Build, ToolCalls, ToolSpec
+from .tools.cost import register_spend_resource
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
                 svc.close()  # only after every job task has stopped
 
     calls = ToolCalls(specs, settings, shell=shell)
+    tasks = TasksExtension()  # outermost: it wraps the tool calls whose jobs become tasks
     mcp: MCPServer[Service] = MCPServer(
         "stillmotion",
         title="stillmotion",
@@ -87,27 +91,30 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
         lifespan=lifespan,
         website_url="https://github.com/stillmotion/stillmotion",
         subscriptions=bus,
-        extensions=[calls],
+        extensions=[tasks, apps_extension(file_origins(settings)), calls],
         tools=[_declared(spec) for spec in specs],
     )
     calls.server = mcp
+    link_player(mcp)  # _meta.ui.resourceUri on every job-returning tool (hosts without Apps ignore it)
+    tasks.bind(mcp)
     if not replicated(settings):
         # (replicas serve 2025-era clients statelessly: no standing stream to notify on, so no
         # resources/subscribe; 2026-era subscriptions/listen works on every replica)
         legacy.register(mcp)
     resources.register(mcp, settings)
+    register_spend_resource(mcp, settings)
     return mcp
 
 
 def _declared(spec: ToolSpec[Any]) -> Any:
-    from .tools.schema import published_schema
+    from .tools.schema import published_output_schema
 
     return _sdk.declared_tool(
         name=spec.name,
         title=spec.title,
         description=spec.description,
         input_schema=spec.input_schema,
-        output_schema=published_schema(spec.output) if spec.output is not None else None,
+        output_schema=published_output_schema(spec.output) if spec.output is not None else None,
         annotations=spec.annotations,
         meta=spec.meta,
     )

@@ -23,10 +23,12 @@ from pydantic import BaseModel
 from . import __version__
 from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
-from .errors import InvalidInput
+from .dryrun import preview_create_request
+from .errors import BudgetExceeded, InvalidInput
 from .jobs.backends import open_for_settings
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
+from .jobs.spend import BudgetRule
 from .jobs.store import (
     DuplicateIdempotencyKey,
     JobRow,
@@ -39,6 +41,7 @@ from .media.images import LoadedImage, load_image, off_loop
 from .media.net import UrlGuard
 from .media.publish import Samples, publish_video
 from .media.sources import AudioFacts, LoadedMedia, load_media
+from .pricing import Cost
 from .providers import wan
 from .providers.base import JobContext
 from .providers.local import render_job
@@ -56,6 +59,7 @@ from .scrub import install_log_scrubber
 from .settings import Settings
 from .validation import (
     LoadedInputs,
+    Plan,
     ToolArgs,
     check_images,
     check_masks_and_paths,
@@ -66,6 +70,9 @@ from .validation import (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[JobRow], Awaitable[None]]
+WAIT_RECHECK_S = 10.0
+"""A waiting check_job re-reads its job at least this often even without a change event (a safety
+net only: every change wakes it; before, it re-read every second, 500 reads/s with 500 waiters)."""
 RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
 
 
@@ -86,6 +93,13 @@ def user_agent(owner: OwnerId | str) -> str:
 
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
+
+
+def _stored(img: LoadedImage, path: str) -> StoredImage:
+    return StoredImage(
+        path=path, url=img.url, mime=img.mime, width=img.width, height=img.height,
+        bytes=len(img.data), sha256=img.sha256,
+    )
 
 
 @dataclass
@@ -157,15 +171,54 @@ class Service:
 
     # -- submit --------------------------------------------------------------------------
 
-    async def submit(self, args: ToolArgs, *, idempotency_key: str | None) -> JobRow:
-        """Validate everything, store the job, start it. Raises InvalidInput/MissingCredentials."""
+    def estimate(self, plan: Plan, tool: str) -> Cost:
+        """The cost of a planned request before anything is sent."""
+        return self.settings.prices.estimate(
+            model=plan.spec.id, route=plan.route, tool=tool, duration=plan.duration, options=plan.options
+        )
+
+    def budget_rule(self) -> BudgetRule | None:
+        s = self.settings
+        return BudgetRule(s.budget_usd, s.budget_period) if s.budget_usd is not None else None
+
+    async def dry_run(self, args: ToolArgs) -> tuple[Plan, Cost, dict[str, Any]]:
+        """Every check, the route, the estimate and the create request that would be sent, without
+        creating a job, writing an input, uploading anything or contacting a provider."""
+        plan = plan_request(args, self.settings)
+        inputs = await self._load_inputs(args, plan.spec.id)
+        await off_loop(check_images, inputs, plan.spec, args)
+        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
+        for img in inputs.all():
+            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
+        held: dict[str, bytes] = {}
+
+        def hold(img: LoadedImage, name: str) -> StoredImage:
+            path = f"<dry-run>/{name}.{img.ext}"
+            held[path] = img.data
+            return _stored(img, path)
+
+        audio = await self._load_audio(plan.provider_options)
+        held_audio = None
+        if audio is not None:
+            media, facts = audio
+            held_audio = StoredAudio(
+                path=f"<dry-run>/audio.{facts.format}", url=media.url, mime=facts.mime, bytes=len(media.data),
+                sha256=media.sha256, duration_s=round(facts.duration_s, 3),
+            )
+        request = self._request(args, plan, inputs, hold, held_audio)
+        preview = preview_create_request(self.client, self.settings, request, held)
+        return plan, self.estimate(plan, args.tool), preview
+
+    async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
+        """Validate everything, store the job (reserving its estimate against the budget), start it.
+        Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
         if idempotency_key is not None:
             existing = self.store.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._same_or_error(existing, fingerprint)
-        plan = plan_request(args, self.settings)
+        plan = plan or plan_request(args, self.settings)
         inputs = await self._load_inputs(args, plan.spec.id)
         # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
         await off_loop(check_images, inputs, plan.spec, args)
@@ -194,8 +247,56 @@ class Service:
             return kept[name]
 
         stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
+        request = self._request(args, plan, inputs, keep, stored_audio)
+        try:
+            # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
+            await host_inputs(request, self.client, self.settings)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        cost = self.estimate(plan, args.tool)
+        try:
+            row = self.store.create(
+                job_id=job_id,
+                tool=args.tool,
+                model=plan.spec.id,
+                route=plan.route,
+                request=request.model_dump(mode="json"),
+                args_hash=fingerprint,
+                idempotency_key=idempotency_key,
+                warnings=plan.warnings,
+                owner=self.runner.owner,
+                lease_s=self.runner.lease_s,
+                cost=cost.to_dict(),
+                budget=self.budget_rule() if plan.route != "local" else None,
+            )
+        except DuplicateIdempotencyKey:
+            # the same key won a race with us: answer with that job
+            shutil.rmtree(folder, ignore_errors=True)
+            if request.blobs:
+                await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
+            assert idempotency_key is not None
+            existing = self.store.by_idempotency_key(idempotency_key)
+            assert existing is not None
+            return self._same_or_error(existing, fingerprint)
+        except BudgetExceeded:
+            shutil.rmtree(folder, ignore_errors=True)
+            if request.blobs:
+                await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
+            raise
+        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
+        self.runner.launch_new(row)
+        return row
 
-        request = GenerationRequest(
+    def _request(
+        self,
+        args: ToolArgs,
+        plan: Plan,
+        inputs: LoadedInputs,
+        keep: Callable[[LoadedImage, str], StoredImage],
+        audio: StoredAudio | None = None,
+    ) -> GenerationRequest:
+        return GenerationRequest(
             tool=args.tool,
             model=plan.spec.id,
             route=plan.route,
@@ -210,42 +311,11 @@ class Service:
                 for i, (m, traj) in enumerate(inputs.dynamic)
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
-            audio=stored_audio,
+            audio=audio,
             **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
         )
-        try:
-            # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
-            await host_inputs(request, self.client, self.settings)
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        try:
-            row = self.store.create(
-                job_id=job_id,
-                tool=args.tool,
-                model=plan.spec.id,
-                route=plan.route,
-                request=request.model_dump(mode="json"),
-                args_hash=fingerprint,
-                idempotency_key=idempotency_key,
-                warnings=plan.warnings,
-                owner=self.runner.owner,
-                lease_s=self.runner.lease_s,
-            )
-        except DuplicateIdempotencyKey:
-            # the same key won a race with us: answer with that job
-            shutil.rmtree(folder, ignore_errors=True)
-            if request.blobs:
-                await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
-            assert idempotency_key is not None
-            existing = self.store.by_idempotency_key(idempotency_key)
-            assert existing is not None
-            return self._same_or_error(existing, fingerprint)
-        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
-        self.runner.launch_new(row)
-        return row
 
     def _same_or_error(self, existing: JobRow, fingerprint: str) -> JobRow:
         if existing.args_hash != fingerprint:
@@ -325,10 +395,15 @@ class Service:
 
     async def wait(self, job_id: str, wait_seconds: float, on_update: ProgressFn | None = None) -> JobRow:
         """Wait up to `wait_seconds` for the job to end, calling `on_update` whenever it changes."""
-        row = self.get(job_id)
+        validate_job_id(job_id)
         deadline = time.monotonic() + max(0.0, wait_seconds)
         last_seen: tuple[Any, ...] = ()
         while True:
+            # The event first, then the read: a change after the read sets this event, so the wait
+            # below cannot miss it. Changes wake the waiter (no timed re-reads): the job's own
+            # writes and cancels at once, other processes' through the store watch.
+            changed = self.runner.change_event(job_id)
+            row = self.get(job_id)
             key = (row.status, row.progress)
             if on_update is not None and key != last_seen:
                 await on_update(row)
@@ -336,8 +411,8 @@ class Service:
             remaining = deadline - time.monotonic()
             if row.terminal or remaining <= 0:
                 return row
-            await self.runner.wait_change(job_id, min(remaining, 1.0))
-            row = self.get(job_id)
+            with anyio.move_on_after(min(remaining, WAIT_RECHECK_S)):
+                await changed.wait()
 
     def cancel(self, job_id: str) -> tuple[JobRow, bool]:
         row = self.get(job_id)

@@ -11,12 +11,14 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from .pricing import PriceBook, PriceFileError, load_price_book
 from .scrub import register_secret
 
 if TYPE_CHECKING:
     from .file_links import FileLinks
 
 Route = Literal["auto", "direct", "gateway"]
+BudgetPeriod = Literal["day", "month", "total"]
 Transport = Literal["stdio", "http", "inproc"]
 
 DEFAULT_BASE_URLS = {
@@ -75,6 +77,19 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError as exc:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
+
+
+def _usd(env: Mapping[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"environment variable {name} must be an amount in US dollars >= 0 (like 25 or 2.50), got {raw!r}")
+    return value
 
 
 def _positive(env: Mapping[str, str], name: str, default: int) -> int:
@@ -143,6 +158,13 @@ class Settings:
     """STILLMOTION_HTTP_BODY_TIMEOUT_S: each piece of a request body must arrive within this of the last."""
     file_links: FileLinks | None = field(default=None, compare=False, repr=False)
     """Set by the HTTP transport: signs the `/files/...` links results carry as `http_url`."""
+    prices: PriceBook = field(default_factory=PriceBook)
+    """The built-in price table plus STILLMOTION_PRICES (validated at start-up)."""
+    budget_usd: float | None = None
+    """STILLMOTION_BUDGET_USD: the most the period's committed + in-flight spend may reach."""
+    budget_period: BudgetPeriod = "month"
+    confirm_above_usd: float | None = None
+    """STILLMOTION_CONFIRM_ABOVE_USD: jobs estimated above this need the person's yes."""
     database_url: Secret | None = None
     """STILLMOTION_DATABASE_URL (postgresql://...): the job store in PostgreSQL, shared by replicas."""
     allowed_hosts: tuple[str, ...] = ()
@@ -190,6 +212,13 @@ class Settings:
             if value:
                 base_urls[key] = value.rstrip("/")
         hold = env.get("STILLMOTION_TEST_HOLD_FILE", "").strip()
+        try:
+            prices = load_price_book(env.get("STILLMOTION_PRICES"))
+        except PriceFileError as exc:
+            raise ValueError(str(exc)) from None
+        period = env.get("STILLMOTION_BUDGET_PERIOD", "").strip().lower() or "month"
+        if period not in ("day", "month", "total"):
+            raise ValueError(f"STILLMOTION_BUDGET_PERIOD must be day, month or total, got {period!r}")
         database_url = _secret(env, "STILLMOTION_DATABASE_URL")
         if database_url is not None and not database_url.reveal().startswith(("postgresql://", "postgres://")):
             raise ValueError("STILLMOTION_DATABASE_URL must be a postgresql:// URL (unset: SQLite under STILLMOTION_HOME)")
@@ -230,6 +259,10 @@ class Settings:
             local_concurrency=max(1, _int(env, "STILLMOTION_LOCAL_CONCURRENCY", 1)),
             blob_token=_secret(env, "BLOB_READ_WRITE_TOKEN"),
             gateway_max_body_bytes=max(1024, _int(env, "STILLMOTION_GATEWAY_MAX_BODY_BYTES", 4 * 1024 * 1024)),
+            prices=prices,
+            budget_usd=_usd(env, "STILLMOTION_BUDGET_USD"),
+            budget_period=period,  # type: ignore[arg-type]
+            confirm_above_usd=_usd(env, "STILLMOTION_CONFIRM_ABOVE_USD"),
             resource_links=_flag(env, "STILLMOTION_RESOURCE_LINKS", True),
             test_hold_file=Path(hold) if hold else None,
             max_download_bytes=_positive(env, "STILLMOTION_MAX_RESULT_BYTES", 1024 * 1024 * 1024),

@@ -23,6 +23,17 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from .caps import RUNNING_SQL, RunningCap
+from .spend import (
+    COMMITTED_SQL,
+    RESERVED_SQL,
+    BudgetRule,
+    Period,
+    PeriodSpend,
+    breakdown_row,
+    period_start,
+    refuse_unless_fits,
+    status_of,
+)
 from .store import (
     JSON_COLS,
     ROW_COLS,
@@ -36,6 +47,7 @@ from .store import (
 log = logging.getLogger(__name__)
 
 MIGRATION_LOCK = 0x5354_4D4F  # "STMO": pg_advisory_xact_lock key for schema changes
+BUDGET_LOCK = 0x5354_4D42  # "STMB": pg_advisory_xact_lock around a budget's sum, compare and insert
 CAP_LOCK = 0x5354_4D43  # "STMC": pg_advisory_xact_lock(CAP_LOCK, hashtext(cap name)) around a cap check
 NOW = "extract(epoch from clock_timestamp())::double precision"
 NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
@@ -77,6 +89,27 @@ MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
     CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at);
     CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner) WHERE owner IS NOT NULL;
+    """,
+    # -> 3: cost (issue #15): the estimate, the provider's reported cost, and `billed`, set when a
+    # job ends after reaching the provider (the SQLite store's trigger, as a row trigger)
+    """
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS estimated_usd DOUBLE PRECISION;
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cost JSONB;
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS actual_usd DOUBLE PRECISION;
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS actual_cost JSONB;
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS billed INTEGER NOT NULL DEFAULT 0;
+    CREATE OR REPLACE FUNCTION stillmotion_jobs_billed() RETURNS trigger AS $fn$
+    BEGIN
+      IF NEW.status IN ('succeeded','failed','cancelled') AND OLD.status NOT IN ('succeeded','failed','cancelled')
+         AND OLD.stage IN ('submitting','polling','downloading') AND NEW.route <> 'local' THEN
+        NEW.billed := 1;
+      END IF;
+      RETURN NEW;
+    END
+    $fn$ LANGUAGE plpgsql;
+    DROP TRIGGER IF EXISTS jobs_billed ON jobs;
+    CREATE TRIGGER jobs_billed BEFORE UPDATE OF status ON jobs
+      FOR EACH ROW EXECUTE FUNCTION stillmotion_jobs_billed();
     """,
 ]
 assert len(MIGRATIONS) + 1 == SCHEMA_VERSION, "a new schema version needs a PostgreSQL migration"
@@ -222,28 +255,92 @@ class PgStore(JobStore):
         warnings: list[str],
         owner: str | None = None,
         lease_s: float | None = None,
+        cost: Mapping[str, Any] | None = None,
+        budget: BudgetRule | None = None,
     ) -> JobRow:
         from psycopg.types.json import Jsonb
 
         lease = lease_s if owner is not None and lease_s is not None else None
+        cost = cost or {}
+        estimated = cost.get("estimated_usd")
         # ON CONFLICT on the unique key: two replicas inserting the same key at the same moment
         # never both succeed; the loser gets no row back (and no error to parse).
-        r = self._one(
+        insert = (
             "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-            " args_hash, idempotency_key, warnings, owner, lease_expires_at)"
+            " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost)"
             f" SELECT %(id)s, %(tool)s, %(model)s, %(route)s, 'queued', 'new', NULL, t.now, t.now, %(request)s,"
-            " %(args_hash)s, %(key)s, %(warnings)s, %(owner)s, t.now + %(lease)s"
+            " %(args_hash)s, %(key)s, %(warnings)s, %(owner)s, t.now + %(lease)s, %(estimated)s, %(cost)s"
             f" FROM (SELECT {NOW} AS now) t"
-            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *",
-            {
-                "id": job_id, "tool": tool, "model": model, "route": route, "request": Jsonb(request),
-                "args_hash": args_hash, "key": idempotency_key, "warnings": Jsonb(warnings), "owner": owner,
-                "lease": lease,
-            },
+            " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
         )
+        values = {
+            "id": job_id, "tool": tool, "model": model, "route": route, "request": Jsonb(request),
+            "args_hash": args_hash, "key": idempotency_key, "warnings": Jsonb(warnings), "owner": owner,
+            "lease": lease, "estimated": estimated,
+            "cost": Jsonb({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)}),
+        }
+        if budget is None:
+            r = self._one(insert, values)
+        else:
+            # one transaction under an advisory lock: every replica's sum, compare and insert in turn
+            with self._pool.connection() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (BUDGET_LOCK,))
+                now_row = conn.execute(f"SELECT {NOW} AS now").fetchone()
+                now = float(now_row["now"])
+                refuse_unless_fits(self._period_spend(conn, budget.period, now), budget, estimated,
+                                   str(cost.get("basis", "")), now)
+                r = conn.execute(insert, values).fetchone()
         if r is None:
             raise DuplicateIdempotencyKey(idempotency_key)
         return self._row(r)
+
+    # -- cost -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _period_spend(conn: Any, period: Period, now: float) -> PeriodSpend:
+        row = conn.execute(
+            f"SELECT COALESCE(SUM({COMMITTED_SQL}), 0) AS c, COALESCE(SUM({RESERVED_SQL}), 0) AS r"
+            " FROM jobs WHERE created_at >= %s",
+            (period_start(period, now),),
+        ).fetchone()
+        return PeriodSpend(float(row["c"]), float(row["r"]))
+
+    def set_actual_cost(self, job_id: str, owner: str, usd: float | None, detail: Mapping[str, Any]) -> bool:
+        from psycopg.types.json import Jsonb
+
+        if self._closed:
+            return False
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET actual_usd=%s, actual_cost=%s WHERE id=%s AND owner=%s",
+                (usd, Jsonb(dict(detail)), job_id, owner),
+            )
+            return bool(cur.rowcount)
+
+    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+        with self._pool.connection() as conn:
+            now = float(conn.execute(f"SELECT {NOW} AS now").fetchone()["now"])
+            spent = self._period_spend(conn, budget.period if budget else period, now)
+            rows = conn.execute(
+                f"""
+                SELECT to_char(to_timestamp(created_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, model, route,
+                       COUNT(*) AS jobs,
+                       SUM(CASE WHEN billed = 1 THEN 1 ELSE 0 END) AS billed_jobs,
+                       COALESCE(SUM({COMMITTED_SQL}), 0) AS committed,
+                       SUM(CASE WHEN billed = 1 THEN actual_usd END) AS actual,
+                       COALESCE(SUM(CASE WHEN billed = 1 OR status NOT IN ('succeeded','failed','cancelled')
+                                         THEN estimated_usd ELSE 0 END), 0) AS estimated,
+                       COALESCE(SUM({RESERVED_SQL}), 0) AS reserved,
+                       SUM(CASE WHEN estimated_usd IS NULL AND route <> 'local' THEN 1 ELSE 0 END) AS unknown
+                FROM jobs WHERE created_at >= %s
+                GROUP BY 1, model, route ORDER BY 1 DESC, model, route
+                """,
+                (since,),
+            ).fetchall()
+        return {
+            "budget": status_of(spent, budget, period, now),
+            "rows": [breakdown_row(tuple(r.values())) for r in rows],
+        }
 
     def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:
         if self._closed:

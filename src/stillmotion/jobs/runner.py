@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..media.net import UrlGuard, download_to_file, write_base64_file
 from ..media.publish import Samples
+from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
@@ -203,7 +204,7 @@ class JobRunner:
         """Claim every unfinished job that is ours to take: no owner, a lapsed lease, a gone owner."""
         if self._stopping:
             return
-        rows = self.store.unfinished()
+        rows = self.store.unfinished_heads()
         now = self.store.now()
         others = {r.owner for r in rows if r.owner and r.owner != self.owner}
         stale = {o for o in others if owner_is_gone(o)}
@@ -218,7 +219,9 @@ class JobRunner:
             if claimed is None:
                 continue
             if not mine:
-                log.info("took over job %s (%s, stage %s) from %s", row.id, row.status, row.stage, row.owner or "nobody")
+                log.info(
+                    "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
+                )
             self._launch(claimed)
 
     def heartbeat(self) -> None:
@@ -234,7 +237,7 @@ class JobRunner:
 
     def watch(self) -> None:
         """Notice changes other processes made: wake waiters, notify subscribers, stop what we lost."""
-        rows = self.store.changed_since(self._watch_mark - WATCH_MARGIN_S)
+        rows = self.store.heads_changed_since(self._watch_mark - WATCH_MARGIN_S)
         for row in rows:
             if self._seen.get(row.id) == row.updated_at:
                 continue
@@ -284,8 +287,17 @@ class JobRunner:
             for job_id in batch:
                 await self.on_change(job_id)
 
+    def change_event(self, job_id: str) -> anyio.Event:
+        """Set at the job's next change (own write, cancel, render progress, or another process's
+        write seen by the store watch). Take it BEFORE reading the row: a change after the read
+        then cannot be missed."""
+        ev = self._events.get(job_id)
+        if ev is None:
+            ev = self._events[job_id] = anyio.Event()
+        return ev
+
     async def wait_change(self, job_id: str, timeout: float) -> None:
-        ev = self._events.setdefault(job_id, anyio.Event())
+        ev = self.change_event(job_id)
         with anyio.move_on_after(max(0.0, timeout)):
             await ev.wait()
 
@@ -470,7 +482,14 @@ class JobRunner:
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     self._set(job, stage="new", status_detail=job.row.status_detail)
                     raise ProviderError("the lease ran short before the create request went out", retryable=True)
-                return await provider.start(ctx)
+                try:
+                    return await provider.start(ctx)
+                except AmbiguousSubmission:
+                    raise
+                except StillmotionError:
+                    # the provider answered no: nothing was created, so nothing is billed (jobs/spend.py)
+                    self._set(job, stage="new", status_detail=job.row.status_detail)
+                    raise
 
         try:
             started = await self.retry.run(attempt, on_wait=self._waiting(job, stage="new", status="queued"))
@@ -542,7 +561,13 @@ class JobRunner:
                 continue
             return self._on_status(job, st)
 
+    def _record_cost(self, job: Job, st: Status) -> None:
+        if st.actual is not None:
+            usd = actual_usd(st.actual, self.settings.prices)
+            self.store.set_actual_cost(job.id, self.owner, usd, st.actual.to_dict())
+
     def _on_status(self, job: Job, st: Status) -> str:
+        self._record_cost(job, st)
         if st.state == "failed":
             raise st.error or ProviderError("the provider reported a failure without a reason")
         assert st.video is not None
@@ -562,6 +587,7 @@ class JobRunner:
             st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
             if st.state != "completed":
                 return self._on_status(job, st)
+            self._record_cost(job, st)
             assert st.video is not None
             video = st.video
         self._set(job, status="downloading", stage="downloading", video_url=video.url, video_url_expires_at=video.url_expires_at)

@@ -36,14 +36,23 @@ from typing import Any, Literal
 
 from ..errors import InvalidInput
 from .caps import RUNNING_SQL, RunningCap
+from .spend import (
+    BILLED_TRIGGER,
+    COST_COLUMNS,
+    BudgetRule,
+    Period,
+    budget_status,
+    reserve_or_refuse,
+    spend_breakdown,
+)
 
 Status = Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
 Stage = Literal["new", "submitting", "polling", "downloading", "done"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 UNFINISHED: tuple[str, ...] = ("queued", "running", "downloading")
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{7,63}$")
-SCHEMA_VERSION = 2
-"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks."""
+SCHEMA_VERSION = 3
+"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks. 3: cost columns (estimate, actual, billed; issue #15)."""
 
 
 def new_job_id() -> str:
@@ -96,13 +105,44 @@ class JobRow:
     video_url: str | None = None
     """The provider's result URL, kept while downloading (a takeover resumes the download)."""
     video_url_expires_at: float | None = None
+    estimated_usd: float | None = None
+    """The estimate made at submission (None: no price known); see jobs/spend.py."""
+    cost: dict[str, Any] | None = None
+    """{basis, estimate} of that estimate."""
+    actual_usd: float | None = None
+    actual_cost: dict[str, Any] | None = None
+    """What the provider's answer said it cost: {usd, units, source}."""
+    billed: int = 0
+    """1 once the job ended after reaching the provider (set by a trigger; see jobs/spend.py)."""
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
 
-JSON_COLS = frozenset({"request", "operation", "warnings", "error", "result"})
+@dataclass(frozen=True)
+class JobHead:
+    """The few columns the runner's periodic scans need (no JSON to decode): who holds the job,
+    until when, its public status and when it last changed."""
+
+    id: str
+    status: str
+    owner: str | None
+    lease_expires_at: float | None
+    updated_at: float
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+    @classmethod
+    def of(cls, row: JobRow) -> JobHead:
+        return cls(row.id, row.status, row.owner, row.lease_expires_at, row.updated_at)
+
+
+HEAD_COLS = "id, status, owner, lease_expires_at, updated_at"
+
+JSON_COLS = frozenset({"request", "operation", "warnings", "error", "result", *COST_COLUMNS})
 ROW_COLS = tuple(f.name for f in fields(JobRow))
 WRITABLE = frozenset(ROW_COLS) - {"id", "created_at", "updated_at"}
 
@@ -157,6 +197,15 @@ class JobStore(ABC):
         """Jobs whose `updated_at` is greater than `since`, oldest change first (for cross-process
         notifications: poll with the largest `updated_at` seen, minus a small margin)."""
 
+    def unfinished_heads(self) -> list[JobHead]:
+        """`unfinished()`, heads only (the claim scan reads every unfinished job every few seconds).
+        An engine may override this with a narrower read; the answer must be the same."""
+        return [JobHead.of(r) for r in self.unfinished()]
+
+    def heads_changed_since(self, since: float, *, limit: int = 1000) -> list[JobHead]:
+        """`changed_since()`, heads only (the store watch polls it twice a second)."""
+        return [JobHead.of(r) for r in self.changed_since(since, limit=limit)]
+
     # -- writes ---------------------------------------------------------------------------
 
     @abstractmethod
@@ -173,9 +222,25 @@ class JobStore(ABC):
         warnings: list[str],
         owner: str | None = None,
         lease_s: float | None = None,
+        cost: Mapping[str, Any] | None = None,
+        budget: BudgetRule | None = None,
     ) -> JobRow:
         """Insert a queued job at stage `new`, owned by `owner` (leased for `lease_s`) when given.
-        Raises DuplicateIdempotencyKey when the key is taken."""
+        Raises DuplicateIdempotencyKey when the key is taken.
+
+        `cost` is the estimate ({estimated_usd, basis, estimate}). With `budget`, the period's spend
+        is summed, compared and the job inserted in ONE write transaction, so concurrent
+        submissions (threads, processes, replicas) can never go over together; raises
+        BudgetExceeded (nothing inserted) when the estimate does not fit or is unknown."""
+
+    @abstractmethod
+    def set_actual_cost(self, job_id: str, owner: str, usd: float | None, detail: Mapping[str, Any]) -> bool:
+        """Owned write of what the provider's answer said the job cost; False when not owned."""
+
+    @abstractmethod
+    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+        """{budget: standing in its period (committed, reserved, left), rows: spend by UTC day,
+        model and route since `since`}; see jobs/spend.py for what counts."""
 
     @abstractmethod
     def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:
@@ -281,6 +346,11 @@ ADDED_COLUMNS = (
     ("submitted_at", "REAL"),
     ("video_url", "TEXT"),
     ("video_url_expires_at", "REAL"),
+    ("estimated_usd", "REAL"),
+    ("cost", "TEXT"),
+    ("actual_usd", "REAL"),
+    ("actual_cost", "TEXT"),
+    ("billed", "INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns of schema 2, added in place to older databases."""
 
@@ -311,6 +381,7 @@ class SqliteStore(JobStore):
                 if name not in have:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at)")
+            self._db.execute(BILLED_TRIGGER)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row else 1
             if version < 2:
@@ -406,6 +477,17 @@ class SqliteStore(JobStore):
     def changed_since(self, since: float, *, limit: int = 1000) -> list[JobRow]:
         return self._select("updated_at > ?", (since, limit), "ORDER BY updated_at LIMIT ?")
 
+    def _heads(self, where: str, params: tuple[Any, ...], tail: str) -> list[JobHead]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT {HEAD_COLS} FROM jobs WHERE {where} {tail}", params).fetchall()
+        return [JobHead(*r) for r in rows]
+
+    def unfinished_heads(self) -> list[JobHead]:
+        return self._heads(_NOT_TERMINAL, (), "ORDER BY created_at")
+
+    def heads_changed_since(self, since: float, *, limit: int = 1000) -> list[JobHead]:
+        return self._heads("updated_at > ?", (since, limit), "ORDER BY updated_at LIMIT ?")
+
     # -- writes -----------------------------------------------------------------------------
 
     @staticmethod
@@ -428,17 +510,24 @@ class SqliteStore(JobStore):
         warnings: list[str],
         owner: str | None = None,
         lease_s: float | None = None,
+        cost: Mapping[str, Any] | None = None,
+        budget: BudgetRule | None = None,
     ) -> JobRow:
         now = self.now()
         lease = now + lease_s if owner is not None and lease_s is not None else None
+        cost = cost or {}
+        estimated = cost.get("estimated_usd")
         try:
             with self._lock, self._write() as db:
+                if budget is not None:  # BEGIN IMMEDIATE holds the write lock: sum, compare, insert
+                    reserve_or_refuse(db, budget, estimated, str(cost.get("basis", "")), now)
                 db.execute(
                     "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-                    " args_hash, idempotency_key, warnings, owner, lease_expires_at)"
-                    " VALUES (?,?,?,?,'queued','new',NULL,?,?,?,?,?,?,?,?)",
+                    " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost)"
+                    " VALUES (?,?,?,?,'queued','new',NULL,?,?,?,?,?,?,?,?,?,?)",
                     (job_id, tool, model, route, now, now, json.dumps(request), args_hash, idempotency_key,
-                     json.dumps(warnings), owner, lease),
+                     json.dumps(warnings), owner, lease, estimated,
+                     json.dumps({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)})),
                 )
         except sqlite3.IntegrityError as exc:
             if idempotency_key is not None and "idempotency_key" in str(exc):
@@ -506,12 +595,12 @@ class SqliteStore(JobStore):
             if self._closed:
                 return None
             with self._write() as db:
-                cur = db.execute(
-                    f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND owner=? AND {_NOT_TERMINAL}",
+                # RETURNING: the new row comes back from the write itself (no second read)
+                rows = db.execute(
+                    f"UPDATE jobs SET {', '.join(cols)} WHERE id=? AND owner=? AND {_NOT_TERMINAL} RETURNING *",
                     (*vals, job_id, owner),
-                )
-                changed = cur.rowcount
-        return self.get(job_id) if changed else None
+                ).fetchall()
+        return self._row(rows[0]) if rows else None
 
     def update_owned_capped(
         self, job_id: str, owner: str, values: Mapping[str, Any], *, cap: RunningCap, lease_s: float | None = None
@@ -572,6 +661,23 @@ class SqliteStore(JobStore):
         row = self.get(job_id)
         assert row is not None
         return row
+
+    # -- cost -------------------------------------------------------------------------------
+
+    def set_actual_cost(self, job_id: str, owner: str, usd: float | None, detail: Mapping[str, Any]) -> bool:
+        with self._lock:
+            if self._closed:
+                return False
+            with self._write() as db:
+                cur = db.execute(
+                    "UPDATE jobs SET actual_usd=?, actual_cost=? WHERE id=? AND owner=?",
+                    (usd, json.dumps(dict(detail)), job_id, owner),
+                )
+                return cur.rowcount > 0
+
+    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+        with self._lock:
+            return {"budget": budget_status(self._db, budget, period), "rows": spend_breakdown(self._db, since)}
 
     # -- meta -------------------------------------------------------------------------------
 

@@ -100,7 +100,9 @@ def _png(img: Frame, colors: int | None) -> bytes:
     if colors is None:
         pil.save(buf, format="PNG", compress_level=6)
     else:
-        pil.save(buf, format="PNG", optimize=True)
+        # zlib level 6, not optimize=True (level 9): the same pixels, ~2 % more bytes, 3x less CPU
+        # (every provider job publishes one sheet; see docs/decisions.md)
+        pil.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 
@@ -162,10 +164,15 @@ def contact_sheet_from_frames(
         tw = max(48, int(tw * 0.8))
 
 
+_FRAME_PNG = [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+
+
 def frame_png(frame: Frame) -> bytes:
     """One full-resolution frame as PNG (the last-frame picture); OpenCV's encoder at level 3 is
-    about 2.5x faster than Pillow's default for a 720p frame."""
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    about 2.5x faster than Pillow's default for a 720p frame, and zlib's RLE strategy ~1.5x faster
+    again (a provider's 320x240 result: 8 -> 4.5 ms; a 720p photo: 89 -> 55 ms, up to ~20 % more
+    bytes on photos, fewer on synthetic frames; the same pixels)."""
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), _FRAME_PNG)
     if not ok:
         raise ValueError("PNG encoding failed")
     return bytes(buf.tobytes())

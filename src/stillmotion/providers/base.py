@@ -24,6 +24,7 @@ import httpx
 
 from ..catalog import CAMERA_AXES
 from ..errors import StillmotionError
+from ..pricing import ActualCost
 from ..requests import CameraControl, GenerationRequest, StoredImage
 from ..settings import Settings
 
@@ -43,6 +44,8 @@ class Status:
     """0-1 when the provider reports it."""
     video: VideoResult | None = None
     error: StillmotionError | None = None
+    actual: ActualCost | None = None
+    """The cost the provider's answer reports, when it reports one."""
 
 
 @dataclass

@@ -52,6 +52,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..pricing import gateway_actual
 from ..requests import StoredImage
 from ..scrub import scrub
 from . import kling, wan, xai
@@ -269,7 +270,7 @@ class GatewayProvider(Provider):
             video = _video(body.get("videos"))
             if isinstance(video, StillmotionError):
                 return Status("failed", error=video)
-            return Status("completed", progress=1.0, video=video)
+            return Status("completed", progress=1.0, video=video, actual=gateway_actual(body.get("providerMetadata")))
         if state == "error":
             return Status("failed", error=self._job_error(body.get("error")))
         if state == "cancelled":
@@ -355,7 +356,7 @@ class GatewayProvider(Provider):
         done = (
             Status("failed", error=video)
             if isinstance(video, StillmotionError)
-            else Status("completed", progress=1.0, video=video)
+            else Status("completed", progress=1.0, video=video, actual=gateway_actual(event.get("providerMetadata")))
         )
         return StartResult(
             operation={"flow": "sse"}, warnings=[SSE_WARNING, *_warnings(event)], completed=done

@@ -29,6 +29,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..pricing import kling_actual
 from ..requests import KlingOptions, KlingShot
 from ..scrub import register_derived
 from ._http import json_body, retry_after_seconds, send
@@ -411,7 +412,12 @@ class KlingProvider(Provider):
             url = videos[0].get("url") if videos and isinstance(videos[0], dict) else None
             if not url:
                 return Status("failed", error=ProviderError("Kling finished the task without a video URL"))
-            return Status("completed", progress=1.0, video=VideoResult(url=url, url_expires_at=time.time() + RESULT_TTL_S))
+            return Status(
+                "completed",
+                progress=1.0,
+                video=VideoResult(url=url, url_expires_at=time.time() + RESULT_TTL_S),
+                actual=kling_actual(data),
+            )
         if st == "failed":
             msg = str(data.get("task_status_msg") or "no reason given")
             err: StillmotionError

@@ -26,6 +26,7 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..pricing import xai_actual
 from ..requests import XaiOptions
 from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
@@ -199,7 +200,7 @@ class XaiProvider(Provider):
                     "failed", error=ProviderError(f"xAI finished request {request_id} without a video URL")
                 )
             # xAI's URLs are temporary with no published lifetime: the runner downloads at once
-            return Status("completed", progress=1.0, video=VideoResult(url=url))
+            return Status("completed", progress=1.0, video=VideoResult(url=url), actual=xai_actual(data.get("usage")))
         return Status("pending", progress=_progress(data))
 
 

@@ -8,7 +8,11 @@ changes any of it:
 - `Tool` (mcp.server.mcpserver.tools.base) built with our own `parameters` and output schema,
   and `func_metadata` for its placeholder function;
 - `MCPServer._lowlevel_server.add_request_handler` for the 2025-era `resources/subscribe`
-  (the SDK's documented workaround; MCPServer serves only `subscriptions/listen`).
+  (the SDK's documented workaround; MCPServer serves only `subscriptions/listen`);
+- `MCPServer._lowlevel_server.get_request_handler("tools/call")`: the composed tools/call chain,
+  which the tasks extension runs `check_job` through (so a completed task carries exactly what
+  `check_job` answers);
+- `MCPServer._tool_manager.get_tool` to stamp the player app's `_meta.ui` on registered tools.
 
 Public API used elsewhere: `Extension.intercept_tool_call` (tools/base.py) and
 `ServerRequestContext.lifespan_context` / `.session.report_progress`.
@@ -27,7 +31,7 @@ from mcp.server.mcpserver.utilities.func_metadata import func_metadata
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
-SDK_PRIVATE_NAMES = ("_lowlevel_server",)
+SDK_PRIVATE_NAMES = ("_lowlevel_server", "_tool_manager")
 """Private MCPServer attributes stillmotion touches (test_sdk_fence checks they still exist)."""
 
 
@@ -78,3 +82,14 @@ def add_legacy_request_handler(
 ) -> None:
     """A request handler MCPServer does not serve (the 2025-era resources/subscribe)."""
     server._lowlevel_server.add_request_handler(method, params_type, handler)
+
+
+def tools_call_handler(server: MCPServer[Any]) -> Callable[[Any, Any], Awaitable[Any]] | None:
+    """The server's tools/call handler with every extension's interceptor around it."""
+    entry = server._lowlevel_server.get_request_handler("tools/call")
+    return entry.handler if entry is not None else None
+
+
+def registered_tool(server: MCPServer[Any], name: str) -> Tool | None:
+    """A registered tool, to amend its `_meta` after registration."""
+    return server._tool_manager.get_tool(name)

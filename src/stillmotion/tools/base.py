@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension
-from mcp.types import CallToolRequestParams, CallToolResult, TextContent, ToolAnnotations
+from mcp.types import CallToolRequestParams, CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import InvalidInput, StillmotionError
@@ -101,7 +101,7 @@ class ToolSpec(Generic[A]):
     title: str
     description: str
     args: type[A]
-    handler: Callable[[A, Call], Awaitable[CallToolResult]]
+    handler: Callable[[A, Call], Awaitable[CallToolResult | InputRequiredResult]]
     annotations: ToolAnnotations
     output: type[BaseModel] | None = None
     specialise: Callable[[JSON], JSON] | None = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mcp.types import CallToolResult
+from mcp.types import CallToolResult, InputRequiredResult
 
 from ..arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
 from ..catalog import (
@@ -25,7 +25,8 @@ from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATIO
 from ..requests import OPTION_FIELDS, CameraConfig
 from ..validation import max_trajectory_points
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
-from .results import JobResult, call_result
+from .cost import Asker, GenerationResult, confirm, dry_run_result
+from .results import call_result
 from .schema import JSON
 
 UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms"})
@@ -225,9 +226,24 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
     return edit
 
 
-async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult:
+async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | InputRequiredResult:
     svc = call.service
-    row = await svc.submit(args.to_tool_args(), idempotency_key=args.idempotency_key)
+    request = args.to_tool_args()
+    if args.dry_run:
+        return await dry_run_result(svc, request)
+    if call.request is not None:
+        ctx, params = call.request, call.params
+        asker = Asker(
+            ctx.protocol_version, ctx.session.client_capabilities, ctx.session, ctx.request_id,
+            params.input_responses if params is not None else None,
+            params.request_state if params is not None else None,
+        )
+        ask = await confirm(
+            svc, request, confirm_cost_usd=args.confirm_cost_usd, idempotency_key=args.idempotency_key, asker=asker
+        )
+        if ask is not None:
+            return ask  # 2026-07-28: the client asks the person and calls again with the answer
+    row = await svc.submit(request, idempotency_key=args.idempotency_key)
     if args.wait_seconds > 0:
         row = await svc.wait(row.id, args.wait_seconds, call.progress())
     return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
@@ -244,7 +260,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
                 args=ARGS_BY_TOOL[tool],
                 handler=run_generation,
                 annotations=GEN_ANNOTATIONS,
-                output=JobResult,
+                output=GenerationResult,
                 specialise=specialise(tool, build),
             )
         )

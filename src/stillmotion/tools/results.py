@@ -52,6 +52,23 @@ class ImageFile(BaseModel):
     http_url: str | None = Field(None, description="Over the HTTP transport: a signed, expiring download link.")
 
 
+class CostInfo(BaseModel):
+    estimated_usd: float | None = Field(description="null: price unknown")
+    basis: str
+    estimate: bool
+    actual_usd: float | None = Field(None, description="as the provider reported it")
+
+
+def job_cost(row: JobRow) -> CostInfo:
+    info = row.cost or {}
+    return CostInfo(
+        estimated_usd=row.estimated_usd,
+        basis=str(info.get("basis") or "no estimate was recorded for this job"),
+        estimate=bool(info.get("estimate", True)),
+        actual_usd=row.actual_usd,
+    )
+
+
 class JobResult(BaseModel):
     job_id: str
     tool: str
@@ -67,6 +84,7 @@ class JobResult(BaseModel):
     provider_task_id: str | None = None
     warnings: list[str] = Field(default_factory=list)
     error: JobErrorInfo | None = None
+    cost: CostInfo
     next_step: str
     video: VideoFile | None = None
     poster: ImageFile | None = Field(None, description="Contact sheet: a few frames in one PNG.")
@@ -148,6 +166,7 @@ def job_result(row: JobRow, *, shell: bool = False, file_links: FileLinks | None
         provider_task_id=row.provider_task_id,
         warnings=[scrub(w) for w in row.warnings],
         error=JobErrorInfo.model_validate(scrub_obj(row.error)) if row.error else None,
+        cost=job_cost(row),
         next_step=next_step(row, shell=shell),
         video=VideoFile.model_validate(video) if video else None,
         poster=ImageFile.model_validate(result["poster"]) if video and result.get("poster") else None,
@@ -173,6 +192,14 @@ def summary_text(res: JobResult) -> str:
             lines.append(f"Download: {v.http_url}")
     if res.error is not None:
         lines.append(f"Error ({res.error.kind}): {res.error.message}")
+    if res.cost.estimated_usd or res.cost.actual_usd is not None:
+        c = res.cost
+        lines.append(
+            "Cost: "
+            + (f"about ${c.estimated_usd:.2f} estimated" if c.estimated_usd is not None else "estimate unknown")
+            + (f", ${c.actual_usd:.4g} reported by the provider" if c.actual_usd is not None else "")
+            + "."
+        )
     for w in res.warnings:
         lines.append(f"Warning: {w}")
     lines.append(res.next_step)

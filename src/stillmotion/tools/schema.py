@@ -59,6 +59,17 @@ def published_schema(model: type[BaseModel]) -> JSON:
     return schema
 
 
+def published_output_schema(model: type[BaseModel]) -> JSON:
+    """An output schema: like published_schema; a union of result shapes stays a top-level `anyOf`
+    of objects, marked `type: object` (MCP's rule for output schemas)."""
+    raw = raw_schema(model)
+    if "properties" in raw:
+        return published_schema(model)
+    out: JSON = lean(raw)
+    out.setdefault("type", "object")
+    return out
+
+
 def lean(node: Any, *, in_properties: bool = False) -> Any:
     """Flatten unions and drop what a model does not need to read (titles, null defaults)."""
     if isinstance(node, list):

@@ -1,0 +1,187 @@
+"""Spend and the budget, on the job rows themselves (SQLite; the same SQL ports to PostgreSQL).
+
+Each job row carries `estimated_usd` (set at submission), `actual_usd` (what the provider's answer
+said, when it says) and `billed`. A job's spend:
+
+* not ended yet (queued, running, downloading): its estimate, *reserved*;
+* ended after reaching the provider (`billed` = 1: succeeded, failed after its create, interrupted,
+  cancelled after its create): *committed*, the actual cost when known, else the estimate;
+* ended before reaching the provider (refused, failed before its create): 0, so its reservation
+  is given back.
+
+`billed` is set by a trigger when a job ends from a stage at or after its create request
+(`submitting`, `polling`, `downloading`): a job that fails before its create goes back to stage
+`new` first, so it stays 0. A job cancelled or interrupted while its create was in flight counts
+as possibly billed. Periods are UTC: the current day, the current month, or all time.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ..errors import BudgetExceeded
+
+Period = Literal["day", "month", "total"]
+COST_COLUMNS = frozenset({"cost", "actual_cost"})
+"""JSON columns added to the jobs table."""
+EPSILON = 1e-9
+
+BILLED_TRIGGER = """
+CREATE TRIGGER IF NOT EXISTS jobs_billed AFTER UPDATE OF status ON jobs
+WHEN NEW.status IN ('succeeded','failed','cancelled')
+ AND OLD.status NOT IN ('succeeded','failed','cancelled')
+ AND OLD.stage IN ('submitting','polling','downloading')
+ AND NEW.route != 'local'
+BEGIN
+  UPDATE jobs SET billed = 1 WHERE id = NEW.id;
+END
+"""
+
+SPEND_SQL = """
+CASE WHEN status IN ('succeeded','failed','cancelled')
+     THEN CASE WHEN billed = 1 THEN COALESCE(actual_usd, estimated_usd, 0) ELSE 0 END
+     ELSE COALESCE(estimated_usd, 0) END
+"""
+COMMITTED_SQL = (
+    "CASE WHEN status IN ('succeeded','failed','cancelled') AND billed = 1 "
+    "THEN COALESCE(actual_usd, estimated_usd, 0) ELSE 0 END"
+)
+RESERVED_SQL = "CASE WHEN status NOT IN ('succeeded','failed','cancelled') THEN COALESCE(estimated_usd, 0) ELSE 0 END"
+
+
+def period_start(period: Period, now: float | None = None) -> float:
+    """The UTC start of the period that contains `now` (0 for total)."""
+    if period == "total":
+        return 0.0
+    t = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    start = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        start = start.replace(day=1)
+    return start.timestamp()
+
+
+def period_label(period: Period, now: float | None = None) -> str:
+    t = datetime.fromtimestamp(time.time() if now is None else now, UTC)
+    if period == "day":
+        return f"today ({t:%Y-%m-%d} UTC)"
+    if period == "month":
+        return f"this month ({t:%Y-%m} UTC)"
+    return "in total"
+
+
+@dataclass(frozen=True)
+class BudgetRule:
+    usd: float
+    period: Period
+
+
+@dataclass(frozen=True)
+class PeriodSpend:
+    committed_usd: float
+    reserved_usd: float
+
+    @property
+    def total_usd(self) -> float:
+        return self.committed_usd + self.reserved_usd
+
+
+def period_spend(db: sqlite3.Connection, period: Period, now: float | None = None) -> PeriodSpend:
+    row = db.execute(
+        f"SELECT COALESCE(SUM({COMMITTED_SQL}), 0), COALESCE(SUM({RESERVED_SQL}), 0) FROM jobs WHERE created_at >= ?",
+        (period_start(period, now),),
+    ).fetchone()
+    return PeriodSpend(float(row[0]), float(row[1]))
+
+
+def _usd(x: float) -> str:
+    return f"${x:,.2f}" if x >= 0.1 or x == 0 else f"${x:.4f}"
+
+
+def reserve_or_refuse(
+    db: sqlite3.Connection, budget: BudgetRule, estimated_usd: float | None, basis: str, now: float
+) -> None:
+    """Inside the caller's write transaction: refuse (BudgetExceeded) unless the job fits."""
+    refuse_unless_fits(period_spend(db, budget.period, now), budget, estimated_usd, basis, now)
+
+
+def refuse_unless_fits(
+    spent: PeriodSpend, budget: BudgetRule, estimated_usd: float | None, basis: str, now: float
+) -> None:
+    """Raise BudgetExceeded unless `estimated_usd` fits on top of the period's `spent` (any engine)."""
+    left = max(0.0, budget.usd - spent.total_usd)
+    when = period_label(budget.period, now)
+    how = (
+        "Raise STILLMOTION_BUDGET_USD (or set STILLMOTION_BUDGET_PERIOD) and restart the server"
+        + ("" if budget.period == "total" else ", or wait for the next period")
+        + "; `stillmotion spend` shows where the money went."
+    )
+    if estimated_usd is None:
+        raise BudgetExceeded(
+            f"Refused before any request: the price of this job is unknown ({basis}), and with a budget "
+            f"(STILLMOTION_BUDGET_USD={budget.usd:g} per {budget.period}) a job of unknown price could break it. "
+            f"{_usd(left)} is left {when}. Add this model's price to the STILLMOTION_PRICES file to use it under a budget."
+        )
+    if spent.total_usd + estimated_usd > budget.usd + EPSILON:
+        raise BudgetExceeded(
+            f"Refused before any request: this job is estimated at {_usd(estimated_usd)}, and only {_usd(left)} of the "
+            f"{_usd(budget.usd)} budget is left {when} ({_usd(spent.committed_usd)} committed, "
+            f"{_usd(spent.reserved_usd)} reserved by jobs in flight). {how}"
+        )
+
+
+def budget_status(db: sqlite3.Connection, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
+    return status_of(period_spend(db, budget.period if budget else period, now), budget, period, now)
+
+
+def status_of(spent: PeriodSpend, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
+    return {
+        "budget_usd": budget.usd if budget else None,
+        "period": budget.period if budget else period,
+        "period_start": datetime.fromtimestamp(period_start(budget.period if budget else period, now), UTC)
+        .isoformat()
+        .replace("+00:00", "Z"),
+        "committed_usd": round(spent.committed_usd, 6),
+        "reserved_usd": round(spent.reserved_usd, 6),
+        "left_usd": round(max(0.0, budget.usd - spent.total_usd), 6) if budget else None,
+    }
+
+
+def spend_breakdown(db: sqlite3.Connection, since: float = 0.0) -> list[dict[str, Any]]:
+    """Spend by UTC day, model and route: committed, actual, estimated, in flight, unknown-price jobs."""
+    rows = db.execute(
+        f"""
+        SELECT strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, model, route,
+               COUNT(*) AS jobs,
+               SUM(CASE WHEN billed = 1 THEN 1 ELSE 0 END) AS billed_jobs,
+               COALESCE(SUM({COMMITTED_SQL}), 0) AS committed,
+               SUM(CASE WHEN billed = 1 THEN actual_usd END) AS actual,
+               COALESCE(SUM(CASE WHEN billed = 1 OR status NOT IN ('succeeded','failed','cancelled')
+                                 THEN estimated_usd ELSE 0 END), 0) AS estimated,
+               COALESCE(SUM({RESERVED_SQL}), 0) AS reserved,
+               SUM(CASE WHEN estimated_usd IS NULL AND route != 'local' THEN 1 ELSE 0 END) AS unknown
+        FROM jobs WHERE created_at >= ?
+        GROUP BY day, model, route ORDER BY day DESC, model, route
+        """,
+        (since,),
+    ).fetchall()
+    return [breakdown_row(tuple(r)) for r in rows]
+
+
+def breakdown_row(r: tuple[Any, ...]) -> dict[str, Any]:
+    """One row of (day, model, route, jobs, billed, committed, actual, estimated, reserved, unknown)."""
+    return {
+        "day": str(r[0]),
+        "model": r[1],
+        "route": r[2],
+        "jobs": int(r[3]),
+        "billed_jobs": int(r[4]),
+        "committed_usd": round(float(r[5]), 6),
+        "actual_usd": round(float(r[6]), 6) if r[6] is not None else None,
+        "estimated_usd": round(float(r[7]), 6),
+        "in_flight_usd": round(float(r[8]), 6),
+        "unknown_price_jobs": int(r[9]),
+    }

@@ -1,0 +1,372 @@
+"""What a job costs before it is sent: the price table, the user's price file, and `estimate`.
+
+Prices are per model and route, per second or per clip, and may depend on the tool, Kling's
+mode and sound, the resolution, Wan's audio and Kling voices. Every figure carries its `source`
+(or None) and `estimate: true` unless the source is the provider's own price page. There is no
+price list in the references and no network here, so the built-in table holds only figures seen
+in public material (see docs/decisions.md); everything else is *unknown* (None), never guessed.
+
+A user file (`STILLMOTION_PRICES=path.json`) overrides or adds figures:
+
+    {"prices": [{"model": "klingai/kling-v2.6-i2v", "route": "direct", "mode": "pro",
+                 "sound": "on", "usd_per_second": 0.14, "source": "our contract", "estimate": false}],
+     "kling_usd_per_unit": 0.14}
+
+An entry matches a request when every condition it names (route, tool, mode, sound, resolution,
+audio, voices) equals the request's; the most specific matching entry wins, and any matching user
+entry wins over every built-in one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .catalog import MODELS, resolve_model_id
+
+CONDITIONS = ("route", "tool", "mode", "sound", "resolution", "audio", "voices")
+"""The keys an entry may match on, in the order they are described."""
+_BOOL_CONDITIONS = frozenset({"audio", "voices"})
+_ROUTES = ("direct", "gateway", "local")
+
+ISSUE_15 = "public figure reported in stillmotion issue #15"
+
+
+class PriceFileError(ValueError):
+    """The user price file is unreadable or breaks the format; the message says where and how."""
+
+
+@dataclass(frozen=True)
+class Price:
+    model: str
+    when: Mapping[str, Any] = field(default_factory=dict)
+    """Conditions (a subset of CONDITIONS) that must all equal the request's."""
+    usd_per_second: float | None = None
+    usd_per_clip: float | None = None
+    source: str | None = None
+    estimate: bool = True
+    user: bool = False
+
+    @property
+    def known(self) -> bool:
+        return self.usd_per_second is not None or self.usd_per_clip is not None
+
+    def matches(self, features: Mapping[str, Any]) -> bool:
+        return all(_same(features.get(k), v) for k, v in self.when.items())
+
+    def to_public(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            **dict(self.when),
+            "usd_per_second": self.usd_per_second,
+            "usd_per_clip": self.usd_per_clip,
+            "source": self.source,
+            "estimate": self.estimate,
+            "from_price_file": self.user,
+        }
+
+
+def _same(have: Any, want: Any) -> bool:
+    if isinstance(want, bool) or isinstance(have, bool):
+        return bool(have) is bool(want)
+    if have is None:
+        return False
+    return str(have).lower() == str(want).lower()
+
+
+@dataclass(frozen=True)
+class Cost:
+    estimated_usd: float | None
+    """None = no price is known for this request."""
+    basis: str
+    estimate: bool
+    actual_usd: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "estimated_usd": self.estimated_usd,
+            "basis": self.basis,
+            "estimate": self.estimate,
+            "actual_usd": self.actual_usd,
+        }
+
+
+# -- the built-in table -------------------------------------------------------------------------
+
+BUILT_IN: tuple[Price, ...] = (
+    Price("local/preview", {"route": "local"}, usd_per_clip=0.0,
+          source="offline engine: no provider is called, nothing is billed", estimate=False),
+    # "from $0.17/s": the lowest tier, so only std without sound; pro and sound stay unknown
+    Price("klingai/kling-v3.0-i2v", {"route": "gateway", "mode": "std", "sound": "off"}, usd_per_second=0.17,
+          source=f"{ISSUE_15}: Kling 3.0 via the Vercel AI Gateway 'from $0.17/s'"),
+    Price("alibaba/wan-v2.6-i2v", {"resolution": "720P"}, usd_per_second=0.10,
+          source=f"{ISSUE_15}: Wan 2.6 i2v $0.10/s at 720p via a reseller"),
+    Price("alibaba/wan-v2.6-i2v", {"resolution": "1080P"}, usd_per_second=0.15,
+          source=f"{ISSUE_15}: Wan 2.6 i2v $0.15/s at 1080p via a reseller"),
+    Price("xai/grok-imagine-video", {"resolution": "480p"}, usd_per_second=0.05,
+          source=f"{ISSUE_15}: Grok Imagine $0.05/s at 480p, unconfirmed"),
+    Price("xai/grok-imagine-video", {"resolution": "720p"}, usd_per_second=0.07,
+          source=f"{ISSUE_15}: Grok Imagine $0.07/s at 720p, unconfirmed"),
+)
+KLING_USD_PER_UNIT: float | None = None
+"""Kling bills in units (`final_unit_deduction`); the USD price of a unit depends on the account's
+resource pack and is published nowhere we can cite, so it comes only from the price file."""
+XAI_TICKS_PER_USD = 10_000_000_000
+"""xAI's `cost_in_usd_ticks`: 1 USD = 10^10 ticks (docs.x.ai/developers/cost-tracking)."""
+
+
+# -- the price book -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    entries: tuple[Price, ...] = BUILT_IN
+    kling_usd_per_unit: float | None = KLING_USD_PER_UNIT
+    kling_unit_source: str | None = None
+    path: Path | None = None
+
+    def lookup(self, model: str, features: Mapping[str, Any]) -> Price | None:
+        """The winning entry: user entries first, then the most specific (most conditions)."""
+        for user in (True, False):
+            found = [p for p in self.entries if p.user is user and p.model == model and p.matches(features)]
+            if found:
+                return max(found, key=lambda p: len(p.when))
+        return None
+
+    def estimate(
+        self, *, model: str, route: str, tool: str, duration: float, options: Mapping[str, Any]
+    ) -> Cost:
+        """The cost of one request before it is sent."""
+        features = request_features(model, route, tool, options)
+        label = describe(model, route, features)
+        if route == "local":
+            return Cost(0.0, f"{label}: offline, free", estimate=False)
+        price = self.lookup(model, features)
+        if price is None or not price.known:
+            src = f" ({price.source})" if price is not None and price.source else ""
+            return Cost(
+                None,
+                f"{label}: no price known{src}; add one with STILLMOTION_PRICES (see README, Cost)",
+                estimate=True,
+            )
+        if price.usd_per_second is not None:
+            usd = price.usd_per_second * duration
+            how = f"{duration:g} s x ${price.usd_per_second:g}/s"
+        else:
+            assert price.usd_per_clip is not None
+            usd = price.usd_per_clip
+            how = f"${price.usd_per_clip:g} per clip"
+        tag = "estimate" if price.estimate else "provider price"
+        src = price.source or "no source given"
+        origin = "price file" if price.user else "built-in"
+        return Cost(_round(usd), f"{label}: {how} ({tag}, {origin}; source: {src})", estimate=price.estimate)
+
+    def kling_units_usd(self, units: float) -> float | None:
+        return None if self.kling_usd_per_unit is None else _round(units * self.kling_usd_per_unit)
+
+    def table(self) -> list[dict[str, Any]]:
+        return [p.to_public() for p in self.entries]
+
+
+def _round(usd: float) -> float:
+    return round(usd, 6)
+
+
+def request_features(model: str, route: str, tool: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """What a price may depend on, from a validated request's options."""
+    spec = MODELS.get(model)
+    out: dict[str, Any] = {"route": route, "tool": tool}
+    if spec is None:
+        return out
+    if spec.provider == "klingai":
+        out["mode"] = options.get("mode")
+        out["sound"] = options.get("sound") or "off"
+        out["voices"] = bool(options.get("voices"))
+    if options.get("resolution") is not None:
+        out["resolution"] = options.get("resolution")
+    if spec.audio:
+        out["audio"] = bool(options.get("audio", False))
+    return out
+
+
+def describe(model: str, route: str, features: Mapping[str, Any]) -> str:
+    parts = [f"{model} via {route}"]
+    if features.get("mode"):
+        parts.append(str(features["mode"]))
+    if features.get("resolution"):
+        parts.append(str(features["resolution"]))
+    if "sound" in features:
+        parts.append(f"sound {features['sound']}" + (" with voices" if features.get("voices") else ""))
+    if "audio" in features:
+        parts.append("audio" if features["audio"] else "no audio")
+    return ", ".join(parts)
+
+
+# -- the user file ------------------------------------------------------------------------------
+
+_ENTRY_KEYS = frozenset({"model", "usd_per_second", "usd_per_clip", "source", "estimate", "note", *CONDITIONS})
+
+
+def load_price_book(path: str | Path | None) -> PriceBook:
+    """The built-in table plus the user's file (if any). Raises PriceFileError naming the problem."""
+    if path is None or str(path).strip() == "":
+        return PriceBook()
+    p = Path(path).expanduser()
+    where = f"STILLMOTION_PRICES={p}"
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PriceFileError(f"{where}: no such file.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PriceFileError(f"{where}: cannot be read ({exc}).") from None
+    except json.JSONDecodeError as exc:
+        raise PriceFileError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
+    if not isinstance(raw, dict):
+        raise PriceFileError(f"{where}: the file must hold a JSON object with a 'prices' list.")
+    unknown = sorted(set(raw) - {"prices", "kling_usd_per_unit", "kling_unit_source"})
+    if unknown:
+        raise PriceFileError(
+            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: prices, kling_usd_per_unit, kling_unit_source."
+        )
+    items = raw.get("prices", [])
+    if not isinstance(items, list):
+        raise PriceFileError(f"{where}: 'prices' must be a list of price entries.")
+    entries = [_parse_entry(item, f"{where}: prices[{i}]") for i, item in enumerate(items)]
+    unit = raw.get("kling_usd_per_unit")
+    if unit is not None:
+        unit = _usd(unit, f"{where}: kling_usd_per_unit")
+    unit_source = raw.get("kling_unit_source")
+    if unit_source is not None and not isinstance(unit_source, str):
+        raise PriceFileError(f"{where}: kling_unit_source must be a string.")
+    return PriceBook(
+        entries=(*entries, *BUILT_IN),
+        kling_usd_per_unit=unit if unit is not None else KLING_USD_PER_UNIT,
+        kling_unit_source=unit_source,
+        path=p,
+    )
+
+
+def _usd(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise PriceFileError(f"{where} must be a number >= 0 (US dollars), got {json.dumps(value)}.")
+    return float(value)
+
+
+def _parse_entry(item: Any, where: str) -> Price:
+    if not isinstance(item, dict):
+        raise PriceFileError(f"{where} must be an object like {{\"model\": ..., \"usd_per_second\": ...}}.")
+    unknown = sorted(set(item) - _ENTRY_KEYS)
+    if unknown:
+        raise PriceFileError(f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_ENTRY_KEYS))}.")
+    model_arg = item.get("model")
+    model = resolve_model_id(model_arg) if isinstance(model_arg, str) else None
+    if model is None:
+        raise PriceFileError(f"{where}: model {json.dumps(model_arg)} is not a known model; allowed: {', '.join(MODELS)}.")
+    per_s, per_clip = item.get("usd_per_second"), item.get("usd_per_clip")
+    if (per_s is None) == (per_clip is None):
+        raise PriceFileError(f"{where} ({model}): give exactly one of usd_per_second and usd_per_clip.")
+    when: dict[str, Any] = {}
+    for key in CONDITIONS:
+        if key not in item or item[key] is None:
+            continue
+        value = item[key]
+        if key in _BOOL_CONDITIONS:
+            if not isinstance(value, bool):
+                raise PriceFileError(f"{where} ({model}): {key} must be true or false, got {json.dumps(value)}.")
+        elif key == "route" and value not in _ROUTES:
+            raise PriceFileError(f"{where} ({model}): route must be one of {', '.join(_ROUTES)}, got {json.dumps(value)}.")
+        elif key == "sound" and value not in ("on", "off"):
+            raise PriceFileError(f"{where} ({model}): sound must be \"on\" or \"off\", got {json.dumps(value)}.")
+        elif not isinstance(value, str):
+            raise PriceFileError(f"{where} ({model}): {key} must be a string, got {json.dumps(value)}.")
+        when[key] = value
+    source = item.get("source")
+    if source is not None and not isinstance(source, str):
+        raise PriceFileError(f"{where} ({model}): source must be a string or null.")
+    estimate = item.get("estimate", True)
+    if not isinstance(estimate, bool):
+        raise PriceFileError(f"{where} ({model}): estimate must be true or false.")
+    return Price(
+        model=model,
+        when=when,
+        usd_per_second=_usd(per_s, f"{where} ({model}): usd_per_second") if per_s is not None else None,
+        usd_per_clip=_usd(per_clip, f"{where} ({model}): usd_per_clip") if per_clip is not None else None,
+        source=source,
+        estimate=estimate,
+        user=True,
+    )
+
+
+# -- actual cost --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ActualCost:
+    """What the provider's own answer says the job cost."""
+
+    usd: float | None = None
+    units: float | None = None
+    """Kling's `final_unit_deduction` (account units, not dollars)."""
+    source: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"usd": self.usd, "units": self.units, "source": self.source}
+
+
+def xai_actual(usage: Any, where: str = "xAI") -> ActualCost | None:
+    """`usage.cost_in_usd_ticks` (xAI, or the AI SDK's `costInUsdTicks`) -> dollars."""
+    if not isinstance(usage, Mapping):
+        return None
+    ticks = usage.get("cost_in_usd_ticks", usage.get("costInUsdTicks"))
+    if isinstance(ticks, bool) or not isinstance(ticks, int | float | str):
+        return None
+    try:
+        value = float(ticks)
+    except ValueError:
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return ActualCost(usd=_round(value / XAI_TICKS_PER_USD), source=f"{where} cost_in_usd_ticks {ticks}")
+
+
+def kling_actual(data: Any) -> ActualCost | None:
+    """Kling's `final_unit_deduction` (a string of units)."""
+    raw = data.get("final_unit_deduction") if isinstance(data, Mapping) else None
+    if raw is None or isinstance(raw, bool):
+        return None
+    try:
+        units = float(raw)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(units) or units < 0:
+        return None
+    return ActualCost(units=units, source=f"Kling final_unit_deduction {raw}")
+
+
+def gateway_actual(metadata: Any) -> ActualCost | None:
+    """The Gateway's answer: `providerMetadata.gateway.cost` (USD) when present, else xAI's ticks."""
+    if not isinstance(metadata, Mapping):
+        return None
+    gw = metadata.get("gateway")
+    if isinstance(gw, Mapping) and gw.get("cost") is not None and not isinstance(gw.get("cost"), bool):
+        try:
+            usd = float(gw["cost"])
+        except (TypeError, ValueError):
+            usd = math.nan
+        if math.isfinite(usd) and usd >= 0:
+            return ActualCost(usd=_round(usd), source=f"Vercel AI Gateway providerMetadata.gateway.cost {gw['cost']}")
+    return xai_actual(metadata.get("xai"), "Vercel AI Gateway providerMetadata.xai")
+
+
+def actual_usd(actual: ActualCost | None, book: PriceBook) -> float | None:
+    if actual is None:
+        return None
+    if actual.usd is not None:
+        return actual.usd
+    if actual.units is not None:
+        return book.kling_units_usd(actual.units)
+    return None
