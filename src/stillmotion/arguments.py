@@ -58,12 +58,12 @@ class GenerationArgs(_Args):
     prompt: str | None = None
     negative_prompt: str | None = Field(None, max_length=NEGATIVE_PROMPT_MAX)
     duration: int | None = Field(None, description="Seconds (default 5).")
-    wait_seconds: float = Field(0, ge=0, le=WAIT_MAX_S, description="Wait this long for the result.")
+    wait_seconds: float = Field(0, ge=0, le=WAIT_MAX_S)
     idempotency_key: str | None = Field(
-        None, min_length=1, max_length=200, description="Same key + same args = same job."
+        None, min_length=1, max_length=200
     )
-    dry_run: bool = Field(False, description="Check and price only.")
-    confirm_cost_usd: float | None = Field(None, ge=0, description="USD the person approved.")
+    dry_run: bool = False
+    confirm_cost_usd: float | None = Field(None, ge=0)
     kling: KlingOptions | None = None
     local: LocalOptions | None = None
 

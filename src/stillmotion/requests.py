@@ -94,7 +94,7 @@ MaskInput = Annotated[
         custom_error_message="a mask is an image string or a shape object {box: [...]} / {polygon: [...]}",
     ),
     Field(
-        description="A mask image in any image form (white = selected), or a box/polygon in input-image pixels."
+        description="Image (white = selected) or {box}/{polygon} in input pixels."
     ),
 ]
 
@@ -102,7 +102,7 @@ MaskInput = Annotated[
 class DynamicMask(_Strict):
     mask: MaskInput
     trajectory: list[Point] = Field(
-        description="Path the region follows: input-image pixels, origin BOTTOM-LEFT; 2-77 points per 5 s."
+        description="Points the region follows."
     )
 
 
@@ -136,7 +136,7 @@ class WanOptions(_Strict):
         None, description="Audio (flash model only). Default false."
     )
     resolution: Literal["720P", "1080P"] | None = Field(None, description="Default 720P.")
-    prompt_extend: bool | None = Field(None, description="Let Wan rewrite the prompt (default true).")
+    prompt_extend: bool | None = Field(None, description="Default true.")
     shot_type: Literal["single", "multi"] | None = None
     audio_url: str | None = Field(None, description="wav/mp3, 3-30 s; URL or path.")
     seed: Annotated[int, Field(ge=0, le=2_147_483_647)] | None = None
@@ -149,7 +149,7 @@ class XaiOptions(_Strict):
     resolution: Literal["480p", "720p"] | None = Field(None, description="Default 480p.")
     aspect_ratio: Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] | None = Field(
         None,
-        description="STRETCHES the image to this shape; leave out to keep the image's own.",
+        description="STRETCHES the image; omit to keep its shape.",
     )
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None

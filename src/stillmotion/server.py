@@ -37,6 +37,10 @@ camera_move, motion_brush) check the request against the model's limits, start a
 return at once (or after wait_seconds). Then call check_job with wait_seconds up to {WAIT_MAX_S} until the
 status is succeeded; the result has the video's path, a resource link and a contact sheet.
 The default model local/preview is free and offline; list_models shows the models and their limits.
+Every generation tool also takes wait_seconds (wait that long for the result), idempotency_key (the same
+key with the same arguments returns the same job: a retried call never pays twice) and dry_run (every
+check and the price, without a job or any request). confirm_cost_usd is the price in USD the person
+approved, for a job above the confirmation threshold when the client cannot ask them itself.
 """
 
 TOOL_MODULES: Sequence[Any] = (generation, join, jobs, models)

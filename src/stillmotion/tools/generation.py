@@ -14,7 +14,6 @@ from mcp.types import CallToolResult, InputRequiredResult
 
 from ..arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
 from ..catalog import (
-    CAMERA_AXES,
     CAMERA_TYPES,
     GENERATION_TOOLS,
     ModelSpec,
@@ -60,7 +59,7 @@ def _tool_text(tool: str) -> str:
     if tool == "animate_image":
         return (
             "Animate a still image: the image becomes the first frame and the prompt describes the motion. "
-            "local/preview animates with a camera move steered by motion words in the prompt (zoom in, pan left, ...)."
+            "On local/preview, motion words (zoom in, pan left, ...) steer a camera move."
         )
     if tool == "interpolate_frames":
         return "Make a clip that starts on start_image and ends on end_image (first/last-frame)."
@@ -68,8 +67,7 @@ def _tool_text(tool: str) -> str:
         b = _camera_bound()
         presets = ", ".join(t for t in CAMERA_TYPES if t != "simple")
         return (
-            f"Move the camera over the still scene. camera = {{type: simple, config: {{one non-zero axis of "
-            f"{', '.join(CAMERA_AXES)} in [-{b:g}, {b:g}]}}}} or {{type: {presets}}} with no config. "
+            f"Move the camera over the still scene: one axis in [-{b:g}, {b:g}] (type simple) or a preset ({presets}). "
             "Negative = left / down / counter-clockwise / narrower view. On local/preview "
             f"{b:g} = {PAN_TILT_DEG_PER_UNIT * b:g} deg pan/tilt, {ROLL_DEG_PER_UNIT * b:g} deg roll, 2x zoom, "
             f"{TRANSLATION_FRACTION_PER_UNIT * b:g} frame shift."
@@ -256,7 +254,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
             ToolSpec(
                 name=tool,
                 title=tool.replace("_", " ").capitalize(),
-                description=_tool_text(tool) + " Returns a job at once; then check_job.",
+                description=_tool_text(tool) + " Returns a job; then check_job.",
                 args=ARGS_BY_TOOL[tool],
                 handler=run_generation,
                 annotations=GEN_ANNOTATIONS,
