@@ -56,6 +56,14 @@ def published_schema(model: type[BaseModel]) -> JSON:
             del node["additionalProperties"]
         if node.get("minLength") == 1 and node.get("type") == "string":
             del node["minLength"]  # "non-empty" goes without saying; the server still refuses ""
+        enum = node.get("enum")
+        if enum and node.get("type") in ("integer", "number") and all(isinstance(v, int | float) for v in enum):
+            # Gemini's converter takes only string enums: publish the range and name the set; the
+            # argument model (a Literal) still refuses anything outside it
+            del node["enum"]
+            node["minimum"], node["maximum"] = min(enum), max(enum)
+            allowed = "One of " + ", ".join(f"{v:g}" for v in enum) + "."
+            node["description"] = f"{allowed} {node['description']}" if node.get("description") else allowed
     return schema
 
 
