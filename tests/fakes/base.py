@@ -387,7 +387,12 @@ class _Handler(BaseHTTPRequestHandler):
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(65537)
         n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n > 0 else b""
+        body = self.rfile.read(n) if n > 0 else b""
+        if len(body) < n:
+            # the client went away mid-body (a replica killed with SIGKILL): a real server never hands
+            # such a request to its application, so neither does the fake
+            raise ConnectionAbortedError(f"body cut at {len(body)} of {n} bytes")
+        return body
 
     def _dispatch(self) -> None:
         fake = self.server.fake
