@@ -121,17 +121,34 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     rows = _db_rows(home / "jobs.sqlite3")
     tasks = {t.id: t for t in fake.call("tasks")}
     reqs = fake.call("requests")
-    lags, agent_lags = [], []
+    polls_by_task: dict[str, list[float]] = {}
+    file_at: dict[str, float] = {}
+    for r in reqs:
+        if r.method == "GET" and r.path.startswith("/v1/videos/image2video/"):
+            polls_by_task.setdefault(r.path.rsplit("/", 1)[1], []).append(r.at)
+        elif r.path.startswith("/files/"):
+            file_at[r.path.rsplit("/", 1)[1].removesuffix(".mp4")] = r.at
+    mono_to_wall = time.time() - time.monotonic()
+    lags, agent_lags, detect, handoff, finish = [], [], [], [], []
     for job_id, status, task_id, updated_at, _ in rows:
         task = tasks.get(task_id or "")
-        if status != "succeeded" or task is None or task.done_wall is None:
+        if status != "succeeded" or task is None or task.done_wall is None or task.done_at is None:
             continue
         lags.append(updated_at - task.done_wall)
         if job_id in seen_at:
             agent_lags.append(seen_at[job_id] - task.done_wall)
+        seen = [a for a in polls_by_task.get(task.id, []) if a >= task.done_at]
+        if seen:
+            detect.append(min(seen) - task.done_at)
+            if task.id in file_at:
+                handoff.append(file_at[task.id] - min(seen))
+        if task.id in file_at:
+            finish.append(updated_at - (file_at[task.id] + mono_to_wall))
+    done = sorted(t.done_wall for t in tasks.values() if t.done_wall is not None)
     out.update(
         n=n_jobs, counts=counts, total_s=t_all, cpu_s=cpu, lag=lags, agent_lag=agent_lags, requests=len(reqs),
-        check_calls=sum(check_calls), load=os.getloadavg()[0],
+        check_calls=sum(check_calls), load=os.getloadavg()[0], detect=detect, handoff=handoff, finish=finish,
+        done_spread=(done[-1] - done[0]) if done else 0.0,
     )
     return out
 
@@ -160,6 +177,12 @@ def run(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> Section:
                 f"median <= {limit:.2f} s", check(lag.median, limit), key="waiters.lag",
                 note=f"target: poll interval {POLL_MS / 1000:g} s + download and publish of one job alone "
                 f"({alone * 1000:.0f} ms)"))
+    sec.add(Row("", f"{n} jobs: lag part 1, done -> next poll", "s", Stat.of(many["detect"]), "", None,
+                key="waiters.detect", note=f"the fake's tasks ended over {many['done_spread']:.1f} s"))
+    sec.add(Row("", f"{n} jobs: lag part 2, that poll -> download request", "s", Stat.of(many["handoff"]), "", None,
+                key="waiters.handoff"))
+    sec.add(Row("", f"{n} jobs: lag part 3, download + publish", "s", Stat.of(many["finish"]), "", None,
+                key="waiters.finish"))
     sec.add(Row("", f"{n} jobs + {n} waiting check_job: agent lag (fake done -> check_job answers succeeded)", "s",
                 Stat.of(many["agent_lag"]), "", None, key="waiters.agent_lag"))
     return sec

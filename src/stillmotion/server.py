@@ -13,7 +13,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-import httpx
 from mcp.server import MCPServer
 from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
 
@@ -22,6 +21,7 @@ from .apps import apps_extension, file_origins, link_player
 from .arguments import WAIT_MAX_S
 from .catalog import catalog_table
 from .http_team import replicated
+from .providers._http import provider_client
 from .service import Service
 from .settings import Settings
 from .tasks import TasksExtension
@@ -68,11 +68,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
                 await legacy.notify(uri)
             except Exception:  # a notification must never break a job
                 log.debug("resource notification failed", exc_info=True)
-
-        # Keep-alive as many connections as may be open: httpcore closes every idle connection while
-        # more than max_keepalive_connections exist, so a lower cap reconnects over and over under load.
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
+        async with provider_client() as client:
             svc = Service.create(settings, client, on_change=on_change)
             try:
                 async with anyio.create_task_group() as tg:

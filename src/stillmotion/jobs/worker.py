@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import IO
 
 import anyio
-import httpx
 
+from ..providers._http import provider_client
 from ..settings import Settings
 
 if sys.platform != "win32":
@@ -111,10 +111,9 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
     if lock is None and idle_exit:
         log.info("another worker holds %s; exiting", lock_path(settings.home))
         return 0
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     idle_s = settings.worker_idle_ms / 1000
     try:
-        async with httpx.AsyncClient(follow_redirects=False, limits=limits) as client:
+        async with provider_client() as client:
             svc = Service.create(settings, client)
             log.info("worker %s started for %s", svc.runner.owner, settings.home)
             svc.store.meta_set(META_KEY, svc.runner.owner)

@@ -117,33 +117,41 @@ def check_pixels(width: int, height: int, max_pixels: int | None, argument: str,
         )
 
 
-def _decode_check(data: bytes, argument: str) -> None:
+def _decoded(data: bytes, argument: str) -> Image.Image:
+    """Check the structure (PNG chunk CRCs), then decode every pixel once: a truncated or corrupt
+    file is an ``invalid_input`` naming the argument. The caller closes the returned image."""
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.verify()  # PNG chunk CRCs and structure
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # every pixel: a truncated file fails here
+            im.verify()  # PNG chunk CRCs and structure (reads chunks, decodes no pixels)
+        im = Image.open(io.BytesIO(data))
     except _PIL_ERRORS as exc:
-        raise InvalidInput(
-            argument, f"could not be decoded completely (truncated or corrupt image: {exc})."
-        ) from exc
+        raise InvalidInput(argument, f"could not be decoded completely (truncated or corrupt image: {exc}).") from exc
+    try:
+        im.load()  # every pixel: a truncated file fails here
+        # On a PNG, getexif() reads the eXIf chunk after IDAT, which needs the file loaded: done
+        # above, so it costs no second decode.
+        im.getexif()
+    except _PIL_ERRORS as exc:
+        im.close()
+        raise InvalidInput(argument, f"could not be decoded completely (truncated or corrupt image: {exc}).") from exc
+    return im
 
 
 _REENCODE = {"JPEG": ("JPEG", {"quality": 95}), "PNG": ("PNG", {}), "WEBP": ("WEBP", {"lossless": True, "quality": 100})}
 
 
 def finish_image(img: LoadedImage, argument: str) -> LoadedImage:
-    """Decode completely (a truncated file is an error), take an animation's first frame (with a
-    warning) and apply EXIF orientation once: the result's bytes, size and coordinates are those of
-    the upright still the user sees. Runs on a worker thread."""
-    _decode_check(img.data, argument)
-    with Image.open(io.BytesIO(img.data)) as im:
+    """Decode completely, once (a truncated file is an error), take an animation's first frame
+    (with a warning) and apply EXIF orientation once: the result's bytes, size and coordinates are
+    those of the upright still the user sees. Runs on a worker thread."""
+    with _decoded(img.data, argument) as im:
         frames = int(getattr(im, "n_frames", 1) or 1)
         orientation = int(im.getexif().get(0x0112, 1) or 1)
         if frames <= 1 and orientation in (0, 1):
             return img
         warnings = list(img.warnings)
-        im.seek(0)
+        if frames > 1:
+            im.seek(0)
         frame = im.copy()
         frame.info = dict(im.info)
     if frames > 1:

@@ -44,15 +44,20 @@ class Samples:
 
     def frames(self) -> list[Frame]:
         assert self.last is not None
-        fallback = _tile(self.last)
+        if all(i in self.tiles for i in self.indices):
+            return [self.tiles[i] for i in self.indices]
+        fallback = _tile(self.last)  # a header that overstated the frame count
         return [self.tiles.get(i, fallback) for i in self.indices]
+
+
+def _tile_size(width: int, height: int) -> tuple[int, int]:
+    return (TILE_WIDTH, max(2, round(TILE_WIDTH * height / width)))
 
 
 def _tile(frame: Frame) -> Frame:
     """Shrink a sampled frame to contact-sheet tile width at once (keeps memory flat at 1080p)."""
     h, w = frame.shape[:2]
-    size = (TILE_WIDTH, max(2, round(TILE_WIDTH * h / w)))
-    return cast(Frame, cv2.resize(frame, size, interpolation=cv2.INTER_AREA))
+    return cast(Frame, cv2.resize(frame, _tile_size(w, h), interpolation=cv2.INTER_AREA))
 
 
 def resource_uri(job_id: str, name: str) -> str:
@@ -82,8 +87,8 @@ def _decode_and_sample(video: Path) -> tuple[VideoInfo, Samples]:
     last: list[VideoFrame] = []
 
     def on_frame(i: int, frame: VideoFrame) -> None:
-        if i in wanted:
-            samples.tiles[i] = _tile(to_rgb(frame))
+        if i in wanted:  # scaled while converted: no full-size RGB copy, no second resize
+            samples.tiles[i] = to_rgb(frame, _tile_size(frame.width, frame.height))
         last[:] = [frame]
 
     info = probe_video(video, on_frame)

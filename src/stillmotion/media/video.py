@@ -370,12 +370,13 @@ def _open_input(path: Path) -> Any:
     return container
 
 
-def to_rgb(frame: VideoFrame) -> Frame:
-    """A decoded frame as RGB uint8 (the same conversion iter_frames uses)."""
-    return _rgb(frame)
+def to_rgb(frame: VideoFrame, size: tuple[int, int] | None = None) -> Frame:
+    """A decoded frame as RGB uint8 (the same conversion iter_frames uses); with `size`
+    (width, height), scaled down in the same pass (area averaging), without a full-size copy."""
+    return _rgb(frame, size)
 
 
-def _rgb(frame: VideoFrame) -> Frame:
+def _rgb(frame: VideoFrame, size: tuple[int, int] | None = None) -> Frame:
     """RGB conversion honouring the stream's matrix and range (BT.709 unless tagged 601)."""
     spc = int(frame.colorspace)
     if spc in (_SPC_BT470BG, _SPC_SMPTE170M) or (spc != _BT709 and frame.height < 720):
@@ -383,8 +384,12 @@ def _rgb(frame: VideoFrame) -> Frame:
     else:
         src_space = "itu709"
     src_range = "JPEG" if int(frame.color_range) == _RANGE_JPEG else "MPEG"
+    scale: dict[str, object] = {}
+    if size is not None and size != (frame.width, frame.height):
+        scale = {"width": size[0], "height": size[1], "interpolation": "AREA"}
     out = frame.reformat(
-        format="rgb24", src_colorspace=src_space, src_color_range=src_range, dst_color_range="JPEG", threads=1
+        format="rgb24", src_colorspace=src_space, src_color_range=src_range, dst_color_range="JPEG", threads=1,
+        **scale,
     )
     return cast(Frame, out.to_ndarray())
 
