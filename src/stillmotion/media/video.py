@@ -384,12 +384,12 @@ def _rgb(frame: VideoFrame, size: tuple[int, int] | None = None) -> Frame:
     else:
         src_space = "itu709"
     src_range = "JPEG" if int(frame.color_range) == _RANGE_JPEG else "MPEG"
-    scale: dict[str, object] = {}
+    width, height, interpolation = None, None, None
     if size is not None and size != (frame.width, frame.height):
-        scale = {"width": size[0], "height": size[1], "interpolation": "AREA"}
+        width, height, interpolation = size[0], size[1], "AREA"
     out = frame.reformat(
-        format="rgb24", src_colorspace=src_space, src_color_range=src_range, dst_color_range="JPEG", threads=1,
-        **scale,
+        width=width, height=height, format="rgb24", src_colorspace=src_space, src_color_range=src_range,
+        dst_color_range="JPEG", interpolation=interpolation, threads=1,
     )
     return cast(Frame, out.to_ndarray())
 
