@@ -219,6 +219,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     polls_by_task: dict[str, list[float]] = {}
     for r in polls:
         polls_by_task.setdefault(r.path.rsplit("/", 1)[1], []).append(r.at)
+    listed_at = [r.at for r in reqs if r.method == "GET" and r.path == PATH]  # task lists show every task
     file_at = {r.path.rsplit("/", 1)[1].removesuffix(".mp4"): r.at for r in files}
     lags, detect, handoff, finish = [], [], [], []
     for _job_id, status, task_id, updated_at, _ in rows:
@@ -228,7 +229,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
         if task is None or task.done_at is None or task.done_wall is None:
             continue
         lags.append(updated_at - task.done_wall)
-        seen = [a for a in polls_by_task.get(task_id, []) if a >= task.done_at]
+        seen = [a for a in polls_by_task.get(task_id, []) + listed_at if a >= task.done_at]
         if seen:
             detect.append(min(seen) - task.done_at)
             if task_id in file_at:
@@ -247,6 +248,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
         fake_cpu_s=fake_cpu,
         creates=len(creates),
         polls=len(polls),
+        lists=len(listed_at),
         files=len(files),
         requests=len(reqs),
         lag=lags,
@@ -291,11 +293,14 @@ def run(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> Section:
     sec.add(Row("", f"{n} jobs: server CPU time per job", "ms", Stat.of([many["cpu_s"] / n * 1000]), "", None,
                 note=f"{many['cpu_s']:.1f} s CPU over {many['total_s']:.1f} s wall (the fake: {many['fake_cpu_s']:.1f} s)",
                 key="overhead.many.cpu"))
+    # one poll per job every 2 s over a 10 s task: the minimum without a task list (Kling's list
+    # answers many polls in one request, so a batched run comes in under it)
     minimum = 1 + math.ceil(10 / 2) + 1
     per_job = many["requests"] / n
-    sec.add(Row("", f"{n} jobs: provider requests per job", "req", Stat.of([per_job]), f"~ {minimum} (minimum)",
+    sec.add(Row("", f"{n} jobs: provider requests per job", "req", Stat.of([per_job]), f"<= {minimum}",
                 per_job <= minimum + 0.5,
-                note=f"{many['creates']} creates, {many['polls']} polls, {many['files']} downloads; "
+                note=f"{many['creates']} creates, {many['polls']} single polls, {many['lists']} task-list requests, "
+                f"{many['files']} downloads; "
                 f"{many['connections']} TCP connections opened",
                 key="overhead.many.requests"))
     fin = Stat.of(many["finish"])

@@ -122,10 +122,13 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     tasks = {t.id: t for t in fake.call("tasks")}
     reqs = fake.call("requests")
     polls_by_task: dict[str, list[float]] = {}
+    lists: list[float] = []  # task-list requests: each one shows every task
     file_at: dict[str, float] = {}
     for r in reqs:
         if r.method == "GET" and r.path.startswith("/v1/videos/image2video/"):
             polls_by_task.setdefault(r.path.rsplit("/", 1)[1], []).append(r.at)
+        elif r.method == "GET" and r.path == "/v1/videos/image2video":
+            lists.append(r.at)
         elif r.path.startswith("/files/"):
             file_at[r.path.rsplit("/", 1)[1].removesuffix(".mp4")] = r.at
     mono_to_wall = time.time() - time.monotonic()
@@ -137,7 +140,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
         lags.append(updated_at - task.done_wall)
         if job_id in seen_at:
             agent_lags.append(seen_at[job_id] - task.done_wall)
-        seen = [a for a in polls_by_task.get(task.id, []) if a >= task.done_at]
+        seen = [a for a in polls_by_task.get(task.id, []) + lists if a >= task.done_at]
         if seen:
             detect.append(min(seen) - task.done_at)
             if task.id in file_at:
@@ -147,7 +150,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     done = sorted(t.done_wall for t in tasks.values() if t.done_wall is not None)
     out.update(
         n=n_jobs, counts=counts, total_s=t_all, cpu_s=cpu, lag=lags, agent_lag=agent_lags, requests=len(reqs),
-        check_calls=sum(check_calls), load=os.getloadavg()[0], detect=detect, handoff=handoff, finish=finish,
+        check_calls=sum(check_calls), load=os.getloadavg()[0], detect=detect, lists=len(lists), handoff=handoff, finish=finish,
         done_spread=(done[-1] - done[0]) if done else 0.0,
     )
     return out
@@ -171,6 +174,9 @@ def run(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> Section:
                 note=f"{many['cpu_s']:.1f} s CPU over {many['total_s']:.1f} s wall; {many['requests']} provider "
                 f"requests, {many['check_calls']} check_job calls; load average {load0:.1f} -> {many['load']:.1f}",
                 key="waiters.cpu"))
+    sec.add(Row("", f"{n} jobs: provider requests per job", "req", Stat.of([many["requests"] / n]), "", None,
+                note=f"{many['requests']} requests, of which {many['lists']} task-list requests",
+                key="waiters.requests"))
     limit = POLL_MS / 1000 + alone
     lag = Stat.of(many["lag"])
     sec.add(Row("", f"{n} jobs + {n} waiting check_job: completion lag (fake done -> succeeded)", "s", lag,

@@ -196,6 +196,8 @@ class KlingFake(FakeServer):
         self.external_ids: dict[str, str] = {}
         #: how many creates were answered 429/1303 by the concurrency simulation
         self.concurrency_rejections = 0
+        #: task-list requests answered
+        self.list_requests = 0
         self._next_id = random.randrange(800_000_000_000_000_000, 850_000_000_000_000_000)
 
     # ---- helpers for tests ----------------------------------------------------------------
@@ -547,7 +549,10 @@ class KlingFake(FakeServer):
         with self._lock:
             tasks = sorted(self.tasks.values(), key=lambda t: t.created_at, reverse=True)
         tasks = [t for t in tasks if not t.expired][(page - 1) * size : page * size]
-        return self._ok([self.task_object(t, self.is_done(t)) for t in tasks])
+        self.list_requests += 1
+        # a listed task is observed as a poll would observe it (a task set to finish after N polls
+        # finishes after N observations, single or listed)
+        return self._ok([self.task_object(t, self.poll_task(t)) for t in tasks])
 
     def _single(self, key: str) -> Reply:
         task = self._lookup(key)

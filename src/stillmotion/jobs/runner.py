@@ -10,7 +10,8 @@ A remote job is a stage table, each handler returning the next stage:
 
     new         -> submit   (create request, in a create slot, with at least half a lease left)
     submitting  -> recover  (a create whose answer was lost, or sent by a process that died)
-    polling     -> poll     (every poll_interval_ms until done or poll_timeout_ms)
+    polling     -> poll     (every poll_interval_ms until done or poll_timeout_ms; when many jobs
+                             poll one provider task list, one list request answers them: batch.py)
     downloading -> download (stream to a temp file unique to this attempt, check, rename)
 
 Local jobs render on a worker thread (at most `local_concurrency` at once); a taken-over render
@@ -55,6 +56,7 @@ from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
+from .batch import StatusBatcher
 from .caps import RunningCap, cap_for
 from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
 from .retry import RetryPolicy
@@ -141,6 +143,7 @@ class JobRunner:
         # A create request holds its images in memory three times over (bytes, base64, JSON) until it
         # is answered; hundreds submitted at once would hold them all and crowd out everything else.
         self._create_slots = anyio.CapacityLimiter(CREATE_CONCURRENCY)
+        self.batcher = StatusBatcher()
         self._progress_mark: dict[str, float] = {}
         self._stopping = False
         self._changed: set[str] = set()
@@ -544,22 +547,27 @@ class JobRunner:
         # poll back: under load the poll that sees the task done comes at most one interval late.
         next_poll = time.monotonic() + interval
         on_wait = self._waiting(job)
-        while True:
-            if time.time() - submitted_at > req.poll_timeout_ms / 1000:
-                raise JobTimeout(
-                    f"the provider did not finish within poll_timeout_ms={req.poll_timeout_ms}; "
-                    "the task may still complete on the provider's side."
-                )
-            await anyio.sleep(max(0.0, next_poll - time.monotonic()))
-            next_poll = max(next_poll, time.monotonic()) + interval
-            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=on_wait)
-            if st.state == "pending":
-                if st.progress is not None and (st.progress != job.row.progress or job.row.status_detail):
-                    self._set(job, status="running", progress=st.progress)
-                elif job.row.status_detail:
-                    self._set(job)  # the retry is over: clear its detail
-                continue
-            return self._on_status(job, st)
+
+        def status() -> Awaitable[Status]:
+            return self.batcher.status(provider, ctx, op, interval=interval, submitted_at=submitted_at)
+
+        with self.batcher.polling(provider):
+            while True:
+                if time.time() - submitted_at > req.poll_timeout_ms / 1000:
+                    raise JobTimeout(
+                        f"the provider did not finish within poll_timeout_ms={req.poll_timeout_ms}; "
+                        "the task may still complete on the provider's side."
+                    )
+                await anyio.sleep(max(0.0, next_poll - time.monotonic()))
+                next_poll = max(next_poll, time.monotonic()) + interval
+                st = await self.retry.run(status, on_wait=on_wait)
+                if st.state == "pending":
+                    if st.progress is not None and (st.progress != job.row.progress or job.row.status_detail):
+                        self._set(job, status="running", progress=st.progress)
+                    elif job.row.status_detail:
+                        self._set(job)  # the retry is over: clear its detail
+                    continue
+                return self._on_status(job, st)
 
     def _record_cost(self, job: Job, st: Status) -> None:
         if st.actual is not None:

@@ -49,6 +49,16 @@ class Status:
 
 
 @dataclass
+class ListedTask:
+    """One entry of a provider's task list."""
+
+    task_id: str
+    created_at: float | None
+    """Epoch seconds, when the list says."""
+    status: Status
+
+
+@dataclass
 class StartResult:
     operation: dict[str, Any]
     provider_task_id: str | None = None
@@ -117,3 +127,23 @@ class Provider(ABC):
     async def recover(self, job: JobContext) -> StartResult | None:
         """Find a task whose create answer was lost. None = cannot be looked up (never resubmit)."""
         return None
+
+    # -- listing many tasks at once (optional) ----------------------------------------------
+
+    #: The largest page the provider's task list serves; 0 = the provider has no task list.
+    list_page_max: int = 0
+
+    def list_key(self) -> str | None:
+        """Tasks whose status one list request can answer share this key (the account and
+        endpoint); None when this route has no task list."""
+        return None
+
+    @staticmethod
+    def task_id(operation: dict[str, Any]) -> str | None:
+        """The provider's task id in an operation (what a list page names)."""
+        tid = operation.get("task_id")
+        return str(tid) if tid else None
+
+    async def status_page(self, page: int, size: int) -> list[ListedTask]:
+        """One page (1-based) of the account's tasks, newest first."""
+        raise NotImplementedError(f"{self.name} has no task list")

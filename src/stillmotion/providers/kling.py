@@ -33,7 +33,16 @@ from ..pricing import kling_actual
 from ..requests import KlingOptions, KlingShot
 from ..scrub import register_derived
 from ._http import json_body, retry_after_seconds, send
-from .base import JobContext, Provider, StartResult, Status, VideoResult, camera_payload, trajectory_payload
+from .base import (
+    JobContext,
+    ListedTask,
+    Provider,
+    StartResult,
+    Status,
+    VideoResult,
+    camera_payload,
+    trajectory_payload,
+)
 from .rules import Checked, OptionContext
 
 PATH = "/v1/videos/image2video"
@@ -335,6 +344,32 @@ class KlingProvider(Provider):
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
         resp = await send(self.client, "GET", f"{self._base}{PATH}/{path_segment(operation['task_id'])}", headers=self._headers())
         return self._status(self._data(resp))
+
+    # The task list (`GET /v1/videos/image2video?pageNum=&pageSize=`, newest first) answers the
+    # status of many tasks in one request; the runner's batcher uses it when many are polled.
+    list_page_max = 500
+
+    def list_key(self) -> str | None:
+        # one account per settings object (the credentials come from it)
+        return f"{self.name} {self._base}{PATH} {id(self.settings)}"
+
+    async def status_page(self, page: int, size: int) -> list[ListedTask]:
+        url = f"{self._base}{PATH}?pageNum={int(page)}&pageSize={int(size)}"
+        resp = await send(self.client, "GET", url, headers=self._headers())
+        body = json_body(resp)
+        if not (resp.status_code == 200 and isinstance(body, dict) and body.get("code") == 0):
+            raise self._error(resp, body, creating=False)
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise ProviderError("Kling answered its task list without a list of tasks", retryable=True)
+        out: list[ListedTask] = []
+        for item in data:
+            if not isinstance(item, dict) or not item.get("task_id"):
+                continue
+            created = item.get("created_at")
+            created_s = created / 1000 if isinstance(created, int | float) else None
+            out.append(ListedTask(str(item["task_id"]), created_s, self._status(item)))
+        return out
 
     async def recover(self, job: JobContext) -> StartResult | None:
         """Look the task up by external_task_id; if Kling never received it, create it now (safe:

@@ -1,0 +1,265 @@
+"""Many polls answered by one task-list request: the batcher alone, Kling's list on the wire, and
+many Kling jobs end to end against the strict fake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from stillmotion.errors import ProviderError, RateLimited
+from stillmotion.jobs.batch import MIN_BATCH, StatusBatcher
+from stillmotion.providers.base import JobContext, ListedTask, Status
+from stillmotion.providers.kling import KlingProvider
+from tests.conftest import SettingsFactory, connect, structured, wait_done, write_image
+from tests.fakes import KlingFake
+
+pytestmark = pytest.mark.anyio
+PATH = "/v1/videos/image2video"
+KEY = "kling-test-key"
+NOW = 1_800_000_000.0
+
+
+class ListingProvider:
+    """A provider with a task list, in memory: counts single polls and pages read."""
+
+    name = "listing"
+    list_page_max = 500
+
+    def __init__(self, tasks: int, *, listed: set[str] | None = None, delay: float = 0.0) -> None:
+        self.all = [f"t{i}" for i in range(tasks)]
+        self.listed = set(self.all) if listed is None else listed
+        self.delay = delay
+        self.singles: list[str] = []
+        self.pages: list[tuple[int, int]] = []
+        self.fail_next: Exception | None = None
+
+    def list_key(self) -> str:
+        return "listing account"
+
+    @staticmethod
+    def task_id(operation: dict[str, Any]) -> str | None:
+        return str(operation["task_id"])
+
+    async def status(self, ctx: Any, operation: dict[str, Any]) -> Status:
+        self.singles.append(operation["task_id"])
+        return Status("pending")
+
+    async def status_page(self, page: int, size: int) -> list[ListedTask]:
+        self.pages.append((page, size))
+        if self.delay:
+            await anyio.sleep(self.delay)
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
+        newest_first = [t for t in reversed(self.all) if t in self.listed]
+        rows = newest_first[(page - 1) * size : page * size]
+        return [ListedTask(t, NOW, Status("completed" if t == "t0" else "pending")) for t in rows]
+
+
+async def _poll_all(batcher: StatusBatcher, provider: Any, ids: list[str], rounds: int, interval: float = 0.2) -> list[Status]:
+    got: list[Status] = []
+
+    async def job(task_id: str) -> None:
+        with batcher.polling(provider):
+            await anyio.sleep(0.02)  # every job is polling before the first poll comes due
+            for _ in range(rounds):
+                got.append(await batcher.status(provider, None, {"task_id": task_id}, interval=interval, submitted_at=NOW))
+                await anyio.sleep(interval)
+
+    async with anyio.create_task_group() as tg:
+        for t in ids:
+            tg.start_soon(job, t)
+    return got
+
+
+async def test_below_the_threshold_every_poll_is_a_single_request() -> None:
+    p = ListingProvider(MIN_BATCH - 1)
+    got = await _poll_all(StatusBatcher(), p, p.all, rounds=2)
+    assert len(got) == 2 * (MIN_BATCH - 1)
+    assert len(p.singles) == len(got) and p.pages == []
+
+
+async def test_many_polls_share_one_list_request_per_round() -> None:
+    p = ListingProvider(40)
+    batcher = StatusBatcher()
+    got = await _poll_all(batcher, p, p.all, rounds=3)
+    assert len(got) == 120 and p.singles == []
+    assert 3 <= len(p.pages) <= 6  # one list a round (a late poll may start its own)
+    assert all(size == 80 for _, size in p.pages)  # sized to the jobs polling, twice over
+    assert sum(1 for s in got if s.state == "completed") == 3  # t0's answer reached t0, each round
+    assert batcher.stats.batched_polls == 120
+
+
+async def test_a_task_missing_from_the_list_is_polled_on_its_own() -> None:
+    p = ListingProvider(20, listed={f"t{i}" for i in range(1, 20)})
+    await _poll_all(StatusBatcher(), p, p.all, rounds=2)
+    assert p.singles == ["t0", "t0"]
+    # the list ended short of the page size: no second page was asked for
+    assert all(page == 1 for page, _ in p.pages)
+
+
+async def test_pages_are_walked_only_while_tasks_are_missing() -> None:
+    p = ListingProvider(100)
+    batcher = StatusBatcher()
+    # only the ten oldest tasks poll, but the provider has 100 newer ones on the account
+    p.all = [f"t{i}" for i in range(10)] + [f"other{i}" for i in range(100)]
+    p.listed = set(p.all)
+    await _poll_all(batcher, p, [f"t{i}" for i in range(10)], rounds=1)
+    assert p.singles == []
+    assert [page for page, _ in p.pages] == [1, 2, 3, 4, 5, 6][: len(p.pages)]
+    assert p.pages[-1][0] >= 4 or len(p.pages) == 4  # pages of 30 until the ten were found, at most MAX_PAGES
+
+
+async def test_a_list_error_reaches_every_poll_of_the_batch_as_its_own_copy() -> None:
+    p = ListingProvider(10)
+    p.fail_next = RateLimited("Kling: too many requests (code 1302)", provider_code="1302", retry_after=1.0)
+    batcher = StatusBatcher()
+    errors: list[BaseException] = []
+
+    async def job(task_id: str) -> None:
+        with batcher.polling(p):
+            await anyio.sleep(0.02)
+            try:
+                await batcher.status(p, None, {"task_id": task_id}, interval=0.2, submitted_at=NOW)
+            except RateLimited as exc:
+                errors.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for t in p.all:
+            tg.start_soon(job, t)
+    assert len(errors) == 10 and len({id(e) for e in errors}) == 10
+    assert all(e.retry_after == 1.0 and e.provider_code == "1302" for e in errors if isinstance(e, RateLimited))
+    assert p.singles == []
+
+
+async def test_a_cancelled_gatherer_leaves_nobody_waiting() -> None:
+    p = ListingProvider(10)
+    batcher = StatusBatcher(window_cap_s=0.5)
+    answered: list[str] = []
+
+    async def job(task_id: str, scope: anyio.CancelScope | None = None) -> None:
+        with batcher.polling(p):
+            await anyio.sleep(0.02 if scope is not None else 0.05)
+            if scope is not None:
+                with scope:
+                    await batcher.status(p, None, {"task_id": task_id}, interval=2.0, submitted_at=NOW)
+                return
+            await batcher.status(p, None, {"task_id": task_id}, interval=2.0, submitted_at=NOW)
+            answered.append(task_id)
+
+    leader = anyio.CancelScope()
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(job, "t0", leader)
+            for t in p.all[1:]:
+                tg.start_soon(job, t)
+            await anyio.sleep(0.2)  # the others joined t0's batch; t0's job is cancelled (a cancel_job)
+            leader.cancel()
+    assert sorted(answered) == sorted(p.all[1:])
+    assert sorted(p.singles) == sorted(p.all[1:]) and p.pages == []
+
+
+async def test_polls_due_during_a_slow_list_gather_the_next_batch() -> None:
+    """A list request in flight does not stop the next batch from gathering (nor steal it)."""
+    p = ListingProvider(30, delay=0.15)
+    batcher = StatusBatcher()
+    got: list[Status] = []
+
+    async def job(i: int) -> None:
+        with batcher.polling(p):
+            await anyio.sleep(0.02 + 0.01 * i)  # coming due one after another, 10 ms apart
+            got.append(await batcher.status(p, None, {"task_id": f"t{i}"}, interval=0.2, submitted_at=NOW))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(30):
+            tg.start_soon(job, i)
+    assert len(got) == 30 and p.singles == [] and batcher.stats.batched_polls == 30
+    assert 2 <= len(p.pages) <= 8
+
+
+# -- Kling's task list on the wire ---------------------------------------------------------
+
+
+def _kling(make_settings: SettingsFactory, handler: Any) -> KlingProvider:
+    settings = make_settings(KLINGAI_API_KEY=KEY, KLINGAI_BASE_URL="https://kling.example")
+    return KlingProvider(httpx.AsyncClient(transport=httpx.MockTransport(handler)), settings)
+
+
+async def test_kling_list_request_and_answer_mapping(make_settings: SettingsFactory) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        data = [
+            {"task_id": "111", "task_status": "processing", "created_at": 1_800_000_000_123},
+            {"task_id": "222", "task_status": "succeed", "created_at": 1_799_999_999_000, "final_unit_deduction": "5",
+             "task_result": {"videos": [{"id": "v", "url": "https://cdn.example/222.mp4", "duration": "5"}]}},
+            {"task_id": "333", "task_status": "failed", "task_status_msg": "Failure to pass the risk control system"},
+            {"not": "a task"},
+        ]
+        return httpx.Response(200, json={"code": 0, "message": "SUCCEED", "request_id": "r", "data": data})
+
+    kling = _kling(make_settings, handler)
+    rows = await kling.status_page(2, 40)
+    (req,) = seen
+    assert req.method == "GET"
+    assert str(req.url) == "https://kling.example/v1/videos/image2video?pageNum=2&pageSize=40"
+    assert req.headers["authorization"] == f"Bearer {KEY}"
+    assert [r.task_id for r in rows] == ["111", "222", "333"]
+    assert rows[0].status.state == "pending" and rows[0].created_at == pytest.approx(1_800_000_000.123)
+    assert rows[1].status.state == "completed" and rows[1].status.video is not None
+    assert rows[1].status.video.url == "https://cdn.example/222.mp4" and rows[1].status.actual is not None
+    assert rows[2].status.state == "failed" and rows[2].status.error is not None
+    assert rows[2].status.error.kind == "content_filtered" and rows[2].created_at is None
+    assert kling.list_key() == kling.list_key() and kling.task_id({"task_id": "111"}) == "111"
+
+
+async def test_kling_list_errors_map_like_single_polls(make_settings: SettingsFactory) -> None:
+    answers = [
+        httpx.Response(429, json={"code": 1302, "message": "rate limit"}, headers={"Retry-After": "2"}),
+        httpx.Response(200, json={"code": 0, "message": "SUCCEED", "data": {"task_id": "1"}}),
+    ]
+    kling = _kling(make_settings, lambda request: answers.pop(0))
+    with pytest.raises(RateLimited) as rate:
+        await kling.status_page(1, 30)
+    assert rate.value.retry_after == 2.0
+    with pytest.raises(ProviderError, match="without a list"):
+        await kling.status_page(1, 30)
+
+
+# -- end to end: many Kling jobs in one server -------------------------------------------
+
+
+async def test_many_kling_jobs_are_polled_through_the_task_list(make_settings: SettingsFactory, tmp_path: Path) -> None:
+    img = write_image(tmp_path / "in.png", 640, 480, seed=3)
+    n = MIN_BATCH + 4
+    with KlingFake(api_key=KEY) as fake:
+        fake.polls_until_done = 5
+        env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "200"}
+        async with connect(make_settings(**env)) as client:
+            ids: list[str] = []
+
+            async def submit(i: int) -> None:
+                args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
+                ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(submit, i)
+            done = [await wait_done(client, j) for j in ids]
+        assert [d["status"] for d in done] == ["succeeded"] * n
+        lists = [c for c in fake.calls("GET", PATH) if c.path == PATH]
+        singles = [c for c in fake.calls("GET", PATH) if c.path.startswith(PATH + "/")]
+        assert fake.list_requests == len(lists) > 0
+        # every poll of a job that polled alongside MIN_BATCH - 1 others went through a list
+        assert len(singles) < n, (len(singles), len(lists))
+        for c in lists:
+            q = dict(c.query)
+            assert q["pageNum"] == "1" and 30 <= int(q["pageSize"]) <= 500, q
+            assert json.dumps(c.query)  # plain query strings only
+        fake.assert_clean()
