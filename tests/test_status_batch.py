@@ -13,7 +13,7 @@ import pytest
 
 from stillmotion.errors import ProviderError, RateLimited
 from stillmotion.jobs.batch import MIN_BATCH, StatusBatcher
-from stillmotion.providers.base import JobContext, ListedTask, Status
+from stillmotion.providers.base import ListedTask, Status
 from stillmotion.providers.kling import KlingProvider
 from tests.conftest import SettingsFactory, connect, structured, wait_done, write_image
 from tests.fakes import KlingFake
