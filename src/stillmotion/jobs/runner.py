@@ -81,6 +81,10 @@ Publisher = Callable[[Path, Path, Samples | None], dict[str, Any]]
 """(video path, job dir, samples) -> result dict (video facts, poster, last frame); ValueError if undecodable."""
 
 
+BLOCKING_THREADS = 8
+"""anyio's default worker threads (short blocking calls); CPU work has limiters of its own."""
+
+
 class Lost(Exception):
     """This process no longer owns the job (cancelled, finished or taken over elsewhere): stop, write nothing."""
 
@@ -137,6 +141,8 @@ class JobRunner:
         self._jobs: dict[str, Job] = {}
         self._events: dict[str, anyio.Event] = {}
         self._local_limiter = anyio.CapacityLimiter(settings.local_concurrency)
+        # renders are long: threads of their own, not anyio's default ones (BLOCKING_THREADS)
+        self._render_threads = anyio.CapacityLimiter(settings.local_concurrency)
         # Publishing (decode check, poster, last frame) is CPU work: more at once than there are
         # cores only adds contention and memory. A FIFO queue also finishes the earliest jobs first.
         self._publish_limiter = anyio.CapacityLimiter(max(1, os.cpu_count() or 1))
@@ -167,6 +173,11 @@ class JobRunner:
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         self._tg = tg
+        # Short blocking calls (file reads, fsync, mkdir) share anyio's default worker threads. Its
+        # default of 40 lets a burst of finishing jobs start dozens of threads, and each thread that
+        # allocates gets a malloc arena of its own: measured with 500 jobs, the server's peak RSS
+        # rose to 340-360 MB (300 MB target); with 8 threads it stays at ~270 MB, no slower.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = BLOCKING_THREADS
         self._watch_mark = self.store.now()
         if self.on_change is not None:
             tg.start_soon(self._send_notifications, name="resource notifications")
@@ -447,7 +458,9 @@ class JobRunner:
                     raise
 
             try:
-                extra, samples = await anyio.to_thread.run_sync(render, job.ctx, abandon_on_cancel=True)
+                extra, samples = await anyio.to_thread.run_sync(
+                    render, job.ctx, abandon_on_cancel=True, limiter=self._render_threads
+                )
             except Cancelled:
                 raise Lost(job.id) from None
             if extra:
