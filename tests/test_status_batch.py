@@ -263,3 +263,11 @@ async def test_many_kling_jobs_are_polled_through_the_task_list(make_settings: S
             assert q["pageNum"] == "1" and 30 <= int(q["pageSize"]) <= 500, q
             assert json.dumps(c.query)  # plain query strings only
         fake.assert_clean()
+
+
+async def test_a_list_that_does_not_show_our_tasks_is_left_alone_for_a_while() -> None:
+    p = ListingProvider(20, listed=set())  # the provider's list never shows these tasks
+    batcher = StatusBatcher()
+    await _poll_all(batcher, p, p.all, rounds=3)
+    assert len(p.pages) == 1  # one list, found nothing: every later poll is a single GET
+    assert len(p.singles) == 60 and batcher.stats.batched_polls == 0

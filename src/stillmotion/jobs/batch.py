@@ -6,7 +6,8 @@ of this process poll tasks of one list (same account, same endpoint), a poll tha
 waits a short gathering window (a quarter of its poll interval, at most `window_cap_s`) for the
 others coming due, then one list request answers all of them: a page sized to the jobs polling,
 and further pages (at most MAX_PAGES) only while some task is still missing and the pages have
-not gone past the oldest task asked about. A task the pages do not show is polled on its own.
+not gone past the oldest task asked about. A task the pages do not show is polled on its own;
+a list that shows fewer than half of the tasks asked about is not used for OFF_S.
 
 Each job keeps its own schedule (a poll every interval, start to start), so a task's end is seen
 at most one interval plus the window after it happens. An error of the list request reaches
@@ -20,6 +21,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +41,10 @@ MAX_PAGES = 4
 CLOCK_MARGIN_S = 300.0
 """How far a page's oldest task may be older than the oldest task asked about (clock skew)."""
 MIN_PAGE = 30
+OFF_S = 600.0
+"""A list that showed fewer than half of the tasks asked about is not used for this long: the
+provider's list does not serve our tasks (other filters, a slow index), and a list request plus
+single polls would cost more than single polls alone."""
 
 
 class _Pending:
@@ -56,6 +62,8 @@ class _Group:
     gathering: bool = False
     batch: dict[str, list[_Pending]] = field(default_factory=dict)
     oldest: float = math.inf
+    off_until: float = 0.0
+    """Monotonic time until which this list is not used (it showed too few of the tasks asked about)."""
 
 
 @dataclass
@@ -94,7 +102,7 @@ class StatusBatcher:
         key = provider.list_key() if provider.list_page_max > 0 else None
         task_id = provider.task_id(operation)
         group = self._groups.get(key) if key is not None else None
-        if group is None or task_id is None or group.polling < self.min_batch:
+        if group is None or task_id is None or group.polling < self.min_batch or time.monotonic() < group.off_until:
             self.stats.single_polls += 1
             return await provider.status(ctx, operation)
         pending = _Pending()
@@ -133,6 +141,7 @@ class StatusBatcher:
 
     async def _answer(self, provider: Provider, group: _Group, batch: dict[str, list[_Pending]], oldest: float) -> None:
         size = min(provider.list_page_max, max(MIN_PAGE, 2 * group.polling))
+        asked = len(batch)
         try:
             for page in range(1, MAX_PAGES + 1):
                 rows = await provider.status_page(page, size)
@@ -142,10 +151,16 @@ class StatusBatcher:
                         p.status = row.status
                         p.done.set()
                 if not batch or len(rows) < size:
-                    return
+                    break
                 created = [r.created_at for r in rows if r.created_at is not None]
                 if created and min(created) < oldest - CLOCK_MARGIN_S:
-                    return  # past the oldest task asked about: the rest are not on any later page
+                    break  # past the oldest task asked about: the rest are not on any later page
+            if len(batch) * 2 > asked:
+                group.off_until = time.monotonic() + OFF_S
+                log.warning(
+                    "the task list showed %d of %d tasks asked about; polling them singly for %.0f s",
+                    asked - len(batch), asked, OFF_S,
+                )
         except StillmotionError as exc:
             for waiting in batch.values():
                 for p in waiting:
