@@ -165,6 +165,41 @@ def _db_rows(db_path: Path) -> list[tuple[str, str, str | None, float, float | N
         db.close()
 
 
+def lag_parts(
+    reqs: list[RequestInfo],
+    tasks: dict[str, TaskInfo],
+    rows: list[tuple[str, str, str | None, float, float | None]],
+    mono_to_wall: float,
+) -> dict[str, list[float]]:
+    """Each succeeded job's completion lag (fake done -> `succeeded` written), and its three parts:
+    done -> the first status poll or task list at or after it (a list shows every task), that ->
+    the download request, the download request -> `succeeded`."""
+    polls_by_task: dict[str, list[float]] = {}
+    listed_at: list[float] = []
+    file_at: dict[str, float] = {}
+    for r in reqs:
+        if r.method == "GET" and r.path.startswith(PATH + "/"):
+            polls_by_task.setdefault(r.path.rsplit("/", 1)[1], []).append(r.at)
+        elif r.method == "GET" and r.path == PATH:
+            listed_at.append(r.at)
+        elif r.path.startswith("/files/"):
+            file_at[r.path.rsplit("/", 1)[1].removesuffix(".mp4")] = r.at
+    out: dict[str, list[float]] = {"lag": [], "detect": [], "handoff": [], "finish": []}
+    for _job_id, status, task_id, updated_at, _ in rows:
+        task = tasks.get(task_id or "")
+        if status != "succeeded" or task is None or task.done_at is None or task.done_wall is None:
+            continue
+        out["lag"].append(updated_at - task.done_wall)
+        seen = [a for a in polls_by_task.get(task.id, []) + listed_at if a >= task.done_at]
+        if seen:
+            out["detect"].append(min(seen) - task.done_at)
+            if task.id in file_at:
+                out["handoff"].append(file_at[task.id] - min(seen))
+        if task.id in file_at:
+            out["finish"].append(updated_at - (file_at[task.id] + mono_to_wall))
+    return out
+
+
 async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[str], None]) -> dict[str, Any]:
     img = small_png(tmp / "small.png")
     home = tmp / f"home-many-{n_jobs}"
@@ -216,26 +251,7 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     creates = [r for r in reqs if r.method == "POST" and r.path == PATH]
     polls = [r for r in reqs if r.method == "GET" and r.path.startswith(PATH + "/")]
     files = [r for r in reqs if r.path.startswith("/files/")]
-    polls_by_task: dict[str, list[float]] = {}
-    for r in polls:
-        polls_by_task.setdefault(r.path.rsplit("/", 1)[1], []).append(r.at)
-    listed_at = [r.at for r in reqs if r.method == "GET" and r.path == PATH]  # task lists show every task
-    file_at = {r.path.rsplit("/", 1)[1].removesuffix(".mp4"): r.at for r in files}
-    lags, detect, handoff, finish = [], [], [], []
-    for _job_id, status, task_id, updated_at, _ in rows:
-        if status != "succeeded" or task_id is None:
-            continue
-        task = tasks.get(task_id)
-        if task is None or task.done_at is None or task.done_wall is None:
-            continue
-        lags.append(updated_at - task.done_wall)
-        seen = [a for a in polls_by_task.get(task_id, []) + listed_at if a >= task.done_at]
-        if seen:
-            detect.append(min(seen) - task.done_at)
-            if task_id in file_at:
-                handoff.append(file_at[task_id] - min(seen))
-        if task_id in file_at:
-            finish.append(updated_at - (file_at[task_id] + mono_to_wall))
+    parts = lag_parts(reqs, tasks, rows, mono_to_wall)
     out.update(
         n=n_jobs,
         counts=counts,
@@ -248,13 +264,10 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
         fake_cpu_s=fake_cpu,
         creates=len(creates),
         polls=len(polls),
-        lists=len(listed_at),
+        lists=sum(1 for r in reqs if r.method == "GET" and r.path == PATH),
         files=len(files),
         requests=len(reqs),
-        lag=lags,
-        detect=detect,
-        handoff=handoff,
-        finish=finish,
+        **parts,
         violations=fake.call("violations"),
         connections=connections,
     )

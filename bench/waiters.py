@@ -33,7 +33,7 @@ import anyio
 
 from .common import Row, Section, Stat, check
 from .fakehost import FakeKlingProcess
-from .overhead import _args, _db_counts, _db_rows, _env, small_png
+from .overhead import PATH, _args, _db_counts, _db_rows, _env, lag_parts, small_png
 from .stdio import TERMINAL, StdioMCP
 
 POLL_MS = 500
@@ -121,36 +121,17 @@ async def _many(tmp: Path, fake: FakeKlingProcess, n_jobs: int, log: Callable[[s
     rows = _db_rows(home / "jobs.sqlite3")
     tasks = {t.id: t for t in fake.call("tasks")}
     reqs = fake.call("requests")
-    polls_by_task: dict[str, list[float]] = {}
-    lists: list[float] = []  # task-list requests: each one shows every task
-    file_at: dict[str, float] = {}
-    for r in reqs:
-        if r.method == "GET" and r.path.startswith("/v1/videos/image2video/"):
-            polls_by_task.setdefault(r.path.rsplit("/", 1)[1], []).append(r.at)
-        elif r.method == "GET" and r.path == "/v1/videos/image2video":
-            lists.append(r.at)
-        elif r.path.startswith("/files/"):
-            file_at[r.path.rsplit("/", 1)[1].removesuffix(".mp4")] = r.at
-    mono_to_wall = time.time() - time.monotonic()
-    lags, agent_lags, detect, handoff, finish = [], [], [], [], []
-    for job_id, status, task_id, updated_at, _ in rows:
+    parts = lag_parts(reqs, tasks, rows, time.time() - time.monotonic())
+    agent_lags: list[float] = []
+    for job_id, status, task_id, _updated_at, _ in rows:
         task = tasks.get(task_id or "")
-        if status != "succeeded" or task is None or task.done_wall is None or task.done_at is None:
-            continue
-        lags.append(updated_at - task.done_wall)
-        if job_id in seen_at:
+        if status == "succeeded" and task is not None and task.done_wall is not None and job_id in seen_at:
             agent_lags.append(seen_at[job_id] - task.done_wall)
-        seen = [a for a in polls_by_task.get(task.id, []) + lists if a >= task.done_at]
-        if seen:
-            detect.append(min(seen) - task.done_at)
-            if task.id in file_at:
-                handoff.append(file_at[task.id] - min(seen))
-        if task.id in file_at:
-            finish.append(updated_at - (file_at[task.id] + mono_to_wall))
     done = sorted(t.done_wall for t in tasks.values() if t.done_wall is not None)
     out.update(
-        n=n_jobs, counts=counts, total_s=t_all, cpu_s=cpu, lag=lags, agent_lag=agent_lags, requests=len(reqs),
-        check_calls=sum(check_calls), load=os.getloadavg()[0], detect=detect, lists=len(lists), handoff=handoff, finish=finish,
+        n=n_jobs, counts=counts, total_s=t_all, cpu_s=cpu, agent_lag=agent_lags, requests=len(reqs),
+        check_calls=sum(check_calls), load=os.getloadavg()[0],
+        lists=sum(1 for r in reqs if r.method == "GET" and r.path == PATH), **parts,
         done_spread=(done[-1] - done[0]) if done else 0.0,
     )
     return out

@@ -47,6 +47,10 @@ provider's list does not serve our tasks (other filters, a slow index), and a li
 single polls would cost more than single polls alone."""
 
 
+def _list_key(provider: Provider) -> str | None:
+    return provider.list_key() if provider.list_page_max > 0 else None
+
+
 class _Pending:
     __slots__ = ("done", "error", "status")
 
@@ -83,7 +87,7 @@ class StatusBatcher:
     @contextmanager
     def polling(self, provider: Provider) -> Iterator[None]:
         """Held by a job for as long as it polls (it counts towards batching its list)."""
-        key = provider.list_key() if provider.list_page_max > 0 else None
+        key = _list_key(provider)
         if key is None:
             yield
             return
@@ -99,7 +103,7 @@ class StatusBatcher:
     async def status(
         self, provider: Provider, ctx: JobContext, operation: dict[str, Any], *, interval: float, submitted_at: float
     ) -> Status:
-        key = provider.list_key() if provider.list_page_max > 0 else None
+        key = _list_key(provider)
         task_id = provider.task_id(operation)
         group = self._groups.get(key) if key is not None else None
         if group is None or task_id is None or group.polling < self.min_batch or time.monotonic() < group.off_until:

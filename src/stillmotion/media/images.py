@@ -120,21 +120,20 @@ def check_pixels(width: int, height: int, max_pixels: int | None, argument: str,
 def _decoded(data: bytes, argument: str) -> Image.Image:
     """Check the structure (PNG chunk CRCs), then decode every pixel once: a truncated or corrupt
     file is an ``invalid_input`` naming the argument. The caller closes the returned image."""
+    im: Image.Image | None = None
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.verify()  # PNG chunk CRCs and structure (reads chunks, decodes no pixels)
+        with Image.open(io.BytesIO(data)) as check:
+            check.verify()  # PNG chunk CRCs and structure (reads chunks, decodes no pixels)
         im = Image.open(io.BytesIO(data))
-    except _PIL_ERRORS as exc:
-        raise InvalidInput(argument, f"could not be decoded completely (truncated or corrupt image: {exc}).") from exc
-    try:
         im.load()  # every pixel: a truncated file fails here
         # On a PNG, getexif() reads the eXIf chunk after IDAT, which needs the file loaded: done
         # above, so it costs no second decode.
         im.getexif()
+        return im
     except _PIL_ERRORS as exc:
-        im.close()
+        if im is not None:
+            im.close()
         raise InvalidInput(argument, f"could not be decoded completely (truncated or corrupt image: {exc}).") from exc
-    return im
 
 
 _REENCODE = {"JPEG": ("JPEG", {"quality": 95}), "PNG": ("PNG", {}), "WEBP": ("WEBP", {"lossless": True, "quality": 100})}

@@ -22,7 +22,7 @@ API_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
 MAX_CONNECTIONS = 208
 #: Connections per shard: httpcore's pool does work per pooled connection on every request
 #: (a socket probe of each idle one, a count of idle ones per idle one), so one pool of 200
-#: costs ~1 ms of CPU per request once it is full; shards of 16 cost a few percent of that.
+#: costs 1-4 ms of CPU per request once it is full; a shard of 8 costs a small part of that.
 SHARD_CONNECTIONS = 8
 
 
