@@ -268,3 +268,42 @@ async def test_a_list_that_does_not_show_our_tasks_is_left_alone_for_a_while() -
     await _poll_all(batcher, p, p.all, rounds=3)
     assert len(p.pages) == 1  # one list, found nothing: every later poll is a single GET
     assert len(p.singles) == 60 and batcher.stats.batched_polls == 0
+
+
+# -- the list is only a hint (#21) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", KlingFake.LIST_FAULTS)
+async def test_a_misbehaving_task_list_never_gives_a_job_the_wrong_result(
+    make_settings: SettingsFactory, tmp_path: Path, fault: str
+) -> None:
+    """12 batched Kling jobs against a list that lies (another job's row, every task twice with a
+    failed or processing row first, a frozen status, 500 for good, 1203) while single task queries
+    tell the truth: every job succeeds with the bytes of its OWN task's video."""
+    img = write_image(tmp_path / "in.png", 640, 480, seed=3)
+    n = 12
+    with KlingFake(api_key=KEY) as fake:
+        fake.polls_until_done = 5
+        fake.distinct_videos = True
+        fake.list_fault = fault
+        env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "150"}
+        async with connect(make_settings(**env)) as client:
+            ids: list[str] = []
+
+            async def submit(i: int) -> None:
+                args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
+                ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
+
+            async with anyio.create_task_group() as tg:
+                for i in range(n):
+                    tg.start_soon(submit, i)
+            done = {j: await wait_done(client, j) for j in ids}
+        assert [d["status"] for d in done.values()] == ["succeeded"] * n, [d.get("error") for d in done.values()]
+        videos = set()
+        for job_id, d in done.items():
+            own = fake.video_of(fake.external_ids[job_id])
+            assert Path(d["video"]["path"]).read_bytes() == own, f"job {job_id} saved another task's video"
+            videos.add(own)
+        assert len(videos) == n  # every task's video differs, so the check above could catch a swap
+        assert fake.list_requests > 0  # the jobs were batched: the list was read (and distrusted)
+        fake.assert_clean()
