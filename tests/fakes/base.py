@@ -735,9 +735,13 @@ class FakeServer:
         with self._lock:
             self._injections.append(_Injection(match, "drop", times, after_effect=after_effect))
 
-    def clear_injections(self) -> None:
+    def clear_injections(self, match: str | None = None) -> None:
+        """Drops every pending injection (or only those injected with exactly this ``match``)."""
         with self._lock:
-            self._injections.clear()
+            if match is None:
+                self._injections.clear()
+            else:
+                self._injections = [i for i in self._injections if i.match != match]
 
     def pending_injections(self) -> int:
         with self._lock:
