@@ -7,9 +7,14 @@ Uploaded (at submit, before the job is stored, so a refusal spends nothing):
 * on the Gateway, every inline image when the request body would pass
   STILLMOTION_GATEWAY_MAX_BODY_BYTES (the Gateway answers 413 to large bodies).
 
-Names are unguessable (`stillmotion/<128 random bits>/<argument>.<ext>`). The blob URLs are stored
-in the job's request (`blobs`), so whichever process sees the job end deletes them; a marker file
-in the job's input folder records that it was done.
+Names are unguessable (`stillmotion/<128 random bits>/<argument>.<ext>`). Before the first byte
+goes up, the intent is written to the store (`UploadLedger`: the job id, the folder, the process),
+so an upload is never without a record, even when its process is killed mid-way. The blob URLs
+are stored in the job's request (`blobs`), so whichever process sees the job end deletes them and
+marks the record done (a marker file in the job's input folder records it too). A delete that
+fails is retried with backoff for as long as the server runs; the sweep at start-up reads every
+record not yet done: an ended job's blobs are deleted, and the folder of an upload whose process
+died before the job was stored is listed and deleted.
 
 The official Python SDK (`vercel-blob`, also pulled in by `vercel`) runs on its own HTTP stack
 (httpx2 + vercel-internal-core) and cannot take this server's httpx client, so this module speaks
@@ -21,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +39,7 @@ import httpx
 
 from .catalog import MODELS
 from .errors import MissingCredentials, ProviderError, StillmotionError
+from .jobs.ownership import owner_is_gone
 from .jobs.store import JobStore
 from .providers._http import API_TIMEOUT
 from .providers.base import JobContext
@@ -46,6 +53,14 @@ API_VERSION = "12"
 UPLOAD_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=120.0, pool=30.0)
 DONE_MARKER = ".blobs-deleted"
 CLEANUP_TIMEOUT_S = 30.0
+DELETE_RETRY_CAP_S = 60.0
+"""A failing delete is retried with backoff from STILLMOTION_RETRY_BASE_MS up to this, while the server runs."""
+STALE_UPLOAD_S = 3600.0
+"""An upload record with no job, whose process cannot be seen (another host), is garbage after this long."""
+INTENT_PREFIX = "blob_upload:"
+INTENT_HEAD = "blob_upload_head"
+INTENT_TAIL = "blob_upload_tail"
+INTENT_DONE = "-"
 _EXT = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp", "image/bmp": "bmp", "audio/wav": "wav",
         "audio/mpeg": "mp3"}  # fmt: skip
 
@@ -109,6 +124,61 @@ def refusal(req: GenerationRequest, needs: list[Need]) -> MissingCredentials:
     return MissingCredentials(text + ".")
 
 
+class UploadLedger:
+    """Upload records in the store's `meta` table, through its existing key/value methods.
+
+    Records take the slots `blob_upload:0`, `blob_upload:1`, ... in order, each claimed with
+    `meta_setdefault` (an atomic insert-if-absent in SQLite and PostgreSQL), starting from a tail
+    hint; a slot is never removed, only overwritten with INTENT_DONE. So the claimed slots are
+    always 0..n-1 with no gap, and a reader walking from the head hint (below it every record is
+    done) to the first absent slot sees every record, whichever process wrote it. Blocking: call
+    from a worker thread.
+    """
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def open(self, entry: dict[str, Any]) -> str:
+        value = json.dumps({**entry, "nonce": secrets.token_hex(8)}, separators=(",", ":"))
+        n = int(self.store.meta_get(INTENT_TAIL) or 0)
+        while self.store.meta_setdefault(f"{INTENT_PREFIX}{n}", value) != value:
+            n += 1
+        self.store.meta_set(INTENT_TAIL, str(n + 1))  # a hint: a racing lower value only costs probes
+        return f"{INTENT_PREFIX}{n}"
+
+    def update(self, key: str, entry: dict[str, Any]) -> None:
+        self.store.meta_set(key, json.dumps(entry, separators=(",", ":")))
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        raw = self.store.meta_get(key)
+        return None if raw is None or raw == INTENT_DONE else _entry(raw)
+
+    def done(self, key: str) -> None:
+        self.store.meta_set(key, INTENT_DONE)
+
+    def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        head = int(self.store.meta_get(INTENT_HEAD) or 0)
+        out: list[tuple[str, dict[str, Any]]] = []
+        n, first_open = head, None
+        while (raw := self.store.meta_get(f"{INTENT_PREFIX}{n}")) is not None:
+            if raw != INTENT_DONE:
+                out.append((f"{INTENT_PREFIX}{n}", _entry(raw)))
+                first_open = n if first_open is None else first_open
+            n += 1
+        new_head = n if first_open is None else first_open
+        if new_head > head:
+            self.store.meta_set(INTENT_HEAD, str(new_head))
+        return out
+
+
+def _entry(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 class BlobClient:
     """The Vercel Blob HTTP API (put, delete) over the server's shared httpx client."""
 
@@ -160,6 +230,24 @@ class BlobClient:
             raise ProviderError("Vercel Blob answered the upload with an unusable url")
         return url
 
+    async def list_urls(self, prefix: str) -> list[str]:
+        """The URLs of every blob whose pathname starts with `prefix` (`GET /?prefix=`, paged by cursor)."""
+        urls: list[str] = []
+        cursor: str | None = None
+        for _ in range(100):
+            params = {"prefix": prefix, "limit": "1000", **({"cursor": cursor} if cursor else {})}
+            resp = await self._send("GET", self.base + "/", params=params, headers=self._headers(), timeout=API_TIMEOUT)
+            try:
+                body = resp.json()
+                blobs = body["blobs"]
+                urls += [str(b["url"]) for b in blobs if isinstance(b, dict) and b.get("url")]
+            except (ValueError, KeyError, TypeError):
+                raise ProviderError("Vercel Blob answered the list without blobs", retryable=True) from None
+            cursor = body.get("cursor") if body.get("hasMore") else None
+            if not cursor:
+                break
+        return urls
+
     async def delete(self, urls: list[str]) -> None:
         for start in range(0, len(urls), 1000):
             await self._send(
@@ -168,9 +256,18 @@ class BlobClient:
             )  # fmt: skip
 
 
-async def host_inputs(req: GenerationRequest, client: httpx.AsyncClient, settings: Settings) -> None:
+async def host_inputs(
+    req: GenerationRequest,
+    client: httpx.AsyncClient,
+    settings: Settings,
+    *,
+    ledger: UploadLedger | None = None,
+    job_id: str | None = None,
+    owner: str | None = None,
+) -> None:
     """Upload what the request's route needs as URLs; sets their `url` and lists them in `req.blobs`.
-    Raises MissingCredentials (naming BLOB_READ_WRITE_TOKEN) before any upload when there is no token."""
+    Raises MissingCredentials (naming BLOB_READ_WRITE_TOKEN) before any upload when there is no token.
+    With a ledger, the intent is recorded in the store before the first upload (`req.blob_intent`)."""
     gateway = GatewayProvider(client, settings) if req.route == "gateway" else None
     needs = await anyio.to_thread.run_sync(needed_uploads, req, settings, gateway)
     if not needs:
@@ -179,6 +276,9 @@ async def host_inputs(req: GenerationRequest, client: httpx.AsyncClient, setting
         raise refusal(req, needs)
     blob = BlobClient(client, settings)
     folder = f"stillmotion/{secrets.token_hex(16)}"
+    entry: dict[str, Any] = {"job": job_id, "owner": owner, "prefix": folder + "/", "urls": [], "at": time.time()}
+    if ledger is not None:
+        req.blob_intent = await anyio.to_thread.run_sync(ledger.open, entry)
     try:
         for need in needs:
             data = await anyio.to_thread.run_sync(Path(need.target.path).read_bytes)
@@ -187,10 +287,13 @@ async def host_inputs(req: GenerationRequest, client: httpx.AsyncClient, setting
             url = await blob.put(data, f"{folder}/{name}.{ext}", need.target.mime)
             need.target.url = url
             req.blobs.append(url)
+        if ledger is not None and req.blob_intent is not None:
+            await anyio.to_thread.run_sync(ledger.update, req.blob_intent, {**entry, "urls": list(req.blobs)})
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await delete_quietly(blob, req.blobs)
-        raise
+            if await delete_quietly(blob, req.blobs) and ledger is not None and req.blob_intent is not None:
+                await anyio.to_thread.run_sync(ledger.done, req.blob_intent)
+        raise  # (a delete that failed here is left to the record: the sweep deletes the folder)
     log.info("hosted %d input(s) on Vercel Blob", len(req.blobs))
 
 
@@ -206,13 +309,16 @@ async def delete_quietly(blob: BlobClient, urls: list[str]) -> bool:
 
 
 class BlobJanitor:
-    """Deletes a job's blobs once it has ended, in whichever process sees it end."""
+    """Deletes a job's blobs once it has ended, in whichever process sees it end; retries a delete
+    that fails (backoff) while the server runs, and sweeps every unfinished upload record at start."""
 
     def __init__(self, store: JobStore, settings: Settings, client: httpx.AsyncClient) -> None:
         self.store = store
         self.settings = settings
         self.client = client
+        self.ledger = UploadLedger(store)
         self._busy: set[str] = set()
+        self._retrying: set[str] = set()
         self._tg: anyio.abc.TaskGroup | None = None
 
     def start(self, tg: anyio.abc.TaskGroup) -> None:
@@ -223,40 +329,112 @@ class BlobJanitor:
     def _marker(self, job_id: str) -> Path:
         return self.settings.inputs_dir / job_id / DONE_MARKER
 
-    async def on_change(self, job_id: str) -> None:
+    async def on_change(self, job_id: str) -> bool:
+        """Delete an ended job's blobs. False when a delete failed (try again later)."""
         row = self.store.get(job_id)
         if row is None or not row.terminal:
-            return
+            return True
         urls = [u for u in (row.request.get("blobs") or []) if isinstance(u, str)]
+        intent = row.request.get("blob_intent")
         if not urls or job_id in self._busy or self._marker(job_id).exists():
-            return
+            if isinstance(intent, str) and (not urls or self._marker(job_id).exists()):
+                await anyio.to_thread.run_sync(self.ledger.done, intent)
+            return True
         if self.settings.blob_token is None:
             log.warning("job %s ended with %d Vercel Blob file(s) but BLOB_READ_WRITE_TOKEN is unset", job_id, len(urls))
-            return
+            return True
         self._busy.add(job_id)
         try:
-            if await delete_quietly(BlobClient(self.client, self.settings), urls):
-                marker = self._marker(job_id)
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.write_text("\n".join(urls))
-                log.info("job %s: deleted %d Vercel Blob file(s)", job_id, len(urls))
+            if not await delete_quietly(BlobClient(self.client, self.settings), urls):
+                return False
+            marker = self._marker(job_id)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("\n".join(urls))
+            if isinstance(intent, str):
+                await anyio.to_thread.run_sync(self.ledger.done, intent)
+            log.info("job %s: deleted %d Vercel Blob file(s)", job_id, len(urls))
+            return True
         finally:
             self._busy.discard(job_id)
 
     async def sweep(self, limit: int = 500) -> None:
-        """At start: jobs that ended while no process could delete their blobs."""
-        for row in self.store.recent(status=None, limit=limit):
-            if row.terminal and row.request.get("blobs"):
+        """At start: every upload record not yet done (and, for jobs stored before the records
+        existed, the newest `limit` jobs) whose blobs no process is left to delete."""
+        for key, entry in await anyio.to_thread.run_sync(self.ledger.pending):
+            job_id = entry.get("job")
+            row = await anyio.to_thread.run_sync(self.store.get, job_id) if isinstance(job_id, str) else None
+            if row is not None:
+                if row.terminal:
+                    await self._clean(row.id)
+                continue  # a job still running needs its blobs: deleted when it ends
+            owner = entry.get("owner")
+            at = entry.get("at")
+            gone = isinstance(owner, str) and owner_is_gone(owner)
+            stale = not isinstance(at, int | float) or time.time() - at > STALE_UPLOAD_S
+            if gone or stale:  # the upload's process died before the job was stored
+                self._spawn(self._retire, key, entry, name=f"blob cleanup {key}")
+        for row in await anyio.to_thread.run_sync(lambda: self.store.recent(status=None, limit=limit)):
+            if row.terminal and row.request.get("blobs") and not row.request.get("blob_intent"):
                 await self._clean(row.id)
 
-    async def _clean(self, job_id: str) -> None:
-        # shielded and bounded: a shutdown right after a job ended still deletes its blobs (the
-        # sweep at the next start catches what a crash left)
-        with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_TIMEOUT_S):
+    def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str) -> None:
+        if self._tg is not None:
+            self._tg.start_soon(fn, *args, name=name)
+
+    async def _retire(self, key: str, entry: dict[str, Any]) -> None:
+        """An upload whose job was never stored: delete everything under its folder, then the record."""
+        if self.settings.blob_token is None:
+            log.warning("upload record %s has Vercel Blob files but BLOB_READ_WRITE_TOKEN is unset", key)
+            return
+        blob = BlobClient(self.client, self.settings)
+        prefix = str(entry.get("prefix") or "")
+
+        async def attempt() -> bool:
             try:
-                await self.on_change(job_id)
-            except Exception:  # cleanup must never break anything else
-                log.warning("blob cleanup of job %s failed", job_id, exc_info=True)
+                known = [u for u in entry.get("urls") or [] if isinstance(u, str)]
+                urls = list(dict.fromkeys(known + (await blob.list_urls(prefix) if prefix.startswith("stillmotion/") else [])))
+            except StillmotionError as exc:
+                log.warning("could not list Vercel Blob folder %s: %s", prefix, exc.message)
+                return False
+            if not await delete_quietly(blob, urls):
+                return False
+            await anyio.to_thread.run_sync(self.ledger.done, key)
+            log.info("deleted %d Vercel Blob file(s) of an upload whose job was never stored (%s)", len(urls), key)
+            return True
+
+        await self._with_retries(key, attempt)
+
+    async def _clean(self, job_id: str) -> None:
+        async def attempt() -> bool:
+            return await self.on_change(job_id)
+
+        await self._with_retries(job_id, attempt)
+
+    async def _with_retries(self, what: str, attempt: Callable[[], Coroutine[Any, Any, bool]]) -> None:
+        """Run a cleanup until it succeeds, with backoff, while the server runs. The first try is
+        shielded and bounded (a shutdown right after a job ended still deletes its blobs); what a
+        shutdown interrupts later stays recorded for the next start's sweep."""
+        if what in self._retrying:
+            return
+        self._retrying.add(what)
+        delay = max(0.01, self.settings.retry_base_ms / 1000)
+        try:
+            first = True
+            while True:
+                ok = False
+                with anyio.CancelScope(shield=first), anyio.move_on_after(CLEANUP_TIMEOUT_S):
+                    try:
+                        ok = await attempt()
+                    except Exception:  # cleanup must never break anything else
+                        log.warning("blob cleanup of %s failed", what, exc_info=True)
+                if ok:
+                    return
+                first = False
+                log.info("blob cleanup of %s failed; trying again in %.1f s", what, delay)
+                await anyio.sleep(delay)
+                delay = min(DELETE_RETRY_CAP_S, delay * 2)
+        finally:
+            self._retrying.discard(what)
 
     def wrap(
         self, on_change: Callable[[str], Coroutine[Any, Any, None]] | None

@@ -250,7 +250,10 @@ class Service:
         request = self._request(args, plan, inputs, keep, stored_audio)
         try:
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
-            await host_inputs(request, self.client, self.settings)
+            await host_inputs(
+                request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
+                job_id=job_id, owner=self.runner.owner,
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
