@@ -185,6 +185,8 @@ class Settings:
     """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
     worker_idle_ms: int = 120_000
     """The background worker exits after this long with nothing to do."""
+    worker_log_bytes: int = 5_000_000
+    """`worker.log` is rotated at this size (STILLMOTION_WORKER_LOG_BYTES); three old files are kept."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -276,6 +278,7 @@ class Settings:
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
+            worker_log_bytes=max(1000, _int(env, "STILLMOTION_WORKER_LOG_BYTES", 5_000_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:

@@ -2,8 +2,8 @@
 
 Retryable errors (429, 5xx, connection failures: `StillmotionError.retryable`) are tried again
 up to `max_retries` times with exponential backoff and jitter, or exactly after the provider's
-Retry-After. Requests that cost nothing (status queries, downloads of a paid result) are instead
-retried until a deadline (`until`, the job's poll timeout), with backoff capped at
+Retry-After. Requests that cost nothing (status queries, downloads of a paid result) answered 429 or 5xx
+are instead retried until a deadline (`until`, the job's poll timeout), with backoff capped at
 PATIENT_CAP_BASES times the base delay: a paid task is never abandoned because its status or its
 video was slow to read; only creates keep the small attempt count. A provider concurrency limit (`ConcurrencyLimited`) is not a failure: the job waits
 for a slot with no attempt limit. Before each wait the caller hears what is happening (the
@@ -34,6 +34,12 @@ async def _sleep(seconds: float) -> None:
 
 PATIENT_CAP_BASES = 30.0
 """Retries until a deadline back off to at most this many base delays (30 s at the default 1 s)."""
+
+
+def answered_busy(err: StillmotionError) -> bool:
+    """The provider answered 429 or a retryable server error (5xx): it is there, only busy. (A
+    connection failure or a truncated body keeps the attempt count even where `until` is given.)"""
+    return isinstance(err, RateLimited) or (err.retryable and err.provider_code is not None)
 
 
 def _secs(delay: float) -> str:
@@ -76,22 +82,25 @@ class RetryPolicy:
     async def run(
         self, fn: Callable[[], Awaitable[T]], *, on_wait: OnWait | None = None, until: float | None = None
     ) -> T:
-        """`until`: epoch seconds; given, a retryable error is retried (no attempt limit) until then."""
+        """`until`: epoch seconds; given, a 429 or 5xx answer (`answered_busy`) is retried with no
+        attempt limit until then; other retryable errors keep the attempt count."""
         attempt = 0
         while True:
             try:
                 return await fn()
             except StillmotionError as err:
                 attempt += 1
-                if until is None:
+                patient = until is not None and answered_busy(err)
+                if not patient:
                     if not self.should_retry(attempt, err):
                         raise
                     delay = self.delay(attempt, err)
                 else:
+                    assert until is not None
                     left = until - time.time()
-                    if not err.retryable or left <= 0:
+                    if left <= 0:
                         raise
                     delay = min(left, self.delay(attempt, err, cap=min(self.cap_s, PATIENT_CAP_BASES * self.base_s)))
                 if on_wait is not None:
-                    await on_wait(err, self.detail(attempt, err, delay, patient=until is not None))
+                    await on_wait(err, self.detail(attempt, err, delay, patient=patient))
                 await self.sleep(delay)

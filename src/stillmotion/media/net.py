@@ -347,6 +347,7 @@ async def download_to_file(
             if resp.status_code != 200:
                 raise ProviderError(
                     f"result download answered HTTP {resp.status_code}",
+                    provider_code=str(resp.status_code),
                     retryable=resp.status_code >= 500 or resp.status_code == 408,
                     retry_after=retry_after_seconds(resp) if resp.status_code >= 500 else None,
                 )
