@@ -11,22 +11,31 @@ over again once the lock is gone.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
+from mcp import Client
 
 from stillmotion.jobs.async_store import AsyncJobStore, StoreUnavailable, store_fault
+from stillmotion.jobs.pg_store import PgStore
 from stillmotion.jobs.store import SqliteStore, new_job_id
-from tests.conftest import write_image
+from stillmotion.settings import Settings
+from tests.conftest import connect, write_image
 from tests.fakes import XaiFake
+from tests.pg import pg_cluster
+from tests.replicas import EXE, Replica, base_env, replicas
 from tests.stdio_client import StdioServer
 
 XAI = "xai/grok-imagine-video"
@@ -34,6 +43,8 @@ XAI_CREATE = "/v1/videos/generations"
 KEY = "xai-key-0123456789"
 LEASE_MS = 2000
 BUSY_MS = 250
+HEALTH_BOUND_S = 2.0
+"""Generous bounds for what must never wait on the store (measured values are printed)."""
 LOCK_S = 4.0
 """Twice the lease: the writes the runner makes while the lock is held outlast the lease."""
 
@@ -150,7 +161,7 @@ def test_sqlite_locked_by_another_process_while_12_jobs_run(home: Path, img: Pat
         assert "released for takeover" in log and "took over job" in log
         print(f"\nlist_models under a locked SQLite: {len(latencies)} calls, max {max(latencies) * 1000:.0f} ms, "
               f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms")
-        assert max(latencies) < 1.0, latencies  # (the issue's target is 200 ms; generous on a shared CI box)
+        assert max(latencies) < HEALTH_BOUND_S, latencies  # (the issue's target is 200 ms; generous on a shared box)
     finally:
         if locker is not None:
             if locker.poll() is None:
@@ -203,3 +214,220 @@ def test_store_faults_are_told_apart_from_bugs() -> None:
     assert store_fault(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
     assert store_fault(ValueError("not writable job columns")) is None
     assert store_fault(KeyError(new_job_id())) is None
+
+
+# -- PostgreSQL: an outage and restarts under two replicas --------------------------------------
+
+OUTAGE_S = 4.0
+"""Twice the lease (the issue's 20 s outage against the default 30 s lease is scaled with the lease)."""
+
+
+class Prober:
+    """Asks both replicas' /healthz and /readyz ten times a second on a thread of its own."""
+
+    def __init__(self, reps: list[Replica]) -> None:
+        self.reps = reps
+        self.health: list[tuple[float, str, float, int]] = []  # (when, replica, seconds, status; 0 = no answer)
+        self.ready: list[tuple[float, str, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=2.0) as http:
+            while not self._stop.is_set():
+                for r in self.reps:
+                    t0 = time.monotonic()
+                    try:
+                        code = http.get(r.base + "/healthz").status_code
+                    except httpx.HTTPError:
+                        code = 0
+                    self.health.append((t0, r.name, time.monotonic() - t0, code))
+                    try:
+                        ready = http.get(r.base + "/readyz").status_code
+                    except httpx.HTTPError:
+                        ready = 0
+                    self.ready.append((time.monotonic(), r.name, ready))
+                self._stop.wait(0.1)
+
+    def __enter__(self) -> Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def ready_again(self, name: str, since: float, timeout: float = 30.0) -> float:
+        """Seconds from `since` until the replica's /readyz next answered 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for when, who, code in list(self.ready):
+                if who == name and when >= since and code == 200:
+                    return when - since
+            time.sleep(0.05)
+        raise AssertionError(f"{name} not ready {timeout} s after the database came back")
+
+
+async def mcp_serves_again(rep: Replica, since: float, timeout: float = 30.0) -> float:
+    """Seconds from `since` until a fresh MCP session on the replica lists jobs again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with anyio.fail_after(5):
+                async with Client(rep.url) as c:  # type: ignore[arg-type]
+                    res = await c.call_tool("list_jobs", {})
+            if not res.is_error:
+                return time.monotonic() - since
+        except Exception:  # the replica is not serving yet: try again
+            pass
+        assert time.monotonic() < deadline, f"{rep.name} does not serve MCP again:\n{rep.log.read_text()[-3000:]}"
+        await anyio.sleep(0.2)
+
+
+def healed(probe: Prober, reps: list[Replica], back: float) -> tuple[list[float], list[float]]:
+    """Seconds after `back` until each replica was ready, and until each served MCP (asked together)."""
+    serve: list[float] = [0.0] * len(reps)
+
+    async def all_serve() -> None:
+        async def one(i: int) -> None:
+            serve[i] = await mcp_serves_again(reps[i], back)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(reps)):
+                tg.start_soon(one, i)
+
+    anyio.run(all_serve)
+    return [probe.ready_again(r.name, back) for r in reps], serve
+
+
+def test_postgres_stopped_and_restarted_under_two_replicas(tmp_path: Path, img: Path, xai: XaiFake) -> None:
+    with pg_cluster() as cluster:
+        url = cluster.create_database()
+        env = base_env(
+            STILLMOTION_HOME=str(tmp_path / "shared"), STILLMOTION_DATABASE_URL=url, STILLMOTION_INPUT_ROOTS=str(img.parent),
+            XAI_API_KEY=KEY, XAI_BASE_URL=xai.api_base, STILLMOTION_POLL_INTERVAL_MS="200", STILLMOTION_RETRY_BASE_MS="20",
+            STILLMOTION_LEASE_MS=str(LEASE_MS),
+        )  # fmt: skip
+        xai.polls_until_done = None
+        ids: list[str] = []
+        with replicas(["r0", "r1"], env, tmp_path / "logs") as reps, Prober(reps) as probe:
+
+            async def submit(n: int) -> None:
+                async with contextlib.AsyncExitStack() as stack:
+                    cs = [await stack.enter_async_context(Client(r.url)) for r in reps]  # type: ignore[arg-type]
+                    for i in range(n):
+                        res = await cs[i % 2].call_tool("animate_image", xai_args(img))
+                        assert not res.is_error, res.content
+                        assert res.structured_content is not None
+                        ids.append(res.structured_content["job_id"])
+
+            # 1. stopped for twice the lease, every task finishing meanwhile
+            anyio.run(submit, 10)
+            xai.wait_for_calls(10, "POST", XAI_CREATE, timeout=60)
+            stopped = time.monotonic()
+            cluster.stop_server()
+            xai.polls_until_done = 1
+            xai.release()
+
+            async def during_outage() -> Any:
+                with anyio.fail_after(30):
+                    async with Client(reps[0].url) as c:  # type: ignore[arg-type]
+                        return await c.call_tool("animate_image", xai_args(img))
+
+            refused = anyio.run(during_outage)
+            time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - stopped)))  # the outage itself
+            cluster.start_server()
+            back = time.monotonic()
+            ready_s, serve_s = healed(probe, reps, back)
+            assert refused.is_error and refused.content[0].text.startswith("[unavailable]"), refused.content
+            assert "PostgreSQL" in refused.content[0].text and "retry" in refused.content[0].text
+
+            # 2. `pg_ctl restart` three times with jobs in flight
+            xai.polls_until_done = None
+            anyio.run(submit, 10)
+            xai.wait_for_calls(20, "POST", XAI_CREATE, timeout=60)
+            restarts: list[tuple[list[float], list[float]]] = []
+            for k in range(3):
+                if k == 1:
+                    xai.polls_until_done = 1
+                    xai.release()
+                cluster.restart()
+                back = time.monotonic()
+                restarts.append(healed(probe, reps, back))
+
+            store = PgStore(url, pool_size=2)
+            try:
+                deadline = time.monotonic() + 120
+                while True:
+                    got = [store.get(i) for i in ids]
+                    if all(r is not None and r.terminal for r in got) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+            finally:
+                store.close()
+        done = {r.id: r for r in got if r is not None}
+        assert len(done) == 20
+        bad = {i: (r.status, r.stage, r.error) for i, r in done.items() if r.status != "succeeded"}
+        assert not bad, (bad, [line for r in reps for line in r.log.read_text().splitlines()
+                               if any(i in line for i in bad)][:40])
+        assert len(xai.calls("POST", XAI_CREATE)) == 20  # one create per job: none lost, none sent twice
+        # /healthz answered throughout, on both replicas (the issue's target is a second; the bound
+        # is generous for a shared CI box: before, it waited on the store, tens of seconds)
+        assert probe.health and all(code == 200 and took < HEALTH_BOUND_S for _, _, took, code in probe.health), [
+            h for h in probe.health if h[3] != 200 or h[2] >= HEALTH_BOUND_S][:5]
+        # /readyz said so while the database was down
+        assert any(code == 503 and stopped < when < back_first for when, _, code in probe.ready
+                   for back_first in [stopped + OUTAGE_S])
+        took = sorted(h[2] for h in probe.health)
+        print(f"\n/healthz: {len(took)} probes, median {took[len(took) // 2] * 1000:.0f} ms, "
+              f"p99 {took[int(len(took) * 0.99)] * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms")
+        print(f"after a {OUTAGE_S:.0f} s outage: /readyz 200 after {max(ready_s):.1f} s, MCP after {max(serve_s):.1f} s; "
+              + "; ".join(f"restart {i + 1}: ready {max(a):.1f} s, MCP {max(b):.1f} s" for i, (a, b) in enumerate(restarts))
+              )
+        assert max(ready_s) < 10 and max(serve_s) < 15
+        assert all(max(a) < 10 and max(b) < 15 for a, b in restarts)
+        for r in reps:
+            text = r.log.read_text()
+            assert "Task group is not initialized" not in text and "internal error" not in text
+
+
+def test_spend_on_postgres_command_and_resource(pg_url: str, tmp_path: Path) -> None:
+    owner = "spend-test"
+    store = PgStore(pg_url, pool_size=2)
+
+    def add(n: int, usd: float, *stages: str, status: str) -> None:
+        job_id = f"job_{n:016x}"
+        store.create(job_id=job_id, tool="animate_image", model=XAI, route="direct", request={}, args_hash="h",
+                     idempotency_key=None, warnings=[], cost={"estimated_usd": usd, "basis": "test", "estimate": True},
+                     owner=owner, lease_s=60)
+        for stage in stages:
+            assert store.update_owned(job_id, owner, {"stage": stage, "status": "running"})
+        assert store.update_owned(job_id, owner, {"status": status, "stage": "done"})
+
+    try:
+        add(1, 1.25, "submitting", "polling", status="succeeded")
+        add(2, 2.5, "submitting", "polling", status="failed")  # failed after its create: billed
+        add(3, 4.0, status="failed")  # never sent: nothing
+        truth = store.spend(None, "month")
+    finally:
+        store.close()
+    assert truth["budget"]["committed_usd"] == pytest.approx(3.75)
+
+    home = tmp_path / "laptop"  # a home with no SQLite file: the command must read PostgreSQL
+    env = base_env(STILLMOTION_HOME=str(home), STILLMOTION_DATABASE_URL=pg_url)
+    out = subprocess.run([*EXE, "spend", "--json"], env=env, capture_output=True, text=True, check=True, timeout=60)
+    report = json.loads(out.stdout)
+    assert report["budget"]["committed_usd"] == pytest.approx(3.75)
+    assert report["rows"] == truth["rows"]
+
+    async def resource() -> dict[str, Any]:
+        settings = Settings.from_env({"STILLMOTION_HOME": str(tmp_path / "replica"), "STILLMOTION_DATABASE_URL": pg_url,
+                                      "STILLMOTION_BACKGROUND": "0"}, transport="http")
+        async with connect(settings) as client:
+            text = (await client.read_resource("stillmotion://spend")).contents[0].text  # type: ignore[union-attr]
+        return dict(json.loads(text))
+
+    via_resource = anyio.run(resource)
+    assert via_resource["budget"]["committed_usd"] == pytest.approx(3.75)
+    assert via_resource["rows"] == truth["rows"]
+    assert not (home / "jobs.sqlite3").exists() and not (tmp_path / "replica" / "jobs.sqlite3").exists()

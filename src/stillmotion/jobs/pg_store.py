@@ -51,8 +51,10 @@ BUDGET_LOCK = 0x5354_4D42  # "STMB": pg_advisory_xact_lock around a budget's sum
 CAP_LOCK = 0x5354_4D43  # "STMC": pg_advisory_xact_lock(CAP_LOCK, hashtext(cap name)) around a cap check
 CONNECT_TIMEOUT_S = 5
 """A connection attempt to an unreachable server gives up after this long."""
-WAIT_S = 10.0
-"""A store call waits this long for a connection before failing (the caller retries or answers `unavailable`)."""
+WAIT_S = 5.0
+"""A store call waits this long for a connection before failing (the caller retries or answers
+`unavailable`). Short on purpose: once the pool's reconnect attempts gave up, only a new request
+starts the next attempt, so this bounds how long after the database is back a replica notices."""
 RECONNECT_S = 4.0
 """The pool's reconnect attempts (1 s, 2 s, ... apart) start over after this long, so a database back
 after a long outage is found within a few seconds, not after a backoff grown to minutes."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import threading
@@ -91,6 +92,8 @@ Publisher = Callable[[Path, Path, Samples | None], dict[str, Any]]
 
 BLOCKING_THREADS = 8
 """anyio's default worker threads (short blocking calls); CPU work has limiters of its own."""
+ANSWER_FILE = ".create-answer.json"
+"""In a job's output folder while its create's answer is not yet in the store (see _started)."""
 STORE_RETRY_FIRST_S = 0.05
 """The first wait before an owned write that hit a store fault is tried again (then doubling)."""
 STORE_RETRY_MAX_S = 2.0
@@ -358,10 +361,12 @@ class JobRunner:
         with anyio.move_on_after(max(0.0, timeout)):
             await ev.wait()
 
-    async def _owned_write(self, job: Job, write: Callable[[], Awaitable[T]]) -> T:
+    async def _owned_write(self, job: Job, write: Callable[[], Awaitable[T]], *, until_lost: bool = False) -> T:
         """A store write made while driving `job`, waited out through store faults (locked, connection
         lost, disk full) with backoff while the job's lease lasts. Raises StoreUnavailable when the
-        lease ran out first (the caller releases the job for takeover)."""
+        lease ran out first (the caller releases the job for takeover). `until_lost`: a write of what
+        only this process knows (a create's answer) is tried until it lands or the job is found to
+        have changed hands (the write answers None)."""
         delay = STORE_RETRY_FIRST_S
         longest = max(STORE_RETRY_FIRST_S, min(STORE_RETRY_MAX_S, self.lease_s / 4))
         tries = 0
@@ -371,9 +376,9 @@ class JobRunner:
             except StoreUnavailable as fault:
                 tries += 1
                 left = job.leased_at + self.lease_s - time.monotonic()
-                if job.stop.is_set() or left <= delay:
+                if job.stop.is_set() or (left <= delay and not until_lost):
                     raise
-                if tries == 1:
+                if tries == 1 and not until_lost:
                     log.warning("job %s: %s; retrying the write for up to %.1f s (its lease)", job.id, fault.message, left)
                 await anyio.sleep(delay)
                 delay = min(longest, delay * 2)
@@ -388,11 +393,13 @@ class JobRunner:
         self._notify(job.id)
         return row
 
-    async def _set(self, job: Job, *, lease_s: float | None = None, **values: Any) -> JobRow:
+    async def _set(self, job: Job, *, lease_s: float | None = None, until_lost: bool = False, **values: Any) -> JobRow:
         """An owned write; clears status_detail unless given. Raises Lost when we no longer own the job."""
         values.setdefault("status_detail", None)
         sent = time.monotonic()
-        row = await self._owned_write(job, lambda: self.db.update_owned(job.id, self.owner, values, lease_s=lease_s))
+        row = await self._owned_write(
+            job, lambda: self.db.update_owned(job.id, self.owner, values, lease_s=lease_s), until_lost=until_lost
+        )
         return self._wrote(job, row, sent, lease_s)
 
     async def _set_capped(self, job: Job, cap: RunningCap, *, lease_s: float | None = None, **values: Any) -> JobRow:
@@ -623,9 +630,15 @@ class JobRunner:
         return await self._started(job, started)
 
     async def _started(self, job: Job, started: StartResult) -> str:
+        """Record the create's answer. The provider's task exists from now on, so its answer must
+        never be lost to a store fault: it is kept on disk first (the job's output folder, which
+        every process of the store shares), the write is tried until it lands or the job changes
+        hands, and whoever resumes the job at `submitting` reads the kept answer (`_recover`)."""
+        kept = started.completed is None and await self._keep_answer(job.id, started)
         warnings = list(dict.fromkeys([*job.row.warnings, *started.warnings]))
         await self._set(
             job,
+            until_lost=True,
             stage="polling",
             status="running",
             operation=started.operation,
@@ -634,6 +647,8 @@ class JobRunner:
             progress=None,
             submitted_at=time.time(),
         )
+        if kept:
+            await anyio.to_thread.run_sync(self._answer_file(job.id).unlink, True)
         if started.completed is not None:
             return await self._on_status(job, started.completed)
         return "polling"
@@ -643,6 +658,10 @@ class JobRunner:
         where it cannot be looked up: Wan and xAI end `interrupted`)."""
         assert job.provider is not None and job.ctx is not None
         provider, ctx = job.provider, job.ctx
+        kept = await anyio.to_thread.run_sync(self._kept_answer, job.id)
+        if kept is not None:  # answered, but the store could not record it in time: no need to ask
+            log.info("job %s: resuming from the create answer kept on disk", job.id)
+            return await self._started(job, kept)
         started = await self.retry.run(lambda: provider.recover(ctx), on_wait=self._waiting(job))
         if started is None:
             if job.lost_answer:
@@ -655,6 +674,40 @@ class JobRunner:
                 "may have started (and may bill) the task, but it cannot be looked up, so it was not resubmitted."
             )
         return await self._started(job, started)
+
+    def _answer_file(self, job_id: str) -> Path:
+        return self.settings.output_dir / job_id / ANSWER_FILE
+
+    async def _keep_answer(self, job_id: str, started: StartResult) -> bool:
+        """The create's answer, durably on disk before the store is asked to record it (False when
+        the disk refused: then only the store write keeps it)."""
+        data = json.dumps({"operation": started.operation, "provider_task_id": started.provider_task_id,
+                           "warnings": started.warnings}).encode()
+
+        def write() -> None:
+            path = self._answer_file(job_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{ANSWER_FILE}.{self.owner_id.file_tag}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+
+        try:
+            await anyio.to_thread.run_sync(write)
+            return True
+        except OSError as exc:
+            log.warning("job %s: could not keep the create's answer on disk (%s)", job_id, exc)
+            return False
+
+    def _kept_answer(self, job_id: str) -> StartResult | None:
+        try:
+            data = json.loads(self._answer_file(job_id).read_bytes())
+            return StartResult(operation=dict(data["operation"]), provider_task_id=data.get("provider_task_id"),
+                               warnings=list(data.get("warnings") or []))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     async def _poll(self, job: Job) -> str:
         """polling -> status every poll_interval_ms (start to start) until the task ends."""
