@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import httpx
@@ -431,3 +431,127 @@ def test_spend_on_postgres_command_and_resource(pg_url: str, tmp_path: Path) -> 
     assert via_resource["budget"]["committed_usd"] == pytest.approx(3.75)
     assert via_resource["rows"] == truth["rows"]
     assert not (home / "jobs.sqlite3").exists() and not (tmp_path / "replica" / "jobs.sqlite3").exists()
+
+
+# -- a full disk under a stdio server ------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `where` (root only; the test skips where mounting is refused)."""
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
+
+
+def fill(path: Path) -> int:
+    """Write `path` until the disk is full; returns the bytes written."""
+    written = 0
+    chunk = b"\0" * (256 * 1024)
+    with open(path, "wb", buffering=0) as fh:
+        while True:
+            try:
+                written += fh.write(chunk)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):  # the last partial chunk
+            while fh.write(b"\0" * 4096):
+                written += 4096
+    return written
+
+
+def test_disk_full_under_a_stdio_server_with_jobs_in_flight(tmp_path: Path, img: Path, xai: XaiFake) -> None:
+    with small_tmpfs(tmp_path / "small", "48m") as home:
+        xai.polls_until_done = None
+        srv = StdioServer(stdio_env(home, img, xai))
+        try:
+            srv.initialize()
+            ids = [ok(tool(srv, "animate_image", xai_args(img)))["job_id"] for _ in range(4)]
+            xai.wait_for_calls(4, "POST", XAI_CREATE, timeout=60)
+            wait_all(srv, ids, {"running"})
+
+            filler = home / "filler"
+            assert fill(filler) > 0
+            xai.polls_until_done = 1
+            xai.release()  # every job now downloads its video onto the full disk
+            refused = tool(srv, "animate_image", xai_args(img))
+            text = refused["content"][0]["text"]
+            assert refused["isError"] is True and text.startswith("[unavailable]"), text
+            assert "full" in text and "retry" in text, text
+            deadline = time.monotonic() + 3 * LEASE_MS / 1000  # the jobs meet the full disk meanwhile
+            while time.monotonic() < deadline:
+                assert tool(srv, "list_models", {})["isError"] is False  # the server lives
+                time.sleep(0.2)
+            assert srv.proc.poll() is None
+            still = ok(tool(srv, "list_jobs", {"limit": 50}))["jobs"]
+            assert {j["job_id"] for j in still} == set(ids)  # the refused submit left no job
+            assert all(j["status"] in ("running", "downloading") for j in still), still
+
+            filler.unlink()  # space comes back: every accepted job finishes, with no restart
+            done = wait_all(srv, ids, {"succeeded", "failed", "cancelled"}, timeout=120)
+            assert {j["status"] for j in done.values()} == {"succeeded"}, done
+            for j in done.values():
+                assert Path(j["video"]["path"]).stat().st_size == j["video"]["bytes"] > 0
+            assert len(xai.calls("POST", XAI_CREATE)) == 4
+            log = srv.stderr.decode(errors="replace")
+            assert "full" in log and "internal error" not in log
+        finally:
+            srv.close()
+
+
+# -- one job's store faults never take the server down -------------------------------------------
+
+
+class FaultyStore(SqliteStore):
+    """A real SQLite store whose every write about the jobs in `broken` fails (a disk I/O error)."""
+
+    broken: ClassVar[set[str]] = set()
+
+    def update_owned(self, job_id: str, owner: str, values: Any, *, lease_s: float | None = None) -> Any:
+        if job_id in self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().update_owned(job_id, owner, values, lease_s=lease_s)
+
+    def release(self, owner: str, job_ids: Any = None) -> int:
+        if job_ids is not None and set(job_ids) & self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        return super().release(owner, job_ids)
+
+
+def test_a_failing_mark_failed_write_never_takes_the_server_down(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch, image_480: Path
+) -> None:
+    from stillmotion import service as service_mod
+
+    settings = make_settings(STILLMOTION_LEASE_MS="600")
+    monkeypatch.setattr(service_mod, "open_for_settings", lambda s: FaultyStore(s.db_path))
+    seed = SqliteStore(settings.db_path)
+    doomed = new_job_id()  # a job whose request cannot be read: the runner ends it as failed ...
+    seed.create(job_id=doomed, tool="animate_image", model="local/preview", route="local", request={"bad": True},
+                args_hash="h", idempotency_key=None, warnings=[])
+    FaultyStore.broken = {doomed}  # ... and that write fails, and so does releasing it
+
+    async def main() -> tuple[dict[str, Any], bool]:
+        async with connect(settings) as client:
+            for _ in range(3):  # the doomed job is claimed, fails, cannot be recorded: several rounds
+                await anyio.sleep(settings.lease_ms / 1000)
+            job = await client.call_tool("animate_image", {"image": str(image_480), "duration": 1,
+                                                           "local": {"resolution": "480p"}, "wait_seconds": 45})
+            assert job.structured_content is not None, job.content
+            models = await client.call_tool("list_models", {})
+            return dict(job.structured_content), not models.is_error
+
+    try:
+        done, alive = anyio.run(main)
+    finally:
+        FaultyStore.broken = set()
+    assert alive and done["status"] == "succeeded", done  # the task group outlived the doomed job
+    row = seed.get(doomed)
+    seed.close()
+    assert row is not None and row.status == "queued"  # never recorded as failed by a store that could not

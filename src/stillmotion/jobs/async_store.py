@@ -45,15 +45,17 @@ connection anyway; PostgreSQL's pool holds 8 connections, shared with render thr
 class StoreUnavailable(Exception):
     """The job store (or the disk under it) cannot be used right now; waiting may cure it."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+    def __init__(self, why: str) -> None:
+        self.why = why
+        """What is wrong, e.g. 'the job store (SQLite) is locked by another process'."""
+        self.message = f"{why}; retry in a few seconds."
+        super().__init__(self.message)
 
 
 def store_fault(exc: BaseException) -> str | None:
     """What is wrong, in words, when `exc` is a store fault that waiting may cure; else None."""
     if isinstance(exc, StoreUnavailable):
-        return exc.message
+        return exc.why
     if isinstance(exc, sqlite3.OperationalError):
         text = str(exc)
         if "locked" in text or "busy" in text:
@@ -77,7 +79,7 @@ def unavailable(exc: BaseException) -> StoreUnavailable | None:
         return None
     if isinstance(exc, StoreUnavailable):
         return exc
-    return StoreUnavailable(f"{why}; retry in a few seconds.")
+    return StoreUnavailable(why)
 
 
 def exposed(method: Callable[Concatenate[JobStore, P], R]) -> Callable[Concatenate[AsyncJobStore, P], Awaitable[R]]:

@@ -203,14 +203,14 @@ class JobRunner:
         try:
             self._watch_mark = await self.db.now()
         except StoreUnavailable as fault:  # the store is down at start-up: the watch looks back from here
-            log.warning("job store: %s", fault.message)
+            log.warning("job store: %s", fault.why)
             self._watch_mark = time.time() - 60.0
         if self.on_change is not None:
             tg.start_soon(self._send_notifications, name="resource notifications")
         try:
             await self.scan()
         except StoreUnavailable as fault:  # the claim scan tries again every scan_s
-            log.warning("claim scan: %s", fault.message)
+            log.warning("claim scan: %s", fault.why)
         tg.start_soon(self._every, self.scan_s, self.scan, name="claim scan")
         tg.start_soon(self._every, self.heartbeat_s, self.heartbeat, name="lease heartbeat")
         tg.start_soon(self._every, WATCH_S, self.watch, name="store watch")
@@ -221,7 +221,7 @@ class JobRunner:
             try:
                 await fn()
             except StoreUnavailable as fault:  # the store is down: the next round tries again
-                log.warning("%s: %s", getattr(fn, "__name__", fn), fault.message)
+                log.warning("%s: %s", getattr(fn, "__name__", fn), fault.why)
             except Exception:  # a store hiccup must not end the loop (the next round retries)
                 log.warning("%s failed", getattr(fn, "__name__", fn), exc_info=True)
 
@@ -379,7 +379,7 @@ class JobRunner:
                 if job.stop.is_set() or (left <= delay and not until_lost):
                     raise
                 if tries == 1 and not until_lost:
-                    log.warning("job %s: %s; retrying the write for up to %.1f s (its lease)", job.id, fault.message, left)
+                    log.warning("job %s: %s; retrying the write for up to %.1f s (its lease)", job.id, fault.why, left)
                 await anyio.sleep(delay)
                 delay = min(longest, delay * 2)
 
@@ -428,7 +428,7 @@ class JobRunner:
         """The store failed for as long as the job's lease allowed: stop driving it and release it
         (best effort: if the store still cannot be written, the lease lapses on its own), so whichever
         process reaches the store first, this one included, takes it over where it stopped."""
-        log.warning("job %s: %s for as long as its lease allowed; released for takeover", job.id, fault.message)
+        log.warning("job %s: %s for as long as its lease allowed; released for takeover", job.id, fault.why)
         job.stop.set()
         with anyio.move_on_after(self.lease_s):
             try:
