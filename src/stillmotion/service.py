@@ -110,12 +110,9 @@ class Service:
     """The synchronous face (threads only); everything on the event loop uses `db`."""
     client: httpx.AsyncClient
     runner: JobRunner
+    db: AsyncJobStore
+    """The asynchronous face of `store` (jobs/async_store.py): what everything on the loop uses."""
     janitor: BlobJanitor | None = None
-    db: AsyncJobStore = None  # type: ignore[assignment]  # (set in __post_init__ when not given)
-
-    def __post_init__(self) -> None:
-        if self.db is None:
-            self.db = self.runner.db
 
     @classmethod
     def create(
@@ -148,7 +145,7 @@ class Service:
             owner=owner,
             db=db,
         )
-        return cls(settings, store, client, runner, janitor, db)
+        return cls(settings, store, client, runner, db, janitor)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         if self.janitor is not None:

@@ -51,6 +51,13 @@ BUDGET_LOCK = 0x5354_4D42  # "STMB": pg_advisory_xact_lock around a budget's sum
 CAP_LOCK = 0x5354_4D43  # "STMC": pg_advisory_xact_lock(CAP_LOCK, hashtext(cap name)) around a cap check
 CONNECT_TIMEOUT_S = 5
 """A connection attempt to an unreachable server gives up after this long."""
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    # a database host that vanished without closing the connection (a lost node, a partition) is
+    # noticed by TCP keepalives within ~15 s instead of a statement waiting for hours
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
 WAIT_S = 5.0
 """A store call waits this long for a connection before failing (the caller retries or answers
 `unavailable`). Short on purpose: once the pool's reconnect attempts gave up, only a new request
@@ -156,7 +163,7 @@ class PgStore(JobStore):
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": CONNECT_TIMEOUT_S},
+            kwargs={"autocommit": True, "row_factory": dict_row, **CONNECTION_OPTIONS},
             open=False,
             name="stillmotion",
             check=psycopg_pool.ConnectionPool.check_connection,
