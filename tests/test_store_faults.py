@@ -12,6 +12,7 @@ over again once the lock is gone.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import json
 import sqlite3
@@ -30,7 +31,7 @@ from mcp import Client
 
 from stillmotion.jobs.async_store import AsyncJobStore, StoreUnavailable, store_fault
 from stillmotion.jobs.pg_store import PgStore
-from stillmotion.jobs.store import SqliteStore, new_job_id
+from stillmotion.jobs.store import JobStore, SqliteStore, new_job_id
 from stillmotion.settings import Settings
 from tests.conftest import connect, write_image
 from tests.fakes import XaiFake
@@ -555,3 +556,10 @@ def test_a_failing_mark_failed_write_never_takes_the_server_down(
     row = seed.get(doomed)
     seed.close()
     assert row is not None and row.status == "queued"  # never recorded as failed by a store that could not
+
+
+def test_every_store_method_has_an_async_face() -> None:
+    """A method added to JobStore needs its one line in AsyncJobStore (`name = exposed(JobStore.name)`)."""
+    public = {n for n, v in vars(JobStore).items() if callable(v) and not n.startswith("_")} - {"close"}
+    missing = sorted(n for n in public if not inspect.iscoroutinefunction(getattr(AsyncJobStore, n, None)))
+    assert not missing, f"add to AsyncJobStore: {missing}"
