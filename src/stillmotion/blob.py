@@ -23,6 +23,7 @@ the same small HTTP API (version 12) itself, through the shared client and its t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -38,9 +39,9 @@ import anyio.to_thread
 import httpx
 
 from .catalog import MODELS
-from .errors import MissingCredentials, ProviderError, StillmotionError
+from .errors import MissingCredentials, ProviderError, StillmotionError, Unavailable
+from .jobs.async_store import AsyncJobStore, StoreUnavailable
 from .jobs.ownership import owner_is_gone
-from .jobs.store import JobStore
 from .providers._http import API_TIMEOUT
 from .providers.base import JobContext
 from .providers.gateway import GatewayProvider
@@ -131,43 +132,47 @@ class UploadLedger:
     `meta_setdefault` (an atomic insert-if-absent in SQLite and PostgreSQL), starting from a tail
     hint; a slot is never removed, only overwritten with INTENT_DONE. So the claimed slots are
     always 0..n-1 with no gap, and a reader walking from the head hint (below it every record is
-    done) to the first absent slot sees every record, whichever process wrote it. Blocking: call
-    from a worker thread.
+    done) to the first absent slot sees every record, whichever process wrote it. Every method
+    runs on the store's own threads (`AsyncJobStore.run`); store faults raise StoreUnavailable.
     """
 
-    def __init__(self, store: JobStore) -> None:
+    def __init__(self, store: AsyncJobStore) -> None:
         self.store = store
 
-    def open(self, entry: dict[str, Any]) -> str:
+    async def open(self, entry: dict[str, Any]) -> str:
+        return await self.store.run(self._open, entry)
+
+    async def update(self, key: str, entry: dict[str, Any]) -> None:
+        await self.store.meta_set(key, json.dumps(entry, separators=(",", ":")))
+
+    async def done(self, key: str) -> None:
+        await self.store.meta_set(key, INTENT_DONE)
+
+    async def pending(self) -> list[tuple[str, dict[str, Any]]]:
+        return await self.store.run(self._pending)
+
+    def _open(self, entry: dict[str, Any]) -> str:
+        db = self.store.sync
         value = json.dumps({**entry, "nonce": secrets.token_hex(8)}, separators=(",", ":"))
-        n = int(self.store.meta_get(INTENT_TAIL) or 0)
-        while self.store.meta_setdefault(f"{INTENT_PREFIX}{n}", value) != value:
+        n = int(db.meta_get(INTENT_TAIL) or 0)
+        while db.meta_setdefault(f"{INTENT_PREFIX}{n}", value) != value:
             n += 1
-        self.store.meta_set(INTENT_TAIL, str(n + 1))  # a hint: a racing lower value only costs probes
+        db.meta_set(INTENT_TAIL, str(n + 1))  # a hint: a racing lower value only costs probes
         return f"{INTENT_PREFIX}{n}"
 
-    def update(self, key: str, entry: dict[str, Any]) -> None:
-        self.store.meta_set(key, json.dumps(entry, separators=(",", ":")))
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        raw = self.store.meta_get(key)
-        return None if raw is None or raw == INTENT_DONE else _entry(raw)
-
-    def done(self, key: str) -> None:
-        self.store.meta_set(key, INTENT_DONE)
-
-    def pending(self) -> list[tuple[str, dict[str, Any]]]:
-        head = int(self.store.meta_get(INTENT_HEAD) or 0)
+    def _pending(self) -> list[tuple[str, dict[str, Any]]]:
+        db = self.store.sync
+        head = int(db.meta_get(INTENT_HEAD) or 0)
         out: list[tuple[str, dict[str, Any]]] = []
         n, first_open = head, None
-        while (raw := self.store.meta_get(f"{INTENT_PREFIX}{n}")) is not None:
+        while (raw := db.meta_get(f"{INTENT_PREFIX}{n}")) is not None:
             if raw != INTENT_DONE:
                 out.append((f"{INTENT_PREFIX}{n}", _entry(raw)))
                 first_open = n if first_open is None else first_open
             n += 1
         new_head = n if first_open is None else first_open
         if new_head > head:
-            self.store.meta_set(INTENT_HEAD, str(new_head))
+            db.meta_set(INTENT_HEAD, str(new_head))
         return out
 
 
@@ -278,7 +283,10 @@ async def host_inputs(
     folder = f"stillmotion/{secrets.token_hex(16)}"
     entry: dict[str, Any] = {"job": job_id, "owner": owner, "prefix": folder + "/", "urls": [], "at": time.time()}
     if ledger is not None:
-        req.blob_intent = await anyio.to_thread.run_sync(ledger.open, entry)
+        try:
+            req.blob_intent = await ledger.open(entry)
+        except StoreUnavailable as fault:  # no record, no upload: nothing accepted, the caller retries
+            raise Unavailable(f"the job was not accepted: {fault.message}") from fault
     try:
         for need in needs:
             data = await anyio.to_thread.run_sync(Path(need.target.path).read_bytes)
@@ -288,11 +296,12 @@ async def host_inputs(
             need.target.url = url
             req.blobs.append(url)
         if ledger is not None and req.blob_intent is not None:
-            await anyio.to_thread.run_sync(ledger.update, req.blob_intent, {**entry, "urls": list(req.blobs)})
+            await ledger.update(req.blob_intent, {**entry, "urls": list(req.blobs)})
     except BaseException:
         with anyio.CancelScope(shield=True):
             if await delete_quietly(blob, req.blobs) and ledger is not None and req.blob_intent is not None:
-                await anyio.to_thread.run_sync(ledger.done, req.blob_intent)
+                with contextlib.suppress(StoreUnavailable):  # (the record stays: the sweep finds an empty folder)
+                    await ledger.done(req.blob_intent)
         raise  # (a delete that failed here is left to the record: the sweep deletes the folder)
     log.info("hosted %d input(s) on Vercel Blob", len(req.blobs))
 
@@ -312,7 +321,7 @@ class BlobJanitor:
     """Deletes a job's blobs once it has ended, in whichever process sees it end; retries a delete
     that fails (backoff) while the server runs, and sweeps every unfinished upload record at start."""
 
-    def __init__(self, store: JobStore, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, store: AsyncJobStore, settings: Settings, client: httpx.AsyncClient) -> None:
         self.store = store
         self.settings = settings
         self.client = client
@@ -331,14 +340,14 @@ class BlobJanitor:
 
     async def on_change(self, job_id: str) -> bool:
         """Delete an ended job's blobs. False when a delete failed (try again later)."""
-        row = self.store.get(job_id)
+        row = await self.store.get(job_id)
         if row is None or not row.terminal:
             return True
         urls = [u for u in (row.request.get("blobs") or []) if isinstance(u, str)]
         intent = row.request.get("blob_intent")
         if not urls or job_id in self._busy or self._marker(job_id).exists():
             if isinstance(intent, str) and (not urls or self._marker(job_id).exists()):
-                await anyio.to_thread.run_sync(self.ledger.done, intent)
+                await self.ledger.done(intent)
             return True
         if self.settings.blob_token is None:
             log.warning("job %s ended with %d Vercel Blob file(s) but BLOB_READ_WRITE_TOKEN is unset", job_id, len(urls))
@@ -351,7 +360,7 @@ class BlobJanitor:
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text("\n".join(urls))
             if isinstance(intent, str):
-                await anyio.to_thread.run_sync(self.ledger.done, intent)
+                await self.ledger.done(intent)
             log.info("job %s: deleted %d Vercel Blob file(s)", job_id, len(urls))
             return True
         finally:
@@ -360,9 +369,15 @@ class BlobJanitor:
     async def sweep(self, limit: int = 500) -> None:
         """At start: every upload record not yet done (and, for jobs stored before the records
         existed, the newest `limit` jobs) whose blobs no process is left to delete."""
-        for key, entry in await anyio.to_thread.run_sync(self.ledger.pending):
+        try:
+            pending = await self.ledger.pending()
+            rows = await self.store.recent(status=None, limit=limit)
+        except Exception:  # the store is down at start-up: the records stay for the next start
+            log.warning("blob sweep skipped: the job store did not answer", exc_info=True)
+            return
+        for key, entry in pending:
             job_id = entry.get("job")
-            row = await anyio.to_thread.run_sync(self.store.get, job_id) if isinstance(job_id, str) else None
+            row = await self.store.get(job_id) if isinstance(job_id, str) else None
             if row is not None:
                 if row.terminal:
                     await self._clean(row.id)
@@ -373,9 +388,19 @@ class BlobJanitor:
             stale = not isinstance(at, int | float) or time.time() - at > STALE_UPLOAD_S
             if gone or stale:  # the upload's process died before the job was stored
                 self._spawn(self._retire, key, entry, name=f"blob cleanup {key}")
-        for row in await anyio.to_thread.run_sync(lambda: self.store.recent(status=None, limit=limit)):
+        for row in rows:
             if row.terminal and row.request.get("blobs") and not row.request.get("blob_intent"):
                 await self._clean(row.id)
+
+    async def forget(self, req: GenerationRequest) -> None:
+        """A job that was not stored after all (budget, duplicate key, store down): its blobs go,
+        retried while the server runs, and its upload record is marked done."""
+        if not req.blobs:
+            return
+        if req.blob_intent is None or self._tg is None:
+            await delete_quietly(BlobClient(self.client, self.settings), req.blobs)
+            return
+        self._spawn(self._retire, req.blob_intent, {"urls": list(req.blobs)}, name=f"blob cleanup {req.blob_intent}")
 
     def _spawn(self, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str) -> None:
         if self._tg is not None:
@@ -398,7 +423,7 @@ class BlobJanitor:
                 return False
             if not await delete_quietly(blob, urls):
                 return False
-            await anyio.to_thread.run_sync(self.ledger.done, key)
+            await self.ledger.done(key)
             log.info("deleted %d Vercel Blob file(s) of an upload whose job was never stored (%s)", len(urls), key)
             return True
 
@@ -445,7 +470,7 @@ class BlobJanitor:
             if on_change is not None:
                 await on_change(job_id)  # subscribers first: cleanup never delays a notification
             if self._tg is not None:
-                row = self.store.get(job_id)
+                row = await self.store.get(job_id)
                 if row is not None and row.terminal and row.request.get("blobs"):
                     self._tg.start_soon(self._clean, job_id, name=f"blob cleanup {job_id}")
 

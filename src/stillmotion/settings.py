@@ -187,6 +187,9 @@ class Settings:
     """The background worker exits after this long with nothing to do."""
     worker_log_bytes: int = 5_000_000
     """`worker.log` is rotated at this size (STILLMOTION_WORKER_LOG_BYTES); three old files are kept."""
+    store_busy_timeout_ms: int = 30_000
+    """STILLMOTION_STORE_BUSY_TIMEOUT_MS: how long one SQLite statement waits for another process's
+    write lock before the runner retries it (with backoff, while the job's lease allows)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -279,6 +282,7 @@ class Settings:
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
             worker_log_bytes=max(1000, _int(env, "STILLMOTION_WORKER_LOG_BYTES", 5_000_000)),
+            store_busy_timeout_ms=max(50, _int(env, "STILLMOTION_STORE_BUSY_TIMEOUT_MS", 30_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:
