@@ -231,6 +231,20 @@ async def test_kling_list_errors_map_like_single_polls(make_settings: SettingsFa
 # -- end to end: many Kling jobs in one server -------------------------------------------
 
 
+async def submit_kling_jobs(client: Any, img: Path, n: int) -> list[str]:
+    """`n` Kling animate_image jobs submitted at once; their ids."""
+    ids: list[str] = []
+
+    async def submit(i: int) -> None:
+        args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
+        ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(submit, i)
+    return ids
+
+
 async def test_many_kling_jobs_are_polled_through_the_task_list(make_settings: SettingsFactory, tmp_path: Path) -> None:
     img = write_image(tmp_path / "in.png", 640, 480, seed=3)
     n = MIN_BATCH + 4
@@ -238,15 +252,7 @@ async def test_many_kling_jobs_are_polled_through_the_task_list(make_settings: S
         fake.polls_until_done = 5
         env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "200"}
         async with connect(make_settings(**env)) as client:
-            ids: list[str] = []
-
-            async def submit(i: int) -> None:
-                args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
-                ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
-
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(submit, i)
+            ids = await submit_kling_jobs(client, img, n)
             done = [await wait_done(client, j) for j in ids]
         assert [d["status"] for d in done] == ["succeeded"] * n
         lists = [c for c in fake.calls("GET", PATH) if c.path == PATH]
@@ -288,15 +294,7 @@ async def test_a_misbehaving_task_list_never_gives_a_job_the_wrong_result(
         fake.list_fault = fault
         env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "150"}
         async with connect(make_settings(**env)) as client:
-            ids: list[str] = []
-
-            async def submit(i: int) -> None:
-                args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
-                ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
-
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(submit, i)
+            ids = await submit_kling_jobs(client, img, n)
             done = {j: await wait_done(client, j) for j in ids}
         assert [d["status"] for d in done.values()] == ["succeeded"] * n, [d.get("error") for d in done.values()]
         videos = set()

@@ -18,6 +18,7 @@ from stillmotion.errors import ProviderError, RateLimited
 from stillmotion.jobs.retry import RetryPolicy
 from tests.conftest import SettingsFactory, connect, structured, wait_done, write_image
 from tests.fakes import KlingFake
+from tests.test_status_batch import submit_kling_jobs
 
 pytestmark = pytest.mark.anyio
 PATH = "/v1/videos/image2video"
@@ -65,15 +66,7 @@ async def test_status_queries_and_downloads_throttled_for_long_every_job_succeed
                "STILLMOTION_MAX_RETRIES": str(MAX_RETRIES)}  # fmt: skip
         headers = {"retry-after-ms": retry_after} if retry_after else None
         async with connect(make_settings(**env)) as client:
-            ids: list[str] = []
-
-            async def submit(i: int) -> None:
-                args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
-                ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
-
-            async with anyio.create_task_group() as tg:
-                for i in range(jobs):
-                    tg.start_soon(submit, i)
+            ids = await submit_kling_jobs(client, img, jobs)
             await _until(lambda: len(fake.external_ids) == jobs)
             tasks = [fake.external_ids[j] for j in ids]
             # from now on every status query (single or list) and every download answers 429
