@@ -167,7 +167,7 @@ def _worker(background: bool, verbose: bool) -> int:
 
     settings = Settings.from_env(transport="inproc")
     if background:
-        log_to_file(settings.home, verbose)
+        log_to_file(settings.home, verbose, max_bytes=settings.worker_log_bytes)
     else:
         logging.getLogger("stillmotion").setLevel(logging.DEBUG if verbose else logging.INFO)
     return anyio.run(lambda: run_worker(settings, idle_exit=background))

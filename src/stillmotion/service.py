@@ -266,7 +266,10 @@ class Service:
         request = self._request(args, plan, inputs, keep, stored_audio)
         try:
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
-            await host_inputs(request, self.client, self.settings)
+            await host_inputs(
+                request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
+                job_id=job_id, owner=self.runner.owner,
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -309,7 +312,9 @@ class Service:
     async def _discard(self, folder: Path, request: GenerationRequest) -> None:
         """A job that was not created: its input files and uploaded blobs go."""
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-        if request.blobs:
+        if self.janitor is not None:
+            await self.janitor.forget(request)
+        elif request.blobs:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
 
     def _request(

@@ -734,7 +734,8 @@ class JobRunner:
                     )
                 await anyio.sleep(max(0.0, next_poll - time.monotonic()))
                 next_poll = max(next_poll, time.monotonic()) + interval
-                st = await self.retry.run(status, on_wait=on_wait)
+                # a poll costs nothing: throttling and 5xx are waited out until the poll timeout (#21)
+                st = await self.retry.run(status, on_wait=on_wait, until=submitted_at + req.poll_timeout_ms / 1000)
                 if st.state == "pending":
                     if st.progress is not None and (st.progress != job.row.progress or job.row.status_detail):
                         await self._set(job, status="running", progress=st.progress)
@@ -763,11 +764,14 @@ class JobRunner:
         assert job.provider is not None and job.ctx is not None
         provider, ctx = job.provider, job.ctx
         op = job.row.operation or {}
+        # the task is paid for: status queries and the download are retried (429, 5xx) for as long
+        # as a poll would be, counted from now (#21)
+        until = time.time() + ctx.request.poll_timeout_ms / 1000
         video = job.video
         if video is None and job.row.video_url:
             video = VideoResult(url=job.row.video_url, url_expires_at=job.row.video_url_expires_at)
         if video is None:  # taken over between "provider done" and the download: ask again
-            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
+            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job), until=until)
             if st.state != "completed":
                 return await self._on_status(job, st)
             await self._record_cost(job, st)
@@ -790,13 +794,13 @@ class JobRunner:
                     fetch = functools.partial(
                         download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes
                     )
-                    await self.retry.run(fetch, on_wait=self._waiting(job))
+                    await self.retry.run(fetch, on_wait=self._waiting(job), until=until)
                     break
                 except Expired:
                     if refreshed:
                         raise
                     refreshed = True
-                    st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
+                    st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job), until=until)
                     if st.state != "completed" or st.video is None or not st.video.url:
                         raise
                     video = st.video
