@@ -234,7 +234,8 @@ class JobRunner:
                 continue
             if not mine:
                 log.info(
-                    "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
+                    "took over job %s (user %s, %s, stage %s) from %s", row.id, claimed.user_id, claimed.status,
+                    claimed.stage, row.owner or "nobody",
                 )
             self._launch(claimed)
 
@@ -245,7 +246,7 @@ class JobRunner:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
-        log.info("stopped driving job %s: %s", job.id, why)
+        log.info("stopped driving job %s (user %s): %s", job.id, job.row.user_id, why)
         job.stop.set()
         job.scope.cancel()
 
@@ -338,13 +339,13 @@ class JobRunner:
         return row
 
     def _fail(self, job: Job, err: StillmotionError) -> None:
-        log.info("job %s failed: %s (%s)", job.id, err.kind, err.message)
+        log.info("job %s (user %s) failed: %s (%s)", job.id, job.row.user_id, err.kind, err.message)
         with contextlib.suppress(Lost):
             self._set(job, status="failed", stage="done", error=err.to_dict())
 
     def _waiting(self, job: Job, **extra: Any) -> Callable[[StillmotionError, str], Awaitable[None]]:
         async def on_wait(err: StillmotionError, detail: str) -> None:
-            log.info("job %s: %s", job.id, detail)
+            log.info("job %s (user %s): %s", job.id, job.row.user_id, detail)
             self._set(job, status_detail=detail, **extra)
 
         return on_wait
@@ -394,12 +395,12 @@ class JobRunner:
                 while stage != "done":
                     stage = await handlers[stage](job)
         except Lost:
-            log.debug("job %s: no longer ours", job.id)
+            log.debug("job %s (user %s): no longer ours", job.id, job.row.user_id)
         except StillmotionError as err:
             if not job.stop.is_set():
                 self._fail(job, err)
         except Exception as exc:  # a bug must still end the job, with a message
-            log.exception("job %s crashed", job.id)
+            log.exception("job %s (user %s) crashed", job.id, job.row.user_id)
             if not job.stop.is_set():
                 self._fail(job, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
         finally:

@@ -50,7 +50,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
         raise InvalidInput("crossfade_s", f"is {crossfade_s}.", f"0 to {MAX_CROSSFADE_S} seconds")
     fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
     if idempotency_key is not None:
-        existing = svc.store.by_idempotency_key(idempotency_key)
+        existing = svc.by_key(idempotency_key)
         if existing is not None:
             return _same_or_error(existing, fingerprint)
 
@@ -87,17 +87,18 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             warnings=[],
             owner=svc.runner.owner,
             lease_s=svc.runner.lease_s,
+            user=svc.asker.user,
         )
     except DuplicateIdempotencyKey:
         shutil.rmtree(folder, ignore_errors=True)
         assert idempotency_key is not None
-        existing = svc.store.by_idempotency_key(idempotency_key)
+        existing = svc.by_key(idempotency_key)
         assert existing is not None
         return _same_or_error(existing, fingerprint)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
-    log.info("job %s created: join_clips of %d clips", job_id, len(clips))
+    log.info("job %s created for user %s: join_clips of %d clips", job_id, row.user_id, len(clips))
     svc.runner.launch_new(row)
     return row
 
@@ -164,7 +165,7 @@ def _job_video(svc: Service, value: str, argument: str) -> Path | None:
         validate_job_id(value)
     except InvalidInput:
         return None
-    row = svc.store.get(value)
+    row = svc.find(value)  # another user's job id is no job here: it is tried as a path, and refused as one
     if row is None:
         return None
     if row.status != "succeeded":
