@@ -97,7 +97,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
     )
     calls.server = mcp
     # every request runs as its user (users.py); listen streams skip other users' jobs
-    mcp.middleware.extend([asker_middleware(settings.admins), resources.listen_scope])
+    mcp.middleware.extend([asker_middleware(settings), resources.listen_scope])
     link_player(mcp)  # _meta.ui.resourceUri on every job-returning tool (hosts without Apps ignore it)
     tasks.bind(mcp)
     if not replicated(settings):
