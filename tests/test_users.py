@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ import httpx
 import pytest
 
 from tests.conftest import write_image
-from tests.replicas import Replica, base_env, replicas
-from tests.test_replicas import Fakes
+from tests.replicas import EXE, Replica, base_env, replicas
+from tests.test_replicas import KLING, Fakes, gen_args, team_env
 from tests.users_scenario import (
     LOCAL,
     Seen,
     as_user,
     digest,
+    error_text,
     finished,
     held_task,
     listen_hears_only_own,
@@ -148,3 +150,52 @@ def test_users_file_two_users_one_server_and_revocation(tmp_path: Path, img: Pat
     for secret in (*tok.values(), bob):
         assert secret not in log
     assert "for user alice" in log and "for user bob" in log
+
+
+def test_two_users_on_three_postgresql_replicas(pg_url: str, tmp_path: Path, img: Path) -> None:
+    """Neither user can list, read, cancel, chain, follow the task of or download the other's job
+    on any replica; one idempotency key makes two jobs; an admin sees both."""
+    tok = tokens()
+    users = tmp_path / "users.json"
+    write_users(users, tok)
+    hold = tmp_path / "hold"
+    env = team_env(pg_url, tmp_path / "shared", img, STILLMOTION_HTTP_USERS=str(users), STILLMOTION_ADMINS="root",
+                   STILLMOTION_TEST_HOLD_FILE=str(hold))
+    with replicas(["r0", "r1", "r2"], env, tmp_path / "logs") as reps:
+        anyio.run(two_users, reps, tok, str(img), hold)
+        logs = "".join(r.log.read_text() for r in reps)
+    assert not any(t in logs for t in tok.values())
+
+
+def test_each_users_budget_on_replicas(pg_url: str, tmp_path: Path, img: Path, fakes: Fakes) -> None:
+    """STILLMOTION_USER_BUDGET_USD holds per user across replicas beside the server's budget: alice
+    over hers gets `budget` while bob still submits; `stillmotion spend` shows both."""
+    tok = tokens()
+    users = tmp_path / "users.json"
+    write_users(users, tok)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"prices": [{"model": KLING, "usd_per_clip": 1.0, "source": "test contract"}]}))
+    env = team_env(pg_url, tmp_path / "shared", img, fakes, STILLMOTION_HTTP_USERS=str(users),
+                   STILLMOTION_PRICES=str(prices), STILLMOTION_USER_BUDGET_USD="1.5", STILLMOTION_BUDGET_USD="10")
+    with replicas(["r0", "r1", "r2"], env, tmp_path / "logs") as reps:
+
+        async def go() -> tuple[str, str, str]:
+            async with as_user(reps[0].url, tok["alice"]) as a:
+                first = structured(await a.call_tool("animate_image", gen_args(KLING, img)))
+            async with as_user(reps[1].url, tok["alice"]) as a:
+                over = error_text(await a.call_tool("animate_image", gen_args(KLING, img, prompt="again")))
+            async with as_user(reps[2].url, tok["bob"]) as b:
+                bobs = structured(await b.call_tool("animate_image", gen_args(KLING, img)))
+                mine = json.loads((await b.read_resource("stillmotion://spend")).contents[0].text)  # type: ignore[union-attr]
+            assert mine["budget"]["budget_usd"] == 1.5 and mine["budget"]["reserved_usd"] + mine["budget"]["committed_usd"] == 1.0
+            return first["job_id"], over, bobs["job_id"]
+
+        first, over, bobs = anyio.run(go)
+        assert over.startswith("[budget]") and "your own $1.50 budget" in over and "STILLMOTION_USER_BUDGET_USD" in over
+        assert first != bobs
+        out = subprocess.run([*EXE, "spend"], env=env, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith("  ")}
+    for name in ("alice", "bob"):  # one $1 job each (committed or still in flight), $0.50 of $1.50 left
+        assert lines[name][1] == "1" and lines[name][-1] == "$0.50", out.stdout
+    assert "each may spend $1.50" in out.stdout
