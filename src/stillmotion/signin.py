@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import anyio
@@ -363,8 +363,10 @@ def wrap_signin(app: ASGIApp, settings: Settings, base_url: str) -> ASGIApp:
             settings.oauth_issuer, audience, settings.oauth_scopes, jwks_url=settings.oauth_jwks_url,
             refresh_s=settings.oauth_jwks_refresh_s,
         ))
+        # the issuer as a string: the metadata model keeps it exactly as configured (RFC 8414 compares
+        # issuers as strings; `AnyHttpUrl()` on its own would add a trailing slash to a bare origin)
         routes = create_protected_resource_routes(
-            resource_url=AnyHttpUrl(resource), authorization_servers=[AnyHttpUrl(settings.oauth_issuer)],
+            resource_url=AnyHttpUrl(resource), authorization_servers=cast(list[AnyHttpUrl], [settings.oauth_issuer]),
             scopes_supported=list(settings.oauth_scopes), resource_name="stillmotion",
         )
         first = routes[0]
