@@ -260,7 +260,7 @@ async def sign_in(url: str, login: str, browser: Any, pages: list[str]) -> tuple
 
     async def redirect(authorization_url: str) -> None:
         q = parse_qs(urlsplit(authorization_url).query)
-        assert q["code_challenge_method"] == ["S256"] and q["resource"] == [url] and q["scope"] == ["stillmotion"]
+        assert q["code_challenge_method"] == ["S256"] and q["resource"] == [url] and "stillmotion" in q["scope"][0].split()
         page = await browser.new_page()
         done = anyio.Event()
 
