@@ -353,7 +353,10 @@ def wrap_signin(app: ASGIApp, settings: Settings, base_url: str) -> ASGIApp:
     if settings.http_token is not None:
         verifiers.append(SharedToken(settings.http_token.reveal()))
     if settings.http_users is not None:
-        verifiers.append(UsersFile(settings.http_users))
+        try:
+            verifiers.append(UsersFile(settings.http_users))
+        except ValueError as exc:
+            raise SystemExit(f"STILLMOTION_HTTP_USERS: {exc}") from None
     metadata: Router | None = None
     metadata_url: str | None = None
     if settings.oauth_issuer is not None:

@@ -1,0 +1,70 @@
+"""The users file and the sign-in settings on their own (issue #23); the whole flows are in
+test_users.py and test_signin_oauth.py."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from stillmotion.settings import Settings
+from stillmotion.signin import UsersFile
+from tests.users_scenario import digest
+
+pytestmark = pytest.mark.anyio
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def test_users_file_fails_closed_while_broken_and_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    _write(path, json.dumps({"users": {"alice": digest("tok-a"), "bob": digest("tok-b").upper()}}))
+    users = UsersFile(path, recheck_s=0)
+    a, b = await users.verify_token("tok-a"), await users.verify_token("tok-b")
+    assert a is not None and a.subject == "alice" and a.token == ""  # no copy of the token is kept
+    assert b is not None and b.subject == "bob"
+    assert await users.verify_token("tok-c") is None and await users.verify_token("") is None
+    _write(path, '{"users": {"alice": ')  # half-written by hand: nobody until it is fixed
+    assert await users.verify_token("tok-a") is None
+    _write(path, json.dumps({"users": {"alice": digest("tok-a")}}))
+    assert (await users.verify_token("tok-a")) is not None and await users.verify_token("tok-b") is None
+    path.unlink()
+    assert await users.verify_token("tok-a") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("[]", 'must be {"users"'),
+        (json.dumps({"users": {"alice": "abc"}}), "64 hex digits"),
+        (json.dumps({"users": {"a\x1fb": digest("x")}}), "no control characters"),
+        (json.dumps({"users": {"alice": digest("x"), "bob": digest("x")}}), "the same token"),
+        (json.dumps({"users": {}}), "has no users"),
+    ],
+)
+def test_a_bad_users_file_stops_the_start(tmp_path: Path, content: str, words: str) -> None:
+    path = tmp_path / "users.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=words.replace("{", r"\{").replace('"', '"')):
+        UsersFile(path)
+
+
+def test_sign_in_settings(tmp_path: Path) -> None:
+    s = Settings.from_env({
+        "STILLMOTION_HOME": str(tmp_path), "STILLMOTION_OAUTH_ISSUER": "https://idp.example.com/",
+        "STILLMOTION_OAUTH_SCOPES": "stillmotion, video:write", "STILLMOTION_ADMINS": "ops@example.com, root",
+        "STILLMOTION_USER_BUDGET_USD": "20", "STILLMOTION_HTTP_USERS": str(tmp_path / "u.json"),
+    }, transport="http")
+    assert s.oauth_issuer == "https://idp.example.com/"  # exactly as tokens carry it: never re-spelled
+    assert s.oauth_scopes == ("stillmotion", "video:write") and s.admins == frozenset({"ops@example.com", "root"})
+    assert s.user_budget_usd == 20 and s.http_users == tmp_path / "u.json"
+    for bad in ("http://idp.example.com", "ftp://127.0.0.1", "idp.example.com"):
+        with pytest.raises(ValueError, match="STILLMOTION_OAUTH_ISSUER must be an https"):
+            Settings.from_env({"STILLMOTION_HOME": str(tmp_path), "STILLMOTION_OAUTH_ISSUER": bad})
+    assert Settings.from_env({"STILLMOTION_HOME": str(tmp_path), "STILLMOTION_OAUTH_ISSUER": "http://127.0.0.1:9"}).oauth_issuer
