@@ -195,6 +195,9 @@ def test_each_users_budget_on_replicas(pg_url: str, tmp_path: Path, img: Path, f
         assert first != bobs
         out = subprocess.run([*EXE, "spend"], env=env, capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
+        listed = subprocess.run([*EXE, "jobs"], env=env, capture_output=True, text=True, timeout=60)
+        owners = {line.split()[0]: line.split()[3] for line in listed.stdout.splitlines() if line.startswith("job_")}
+        assert (owners[first], owners[bobs]) == ("alice", "bob"), listed.stdout
     lines = {line.split()[0]: line.split() for line in out.stdout.splitlines() if line.startswith("  ")}
     for name in ("alice", "bob"):  # one $1 job each (committed or still in flight), $0.50 of $1.50 left
         assert lines[name][1] == "1" and lines[name][-1] == "$0.50", out.stdout

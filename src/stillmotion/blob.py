@@ -231,7 +231,8 @@ class BlobJanitor:
         if not urls or job_id in self._busy or self._marker(job_id).exists():
             return
         if self.settings.blob_token is None:
-            log.warning("job %s ended with %d Vercel Blob file(s) but BLOB_READ_WRITE_TOKEN is unset", job_id, len(urls))
+            log.warning("job %s (user %s) ended with %d Vercel Blob file(s) but BLOB_READ_WRITE_TOKEN is unset",
+                        job_id, row.user_id, len(urls))
             return
         self._busy.add(job_id)
         try:
@@ -239,7 +240,7 @@ class BlobJanitor:
                 marker = self._marker(job_id)
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.write_text("\n".join(urls))
-                log.info("job %s: deleted %d Vercel Blob file(s)", job_id, len(urls))
+                log.info("job %s (user %s): deleted %d Vercel Blob file(s)", job_id, row.user_id, len(urls))
         finally:
             self._busy.discard(job_id)
 

@@ -219,7 +219,7 @@ def _jobs(status: str | None, limit: int) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
         path = (r.result or {}).get("video", {}).get("path", "") if r.status == "succeeded" else ""
         err = (r.error or {}).get("kind", "")
-        line = f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}"
+        line = f"{r.id}  {when}  {r.user_id:<12} {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}"
         if not r.terminal:
             alive = owner_is_alive(r.owner)
             state = {True: "alive", False: "gone", None: "another host"}[alive] if r.owner else ""

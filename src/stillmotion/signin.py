@@ -225,7 +225,7 @@ class JwtVerifier:
         unknown = kid not in self._keys and now - self._fetched >= self.refresh_s
         if stale or unknown:
             async with self._lock:
-                if time.monotonic() - self._fetched >= min(self.refresh_s, JWKS_MAX_AGE_S) or not self._keys:
+                if time.monotonic() - self._fetched >= min(self.refresh_s, JWKS_MAX_AGE_S):  # not fetched meanwhile
                     try:
                         await self._refresh()
                     except (httpx.HTTPError, LookupError, ValueError) as exc:
