@@ -37,12 +37,12 @@ from mcp.shared.auth import (
 from stillmotion.jobs.store import SqliteStore
 from tests.conftest import write_image
 from tests.replicas import Replica, base_env, free_port, replicas
+from tests.test_player_browser import CHROMIUM, _need_browser
 from tests.users_scenario import LOCAL, Seen, as_user, finished, held_task, stranger_cannot_touch, structured
 
 PROVIDER_JS = Path(__file__).parent / "oidc" / "provider.mjs"
 OIDC_PROVIDER = "oidc-provider@9"
 NODE_DIR = Path(os.environ.get("STILLMOTION_TEST_NODE_DIR") or Path.home() / ".cache" / "stillmotion-tests" / "node")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 INIT = {
     "jsonrpc": "2.0", "id": 1, "method": "initialize",
     "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
@@ -239,17 +239,6 @@ class Memory:
 
     async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
         self.client = client_info
-
-
-def _need_browser() -> Any:
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        async_playwright = None
-    missing = [what for what, ok in (("chromium", CHROMIUM), ("playwright", async_playwright)) if not ok]
-    if missing:
-        _missing(f"{' and '.join(missing)} not installed (apt-get install chromium; pip install playwright)")
-    return async_playwright
 
 
 async def sign_in(url: str, login: str, browser: Any, pages: list[str]) -> tuple[OAuthClientProvider, Memory]:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import write_image
 from tests.replicas import EXE, Replica, base_env, replicas
-from tests.test_replicas import KLING, Fakes, gen_args, team_env
+from tests.test_replicas import KLING, Fakes, fakes, gen_args, team_env  # noqa: F401 (the fixture)
 from tests.users_scenario import (
     LOCAL,
     Seen,
@@ -42,20 +42,6 @@ ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "appl
 @pytest.fixture
 def img(tmp_path: Path) -> Path:
     return write_image(tmp_path / "in" / "photo.png", 640, 480, seed=7)
-
-
-@pytest.fixture
-def fakes() -> Any:
-    fk = Fakes()
-    for f in fk.all:
-        f.start()
-    try:
-        yield fk
-        for f in fk.all:
-            assert f.violations == []
-    finally:
-        for f in fk.all:
-            f.stop()
 
 
 def write_users(path: Path, tokens: dict[str, str]) -> None:
@@ -167,7 +153,7 @@ def test_two_users_on_three_postgresql_replicas(pg_url: str, tmp_path: Path, img
     assert not any(t in logs for t in tok.values())
 
 
-def test_each_users_budget_on_replicas(pg_url: str, tmp_path: Path, img: Path, fakes: Fakes) -> None:
+def test_each_users_budget_on_replicas(pg_url: str, tmp_path: Path, img: Path, fakes: Fakes) -> None:  # noqa: F811
     """STILLMOTION_USER_BUDGET_USD holds per user across replicas beside the server's budget: alice
     over hers gets `budget` while bob still submits; `stillmotion spend` shows both."""
     tok = tokens()
