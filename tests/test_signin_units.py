@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stillmotion.settings import Settings
-from stillmotion.signin import UsersFile
+from stillmotion.signin import JwtVerifier, UsersFile
 from tests.users_scenario import digest
 
 pytestmark = pytest.mark.anyio
@@ -68,3 +73,43 @@ def test_sign_in_settings(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="STILLMOTION_OAUTH_ISSUER must be an https"):
             Settings.from_env({"STILLMOTION_HOME": str(tmp_path), "STILLMOTION_OAUTH_ISSUER": bad})
     assert Settings.from_env({"STILLMOTION_HOME": str(tmp_path), "STILLMOTION_OAUTH_ISSUER": "http://127.0.0.1:9"}).oauth_issuer
+
+
+def _rsa(kid: str) -> tuple[dict[str, Any], Any]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid=kid, use="sig")
+    return jwk, key
+
+
+async def test_jwt_keys_discovered_cached_and_refetched_sparingly() -> None:
+    """RFC 8414 metadata first, then OpenID; metadata naming another issuer is not used; keys
+    are fetched once, again for an unknown key id at most every refresh_s."""
+    issuer, aud = "https://idp.example.com/tenant", "https://mcp.example.com/mcp"
+    a, a_key = _rsa("a")
+    seen: list[str] = []
+    metadata = {
+        "/.well-known/oauth-authorization-server/tenant": (404, {}),
+        "/.well-known/openid-configuration/tenant": (200, {"issuer": "https://evil.example", "jwks_uri": "https://evil.example/k"}),
+        "/tenant/.well-known/openid-configuration": (200, {"issuer": issuer, "jwks_uri": "https://idp.example.com/keys"}),
+        "/keys": (200, {"keys": [a, {"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0xMjM0", "kid": "hmac"}]}),
+    }
+
+    def idp(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        status, body = metadata[request.url.path]
+        return httpx.Response(status, json=body)
+
+    verifier = JwtVerifier(issuer, aud, ["stillmotion"], refresh_s=3600,
+                           client=httpx.AsyncClient(transport=httpx.MockTransport(idp)))
+    now = int(time.time())
+    claims = {"iss": issuer, "aud": aud, "sub": "alice", "scope": "stillmotion other", "exp": now + 60}
+    good = await verifier.verify_token(jwt.encode(claims, a_key, algorithm="RS256", headers={"kid": "a"}))
+    assert good is not None and good.subject == "alice" and good.scopes == ["stillmotion", "other"]
+    assert seen == [*list(metadata)]  # both metadata URLs tried in order, the wrong issuer skipped
+    _, b_key = _rsa("b")
+    for _ in range(5):  # unknown key ids: refused, and no refetch within refresh_s
+        assert await verifier.verify_token(jwt.encode(claims, b_key, algorithm="RS256", headers={"kid": "b"})) is None
+    hmac_token = jwt.encode(claims, "secret-secret-secret-secret-secret-1234", algorithm="HS256", headers={"kid": "hmac"})
+    assert await verifier.verify_token(hmac_token) is None  # a symmetric algorithm is never accepted
+    assert seen.count("/keys") == 1

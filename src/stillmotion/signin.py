@@ -168,6 +168,8 @@ class JwtVerifier:
         self._keys: dict[str | None, tuple[jwt.PyJWK, str | None]] = {}
         """kid -> (key, the alg its JWK pins, if any)"""
         self._fetched = float("-inf")
+        self._discovered: str | None = None
+        """The jwks_uri found in the issuer's metadata (kept until a fetch from it fails)."""
         self._lock = anyio.Lock()
 
     # -- keys -------------------------------------------------------------------------------
@@ -195,6 +197,8 @@ class JwtVerifier:
             if r.status_code != 200:
                 continue
             meta = r.json()
+            if not isinstance(meta, dict):
+                continue
             if meta.get("issuer") != self.issuer:
                 log.error("OAuth: %s names issuer %r, not STILLMOTION_OAUTH_ISSUER %r", url, meta.get("issuer"), self.issuer)
                 continue
@@ -204,11 +208,17 @@ class JwtVerifier:
 
     async def _refresh(self) -> None:
         self._fetched = time.monotonic()
-        url = self.jwks_url or await self._discover()
-        r = await self._http().get(url, headers={"Accept": "application/json"})
-        r.raise_for_status()
+        url = self.jwks_url or self._discovered or await self._discover()
+        try:
+            r = await self._http().get(url, headers={"Accept": "application/json"})
+            r.raise_for_status()
+            body = r.json()
+        except (httpx.HTTPError, ValueError):
+            self._discovered = None  # discover again next time: the issuer may have moved its keys
+            raise
+        self._discovered = None if self.jwks_url else url
         keys: dict[str | None, tuple[jwt.PyJWK, str | None]] = {}
-        for jwk in r.json().get("keys", []):
+        for jwk in body.get("keys", []) if isinstance(body, dict) else []:
             if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
                 continue
             try:
