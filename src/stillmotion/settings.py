@@ -213,6 +213,9 @@ class Settings:
     """STILLMOTION_OAUTH_SCOPES: scopes every token must carry (space or comma separated)."""
     oauth_jwks_refresh_s: float = 10.0
     """STILLMOTION_OAUTH_JWKS_REFRESH_S: the least time between two key fetches for an unknown key id."""
+    store_busy_timeout_ms: int = 30_000
+    """STILLMOTION_STORE_BUSY_TIMEOUT_MS: how long one SQLite statement waits for another process's
+    write lock before the runner retries it (with backoff, while the job's lease allows)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -312,6 +315,7 @@ class Settings:
             oauth_audience=env.get("STILLMOTION_OAUTH_AUDIENCE", "").strip() or None,
             oauth_scopes=tuple(x for x in env.get("STILLMOTION_OAUTH_SCOPES", "stillmotion").replace(",", " ").split()),
             oauth_jwks_refresh_s=_seconds(env, "STILLMOTION_OAUTH_JWKS_REFRESH_S", 10.0),
+            store_busy_timeout_ms=max(50, _int(env, "STILLMOTION_STORE_BUSY_TIMEOUT_MS", 30_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+import anyio.to_thread
 from mcp.server.elicitation import (
     AcceptedElicitation,
     CancelledElicitation,
@@ -41,7 +43,8 @@ from pydantic import BaseModel, Field, RootModel
 from ..catalog import MODELS
 from ..errors import Cancelled, ConfirmationRequired
 from ..pricing import Cost
-from ..users import Principal, current
+from ..users import Principal
+from ..users import current as current_asker
 from ..validation import ToolArgs, plan_request
 from .results import CostInfo, JobResult
 
@@ -169,15 +172,15 @@ async def confirm(
     cost = svc.estimate(plan, args.tool)
     if not needs_confirmation(threshold, cost):
         return None
-    if idempotency_key is not None and svc.by_key(idempotency_key) is not None:
+    if idempotency_key is not None and await svc.by_key(idempotency_key) is not None:
         return None  # a replay answers with the existing job: nothing new to pay for
     for rule in (svc.budget_rule(), svc.user_budget_rule()):
         if rule is None or cost.estimated_usd is None:
             continue
         if rule.user is None:
-            left = svc.store.spend(rule, rule.period)["budget"]["left_usd"]
+            left = (await svc.db.spend(rule, rule.period))["budget"]["left_usd"]
         else:
-            left = svc.store.spend(None, rule.period, user=rule.user, user_budget=rule)["budget"]["left_usd"]
+            left = (await svc.db.spend(None, rule.period, user=rule.user, user_budget=rule))["budget"]["left_usd"]
         if left is not None and cost.estimated_usd > left:
             return None  # the budget refuses it anyway: do not ask the person for nothing
     label = job_label(plan.spec.id, plan.options, plan.duration)
@@ -279,24 +282,31 @@ def spend_report(store: Any, settings: Any, principal: Principal | None = None) 
     return report
 
 
-def register_spend_resource(mcp: Any, settings: Any) -> None:
+def register_spend_resource(mcp: Any, settings: Any, current: Callable[[], Service | None]) -> None:
+    """`current()`: the running service (its store: PostgreSQL on replicas), None outside its lifespan."""
+
     @mcp.resource(  # type: ignore[untyped-decorator]
         "stillmotion://spend",
         name="spend",
         mime_type="application/json",
         description="Your committed and estimated spend by UTC day, model and route, and the budget left.",
     )
-    def spend_resource() -> str:
-        return json.dumps(read_spend(settings, current()), indent=1)
+    async def spend_resource() -> str:
+        # the server's own store, read on the store's threads, never on the loop; as the asker sees it
+        svc, asker = current(), current_asker()
+        if svc is None:
+            report = await anyio.to_thread.run_sync(read_spend, settings, asker)
+        else:
+            report = await svc.db.run(spend_report, svc.db.sync, settings, asker)
+        return json.dumps(report, indent=1)
 
 
 def read_spend(settings: Any, principal: Principal | None = None) -> dict[str, Any]:
-    """The spend report from the job store (its own short-lived connection: any process); with a
+    """The spend report from the store the settings name (`stillmotion spend`: any process); with a
     principal, as that user sees it."""
-    from ..jobs.store import open_store
+    from ..jobs.backends import open_for_settings
 
-    url = settings.database_url.reveal() if settings.database_url is not None else None
-    store = open_store(settings.db_path, url)
+    store = open_for_settings(settings, serving=False)
     try:
         return spend_report(store, settings, principal)
     finally:

@@ -13,7 +13,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import anyio.to_thread
 from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
@@ -40,17 +39,17 @@ def register(mcp: MCPServer[Service], settings: Settings) -> None:
         return json.dumps({"models": public_catalog(settings)}, indent=1)
 
     @mcp.resource("stillmotion://jobs/{job_id}", name="job", mime_type="application/json", description="A job as JSON.")
-    def job_resource(job_id: str, ctx: Context[Service]) -> str:
+    async def job_resource(job_id: str, ctx: Context[Service]) -> str:
         svc = service(ctx)
         try:
-            row = svc.get(job_id)
+            row = await svc.get(job_id)
         except StillmotionError as exc:
             raise ResourceError(exc.message) from exc
         return job_result(row, file_links=svc.settings.file_links).model_dump_json(indent=1)
 
     async def _file(job_id: str, name: str, ctx: Context[Service]) -> bytes:
         svc = service(ctx)
-        path = svc.resource_path(job_id, name)
+        path = await svc.resource_path(job_id, name)
         if path is None:
             raise ResourceError(f"stillmotion://jobs/{job_id}/{name} does not exist (unknown job, or not succeeded)")
         # capped by STILLMOTION_MAX_RESOURCE_BYTES (the error names the path and a download URL), off the loop
@@ -85,7 +84,7 @@ async def hidden_jobs(svc: Service, uris: list[str]) -> frozenset[str]:
     if not ids or current().admin:
         return frozenset()
     scope = current().scope
-    found = await anyio.to_thread.run_sync(lambda: {i for i in ids if svc.store.get(i, user=scope) is not None})
+    found = await svc.db.run(lambda: {i for i in ids if svc.store.get(i, user=scope) is not None})
     return frozenset(ids - found)
 
 
