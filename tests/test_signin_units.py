@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from stillmotion.settings import Settings
-from stillmotion.signin import JwtVerifier, UsersFile
+from stillmotion.signin import JwtVerifier, UsersFile, wrap_signin
 from tests.users_scenario import digest
 
 pytestmark = pytest.mark.anyio
@@ -113,3 +113,26 @@ async def test_jwt_keys_discovered_cached_and_refetched_sparingly() -> None:
     hmac_token = jwt.encode(claims, "secret-secret-secret-secret-secret-1234", algorithm="HS256", headers={"kid": "hmac"})
     assert await verifier.verify_token(hmac_token) is None  # a symmetric algorithm is never accepted
     assert seen.count("/keys") == 1
+
+
+async def test_metadata_and_401_behind_a_public_url_with_a_path(tmp_path: Path) -> None:
+    """STILLMOTION_PUBLIC_URL with a path: the metadata names that resource and is served at the
+    RFC 9728 path for it and at the bare well-known path; /mcp without a token gets the 401 that
+    points a host at it."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:  # the MCP app behind sign-in
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"mcp"})
+
+    settings = Settings.from_env({"STILLMOTION_HOME": str(tmp_path), "STILLMOTION_OAUTH_ISSUER": "http://127.0.0.1:9"},
+                                 transport="http")
+    wrapped = wrap_signin(app, settings, "https://mcp.example.com/team")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=wrapped), base_url="http://t") as c:
+        for path in ("/.well-known/oauth-protected-resource/team/mcp", "/.well-known/oauth-protected-resource"):
+            doc = (await c.get(path)).json()
+            assert doc["resource"] == "https://mcp.example.com/team/mcp", path
+            assert doc["authorization_servers"] == ["http://127.0.0.1:9"] and doc["scopes_supported"] == ["stillmotion"]
+        r = await c.post("/mcp")
+        assert r.status_code == 401 and r.headers["www-authenticate"] == (
+            'Bearer resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/team/mcp"')
+        assert (await c.post("/mcp", headers={"Authorization": "Bearer x.y.z"})).status_code == 401

@@ -64,7 +64,8 @@ LEEWAY_S = 10
 """Clock skew allowed on exp/nbf/iat."""
 ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA")
 """Asymmetric only: an HS* token would have to be signed with a secret we do not have; `none` never."""
-PRM_PATHS = ("/.well-known/oauth-protected-resource", "/.well-known/oauth-protected-resource/mcp")
+PRM_ROOT = "/.well-known/oauth-protected-resource"
+"""RFC 9728's metadata path; the SDK also serves it with the resource's path appended (`.../mcp`)."""
 
 
 def _access(subject: str, client_id: str, scopes: Sequence[str] = (), **extra: Any) -> AccessToken:
@@ -347,7 +348,7 @@ class SignIn:
         self.metadata = metadata
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.metadata is not None and scope["type"] == "http" and scope.get("path") in PRM_PATHS:
+        if self.metadata is not None and scope["type"] == "http" and str(scope.get("path", "")).startswith(PRM_ROOT):
             await self.metadata(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -384,7 +385,7 @@ def wrap_signin(app: ASGIApp, settings: Settings, base_url: str) -> ASGIApp:
         )
         first = routes[0]
         assert isinstance(first, Route)
-        metadata = Router(routes=[first, Route(PRM_PATHS[0], endpoint=first.endpoint, methods=["GET", "OPTIONS"])])
+        metadata = Router(routes=[first, Route(PRM_ROOT, endpoint=first.endpoint, methods=["GET", "OPTIONS"])])
         metadata_url = str(build_resource_metadata_url(AnyHttpUrl(resource)))
     if not verifiers:
         return app
