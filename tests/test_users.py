@@ -26,6 +26,7 @@ from tests.users_scenario import (
     error_text,
     finished,
     held_task,
+    legacy_subscribe_hears_only_own,
     listen_hears_only_own,
     owner_still_has,
     stranger_cannot_touch,
@@ -123,6 +124,14 @@ def test_users_file_two_users_one_server_and_revocation(tmp_path: Path, img: Pat
         assert init(r.url, tok["alice"]).status_code == 200
 
         anyio.run(two_users, reps, tok, str(img), hold)
+
+        async def legacy() -> None:  # one server (no replicas): 2025-era resources/subscribe too
+            hold.touch()
+            a_held, _ = await held_task(r.url, tok["alice"], str(img))
+            b_held, _ = await held_task(r.url, tok["bob"], str(img))
+            await legacy_subscribe_hears_only_own(r.url, tok["bob"], a_held, b_held, tok["alice"], hold)
+
+        anyio.run(legacy)
 
         # bob removed from the file: refused within seconds, no restart; alice still in
         bob = tok.pop("bob")

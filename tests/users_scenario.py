@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import secrets
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import anyio
 import httpx2
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPDeprecationWarning
 
 from tests.tasks_client import CreateTaskResult, TasksClient, cancel_task, get_task
 
@@ -38,10 +40,11 @@ def error_text(result: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def as_user(url: str, token: str | None, *, tasks: bool = False, auth: Any = None) -> AsyncIterator[Client]:
+async def as_user(url: str, token: str | None, *, tasks: bool = False, auth: Any = None, **options: Any) -> AsyncIterator[Client]:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     async with httpx2.AsyncClient(headers=headers, auth=auth, timeout=httpx2.Timeout(60.0, read=120.0)) as http:
-        client = Client(streamable_http_client(url, http_client=http), extensions=[TasksClient()] if tasks else [])
+        transport = streamable_http_client(url, http_client=http)
+        client = Client(transport, extensions=[TasksClient()] if tasks else [], **options)
         async with client:
             yield client
 
@@ -163,3 +166,34 @@ async def listen_hears_only_own(url: str, token: str, theirs: str, mine: str, ow
                         break
     assert seen and set(seen) == {f"stillmotion://jobs/{mine}"}, seen
     return seen
+
+
+async def legacy_subscribe_hears_only_own(url: str, token: str, theirs: str, mine: str, owner_token: str,
+                                          hold: Path) -> list[str]:
+    """The same with a 2025-era client's `resources/subscribe` (one server: replicas do not offer it)."""
+    got: list[str] = []
+    mine_done = anyio.Event()
+
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/resources/updated":
+            got.append(str(root.params.uri))
+
+    async with as_user(url, token, mode="legacy", message_handler=on_message) as c:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)  # 2025-era hosts still use it
+            for job in (theirs, mine):
+                await c.subscribe_resource(f"stillmotion://jobs/{job}")
+        hold.unlink()
+        async with as_user(url, owner_token) as o:
+            done = structured(await o.call_tool("check_job", {"job_id": theirs, "wait_seconds": 50}))
+            assert done["status"] == "succeeded"
+        with anyio.fail_after(60):
+            while not mine_done.is_set():
+                if structured(await c.call_tool("check_job", {"job_id": mine, "wait_seconds": 5}))["status"] == "succeeded":
+                    mine_done.set()
+        with anyio.fail_after(30):
+            while f"stillmotion://jobs/{mine}" not in got:
+                await anyio.sleep(0.05)
+    assert set(got) == {f"stillmotion://jobs/{mine}"}, got
+    return got
