@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import hmac
 import ipaddress
 import logging
 from typing import Any
 
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .file_links import FileLinks, file_url_secret
 from .http_files import FileRoute, guarded_protocol
@@ -18,6 +16,7 @@ from .http_team import Probes, replicated, team_hosts
 from .jobs.backends import open_for_settings
 from .server import build_server
 from .settings import Settings
+from .signin import signin_required, wrap_signin
 
 log = logging.getLogger(__name__)
 
@@ -34,32 +33,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class BearerGate:
-    """Requires `Authorization: Bearer <STILLMOTION_HTTP_TOKEN>` on every request when a token is set."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.token = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            auth = headers.get(b"authorization", b"")
-            ok = auth.startswith(b"Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)
-            if not ok:
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": b'{"error":"missing or wrong bearer token"}'})
-                return
-        await self.app(scope, receive, send)
-
-
 def build_http_app(settings: Settings, host: str, port: int) -> Any:
-    if not _is_loopback(host) and settings.http_token is None:
+    if not _is_loopback(host) and not signin_required(settings):
         raise SystemExit(
-            f"refusing to serve on {host}: binding off loopback requires STILLMOTION_HTTP_TOKEN (a bearer token)"
+            f"refusing to serve on {host}: binding off loopback requires sign-in: STILLMOTION_HTTP_TOKEN (a bearer "
+            "token), STILLMOTION_HTTP_USERS (a users file) or STILLMOTION_OAUTH_ISSUER (OAuth)"
         )
-    links = FileLinks(_file_base_url(settings, host, port), _link_secret(settings))
+    base_url = _file_base_url(settings, host, port)
+    links = FileLinks(base_url, _link_secret(settings))
     settings = dataclasses.replace(settings, file_links=links)
     server = build_server(settings)
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "localhost", f"[::1]:{port}"]
@@ -75,8 +56,7 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security,
         stateless_http=replicated(settings),
     )
-    if settings.http_token is not None:
-        app = BearerGate(app, settings.http_token.reveal())
+    app = wrap_signin(app, settings, base_url)  # who is asking (users.py): a shared token, a users file, OAuth
     # signed file links carry their own authorisation, so the route sits outside the token gate
     app = FileRoute(app, links, settings.output_dir)
     manager = server.session_manager

@@ -112,6 +112,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _auth_url(env: Mapping[str, str], name: str) -> str | None:
+    """An authorization server URL: https, or http on a loopback host (a local test server)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not parts.hostname or parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback):
+        raise ValueError(f"{name} must be an https:// URL (http:// only on loopback), got {raw!r}")
+    return raw
+
+
 MAX_RUNNING_VARS = {
     "klingai": "STILLMOTION_MAX_RUNNING_KLINGAI",
     "alibaba": "STILLMOTION_MAX_RUNNING_ALIBABA",
@@ -187,6 +199,22 @@ class Settings:
     """The background worker exits after this long with nothing to do."""
     worker_log_bytes: int = 5_000_000
     """`worker.log` is rotated at this size (STILLMOTION_WORKER_LOG_BYTES); three old files are kept."""
+    user_budget_usd: float | None = None
+    """STILLMOTION_USER_BUDGET_USD: the most each user's committed + in-flight spend may reach per period."""
+    admins: frozenset[str] = frozenset()
+    """STILLMOTION_ADMINS: users (users-file names or OAuth subjects) who see and act on every user's jobs."""
+    http_users: Path | None = None
+    """STILLMOTION_HTTP_USERS: a JSON file {"users": {name: sha256 hex of that user's token}}."""
+    oauth_issuer: str | None = None
+    """STILLMOTION_OAUTH_ISSUER: the OAuth 2.1 authorization server whose JWT access tokens are accepted."""
+    oauth_jwks_url: str | None = None
+    """STILLMOTION_OAUTH_JWKS_URL: the issuer's keys (default: from its metadata)."""
+    oauth_audience: str | None = None
+    """STILLMOTION_OAUTH_AUDIENCE: the `aud` tokens must carry (default: <STILLMOTION_PUBLIC_URL>/mcp)."""
+    oauth_scopes: tuple[str, ...] = ("stillmotion",)
+    """STILLMOTION_OAUTH_SCOPES: scopes every token must carry (space or comma separated)."""
+    oauth_jwks_refresh_s: float = 10.0
+    """STILLMOTION_OAUTH_JWKS_REFRESH_S: the least time between two key fetches for an unknown key id."""
     store_busy_timeout_ms: int = 30_000
     """STILLMOTION_STORE_BUSY_TIMEOUT_MS: how long one SQLite statement waits for another process's
     write lock before the runner retries it (with backoff, while the job's lease allows)."""
@@ -282,6 +310,14 @@ class Settings:
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
             worker_log_bytes=max(1000, _int(env, "STILLMOTION_WORKER_LOG_BYTES", 5_000_000)),
+            user_budget_usd=_usd(env, "STILLMOTION_USER_BUDGET_USD"),
+            admins=frozenset(a.strip() for a in env.get("STILLMOTION_ADMINS", "").split(",") if a.strip()),
+            http_users=Path(users).expanduser() if (users := env.get("STILLMOTION_HTTP_USERS", "").strip()) else None,
+            oauth_issuer=_auth_url(env, "STILLMOTION_OAUTH_ISSUER"),
+            oauth_jwks_url=_auth_url(env, "STILLMOTION_OAUTH_JWKS_URL"),
+            oauth_audience=env.get("STILLMOTION_OAUTH_AUDIENCE", "").strip() or None,
+            oauth_scopes=tuple(x for x in env.get("STILLMOTION_OAUTH_SCOPES", "stillmotion").replace(",", " ").split()),
+            oauth_jwks_refresh_s=_seconds(env, "STILLMOTION_OAUTH_JWKS_REFRESH_S", 10.0),
             store_busy_timeout_ms=max(50, _int(env, "STILLMOTION_STORE_BUSY_TIMEOUT_MS", 30_000)),
         )
 

@@ -272,7 +272,8 @@ class JobRunner:
                 continue
             if not mine:
                 log.info(
-                    "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
+                    "took over job %s (user %s, %s, stage %s) from %s", row.id, claimed.user_id, claimed.status,
+                    claimed.stage, row.owner or "nobody",
                 )
             self._launch(claimed, leased_at=sent)
 
@@ -286,7 +287,7 @@ class JobRunner:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
-        log.info("stopped driving job %s: %s", job.id, why)
+        log.info("stopped driving job %s (user %s): %s", job.id, job.row.user_id, why)
         job.stop.set()
         job.scope.cancel()
 
@@ -379,7 +380,8 @@ class JobRunner:
                 if job.stop.is_set() or (left <= delay and not until_lost):
                     raise
                 if tries == 1 and not until_lost:
-                    log.warning("job %s: %s; retrying the write for up to %.1f s (its lease)", job.id, fault.why, left)
+                    log.warning("job %s (user %s): %s; retrying the write for up to %.1f s (its lease)", job.id,
+                                job.row.user_id, fault.why, left)
                 await anyio.sleep(delay)
                 delay = min(longest, delay * 2)
 
@@ -414,7 +416,7 @@ class JobRunner:
     async def _fail(self, job: Job, err: StillmotionError) -> None:
         """End the job as failed. Never raises: a store that cannot take the write leaves the job to
         be released and taken over (it is driven again, never lost)."""
-        log.info("job %s failed: %s (%s)", job.id, err.kind, err.message)
+        log.info("job %s (user %s) failed: %s (%s)", job.id, job.row.user_id, err.kind, err.message)
         try:
             await self._set(job, status="failed", stage="done", error=err.to_dict())
         except Lost:
@@ -422,23 +424,25 @@ class JobRunner:
         except StoreUnavailable as fault:
             await self._give_up(job, fault)
         except Exception:
-            log.exception("job %s: could not record its failure", job.id)
+            log.exception("job %s (user %s): could not record its failure", job.id, job.row.user_id)
 
     async def _give_up(self, job: Job, fault: StoreUnavailable) -> None:
         """The store failed for as long as the job's lease allowed: stop driving it and release it
         (best effort: if the store still cannot be written, the lease lapses on its own), so whichever
         process reaches the store first, this one included, takes it over where it stopped."""
-        log.warning("job %s: %s for as long as its lease allowed; released for takeover", job.id, fault.why)
+        log.warning("job %s (user %s): %s for as long as its lease allowed; released for takeover", job.id,
+                    job.row.user_id, fault.why)
         job.stop.set()
         with anyio.move_on_after(self.lease_s):
             try:
                 await self.db.release(self.owner, [job.id])
             except Exception as exc:
-                log.info("job %s: release failed too (%s); its lease lapses instead", job.id, type(exc).__name__)
+                log.info("job %s (user %s): release failed too (%s); its lease lapses instead", job.id, job.row.user_id,
+                         type(exc).__name__)
 
     def _waiting(self, job: Job, **extra: Any) -> Callable[[StillmotionError, str], Awaitable[None]]:
         async def on_wait(err: StillmotionError, detail: str) -> None:
-            log.info("job %s: %s", job.id, detail)
+            log.info("job %s (user %s): %s", job.id, job.row.user_id, detail)
             await self._set(job, status_detail=detail, **extra)
 
         return on_wait
@@ -471,7 +475,7 @@ class JobRunner:
         try:
             await self._drive_stages(job)
         except Exception:  # pragma: no cover - _drive_stages ends every job itself; this is the last guard
-            log.exception("job %s: unexpected error while ending it", job.id)
+            log.exception("job %s (user %s): unexpected error while ending it", job.id, job.row.user_id)
         finally:
             self._jobs.pop(job.id, None)
             self._progress_mark.pop(job.id, None)
@@ -499,7 +503,7 @@ class JobRunner:
                 while stage != "done":
                     stage = await handlers[stage](job)
         except Lost:
-            log.debug("job %s: no longer ours", job.id)
+            log.debug("job %s (user %s): no longer ours", job.id, job.row.user_id)
         except StoreUnavailable as fault:
             await self._give_up(job, fault)
         except StillmotionError as err:
@@ -510,7 +514,7 @@ class JobRunner:
             if raw is not None:  # a store fault raised on a thread (render progress), or a full disk
                 await self._give_up(job, raw)
             else:  # a bug must still end the job, with a message
-                log.exception("job %s crashed", job.id)
+                log.exception("job %s (user %s) crashed", job.id, job.row.user_id)
                 if not job.stop.is_set():
                     await self._fail(job, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
 
@@ -660,7 +664,7 @@ class JobRunner:
         provider, ctx = job.provider, job.ctx
         kept = await anyio.to_thread.run_sync(self._kept_answer, job.id)
         if kept is not None:  # answered, but the store could not record it in time: no need to ask
-            log.info("job %s: resuming from the create answer kept on disk", job.id)
+            log.info("job %s (user %s): resuming from the create answer kept on disk", job.id, job.row.user_id)
             return await self._started(job, kept)
         started = await self.retry.run(lambda: provider.recover(ctx), on_wait=self._waiting(job))
         if started is None:
