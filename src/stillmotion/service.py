@@ -26,6 +26,8 @@ from .catalog import MODELS
 from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput
 from .jobs.backends import open_for_settings
+from .jobs import gc
+from .jobs.gc import Deletion, delete_job
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
 from .jobs.spend import BudgetRule
@@ -145,6 +147,8 @@ class Service:
         if self.janitor is not None:
             self.janitor.start(tg)
         await self.runner.start(tg)
+        if gc.enabled(self.settings):  # retention and the disk cap: now, then about hourly
+            tg.start_soon(gc.run_periodically, self.store, self.settings, self.client, name="gc")
         ACTIVE.append(self)
 
     def stop(self) -> None:
@@ -420,6 +424,12 @@ class Service:
             return row, False
         self.runner.cancel(job_id)
         return self.get(job_id), True
+
+    async def delete(self, job_id: str) -> Deletion:
+        """A finished job's files, input copies, Blob uploads and row (InvalidInput when unfinished)."""
+        gone = await delete_job(self.store, self.settings, self.client, job_id)
+        self.runner.forget(job_id)
+        return gone
 
     def list(self, status: str | None, limit: int) -> list[JobRow]:
         return self.store.recent(status=status, limit=limit)

@@ -99,6 +99,19 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _positive_number(env: Mapping[str, str], name: str, what: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise ValueError(f"environment variable {name} must be a positive number of {what} (unset: no limit), got {raw!r}")
+    return value
+
+
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -185,6 +198,14 @@ class Settings:
     """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
     worker_idle_ms: int = 120_000
     """The background worker exits after this long with nothing to do."""
+    retention_days: float | None = None
+    """STILLMOTION_RETENTION_DAYS: finished jobs created longer ago are deleted (files and rows)."""
+    max_output_bytes: int | None = None
+    """STILLMOTION_MAX_OUTPUT_GB: above it, the oldest finished jobs' files are deleted (rows stay)."""
+    metrics_token: Secret | None = None
+    """STILLMOTION_METRICS_TOKEN: a bearer token for /metrics alone (else /mcp's token applies)."""
+    log_format: Literal["text", "json"] = "text"
+    """STILLMOTION_LOG_FORMAT=json: one JSON object per stderr line."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -235,6 +256,10 @@ class Settings:
                 if cap < 1:
                     raise ValueError(f"{var} must be a positive integer, got {cap}")
                 max_running[key] = cap
+        max_gb = _positive_number(env, "STILLMOTION_MAX_OUTPUT_GB", "gigabytes")
+        log_format = env.get("STILLMOTION_LOG_FORMAT", "").strip().lower() or "text"
+        if log_format not in ("text", "json"):
+            raise ValueError(f"STILLMOTION_LOG_FORMAT must be text or json, got {log_format!r}")
         return cls(
             home=home,
             output_dir=output_dir,
@@ -276,6 +301,10 @@ class Settings:
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
+            retention_days=_positive_number(env, "STILLMOTION_RETENTION_DAYS", "days"),
+            max_output_bytes=None if max_gb is None else int(max_gb * 1e9),
+            metrics_token=_secret(env, "STILLMOTION_METRICS_TOKEN"),
+            log_format=log_format,  # type: ignore[arg-type]
         )
 
     def has_direct_key(self, provider: str) -> bool:

@@ -266,6 +266,11 @@ class JobRunner:
             floor = self._watch_mark - 4 * WATCH_MARGIN_S
             self._seen = {k: v for k, v in self._seen.items() if v >= floor}
 
+    def forget(self, job_id: str) -> None:
+        """The job's row was deleted: wake its waiters (they find no job) and notify subscribers."""
+        self._seen.pop(job_id, None)
+        self._notify(job_id)
+
     def launch_new(self, row: JobRow) -> None:
         """A job this process just created (and owns)."""
         self._launch(row)

@@ -1,11 +1,11 @@
-"""check_job, list_jobs, cancel_job."""
+"""check_job, list_jobs, cancel_job, delete_job."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from mcp.types import CallToolResult
-from pydantic import Field
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
 
 from ..arguments import WAIT_MAX_S
 from .base import CANCEL_ANNOTATIONS, READ_ANNOTATIONS, Args, Build, Call, ToolSpec, model_result
@@ -30,6 +30,20 @@ class CancelJobArgs(Args):
     job_id: str = Field(description="The job to cancel.")
 
 
+class DeleteJobArgs(Args):
+    job_id: str = Field(description="A finished job (succeeded, failed or cancelled) to delete.")
+
+
+class DeleteResult(BaseModel):
+    job_id: str
+    deleted: bool
+    status: str = Field(description="The status the job had.")
+    freed_bytes: int = Field(description="Bytes of files (video, poster, last frame, input copies) removed.")
+
+
+DELETE_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=True, open_world_hint=False)
+
+
 async def check_job(args: CheckJobArgs, call: Call) -> CallToolResult:
     row = await call.service.wait(args.job_id, args.wait_seconds, call.progress())
     return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
@@ -48,6 +62,16 @@ async def cancel_job(args: CancelJobArgs, call: Call) -> CallToolResult:
         assert first.type == "text"
         first.text = f"Job {row.id} had already ended ({row.status}); nothing to cancel.\n" + first.text
     return result
+
+
+async def delete_job(args: DeleteJobArgs, call: Call) -> CallToolResult:
+    from ..jobs.gc import human_bytes
+
+    gone = await call.service.delete(args.job_id)
+    res = DeleteResult(job_id=gone.job_id, deleted=True, status=gone.status, freed_bytes=gone.bytes)
+    text = (f"Deleted job {gone.job_id} ({gone.status}): its files, input copies and record are gone "
+            f"({human_bytes(gone.bytes)} freed); its links no longer work.")
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=res.model_dump(mode="json"))
 
 
 def specs(build: Build) -> list[ToolSpec[Any]]:
@@ -84,5 +108,17 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
             handler=cancel_job,
             annotations=CANCEL_ANNOTATIONS,
             output=JobResult,
+        ),
+        ToolSpec(
+            name="delete_job",
+            title="Delete job",
+            description=(
+                "Delete a finished job: its video, poster, last frame, input copies and record. A job still "
+                "running is refused (cancel_job first)."
+            ),
+            args=DeleteJobArgs,
+            handler=delete_job,
+            annotations=DELETE_ANNOTATIONS,
+            output=DeleteResult,
         ),
     ]
