@@ -25,8 +25,8 @@ from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
 from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput
-from .jobs.backends import open_for_settings
 from .jobs import gc
+from .jobs.backends import open_for_settings
 from .jobs.gc import Deletion, delete_job
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner

@@ -22,10 +22,9 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import anyio
 import anyio.to_thread
@@ -156,16 +155,6 @@ def _retention_cutoff(settings: Settings, now: float) -> float | None:
     return None if days is None else now - days * 86400.0
 
 
-def _batches(fetch: Any) -> Iterator[list[JobRow]]:
-    while True:
-        rows: list[JobRow] = fetch()
-        if not rows:
-            return
-        yield rows
-        if len(rows) < BATCH:
-            return
-
-
 def _job_dirs(root: Path) -> list[Path]:
     try:
         return [p for p in root.iterdir() if p.is_dir() and p.name.startswith("job_")]
@@ -205,7 +194,8 @@ def _plan_sync(store: JobStore, settings: Settings, dry_run: bool) -> tuple[GcRe
         total -= sum(tree_bytes(settings.output_dir / r.id) for r in expired)
         total -= sum(d.bytes for d in report.items if d.action == "orphan folder deleted")
         report.output_bytes_before = total
-        for rows in _batches(lambda: [] if total <= cap else store.finished_with_files(now - MIN_AGE_S, limit=BATCH)):
+        while total > cap:
+            rows = store.finished_with_files(now - MIN_AGE_S, limit=BATCH)
             progressed = False
             for row in rows:
                 if total <= cap:
@@ -221,7 +211,7 @@ def _plan_sync(store: JobStore, settings: Settings, dry_run: bool) -> tuple[GcRe
                 progressed = True
                 report.items.append(Deletion(row.id, "files deleted", "over STILLMOTION_MAX_OUTPUT_GB", row.status,
                                              row.created_at, size))
-            if dry_run or not progressed:
+            if dry_run or not progressed or len(rows) < BATCH:
                 break  # (a dry run marks nothing, so the next batch would repeat this one)
     return report, expired
 

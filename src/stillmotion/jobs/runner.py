@@ -41,6 +41,7 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 
+from .. import logs, metrics
 from ..errors import (
     AmbiguousSubmission,
     Cancelled,
@@ -107,6 +108,15 @@ class Job:
     @property
     def id(self) -> str:
         return self.row.id
+
+
+def _count_finished(row: JobRow, billed: bool) -> None:
+    """Metrics of a job that just ended here: its status, and what it committed (jobs/spend.py's
+    rule: a job that reached the provider commits its reported cost, else its estimate)."""
+    committed = None
+    if billed:
+        committed = row.actual_usd if row.actual_usd is not None else row.estimated_usd
+    metrics.job_finished(row.model, row.route, row.status, committed)
 
 
 class JobRunner:
@@ -236,6 +246,8 @@ class JobRunner:
                 log.info(
                     "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
                 )
+                if row.owner is not None:
+                    metrics.TAKEOVERS.inc()
             self._launch(claimed)
 
     def heartbeat(self) -> None:
@@ -326,9 +338,12 @@ class JobRunner:
         row = self.store.update_owned(job.id, self.owner, values, lease_s=lease_s)
         if row is None:
             raise Lost(job.id)
+        reached_provider = job.row.stage in ("submitting", "polling", "downloading") and row.route != "local"
         job.row = row
         self._seen[job.id] = row.updated_at
         self._notify(job.id)
+        if row.terminal:
+            _count_finished(row, bool(row.billed) or reached_provider)
         return row
 
     def _set_capped(self, job: Job, cap: RunningCap, *, lease_s: float | None = None, **values: Any) -> JobRow:
@@ -367,6 +382,8 @@ class JobRunner:
             else "cancelled by request."
         )
         ended = self.store.cancel(job_id, Cancelled(message).to_dict())
+        if ended is not None:
+            _count_finished(ended, bool(ended.billed))
         job = self._jobs.get(job_id)
         if job is not None:
             self._lose(job, "cancelled")
@@ -384,6 +401,11 @@ class JobRunner:
                 if row.terminal:
                     return
                 self._clean_leftovers(row.id)
+                # this task's log lines and provider requests carry the job and its provider
+                logs.JOB_ID.set(row.id)
+                label = metrics.provider_label(row.model, row.route)
+                logs.PROVIDER.set(label)
+                metrics.PROVIDER.set(label)
                 job.ctx = JobContext(row.id, GenerationRequest.model_validate(row.request))
                 if row.route == "local":
                     await self._run_local(job)
@@ -430,7 +452,13 @@ class JobRunner:
 
     async def _run_local(self, job: Job) -> None:
         assert job.ctx is not None
-        async with self._local_limiter:
+        limiter = self._local_limiter
+        if limiter.available_tokens < 1:  # say what the job waits for (cleared when it starts)
+            ahead = limiter.borrowed_tokens + limiter.statistics().tasks_waiting
+            total = int(limiter.total_tokens)
+            self._set(job, status_detail=f"queued: waiting for a local render slot ({ahead} local job(s) ahead; "
+                                         f"{total} at a time, STILLMOTION_LOCAL_CONCURRENCY={total})")
+        async with limiter:
             self._set(job, status="running", stage="polling", progress=0.0, lease_s=self.lease_s)
             tmp = self._tmp(job.id, "render")
             loop = asyncio.get_running_loop()

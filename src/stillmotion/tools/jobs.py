@@ -8,8 +8,8 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from ..arguments import WAIT_MAX_S
-from .base import CANCEL_ANNOTATIONS, READ_ANNOTATIONS, Args, Build, Call, ToolSpec, model_result
-from .results import JobList, JobResult, call_result, job_result
+from .base import CANCEL_ANNOTATIONS, READ_ANNOTATIONS, Args, Build, Call, ToolSpec
+from .results import JobList, JobResult, call_result, job_line, job_list_text
 
 JobId = Field(description="The job id a generation tool returned.")
 
@@ -17,7 +17,7 @@ JobId = Field(description="The job id a generation tool returned.")
 class CheckJobArgs(Args):
     job_id: str = JobId
     wait_seconds: float = Field(
-        0, ge=0, le=WAIT_MAX_S, description="Wait up to this many seconds for the job to finish (progress is reported)."
+        0, ge=0, le=WAIT_MAX_S, description="Seconds to wait for the job to end (with progress)."
     )
 
 
@@ -31,7 +31,7 @@ class CancelJobArgs(Args):
 
 
 class DeleteJobArgs(Args):
-    job_id: str = Field(description="A finished job (succeeded, failed or cancelled) to delete.")
+    job_id: str = Field(description="A finished job's id.")
 
 
 class DeleteResult(BaseModel):
@@ -51,7 +51,11 @@ async def check_job(args: CheckJobArgs, call: Call) -> CallToolResult:
 
 async def list_jobs(args: ListJobsArgs, call: Call) -> CallToolResult:
     rows = call.service.list(args.status, args.limit)
-    return model_result(JobList(jobs=[job_result(r, shell=call.shell, file_links=call.settings.file_links) for r in rows]))
+    listed = JobList(jobs=[job_line(r) for r in rows])
+    return CallToolResult(
+        content=[TextContent(type="text", text=job_list_text(listed.jobs, shell=call.shell))],
+        structured_content=listed.model_dump(mode="json", exclude_none=True),
+    )
 
 
 async def cancel_job(args: CancelJobArgs, call: Call) -> CallToolResult:
@@ -81,7 +85,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
             title="Check job",
             description=(
                 f"Status of a job. Waits up to wait_seconds (0-{WAIT_MAX_S}) for it to finish, reporting progress; "
-                "on success returns the video path, a resource link and a contact sheet."
+                "on success: the video's path, a link and a contact sheet."
             ),
             args=CheckJobArgs,
             handler=check_job,
@@ -101,8 +105,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
             name="cancel_job",
             title="Cancel job",
             description=(
-                "Stop a job. For provider jobs this stops our polling; the provider offers no cancel for running "
-                "tasks, so it may still finish and bill the task."
+                "Stop a job. Providers have no cancel for running tasks: one may still finish and bill."
             ),
             args=CancelJobArgs,
             handler=cancel_job,
@@ -112,10 +115,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
         ToolSpec(
             name="delete_job",
             title="Delete job",
-            description=(
-                "Delete a finished job: its video, poster, last frame, input copies and record. A job still "
-                "running is refused (cancel_job first)."
-            ),
+            description="Delete a finished job: its files, inputs and record.",
             args=DeleteJobArgs,
             handler=delete_job,
             annotations=DELETE_ANNOTATIONS,

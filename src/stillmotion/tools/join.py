@@ -87,6 +87,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             warnings=[],
             owner=svc.runner.owner,
             lease_s=svc.runner.lease_s,
+            cost={"estimated_usd": 0.0, "basis": "join_clips: joined on this machine, free", "estimate": False},
         )
     except DuplicateIdempotencyKey:
         shutil.rmtree(folder, ignore_errors=True)
