@@ -421,6 +421,8 @@ def test_aged_finished_jobs_and_files_deleted(store: JobStore) -> None:
     assert store.mark_files_deleted(old_running.id) is False, "a running job keeps its files"
     assert [r.id for r in store.finished_with_files(now + 1)] == [old_failed.id, young.id]
     assert [r.id for r in store.finished_with_files(now - 3600)] == [old_failed.id]
+    assert sorted(store.job_counts()) == [("failed", "m", "direct", 1), ("queued", "m", "direct", 1),
+                                          ("succeeded", "m", "direct", 2)]
 
 
 def test_meta_claim_interval_has_one_winner(open_store: OpenStore) -> None:

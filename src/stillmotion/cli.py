@@ -129,15 +129,20 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _serve(http: bool, host: str, port: int) -> int:
-    from .server import build_server
     from .settings import Settings
+    from .startup import StartupError, bind, check_store
 
     try:
         settings = Settings.from_env(transport="http" if http else "stdio")
-    except ValueError as exc:  # a bad setting (e.g. the STILLMOTION_PRICES file) stops start-up, clearly
+        # the usual first-hour mistakes, each in one line within seconds (not a traceback)
+        check_store(settings)
+        sock = bind(host, port) if http else None
+    except (ValueError, StartupError) as exc:
         print(f"stillmotion: {exc}", file=sys.stderr)
         return 2
     if not http:
+        from .server import build_server
+
         server = build_server(settings)
         _hand_over_on_signal()
         if sys.stdin.isatty():
@@ -146,11 +151,11 @@ def _serve(http: bool, host: str, port: int) -> int:
         return 0
     from .http import serve_http
 
-    return serve_http(settings, host, port)
+    return serve_http(settings, host, port, sock)
 
 
 def _asks_run_help(argv: list[str]) -> bool:
-    """Build the tool list for `run --help` only (it imports the server: not for every command)."""
+    """Build the tool list for `run --help` only."""
     return "run" in argv and any(a in ("-h", "--help") for a in argv)
 
 
@@ -216,10 +221,12 @@ def _hand_over_on_signal() -> None:
 def _worker(background: bool, verbose: bool) -> int:
     from .jobs.worker import log_to_file, run_worker
     from .settings import Settings
+    from .startup import StartupError, check_store
 
     try:
         settings = Settings.from_env(transport="inproc")
-    except ValueError as exc:
+        check_store(settings)
+    except (ValueError, StartupError) as exc:
         print(f"stillmotion: {exc}", file=sys.stderr)
         return 2
     if background:

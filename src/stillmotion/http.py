@@ -6,8 +6,11 @@ import dataclasses
 import hmac
 import ipaddress
 import logging
+import socket
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -77,11 +80,68 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
     )
     if settings.http_token is not None:
         app = BearerGate(app, settings.http_token.reveal())
-    # signed file links carry their own authorisation, so the route sits outside the token gate
-    app = FileRoute(app, links, settings.output_dir)
     manager = server.session_manager
-    # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
-    return Probes(app, lambda: getattr(getattr(manager, "_lifespan_state", None), "store", None))
+
+    def started_store() -> Any:
+        # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
+        return getattr(getattr(manager, "_lifespan_state", None), "store", None)
+
+    # signed file links carry their own authorisation, so the route sits outside the token gate; a
+    # link of a deleted job (or one whose files the disk cap removed) answers 404 on every replica
+    app = FileRoute(app, links, settings.output_dir, job_has_files=lambda job_id: _has_files(started_store(), job_id))
+    metrics_token = settings.metrics_token or settings.http_token
+    app = MetricsRoute(app, metrics_token.reveal() if metrics_token is not None else None, started_store)
+    return Probes(app, started_store)
+
+
+def _has_files(store: Any, job_id: str) -> bool:
+    """Blocking (the file route calls it on a worker thread): the job exists and keeps its files."""
+    if store is None:  # starting or stopping: the files on disk decide
+        return True
+    row = store.get(job_id)
+    return row is not None and not row.files_deleted
+
+
+class MetricsRoute:
+    """`GET /metrics`: Prometheus text (metrics.py), behind STILLMOTION_METRICS_TOKEN, else /mcp's
+    bearer token (none on loopback without STILLMOTION_HTTP_TOKEN, like /mcp)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, store: Any) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/metrics":
+            await self.app(scope, receive, send)
+            return
+        if self.token is not None:
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not (auth.startswith(b"Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)):
+                await _reply(send, 401, b'{"error":"missing or wrong bearer token"}', b"application/json",
+                             [(b"www-authenticate", b"Bearer")])
+                return
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _reply(send, 405, b"only GET\n", b"text/plain; charset=utf-8", [(b"allow", b"GET, HEAD")])
+            return
+        from .metrics import CONTENT_TYPE_LATEST, exposition
+
+        store = self.store()
+        try:
+            body = await anyio.to_thread.run_sync(exposition, store.job_counts if store is not None else None)
+        except Exception as exc:  # the store is down: say so (a scrape failure shows as up == 0)
+            log.warning("metrics: the job store does not answer: %s", type(exc).__name__)
+            await _reply(send, 503, b"job store unreachable\n", b"text/plain; charset=utf-8")
+            return
+        await _reply(send, 200, b"" if scope.get("method") == "HEAD" else body, CONTENT_TYPE_LATEST.encode())
+
+
+async def _reply(send: Send, status: int, body: bytes, content_type: bytes,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _link_secret(settings: Settings) -> bytes:
@@ -108,12 +168,32 @@ def _file_base_url(settings: Settings, host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve_http(settings: Settings, host: str, port: int) -> int:
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying "serving" only once the service started and the socket listens."""
+
+    where = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log.info("serving MCP over streamable HTTP at %s", self.where)
+
+
+def serve_http(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> int:
+    """Serve on `sock` (bound by startup.bind, so a taken port fails in one line before anything
+    starts) or, without one, bind here."""
+    if sock is None:
+        from .startup import bind
+
+        sock = bind(host, port)
     app = build_http_app(settings, host, port)
-    log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
     # uvicorn's h11 protocol with header/body read timeouts (slow clients are disconnected).
     # SIGTERM: stop accepting, give open requests (a check_job wait, a listen stream) a few seconds,
     # then the lifespan stops the runner and releases this process's leases for the other replicas.
     protocol = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
-    return 0
+    config = uvicorn.Config(app, log_level="warning", http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
+    server = _Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    server.where = f"http://{shown}:{port}/mcp"
+    server.run(sockets=[sock])
+    return 0 if server.started else 1

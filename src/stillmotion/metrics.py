@@ -16,7 +16,7 @@ import contextvars
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
@@ -26,6 +26,7 @@ PROVIDER: contextvars.ContextVar[str] = contextvars.ContextVar("stillmotion_prov
 KNOWN_PROVIDERS = frozenset({"klingai", "alibaba", "xai", "gateway", "local"})
 STATUSES = ("queued", "running", "downloading", "succeeded", "failed", "cancelled")
 
+disable_created_metrics()  # no `*_created` series next to every counter (noise for dashboards)
 REGISTRY = CollectorRegistry(auto_describe=True)
 """Only stillmotion's metrics (not the client library's process-wide default registry)."""
 

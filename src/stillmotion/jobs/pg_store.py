@@ -477,6 +477,10 @@ class PgStore(JobStore):
             )
             return bool(cur.rowcount)
 
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        rows = self._all("SELECT status, model, route, COUNT(*) AS n FROM jobs GROUP BY status, model, route")
+        return [(str(r["status"]), str(r["model"]), str(r["route"]), int(r["n"])) for r in rows]
+
     def meta_claim_interval(self, key: str, interval_s: float) -> bool:
         # one statement: the upsert's WHERE sees the committed row (or waits on a concurrent writer)
         r = self._one(

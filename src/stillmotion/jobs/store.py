@@ -312,6 +312,10 @@ class JobStore(ABC):
         missing or unfinished."""
 
     @abstractmethod
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        """(status, model, route, jobs) for every combination present (the metrics gauge)."""
+
+    @abstractmethod
     def meta_claim_interval(self, key: str, interval_s: float) -> bool:
         """True for exactly one caller per `interval_s` across every process on the store: sets
         `key` to now (store clock) when it is absent or older than `interval_s`, atomically."""
@@ -731,6 +735,11 @@ class SqliteStore(JobStore):
                 (self.now(), job_id),
             )
             return cur.rowcount > 0
+
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, model, route, COUNT(*) FROM jobs GROUP BY status, model, route").fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
 
     def meta_claim_interval(self, key: str, interval_s: float) -> bool:
         now = self.now()
