@@ -390,21 +390,15 @@ async def _run_tool(tool: str, raw: str, wait: bool) -> int:
 
 
 def _print_result(result: Any) -> None:
-    """The structured result on stdout; text blocks on stderr unless they only repeat it as JSON."""
+    """The structured result on stdout, once; the text blocks (the same facts for a model) only
+    when there is no structured result, or on stderr for an error."""
     if result.structured_content:
         print(json.dumps(result.structured_content, indent=2), flush=True)
+    if result.structured_content and not result.is_error:
+        return
     for block in result.content:
-        if getattr(block, "type", None) == "text" and not _repeats(block.text, result.structured_content):
-            print(block.text, file=sys.stderr)
-
-
-def _repeats(text: str, structured: Any) -> bool:
-    if not structured:
-        return False
-    try:
-        return bool(json.loads(text) == structured)
-    except ValueError:
-        return False
+        if getattr(block, "type", None) == "text":
+            print(block.text, file=sys.stderr if result.is_error or result.structured_content else sys.stdout)
 
 
 def _gc(dry_run: bool) -> int:

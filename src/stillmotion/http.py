@@ -191,7 +191,8 @@ def serve_http(settings: Settings, host: str, port: int, sock: socket.socket | N
     # SIGTERM: stop accepting, give open requests (a check_job wait, a listen stream) a few seconds,
     # then the lifespan stops the runner and releases this process's leases for the other replicas.
     protocol = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
-    config = uvicorn.Config(app, log_level="warning", http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
+    # log_config=None: uvicorn's loggers reach the root handler (STILLMOTION_LOG_FORMAT applies to them)
+    config = uvicorn.Config(app, log_level="warning", log_config=None, http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
     server = _Server(config)
     shown = f"[{host}]" if ":" in host else host
     server.where = f"http://{shown}:{port}/mcp"
