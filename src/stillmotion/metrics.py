@@ -26,7 +26,7 @@ PROVIDER: contextvars.ContextVar[str] = contextvars.ContextVar("stillmotion_prov
 KNOWN_PROVIDERS = frozenset({"klingai", "alibaba", "xai", "gateway", "local"})
 STATUSES = ("queued", "running", "downloading", "succeeded", "failed", "cancelled")
 
-disable_created_metrics()  # no `*_created` series next to every counter (noise for dashboards)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series next to every counter (noise for dashboards)
 REGISTRY = CollectorRegistry(auto_describe=True)
 """Only stillmotion's metrics (not the client library's process-wide default registry)."""
 

@@ -219,16 +219,17 @@ def _plan_sync(store: JobStore, settings: Settings, dry_run: bool) -> tuple[GcRe
 async def collect(store: JobStore, settings: Settings, client: httpx.AsyncClient | None, *, dry_run: bool = False) -> GcReport:
     """Retention and the disk cap, now (`stillmotion gc`, and each round of `run_periodically`)."""
     report, expired = await anyio.to_thread.run_sync(_plan_sync, store, settings, dry_run)
+    why = f"older than {settings.retention_days:g} days"
+    done: list[Deletion] = []
     for row in expired:
         if dry_run:
             size = await anyio.to_thread.run_sync(job_bytes, settings, row.id)
-            report.items.insert(0, Deletion(row.id, "deleted", "retention", row.status, row.created_at, size))
+            done.append(Deletion(row.id, "deleted", why, row.status, row.created_at, size))
             continue
         gone = await anyio.to_thread.run_sync(store.delete_finished, row.id)
         if gone is not None:
-            days = settings.retention_days
-            report.items.insert(0, await _after_row_deleted(store, settings, client, gone, f"older than {days:g} days"
-                                                            if days is not None else "retention"))
+            done.append(await _after_row_deleted(store, settings, client, gone, why))
+    report.items[:0] = done
     return report
 
 
