@@ -219,7 +219,8 @@ def _plan_sync(store: JobStore, settings: Settings, dry_run: bool) -> tuple[GcRe
 async def collect(store: JobStore, settings: Settings, client: httpx.AsyncClient | None, *, dry_run: bool = False) -> GcReport:
     """Retention and the disk cap, now (`stillmotion gc`, and each round of `run_periodically`)."""
     report, expired = await anyio.to_thread.run_sync(_plan_sync, store, settings, dry_run)
-    why = f"older than {settings.retention_days:g} days"
+    days = settings.retention_days
+    why = f"older than {days:g} days" if days is not None else "retention"
     done: list[Deletion] = []
     for row in expired:
         if dry_run:
