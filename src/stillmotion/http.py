@@ -124,7 +124,7 @@ class MetricsRoute:
         if scope.get("method") not in ("GET", "HEAD"):
             await _reply(send, 405, b"only GET\n", b"text/plain; charset=utf-8", [(b"allow", b"GET, HEAD")])
             return
-        from .metrics import CONTENT_TYPE_LATEST, exposition
+        from .metrics import CONTENT_TYPE, exposition
 
         store = self.store()
         try:
@@ -133,7 +133,7 @@ class MetricsRoute:
             log.warning("metrics: the job store does not answer: %s", type(exc).__name__)
             await _reply(send, 503, b"job store unreachable\n", b"text/plain; charset=utf-8")
             return
-        await _reply(send, 200, b"" if scope.get("method") == "HEAD" else body, CONTENT_TYPE_LATEST.encode())
+        await _reply(send, 200, b"" if scope.get("method") == "HEAD" else body, CONTENT_TYPE.encode())
 
 
 async def _reply(send: Send, status: int, body: bytes, content_type: bytes,

@@ -18,9 +18,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""The classic text format, which every Prometheus 2.x and 3.x scrapes (what generate_latest writes)."""
 PROVIDER: contextvars.ContextVar[str] = contextvars.ContextVar("stillmotion_provider", default="other")
 """The provider label of the job the current task drives."""
 KNOWN_PROVIDERS = frozenset({"klingai", "alibaba", "xai", "gateway", "local"})
@@ -127,4 +129,4 @@ class _Forward(Collector):
         yield from REGISTRY.collect()
 
 
-__all__ = ["CONTENT_TYPE_LATEST", "PROVIDER", "exposition", "job_finished", "observe_request", "provider_label"]
+__all__ = ["CONTENT_TYPE", "PROVIDER", "exposition", "job_finished", "observe_request", "provider_label"]

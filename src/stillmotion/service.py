@@ -20,7 +20,7 @@ import anyio.to_thread
 import httpx
 from pydantic import BaseModel
 
-from . import __version__
+from . import __version__, metrics
 from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
 from .dryrun import preview_create_request
@@ -288,7 +288,8 @@ class Service:
             if request.blobs:
                 await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
             raise
-        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
+        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route,
+                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route)})
         self.runner.launch_new(row)
         return row
 

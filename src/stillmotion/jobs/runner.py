@@ -117,6 +117,8 @@ def _count_finished(row: JobRow, billed: bool) -> None:
     if billed:
         committed = row.actual_usd if row.actual_usd is not None else row.estimated_usd
     metrics.job_finished(row.model, row.route, row.status, committed)
+    log.info("job %s ended: %s", row.id, row.status,
+             extra={"job_id": row.id, "provider": metrics.provider_label(row.model, row.route)})
 
 
 class JobRunner:

@@ -198,7 +198,7 @@ def job_list_text(lines: list[JobLine], *, shell: bool = False) -> str:
         return "No jobs."
     out = []
     for j in lines:
-        parts = [j.job_id, j.status, j.tool, j.model, j.created_at[:19].replace("T", " ")]
+        parts = [j.job_id, j.status, j.tool, j.model, j.created_at[:16].replace("T", " ")]
         if j.progress is not None:
             parts.append(f"{j.progress:.0%}")
         if j.status_detail:
