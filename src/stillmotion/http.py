@@ -86,20 +86,12 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
         return getattr(getattr(manager, "_lifespan_state", None), "store", None)
 
-    # signed file links carry their own authorisation, so the route sits outside the token gate; a
-    # link of a deleted job (or one whose files the disk cap removed) answers 404 on every replica
-    app = FileRoute(app, links, settings.output_dir, job_has_files=lambda job_id: _has_files(started_store(), job_id))
+    # signed file links carry their own authorisation, so the route sits outside the token gate
+    # (a deleted job's files are gone from the shared folder: its links answer 404 on every replica)
+    app = FileRoute(app, links, settings.output_dir)
     metrics_token = settings.metrics_token or settings.http_token
     app = MetricsRoute(app, metrics_token.reveal() if metrics_token is not None else None, started_store)
     return Probes(app, started_store)
-
-
-def _has_files(store: Any, job_id: str) -> bool:
-    """Blocking (the file route calls it on a worker thread): the job exists and keeps its files."""
-    if store is None:  # starting or stopping: the files on disk decide
-        return True
-    row = store.get(job_id)
-    return row is not None and not row.files_deleted
 
 
 class MetricsRoute:

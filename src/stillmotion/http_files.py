@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -38,15 +37,10 @@ class FileRoute:
     goes to `app`. The signature is the authorisation (a player or a browser can follow the link
     without the bearer token), so this sits outside the token gate."""
 
-    def __init__(
-        self, app: ASGIApp, links: FileLinks, output_dir: Any, job_has_files: Callable[[str], bool] | None = None
-    ) -> None:
+    def __init__(self, app: ASGIApp, links: FileLinks, output_dir: Any) -> None:
         self.app = app
         self.links = links
         self.output_dir = output_dir
-        self.job_has_files = job_has_files
-        """Blocking check (run on a worker thread) that the job still exists with its files: a
-        deleted job's links answer 404 at once on every replica (jobs/gc.py)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not str(scope.get("path", "")).startswith("/files/"):
@@ -76,9 +70,6 @@ class FileRoute:
         sig = (query.get("sig") or [""])[0]
         if not self.links.check(job_id, name, exp, sig):
             await self._plain(send, 403, "missing, altered or expired signature\n")
-            return
-        if self.job_has_files is not None and not await anyio.to_thread.run_sync(self.job_has_files, job_id):
-            await self._plain(send, 404, "no such file\n")
             return
         path = self.output_dir / job_id / name
         try:

@@ -1,10 +1,9 @@
 """Deleting finished jobs: `delete_job`, retention and the disk cap (`stillmotion gc`).
 
-- `delete_job`: a finished job's row goes first (one conditional DELETE, so a running job is never
-  touched and two processes cannot both delete it), then its output folder, its input copies and
-  any Vercel Blob uploads not deleted yet. The `/files` route checks that the row exists, so the
-  job's signed links answer 404 on every replica as soon as the row is gone, even while a slow
-  volume is still removing the files.
+- `delete_job`: a finished job's output folder, input copies, any Vercel Blob uploads not deleted
+  yet, then its row (a conditional DELETE that never touches an unfinished job). The files live on
+  the folder every replica shares, so the job's signed `/files` links answer 404 on every replica
+  once the call returns.
 - Retention (`STILLMOTION_RETENTION_DAYS`): finished jobs created more than that many days ago
   are deleted as above.
 - The disk cap (`STILLMOTION_MAX_OUTPUT_GB`): while the output folder holds more than the cap,
@@ -12,8 +11,8 @@
   `files_deleted` set. Unfinished jobs and jobs created less than an hour ago are never touched.
 - Servers and workers run both at start-up and about hourly; `meta_claim_interval` lets one
   process per round do it and the others skip.
-- Orphans: a job folder with no row (a crash between the row's deletion and the files') is
-  removed once it is older than an hour (a job being created writes its inputs before its row).
+- Orphans: a job folder with no row (a job deleted by hand in the database, a submission that
+  died between writing its inputs and its row) is removed once it is older than an hour.
 """
 
 from __future__ import annotations
@@ -123,29 +122,32 @@ async def _delete_blobs(settings: Settings, client: httpx.AsyncClient | None, ro
 
 
 async def delete_job(store: JobStore, settings: Settings, client: httpx.AsyncClient | None, job_id: str) -> Deletion:
-    """`delete_job`: a finished job's row, files, input copies and Blob uploads. Raises InvalidInput
+    """`delete_job`: a finished job's files, input copies, Blob uploads and row. Raises InvalidInput
     for an unknown or unfinished job (nothing is deleted then)."""
     validate_job_id(job_id)
-    row = await anyio.to_thread.run_sync(store.delete_finished, job_id)
+    row = await anyio.to_thread.run_sync(store.get, job_id)
     if row is None:
-        current = await anyio.to_thread.run_sync(store.get, job_id)
-        if current is None:
-            raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
+        raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
+    if not row.terminal:
         raise InvalidInput(
             "job_id",
-            f"job {job_id} is {current.status}; only finished jobs (succeeded, failed, cancelled) can be deleted. "
+            f"job {job_id} is {row.status}; only finished jobs (succeeded, failed, cancelled) can be deleted. "
             "Cancel it first with cancel_job.",
             "a finished job's id",
         )
-    return await _after_row_deleted(store, settings, client, row, "deleted by request")
+    return await _delete_finished(store, settings, client, row, "deleted by request")
 
 
-async def _after_row_deleted(
+async def _delete_finished(
     store: JobStore, settings: Settings, client: httpx.AsyncClient | None, row: JobRow, reason: str
 ) -> Deletion:
-    urls = _blob_urls(settings, row)
+    """Files first (a finished job never runs again, so nothing writes them any more; its links
+    answer 404 from then on, on every replica), then Blob uploads, then the row. A crash in between
+    leaves the row, and deleting again finishes the work."""
+    urls = _blob_urls(settings, row)  # (read before the inputs folder, which holds the janitor's marker, goes)
     freed = await anyio.to_thread.run_sync(remove_job_files, settings, row.id)
     await _delete_blobs(settings, client, row, urls)
+    await anyio.to_thread.run_sync(store.delete_finished, row.id)
     log.info("job %s deleted (%s): %d bytes freed", row.id, reason, freed)
     return Deletion(row.id, "deleted", reason, row.status, row.created_at, freed)
 
@@ -227,9 +229,7 @@ async def collect(store: JobStore, settings: Settings, client: httpx.AsyncClient
             size = await anyio.to_thread.run_sync(job_bytes, settings, row.id)
             done.append(Deletion(row.id, "deleted", why, row.status, row.created_at, size))
             continue
-        gone = await anyio.to_thread.run_sync(store.delete_finished, row.id)
-        if gone is not None:
-            done.append(await _after_row_deleted(store, settings, client, gone, why))
+        done.append(await _delete_finished(store, settings, client, row, why))
     report.items[:0] = done
     return report
 
