@@ -223,3 +223,35 @@ def test_delete_job_checks_its_argument(make_settings: SettingsFactory, bad: str
             return error_text(await client.call_tool("delete_job", {"job_id": bad}))
 
     assert "[invalid_input]" in anyio.run(go) and "job_id" in anyio.run(go)
+
+
+def test_queued_local_job_says_what_it_waits_for_and_join_is_free(
+    make_settings: SettingsFactory, image_480: Path, tmp_path: Path
+) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()  # the first render pauses after its first frames, holding the only render slot
+
+    async def go() -> tuple[dict[str, Any], dict[str, Any], str]:
+        async with connect(make_settings(STILLMOTION_TEST_HOLD_FILE=str(hold))) as client:
+            first = structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))
+            second = structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))
+            waiting = structured(await client.call_tool("check_job", {"job_id": second["job_id"]}))
+            for _ in range(50):
+                if waiting["status_detail"]:
+                    break
+                waiting = structured(await client.call_tool("check_job", {"job_id": second["job_id"], "wait_seconds": 0.2}))
+            hold.unlink()
+            ids = []
+            for job in (first, second):
+                done = structured(await client.call_tool("check_job", {"job_id": job["job_id"], "wait_seconds": 40}))
+                assert done["status"] == "succeeded", done
+                ids.append(done["job_id"])
+            joined = await client.call_tool("join_clips", {"clips": ids, "wait_seconds": 40})
+            return waiting, structured(joined), joined.content[0].text  # type: ignore[union-attr]
+
+    waiting, joined, text = anyio.run(go)
+    assert waiting["status"] == "queued", waiting
+    assert "waiting for a local render slot" in waiting["status_detail"] and "STILLMOTION_LOCAL_CONCURRENCY=1" in \
+        waiting["status_detail"], waiting
+    assert joined["cost"]["estimated_usd"] == 0.0 and joined["cost"]["estimate"] is False, joined["cost"]
+    assert "Cost: free" in text, text
