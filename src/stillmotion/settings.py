@@ -79,14 +79,22 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
-def _usd(env: Mapping[str, str], name: str) -> float | None:
+def _number(env: Mapping[str, str], name: str) -> tuple[str, float] | None:
+    """(the text, its value or -1 when it is not a number) of a set variable; None when unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return None
     try:
-        value = float(raw)
+        return raw, float(raw)
     except ValueError:
-        value = -1.0
+        return raw, -1.0
+
+
+def _usd(env: Mapping[str, str], name: str) -> float | None:
+    got = _number(env, name)
+    if got is None:
+        return None
+    raw, value = got
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"environment variable {name} must be an amount in US dollars >= 0 (like 25 or 2.50), got {raw!r}")
     return value
@@ -100,13 +108,10 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _positive_number(env: Mapping[str, str], name: str, what: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
+    got = _number(env, name)
+    if got is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
+    raw, value = got
     if not 0 < value < float("inf"):
         raise ValueError(f"environment variable {name} must be a positive number of {what} (unset: no limit), got {raw!r}")
     return value

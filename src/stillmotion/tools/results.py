@@ -69,12 +69,17 @@ def job_cost(row: JobRow) -> CostInfo:
     )
 
 
-class JobResult(BaseModel):
+class JobIdentity(BaseModel):
+    """The fields every job answer starts with (check_job's full result, list_jobs' lines)."""
+
     job_id: str
     tool: str
     model: str
     route: Literal["direct", "gateway", "local"]
     status: Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
+
+
+class JobResult(JobIdentity):
     progress: float | None = Field(None, description="0-1 when known")
     status_detail: str | None = Field(
         None, description="What the job is doing right now when it is not plain progress (e.g. retrying a provider)."
@@ -99,14 +104,9 @@ class CostLine(BaseModel):
     actual_usd: float | None = None
 
 
-class JobLine(BaseModel):
+class JobLine(JobIdentity):
     """One job in list_jobs: what tells jobs apart (check_job has the rest: files, links, next step)."""
 
-    job_id: str
-    tool: str
-    model: str
-    route: Literal["direct", "gateway", "local"]
-    status: Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
     created_at: str
     progress: float | None = None
     status_detail: str | None = None
