@@ -54,7 +54,9 @@ async def list_jobs(args: ListJobsArgs, call: Call) -> CallToolResult:
     listed = JobList(jobs=[job_line(r) for r in rows])
     return CallToolResult(
         content=[TextContent(type="text", text=job_list_text(listed.jobs, shell=call.shell))],
-        structured_content=listed.model_dump(mode="json", exclude_none=True),
+        # a line leaves out what a job does not have; cost always says both figures (null: unknown)
+        structured_content={"jobs": [{k: v for k, v in j.model_dump(mode="json").items() if v is not None}
+                                     for j in listed.jobs]},
     )
 
 
