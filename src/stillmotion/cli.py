@@ -260,8 +260,8 @@ def _models() -> int:
 
 
 def _jobs(status: str | None, limit: int) -> int:
+    from .jobs.backends import open_for_settings
     from .jobs.ownership import owner_is_alive
-    from .jobs.store import open_store
     from .jobs.worker import META_KEY, worker_alive
     from .settings import Settings
 
@@ -270,7 +270,7 @@ def _jobs(status: str | None, limit: int) -> int:
     if url is None and not settings.db_path.exists():
         print("no jobs yet")
         return 0
-    store = open_store(settings.db_path, url)  # (PostgreSQL: the team's store, every replica's jobs)
+    store = open_for_settings(settings, serving=False)  # (PostgreSQL: the team's store, every replica's jobs)
     try:
         rows = store.recent(status=status, limit=limit)
         worker_id = store.meta_get(META_KEY)
@@ -418,13 +418,16 @@ def _gc(dry_run: bool) -> int:
     async def go() -> Any:
         import httpx
 
-        async with httpx.AsyncClient() as client:
-            return await collect(store, settings, client, dry_run=dry_run)
+        from .jobs.async_store import AsyncJobStore
 
-    try:
-        report = anyio.run(go)
-    finally:
-        store.close()
+        db = AsyncJobStore(store)
+        try:
+            async with httpx.AsyncClient() as client:
+                return await collect(db, settings, client, dry_run=dry_run)
+        finally:
+            await db.aclose()
+
+    report = anyio.run(go)
     verb = "would delete" if dry_run else "deleted"
     for d in report.items:
         when = time.strftime("%Y-%m-%d", time.localtime(d.created_at)) if d.created_at else "-"

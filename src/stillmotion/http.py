@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .file_links import FileLinks, file_url_secret
 from .http_files import FileRoute, guarded_protocol
 from .http_team import Probes, replicated, team_hosts
-from .jobs.store import open_store
+from .jobs.backends import open_for_settings
 from .server import build_server
 from .settings import Settings
 
@@ -84,7 +84,7 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
 
     def started_store() -> Any:
         # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
-        return getattr(getattr(manager, "_lifespan_state", None), "store", None)
+        return getattr(getattr(manager, "_lifespan_state", None), "db", None)
 
     # signed file links carry their own authorisation, so the route sits outside the token gate
     # (a deleted job's files are gone from the shared folder: its links answer 404 on every replica)
@@ -118,13 +118,14 @@ class MetricsRoute:
             return
         from .metrics import CONTENT_TYPE, exposition
 
-        store = self.store()
+        db = self.store()  # the started service's AsyncJobStore (None while starting)
         try:
-            body = await anyio.to_thread.run_sync(exposition, store.job_counts if store is not None else None)
+            counts = await db.job_counts() if db is not None else None
         except Exception as exc:  # the store is down: say so (a scrape failure shows as up == 0)
             log.warning("metrics: the job store does not answer: %s", type(exc).__name__)
             await _reply(send, 503, b"job store unreachable\n", b"text/plain; charset=utf-8")
             return
+        body = await anyio.to_thread.run_sync(exposition, (lambda: counts) if counts is not None else None)
         await _reply(send, 200, b"" if scope.get("method") == "HEAD" else body, CONTENT_TYPE.encode())
 
 
@@ -140,8 +141,7 @@ def _link_secret(settings: Settings) -> bytes:
     """The file-link signing secret from the store's `meta` table: every replica of the store signs
     and checks with the same one."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    url = settings.database_url.reveal() if settings.database_url is not None else None
-    store = open_store(settings.db_path, url)  # replicas: the PostgreSQL store they share
+    store = open_for_settings(settings, serving=False)  # replicas: the PostgreSQL store they share
     try:
         return file_url_secret(settings.home, store)
     finally:

@@ -211,6 +211,9 @@ class Settings:
     """STILLMOTION_METRICS_TOKEN: a bearer token for /metrics alone (else /mcp's token applies)."""
     log_format: Literal["text", "json"] = "text"
     """STILLMOTION_LOG_FORMAT=json: one JSON object per stderr line."""
+    store_busy_timeout_ms: int = 30_000
+    """STILLMOTION_STORE_BUSY_TIMEOUT_MS: how long one SQLite statement waits for another process's
+    write lock before the runner retries it (with backoff, while the job's lease allows)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -310,6 +313,7 @@ class Settings:
             max_output_bytes=None if max_gb is None else int(max_gb * 1e9),
             metrics_token=_secret(env, "STILLMOTION_METRICS_TOKEN"),
             log_format=log_format,  # type: ignore[arg-type]
+            store_busy_timeout_ms=max(50, _int(env, "STILLMOTION_STORE_BUSY_TIMEOUT_MS", 30_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:

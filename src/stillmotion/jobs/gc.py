@@ -31,6 +31,7 @@ import httpx
 
 from ..errors import InvalidInput
 from ..settings import Settings
+from .async_store import AsyncJobStore
 from .store import JobRow, JobStore, validate_job_id
 
 log = logging.getLogger(__name__)
@@ -121,11 +122,11 @@ async def _delete_blobs(settings: Settings, client: httpx.AsyncClient | None, ro
     await delete_quietly(BlobClient(client, settings), urls)
 
 
-async def delete_job(store: JobStore, settings: Settings, client: httpx.AsyncClient | None, job_id: str) -> Deletion:
+async def delete_job(db: AsyncJobStore, settings: Settings, client: httpx.AsyncClient | None, job_id: str) -> Deletion:
     """`delete_job`: a finished job's files, input copies, Blob uploads and row. Raises InvalidInput
     for an unknown or unfinished job (nothing is deleted then)."""
     validate_job_id(job_id)
-    row = await anyio.to_thread.run_sync(store.get, job_id)
+    row = await db.get(job_id)
     if row is None:
         raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
     if not row.terminal:
@@ -135,11 +136,11 @@ async def delete_job(store: JobStore, settings: Settings, client: httpx.AsyncCli
             "Cancel it first with cancel_job.",
             "a finished job's id",
         )
-    return await _delete_finished(store, settings, client, row, "deleted by request")
+    return await _delete_finished(db, settings, client, row, "deleted by request")
 
 
 async def _delete_finished(
-    store: JobStore, settings: Settings, client: httpx.AsyncClient | None, row: JobRow, reason: str
+    db: AsyncJobStore, settings: Settings, client: httpx.AsyncClient | None, row: JobRow, reason: str
 ) -> Deletion:
     """Files first (a finished job never runs again, so nothing writes them any more; its links
     answer 404 from then on, on every replica), then Blob uploads, then the row. A crash in between
@@ -147,7 +148,7 @@ async def _delete_finished(
     urls = _blob_urls(settings, row)  # (read before the inputs folder, which holds the janitor's marker, goes)
     freed = await anyio.to_thread.run_sync(remove_job_files, settings, row.id)
     await _delete_blobs(settings, client, row, urls)
-    await anyio.to_thread.run_sync(store.delete_finished, row.id)
+    await db.delete_finished(row.id)
     log.info("job %s deleted (%s): %d bytes freed", row.id, reason, freed)
     return Deletion(row.id, "deleted", reason, row.status, row.created_at, freed)
 
@@ -218,9 +219,10 @@ def _plan_sync(store: JobStore, settings: Settings, dry_run: bool) -> tuple[GcRe
     return report, expired
 
 
-async def collect(store: JobStore, settings: Settings, client: httpx.AsyncClient | None, *, dry_run: bool = False) -> GcReport:
+async def collect(db: AsyncJobStore, settings: Settings, client: httpx.AsyncClient | None, *,
+                  dry_run: bool = False) -> GcReport:
     """Retention and the disk cap, now (`stillmotion gc`, and each round of `run_periodically`)."""
-    report, expired = await anyio.to_thread.run_sync(_plan_sync, store, settings, dry_run)
+    report, expired = await db.run(_plan_sync, db.sync, settings, dry_run)  # (file work: on the store's threads)
     days = settings.retention_days
     why = f"older than {days:g} days" if days is not None else "retention"
     done: list[Deletion] = []
@@ -229,7 +231,7 @@ async def collect(store: JobStore, settings: Settings, client: httpx.AsyncClient
             size = await anyio.to_thread.run_sync(job_bytes, settings, row.id)
             done.append(Deletion(row.id, "deleted", why, row.status, row.created_at, size))
             continue
-        done.append(await _delete_finished(store, settings, client, row, why))
+        done.append(await _delete_finished(db, settings, client, row, why))
     report.items[:0] = done
     return report
 
@@ -238,14 +240,14 @@ def enabled(settings: Settings) -> bool:
     return settings.retention_days is not None or settings.max_output_bytes is not None
 
 
-async def run_periodically(store: JobStore, settings: Settings, client: httpx.AsyncClient | None,
+async def run_periodically(db: AsyncJobStore, settings: Settings, client: httpx.AsyncClient | None,
                            interval_s: float = GC_INTERVAL_S) -> None:
     """Servers and workers: a round at start-up and then about hourly, by one process at a time."""
     gate = STARTUP_GATE_S
     while True:
         try:
-            if await anyio.to_thread.run_sync(store.meta_claim_interval, GC_KEY, min(gate, interval_s * 0.9)):
-                report = await collect(store, settings, client)
+            if await db.meta_claim_interval(GC_KEY, min(gate, interval_s * 0.9)):
+                report = await collect(db, settings, client)
                 if report.items:
                     log.info("gc: %d job(s) cleaned, %s freed", len(report.items), human_bytes(report.freed_bytes))
         except Exception:  # a store hiccup: the next round tries again

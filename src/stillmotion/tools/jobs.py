@@ -50,7 +50,7 @@ async def check_job(args: CheckJobArgs, call: Call) -> CallToolResult:
 
 
 async def list_jobs(args: ListJobsArgs, call: Call) -> CallToolResult:
-    rows = call.service.list(args.status, args.limit)
+    rows = await call.service.list(args.status, args.limit)
     listed = JobList(jobs=[job_line(r) for r in rows])
     return CallToolResult(
         content=[TextContent(type="text", text=job_list_text(listed.jobs, shell=call.shell))],
@@ -61,7 +61,7 @@ async def list_jobs(args: ListJobsArgs, call: Call) -> CallToolResult:
 
 
 async def cancel_job(args: CancelJobArgs, call: Call) -> CallToolResult:
-    row, changed = call.service.cancel(args.job_id)
+    row, changed = await call.service.cancel(args.job_id)
     result = call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
     if not changed:
         first = result.content[0]
