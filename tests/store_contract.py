@@ -36,6 +36,7 @@ __all__ = [
     "OpenStore",
     "face",
     "store",
+    "test_aged_finished_jobs_and_files_deleted",
     "test_budget_reservation_is_atomic_across_processes",
     "test_cancel_from_any_process_wins_over_owner",
     "test_changed_since_reports_visible_changes_not_renewals",
@@ -43,9 +44,11 @@ __all__ = [
     "test_claim_rules",
     "test_committed_spend_counts_jobs_that_reached_the_provider",
     "test_create_and_read_back",
+    "test_delete_finished_removes_only_finished_rows",
     "test_duplicate_idempotency_key",
     "test_heads_match_full_rows",
     "test_idempotency_keys_are_per_user",
+    "test_meta_claim_interval_has_one_winner",
     "test_meta_table",
     "test_reads_are_scoped_to_a_user",
     "test_recent_and_unfinished",
@@ -505,6 +508,96 @@ def test_user_budget_is_atomic_across_processes_beside_the_server_budget(open_st
             _priced(solo, 1.0, user="dave", user_budget=BudgetRule(0.5 + 1.0, "month", "dave"))
         finally:
             solo.close()
+    finally:
+        for s in stores:
+            s.close()
+
+
+def _finish(store: JobStore, row: JobRow, status: str = "succeeded", *, created_at: float | None = None) -> JobRow:
+    values: dict[str, Any] = {"status": status, "stage": "done"}
+    if created_at is not None:
+        values["created_at"] = created_at
+    return store.update(row.id, **values) if created_at is None else _aged(store, row.id, values)
+
+
+def _aged(store: JobStore, job_id: str, values: dict[str, Any]) -> JobRow:
+    """`created_at` is not writable through update(); tests age rows with the engine's own SQL."""
+    created = values.pop("created_at")
+    store.update(job_id, **values)
+    age_row(store, job_id, created)
+    got = store.get(job_id)
+    assert got is not None
+    return got
+
+
+def age_row(store: JobStore, job_id: str, created_at: float) -> None:
+    """Set a row's created_at (tests only): jobs made days ago without waiting days."""
+    if isinstance(store, ThroughAsync):
+        store = store.face.sync
+    db = getattr(store, "_db", None)
+    if db is not None:  # SQLite
+        with store._lock:  # type: ignore[attr-defined]
+            db.execute("UPDATE jobs SET created_at=? WHERE id=?", (created_at, job_id))
+        return
+    with store._pool.connection() as conn:  # type: ignore[attr-defined]
+        conn.execute("UPDATE jobs SET created_at=%s WHERE id=%s", (created_at, job_id))
+
+
+def test_delete_finished_removes_only_finished_rows(store: JobStore, open_store: OpenStore) -> None:
+    running = _new(store, owner="a", lease_s=30)
+    done = _finish(store, _new(store))
+    other = open_store()  # another process
+    try:
+        assert other.delete_finished(running.id) is None, "an unfinished job is never deleted"
+        assert store.get(running.id) is not None
+        gone = other.delete_finished(done.id)
+        assert gone is not None and gone.id == done.id and gone.status == "succeeded"
+        assert store.get(done.id) is None and other.delete_finished(done.id) is None
+        assert store.delete_finished("job_missing00") is None
+    finally:
+        other.close()
+
+
+def test_aged_finished_jobs_and_files_deleted(store: JobStore) -> None:
+    now = store.now()
+    old_ok = _finish(store, _new(store), created_at=now - 10 * 86400)
+    old_failed = _finish(store, _new(store), "failed", created_at=now - 9 * 86400)
+    old_running = _new(store, owner="a", lease_s=30)
+    age_row(store, old_running.id, now - 20 * 86400)
+    young = _finish(store, _new(store))
+    assert [r.id for r in store.finished_created_before(now - 86400)] == [old_ok.id, old_failed.id]
+    assert [r.id for r in store.finished_created_before(now - 86400, limit=1)] == [old_ok.id]
+    assert [r.id for r in store.finished_with_files(now + 1)] == [old_ok.id, old_failed.id, young.id]
+    before = store.get(old_ok.id)
+    assert before is not None and before.files_deleted == 0
+    assert store.mark_files_deleted(old_ok.id) is True
+    after = store.get(old_ok.id)
+    assert after is not None and after.files_deleted == 1 and after.updated_at >= before.updated_at
+    assert store.mark_files_deleted(old_running.id) is False, "a running job keeps its files"
+    assert [r.id for r in store.finished_with_files(now + 1)] == [old_failed.id, young.id]
+    assert [r.id for r in store.finished_with_files(now - 3600)] == [old_failed.id]
+    assert sorted(store.job_counts()) == [("failed", "m", "direct", 1), ("queued", "m", "direct", 1),
+                                          ("succeeded", "m", "direct", 2)]
+
+
+def test_meta_claim_interval_has_one_winner(open_store: OpenStore) -> None:
+    stores = [open_store() for _ in range(4)]
+    try:
+        wins: list[bool] = []
+        barrier = threading.Barrier(len(stores))
+
+        def run(s: JobStore) -> None:
+            barrier.wait()
+            wins.append(s.meta_claim_interval("gc_last_run", 3600))
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(wins) == [False, False, False, True]
+        assert stores[0].meta_claim_interval("gc_last_run", 3600) is False
+        assert stores[1].meta_claim_interval("gc_last_run", 0) is True, "past the interval, the next caller wins"
     finally:
         for s in stores:
             s.close()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import hmac
 import ipaddress
 import logging
+import socket
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .file_links import FileLinks, file_url_secret
 from .http_files import FileRoute, guarded_protocol
@@ -56,12 +61,66 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security,
         stateless_http=replicated(settings),
     )
+    manager = server.session_manager
+
+    def started_store() -> Any:
+        # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
+        return getattr(getattr(manager, "_lifespan_state", None), "db", None)
+
+    # /metrics: behind STILLMOTION_METRICS_TOKEN alone when it is set (outside the sign-in), else
+    # behind the same sign-in as /mcp (inside it)
+    if settings.metrics_token is None:
+        app = MetricsRoute(app, None, started_store)
     app = wrap_signin(app, settings, base_url)  # who is asking (users.py): a shared token, a users file, OAuth
     # signed file links carry their own authorisation, so the route sits outside the token gate
+    # (a deleted job's files are gone from the shared folder: its links answer 404 on every replica)
     app = FileRoute(app, links, settings.output_dir)
-    manager = server.session_manager
-    # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
-    return Probes(app, lambda: getattr(getattr(manager, "_lifespan_state", None), "db", None))
+    if settings.metrics_token is not None:
+        app = MetricsRoute(app, settings.metrics_token.reveal(), started_store)
+    return Probes(app, started_store)
+
+
+class MetricsRoute:
+    """`GET /metrics`: Prometheus text (metrics.py). With a token (STILLMOTION_METRICS_TOKEN) it checks
+    that token itself; without one it sits behind /mcp's sign-in (none on loopback without one, like /mcp)."""
+
+    def __init__(self, app: ASGIApp, token: str | None, store: Any) -> None:
+        self.app = app
+        self.token = token.encode() if token is not None else None
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/metrics":
+            await self.app(scope, receive, send)
+            return
+        if self.token is not None:
+            auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not (auth.startswith(b"Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)):
+                await _reply(send, 401, b'{"error":"missing or wrong bearer token"}', b"application/json",
+                             [(b"www-authenticate", b"Bearer")])
+                return
+        if scope.get("method") not in ("GET", "HEAD"):
+            await _reply(send, 405, b"only GET\n", b"text/plain; charset=utf-8", [(b"allow", b"GET, HEAD")])
+            return
+        from .metrics import CONTENT_TYPE, exposition
+
+        db = self.store()  # the started service's AsyncJobStore (None while starting)
+        try:
+            counts = await db.job_counts() if db is not None else None
+        except Exception as exc:  # the store is down: say so (a scrape failure shows as up == 0)
+            log.warning("metrics: the job store does not answer: %s", type(exc).__name__)
+            await _reply(send, 503, b"job store unreachable\n", b"text/plain; charset=utf-8")
+            return
+        body = await anyio.to_thread.run_sync(exposition, (lambda: counts) if counts is not None else None)
+        await _reply(send, 200, b"" if scope.get("method") == "HEAD" else body, CONTENT_TYPE.encode())
+
+
+async def _reply(send: Send, status: int, body: bytes, content_type: bytes,
+                 headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", content_type), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _link_secret(settings: Settings) -> bytes:
@@ -87,12 +146,33 @@ def _file_base_url(settings: Settings, host: str, port: int) -> str:
     return f"http://{shown}:{port}"
 
 
-def serve_http(settings: Settings, host: str, port: int) -> int:
+class _Server(uvicorn.Server):
+    """uvicorn's server, saying "serving" only once the service started and the socket listens."""
+
+    where = ""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            log.info("serving MCP over streamable HTTP at %s", self.where)
+
+
+def serve_http(settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> int:
+    """Serve on `sock` (bound by startup.bind, so a taken port fails in one line before anything
+    starts) or, without one, bind here."""
+    if sock is None:
+        from .startup import bind
+
+        sock = bind(host, port)
     app = build_http_app(settings, host, port)
-    log.info("serving MCP over streamable HTTP at http://%s:%d/mcp", host, port)
     # uvicorn's h11 protocol with header/body read timeouts (slow clients are disconnected).
     # SIGTERM: stop accepting, give open requests (a check_job wait, a listen stream) a few seconds,
     # then the lifespan stops the runner and releases this process's leases for the other replicas.
     protocol = guarded_protocol(settings.http_header_timeout_s, settings.http_body_timeout_s)
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
-    return 0
+    # log_config=None: uvicorn's loggers reach the root handler (STILLMOTION_LOG_FORMAT applies to them)
+    config = uvicorn.Config(app, log_level="warning", log_config=None, http=protocol, timeout_graceful_shutdown=GRACEFUL_S)
+    server = _Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    server.where = f"http://{shown}:{port}/mcp"
+    server.run(sockets=[sock])
+    return 0 if server.started else 1

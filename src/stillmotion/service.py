@@ -20,13 +20,15 @@ import anyio.to_thread
 import httpx
 from pydantic import BaseModel
 
-from . import __version__
+from . import __version__, metrics
 from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
 from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput, Unavailable
+from .jobs import gc
 from .jobs.async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .jobs.backends import open_for_settings
+from .jobs.gc import Deletion, delete_job
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
 from .jobs.spend import BudgetRule
@@ -152,6 +154,8 @@ class Service:
         if self.janitor is not None:
             self.janitor.start(tg)
         await self.runner.start(tg)
+        if gc.enabled(self.settings):  # retention and the disk cap: now, then about hourly
+            tg.start_soon(gc.run_periodically, self.db, self.settings, self.client, name="gc")
         ACTIVE.append(self)
 
     def stop(self) -> None:
@@ -329,7 +333,8 @@ class Service:
             # (a create that did commit before its answer was lost is a queued job the runner finds)
             await self._discard(folder, request)
             raise Unavailable(f"the job was not accepted: {fault.message}") from fault
-        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, args.tool, plan.spec.id, plan.route)
+        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, args.tool, plan.spec.id, plan.route,
+                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route), "user": row.user_id})
         self.runner.launch_new(row, leased_at=sent)
         return row
 
@@ -474,6 +479,15 @@ class Service:
         log.info("job %s (user %s) cancelled by user %s", job_id, row.user_id, self.asker.user)
         await self.runner.cancel(job_id)
         return await self.get(job_id), True
+
+    async def delete(self, job_id: str) -> Deletion:
+        """A finished job's files, input copies, Blob uploads and row (InvalidInput when unfinished)."""
+        try:
+            gone = await delete_job(self.db, self.settings, self.client, job_id, user=self.asker.scope)
+        except StoreUnavailable as fault:
+            raise Unavailable(fault.message) from fault
+        self.runner.forget(job_id)
+        return gone
 
     async def list(self, status: str | None, limit: int) -> list[JobRow]:
         return await self.db.recent(status=status, limit=limit, user=self.asker.scope)

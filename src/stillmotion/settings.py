@@ -79,14 +79,22 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer, got {raw!r}") from exc
 
 
-def _usd(env: Mapping[str, str], name: str) -> float | None:
+def _number(env: Mapping[str, str], name: str) -> tuple[str, float] | None:
+    """(the text, its value or -1 when it is not a number) of a set variable; None when unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return None
     try:
-        value = float(raw)
+        return raw, float(raw)
     except ValueError:
-        value = -1.0
+        return raw, -1.0
+
+
+def _usd(env: Mapping[str, str], name: str) -> float | None:
+    got = _number(env, name)
+    if got is None:
+        return None
+    raw, value = got
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"environment variable {name} must be an amount in US dollars >= 0 (like 25 or 2.50), got {raw!r}")
     return value
@@ -96,6 +104,16 @@ def _positive(env: Mapping[str, str], name: str, default: int) -> int:
     value = _int(env, name, default)
     if value <= 0:
         raise ValueError(f"environment variable {name} must be a positive integer, got {value}")
+    return value
+
+
+def _positive_number(env: Mapping[str, str], name: str, what: str) -> float | None:
+    got = _number(env, name)
+    if got is None:
+        return None
+    raw, value = got
+    if not 0 < value < float("inf"):
+        raise ValueError(f"environment variable {name} must be a positive number of {what} (unset: no limit), got {raw!r}")
     return value
 
 
@@ -215,6 +233,14 @@ class Settings:
     """STILLMOTION_OAUTH_SCOPES: scopes every token must carry (space or comma separated)."""
     oauth_jwks_refresh_s: float = 10.0
     """STILLMOTION_OAUTH_JWKS_REFRESH_S: the least time between two key fetches for an unknown key id."""
+    retention_days: float | None = None
+    """STILLMOTION_RETENTION_DAYS: finished jobs created longer ago are deleted (files and rows)."""
+    max_output_bytes: int | None = None
+    """STILLMOTION_MAX_OUTPUT_GB: above it, the oldest finished jobs' files are deleted (rows stay)."""
+    metrics_token: Secret | None = None
+    """STILLMOTION_METRICS_TOKEN: a bearer token for /metrics alone (else /mcp's token applies)."""
+    log_format: Literal["text", "json"] = "text"
+    """STILLMOTION_LOG_FORMAT=json: one JSON object per stderr line."""
     store_busy_timeout_ms: int = 30_000
     """STILLMOTION_STORE_BUSY_TIMEOUT_MS: how long one SQLite statement waits for another process's
     write lock before the runner retries it (with backoff, while the job's lease allows)."""
@@ -268,6 +294,10 @@ class Settings:
                 if cap < 1:
                     raise ValueError(f"{var} must be a positive integer, got {cap}")
                 max_running[key] = cap
+        max_gb = _positive_number(env, "STILLMOTION_MAX_OUTPUT_GB", "gigabytes")
+        log_format = env.get("STILLMOTION_LOG_FORMAT", "").strip().lower() or "text"
+        if log_format not in ("text", "json"):
+            raise ValueError(f"STILLMOTION_LOG_FORMAT must be text or json, got {log_format!r}")
         return cls(
             home=home,
             output_dir=output_dir,
@@ -318,6 +348,10 @@ class Settings:
             oauth_audience=env.get("STILLMOTION_OAUTH_AUDIENCE", "").strip() or None,
             oauth_scopes=tuple(x for x in env.get("STILLMOTION_OAUTH_SCOPES", "stillmotion").replace(",", " ").split()),
             oauth_jwks_refresh_s=_seconds(env, "STILLMOTION_OAUTH_JWKS_REFRESH_S", 10.0),
+            retention_days=_positive_number(env, "STILLMOTION_RETENTION_DAYS", "days"),
+            max_output_bytes=None if max_gb is None else int(max_gb * 1e9),
+            metrics_token=_secret(env, "STILLMOTION_METRICS_TOKEN"),
+            log_format=log_format,  # type: ignore[arg-type]
             store_busy_timeout_ms=max(50, _int(env, "STILLMOTION_STORE_BUSY_TIMEOUT_MS", 30_000)),
         )
 

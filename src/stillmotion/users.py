@@ -26,6 +26,7 @@ from typing import Any
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
+from . import logs
 from .jobs.store import LOCAL_USER
 from .settings import Settings
 
@@ -73,10 +74,12 @@ def asker_middleware(settings: Settings) -> Any:
     admins, local_is_admin = settings.admins, not per_user_signin(settings)
 
     async def ask_as(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        token = _ASKER.set(principal_of(ctx, admins, local_is_admin))
+        asker = principal_of(ctx, admins, local_is_admin)
+        token, log_token = _ASKER.set(asker), logs.USER.set(asker.user)  # log lines of this request say who
         try:
             return await call_next(ctx)
         finally:
+            logs.USER.reset(log_token)
             _ASKER.reset(token)
 
     return ask_as

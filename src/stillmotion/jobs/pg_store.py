@@ -139,6 +139,10 @@ MIGRATIONS: list[str] = [
       WHERE idempotency_key IS NOT NULL AND strpos(idempotency_key, chr(31)) = 0;
     CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
     """,
+    # -> 5: the disk cap (issue #26) deletes a finished job's files and keeps its row
+    """
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS files_deleted INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 assert len(MIGRATIONS) + 1 == SCHEMA_VERSION, "a new schema version needs a PostgreSQL migration"
 
@@ -506,6 +510,45 @@ class PgStore(JobStore):
         r = self._one(f"UPDATE jobs SET {', '.join(cols)} WHERE id=%s RETURNING *", (*vals, job_id))
         assert r is not None
         return self._row(r)
+
+    # -- deleting -------------------------------------------------------------------------
+
+    def delete_finished(self, job_id: str) -> JobRow | None:
+        r = self._one(f"DELETE FROM jobs WHERE id=%s AND NOT ({NOT_TERMINAL}) RETURNING *", (job_id,))
+        return self._row(r) if r else None
+
+    def finished_created_before(self, cutoff: float, *, limit: int = 1000) -> list[JobRow]:
+        return self._rows(
+            f"SELECT * FROM jobs WHERE NOT ({NOT_TERMINAL}) AND created_at < %s ORDER BY created_at LIMIT %s",
+            (cutoff, limit),
+        )
+
+    def finished_with_files(self, created_before: float, *, limit: int = 1000) -> list[JobRow]:
+        return self._rows(
+            f"SELECT * FROM jobs WHERE NOT ({NOT_TERMINAL}) AND files_deleted=0 AND created_at < %s"
+            " ORDER BY created_at LIMIT %s",
+            (created_before, limit),
+        )
+
+    def mark_files_deleted(self, job_id: str) -> bool:
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET files_deleted=1, updated_at={NOW} WHERE id=%s AND NOT ({NOT_TERMINAL})", (job_id,)
+            )
+            return bool(cur.rowcount)
+
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        rows = self._all("SELECT status, model, route, COUNT(*) AS n FROM jobs GROUP BY status, model, route")
+        return [(str(r["status"]), str(r["model"]), str(r["route"]), int(r["n"])) for r in rows]
+
+    def meta_claim_interval(self, key: str, interval_s: float) -> bool:
+        # one statement: the upsert's WHERE sees the committed row (or waits on a concurrent writer)
+        r = self._one(
+            f"INSERT INTO meta(key, value) VALUES (%(k)s, ({NOW})::text) ON CONFLICT (key) DO UPDATE"
+            f" SET value=excluded.value WHERE meta.value::double precision <= {NOW} - %(i)s RETURNING key",
+            {"k": key, "i": interval_s},
+        )
+        return r is not None
 
     # -- meta -----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 
+from .. import logs, metrics
 from ..errors import (
     AmbiguousSubmission,
     Cancelled,
@@ -125,6 +126,17 @@ class Job:
     @property
     def id(self) -> str:
         return self.row.id
+
+
+def _count_finished(row: JobRow, billed: bool) -> None:
+    """Metrics of a job that just ended here: its status, and what it committed (jobs/spend.py's
+    rule: a job that reached the provider commits its reported cost, else its estimate)."""
+    committed = None
+    if billed:
+        committed = row.actual_usd if row.actual_usd is not None else row.estimated_usd
+    metrics.job_finished(row.model, row.route, row.status, committed)
+    log.info("job %s ended: %s", row.id, row.status,
+             extra={"job_id": row.id, "provider": metrics.provider_label(row.model, row.route)})
 
 
 class JobRunner:
@@ -275,6 +287,8 @@ class JobRunner:
                     "took over job %s (user %s, %s, stage %s) from %s", row.id, claimed.user_id, claimed.status,
                     claimed.stage, row.owner or "nobody",
                 )
+                if row.owner is not None:
+                    metrics.TAKEOVERS.inc()
             self._launch(claimed, leased_at=sent)
 
     async def heartbeat(self) -> None:
@@ -307,6 +321,11 @@ class JobRunner:
         if len(self._seen) > 10_000 or (rows and len(self._seen) > 4 * len(rows) + 1000):
             floor = self._watch_mark - 4 * WATCH_MARGIN_S
             self._seen = {k: v for k, v in self._seen.items() if v >= floor}
+
+    def forget(self, job_id: str) -> None:
+        """The job's row was deleted: wake its waiters (they find no job) and notify subscribers."""
+        self._seen.pop(job_id, None)
+        self._notify(job_id)
 
     def launch_new(self, row: JobRow, *, leased_at: float | None = None) -> None:
         """A job this process just created (and owns); `leased_at`: monotonic time the create was sent."""
@@ -390,9 +409,12 @@ class JobRunner:
             raise Lost(job.id)
         if lease_s is not None:
             job.leased_at = max(job.leased_at, sent)
+        reached_provider = job.row.stage in ("submitting", "polling", "downloading") and row.route != "local"
         job.row = row
         self._seen[job.id] = row.updated_at
         self._notify(job.id)
+        if row.terminal:
+            _count_finished(row, bool(row.billed) or reached_provider)
         return row
 
     async def _set(self, job: Job, *, lease_s: float | None = None, until_lost: bool = False, **values: Any) -> JobRow:
@@ -460,6 +482,8 @@ class JobRunner:
             else "cancelled by request."
         )
         ended = await self.db.cancel(job_id, Cancelled(message).to_dict())
+        if ended is not None:
+            _count_finished(ended, bool(ended.billed))
         job = self._jobs.get(job_id)
         if job is not None:
             self._lose(job, "cancelled")
@@ -488,6 +512,12 @@ class JobRunner:
                 if row.terminal:
                     return
                 self._clean_leftovers(row.id)
+                # this task's log lines and provider requests carry the job and its provider
+                logs.JOB_ID.set(row.id)
+                logs.USER.set(row.user_id)
+                label = metrics.provider_label(row.model, row.route)
+                logs.PROVIDER.set(label)
+                metrics.PROVIDER.set(label)
                 job.ctx = JobContext(row.id, GenerationRequest.model_validate(row.request))
                 if row.route == "local":
                     await self._run_local(job)
@@ -536,7 +566,13 @@ class JobRunner:
 
     async def _run_local(self, job: Job) -> None:
         assert job.ctx is not None
-        async with self._local_limiter:
+        limiter = self._local_limiter
+        if limiter.available_tokens < 1:  # say what the job waits for (cleared when it starts)
+            ahead = limiter.borrowed_tokens + limiter.statistics().tasks_waiting
+            total = int(limiter.total_tokens)
+            await self._set(job, status_detail=f"queued: waiting for a local render slot ({ahead} local job(s) ahead; "
+                                               f"{total} at a time, STILLMOTION_LOCAL_CONCURRENCY={total})")
+        async with limiter:
             await self._set(job, status="running", stage="polling", progress=0.0, lease_s=self.lease_s)
             tmp = self._tmp(job.id, "render")
             loop = asyncio.get_running_loop()

@@ -59,8 +59,8 @@ Stage = Literal["new", "submitting", "polling", "downloading", "done"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 UNFINISHED: tuple[str, ...] = ("queued", "running", "downloading")
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{7,63}$")
-SCHEMA_VERSION = 4
-"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks. 3: cost columns (estimate, actual, billed; issue #15). 4: user_id, idempotency keys per user (issue #23)."""
+SCHEMA_VERSION = 5
+"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks. 3: cost columns (estimate, actual, billed; issue #15). 4: user_id, idempotency keys per user (issue #23). 5: `files_deleted` (the disk cap; issue #26)."""
 LOCAL_USER = "local"
 """The user of a stdio server, of an HTTP server with one shared token (or none), and of every job
 made before users existed."""
@@ -136,6 +136,8 @@ class JobRow:
     """1 once the job ended after reaching the provider (set by a trigger; see jobs/spend.py)."""
     user_id: str = LOCAL_USER
     """Who asked for the job (issue #23); never a token."""
+    files_deleted: int = 0
+    """1 once the disk cap (STILLMOTION_MAX_OUTPUT_GB) deleted the finished job's files; the row stays."""
 
     @property
     def terminal(self) -> bool:
@@ -322,6 +324,36 @@ class JobStore(ABC):
     def update(self, job_id: str, **values: Any) -> JobRow:
         """Unconditional update (tests and repairs only; the runner never uses it)."""
 
+    # -- deleting (delete_job, retention, the disk cap; see jobs/gc.py) ----------------------
+
+    @abstractmethod
+    def delete_finished(self, job_id: str) -> JobRow | None:
+        """Remove a finished job's row in one conditional statement; returns the row as it was, or
+        None when there is no such job or it is unfinished (nothing is removed then)."""
+
+    @abstractmethod
+    def finished_created_before(self, cutoff: float, *, limit: int = 1000) -> list[JobRow]:
+        """Finished jobs created before `cutoff` (store clock), oldest first (retention)."""
+
+    @abstractmethod
+    def finished_with_files(self, created_before: float, *, limit: int = 1000) -> list[JobRow]:
+        """Finished jobs created before `created_before` whose files were not deleted yet, oldest
+        first (the disk cap frees their space in that order)."""
+
+    @abstractmethod
+    def mark_files_deleted(self, job_id: str) -> bool:
+        """Set `files_deleted` on a finished job (bumping `updated_at`); False when the job is
+        missing or unfinished."""
+
+    @abstractmethod
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        """(status, model, route, jobs) for every combination present (the metrics gauge)."""
+
+    @abstractmethod
+    def meta_claim_interval(self, key: str, interval_s: float) -> bool:
+        """True for exactly one caller per `interval_s` across every process on the store: sets
+        `key` to now (store clock) when it is absent or older than `interval_s`, atomically."""
+
     # -- meta (small shared key/value: signing secrets, the worker's id, schema version) ---
 
     @abstractmethod
@@ -386,6 +418,7 @@ ADDED_COLUMNS = (
     ("actual_cost", "TEXT"),
     ("billed", "INTEGER NOT NULL DEFAULT 0"),
     ("user_id", f"TEXT NOT NULL DEFAULT '{LOCAL_USER}'"),
+    ("files_deleted", "INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns of schema 2 and later, added in place to older databases."""
 SCOPE_OLD_KEYS = (
@@ -742,6 +775,47 @@ class SqliteStore(JobStore):
                 "server_budget": budget_status(self._db, budget, period),
                 "rows": spend_breakdown(self._db, since, user),
             }
+
+    # -- deleting ---------------------------------------------------------------------------
+
+    def delete_finished(self, job_id: str) -> JobRow | None:
+        with self._lock, self._write() as db:
+            rows = db.execute(f"DELETE FROM jobs WHERE id=? AND NOT ({_NOT_TERMINAL}) RETURNING *", (job_id,)).fetchall()
+        return self._row(rows[0]) if rows else None
+
+    def finished_created_before(self, cutoff: float, *, limit: int = 1000) -> list[JobRow]:
+        return self._select(f"NOT ({_NOT_TERMINAL}) AND created_at < ?", (cutoff, limit), "ORDER BY created_at LIMIT ?")
+
+    def finished_with_files(self, created_before: float, *, limit: int = 1000) -> list[JobRow]:
+        return self._select(
+            f"NOT ({_NOT_TERMINAL}) AND files_deleted=0 AND created_at < ?", (created_before, limit),
+            "ORDER BY created_at LIMIT ?",
+        )
+
+    def mark_files_deleted(self, job_id: str) -> bool:
+        with self._lock, self._write() as db:
+            cur = db.execute(
+                f"UPDATE jobs SET files_deleted=1, updated_at=? WHERE id=? AND NOT ({_NOT_TERMINAL})",
+                (self.now(), job_id),
+            )
+            return cur.rowcount > 0
+
+    def job_counts(self) -> list[tuple[str, str, str, int]]:
+        with self._lock:
+            rows = self._db.execute("SELECT status, model, route, COUNT(*) FROM jobs GROUP BY status, model, route").fetchall()
+        return [(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+    def meta_claim_interval(self, key: str, interval_s: float) -> bool:
+        now = self.now()
+        with self._lock, self._write() as db:  # BEGIN IMMEDIATE: read, compare and write as one
+            r = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            if r is not None and float(r[0]) > now - interval_s:
+                return False
+            db.execute(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (key, repr(now)),
+            )
+        return True
 
     # -- meta -------------------------------------------------------------------------------
 

@@ -92,6 +92,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             owner=svc.runner.owner,
             lease_s=svc.runner.lease_s,
             user=svc.asker.user,
+            cost={"estimated_usd": 0.0, "basis": "join_clips: joined on this machine, free", "estimate": False},
         )
     except DuplicateIdempotencyKey:
         shutil.rmtree(folder, ignore_errors=True)
