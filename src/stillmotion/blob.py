@@ -350,7 +350,8 @@ class BlobJanitor:
                 await self.ledger.done(intent)
             return True
         if self.settings.blob_token is None:
-            log.warning("job %s ended with %d Vercel Blob file(s) but BLOB_READ_WRITE_TOKEN is unset", job_id, len(urls))
+            log.warning("job %s (user %s) ended with %d Vercel Blob file(s) but BLOB_READ_WRITE_TOKEN is unset",
+                        job_id, row.user_id, len(urls))
             return True
         self._busy.add(job_id)
         try:
@@ -361,7 +362,7 @@ class BlobJanitor:
             marker.write_text("\n".join(urls))
             if isinstance(intent, str):
                 await self.ledger.done(intent)
-            log.info("job %s: deleted %d Vercel Blob file(s)", job_id, len(urls))
+            log.info("job %s (user %s): deleted %d Vercel Blob file(s)", job_id, row.user_id, len(urls))
             return True
         finally:
             self._busy.discard(job_id)
