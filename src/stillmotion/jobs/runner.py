@@ -66,7 +66,7 @@ from ..requests import GenerationRequest
 from ..settings import Settings
 from .async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .batch import StatusBatcher
-from .caps import RunningCap, cap_for
+from .caps import LeaseShort, RunningCap, cap_for
 from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
 from .retry import RetryPolicy
 from .store import JobRow, JobStore
@@ -652,7 +652,10 @@ class JobRunner:
                 if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     await self._set(job, stage="new", status_detail=job.row.status_detail)
-                    raise ProviderError("the lease ran short before the create request went out", retryable=True)
+                    # a local slowdown (a slow store, a paused process) is never a job failure:
+                    # it waits like a cap, with no attempt limit (#21: an xAI job once ended
+                    # failed with no create after five such rounds)
+                    raise LeaseShort("the lease ran short before the create request went out (a slow job store)")
                 try:
                     return await provider.start(ctx)
                 except AmbiguousSubmission:
