@@ -91,6 +91,26 @@ def user_agent(owner: OwnerId | str) -> str:
     return f"stillmotion/{__version__} (instance {owner})"
 
 
+def _drop_join_inputs(
+    store: JobStore, settings: Settings, on_change: Callable[[str], Coroutine[Any, Any, None]] | None
+) -> Callable[[str], Coroutine[Any, Any, None]]:
+    """The runner's change callback, plus: a join_clips job that ended (succeeded, failed or
+    cancelled, queued or running) has its clip copies deleted (a job's result never reads them)."""
+
+    async def changed(job_id: str) -> None:
+        if on_change is not None:
+            await on_change(job_id)
+        folder = settings.inputs_dir / job_id
+        if not (folder / "clip_0.mp4").exists():  # one stat: only a join's folder has clips
+            return
+        row = store.get(job_id)
+        if row is not None and row.terminal and row.tool == "join_clips":
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+            log.info("job %s ended: its clip copies were deleted", job_id)
+
+    return changed
+
+
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
 
@@ -136,7 +156,7 @@ class Service:
             provider_factory=lambda provider, route: make_provider(client, settings, provider, route),
             local_render=local,
             publish=publish_video,
-            on_change=janitor.wrap(on_change),
+            on_change=janitor.wrap(_drop_join_inputs(store, settings, on_change)),
             owner=owner,
         )
         return cls(settings, store, client, runner, janitor)

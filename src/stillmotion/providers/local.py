@@ -139,7 +139,8 @@ def _shot_frames(start: np.ndarray, shots: list[KlingShot], fps: int) -> tuple[I
 def _join(req: GenerationRequest, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
     """join_clips: stream copy when it can (the publisher then samples the file), else re-encode."""
     clips = [
-        ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio) for c in req.clips
+        ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio, c.rotation)
+        for c in req.clips
     ]
     if can_stream_copy(clips, req.crossfade_s):
         report = join(clips, out, 0.0, progress)
