@@ -103,7 +103,7 @@ def measure_clip(path: Path, *, max_pixels: int, decode: bool = True) -> ClipFac
     missing, and the count and the display rotation come from the decoded frames. Without it (a video
     this server made), the count is the packets'."""
     try:
-        c = av.open(str(path), "r")
+        c = _open_capped(path, max_pixels)
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise ClipRefused(f"not a video file ({str(exc)[:120]})") from None
     try:
@@ -115,7 +115,9 @@ def measure_clip(path: Path, *, max_pixels: int, decode: bool = True) -> ClipFac
         v = c.streams.video[0]
         w, h = int(v.codec_context.width), int(v.codec_context.height)
         if w <= 0 or h <= 0:
-            raise ClipRefused("its header gives no frame size")
+            raise ClipRefused(
+                f"has no frame size that can be read within {max_pixels / 1e6:.1f} megapixels (larger frames, or none)"
+            )
         if w * h > max_pixels:
             raise ClipRefused(
                 f"is {w}x{h} ({w * h / 1e6:.1f} megapixels) by its header; at most {max_pixels / 1e6:.1f} megapixels "
@@ -153,6 +155,12 @@ def decoded(facts: ClipFacts, max_pixels: int) -> ClipFacts:
     return ClipFacts(facts.path, w, h, facts.fps, count, facts.has_audio, rotation)
 
 
+def _open_capped(path: Path, max_pixels: int) -> Any:
+    """Open with FFmpeg's own `max_pixels`: probing the stream (which may decode a frame to learn its
+    size) refuses a bigger frame instead of allocating it."""
+    return av.open(str(path), "r", options={"max_pixels": str(max_pixels)})
+
+
 def _count_packets(c: Any, v: Any) -> tuple[int, int, int]:
     count, first, last = 0, 0, 0
     try:
@@ -170,8 +178,9 @@ def _count_packets(c: Any, v: Any) -> tuple[int, int, int]:
 def _decode_all(path: Path, max_pixels: int, packets: int) -> tuple[int, int]:
     """(frames decoded, display rotation), one frame at a time."""
     count, rotation = 0, 0
-    with av.open(str(path), "r") as c:
+    with _open_capped(path, max_pixels) as c:
         v = c.streams.video[0]
+        v.codec_context.options = {"max_pixels": str(max_pixels)}  # the decoder refuses bigger frames
         try:
             for frame in c.decode(v):
                 if frame.width * frame.height > max_pixels:
