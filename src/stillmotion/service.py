@@ -361,6 +361,7 @@ class Service:
             resolve_resource=self.resource_path,
             max_bytes=wan.AUDIO_MAX_BYTES + 1,
             resources="a local wav/mp3 file or an http(s) URL",
+            deadline_s=self.settings.fetch_timeout_s,
         )
         facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
         return media, facts
@@ -382,6 +383,7 @@ class Service:
                 max_bytes=cap,
                 max_pixels=max_pixels,
                 model=model,
+                deadline_s=self.settings.fetch_timeout_s,
             )
 
         assert args.image is not None
