@@ -160,26 +160,62 @@ def sniff_audio(data: bytes) -> str | None:
     return None
 
 
+MIN_COVERAGE = 0.9
+"""The decoded audio's packets must account for this share of the file (less tags): a header that
+declares 10 s in front of 120 s of data, or a frame header in front of random bytes, is refused."""
+MAX_BAD_PACKETS = 0.02
+
+
+def _tag_bytes(data: bytes) -> int:
+    """Bytes of ID3v2 (front) and ID3v1 (last 128) tags: metadata, not audio."""
+    n = 0
+    if data[:3] == b"ID3" and len(data) >= 10:
+        size = data[6:10]
+        n += 10 + ((size[0] & 0x7F) << 21 | (size[1] & 0x7F) << 14 | (size[2] & 0x7F) << 7 | (size[3] & 0x7F))
+    if len(data) >= 128 and data[-128:-125] == b"TAG":
+        n += 128
+    return n
+
+
 def audio_facts(data: bytes, argument: str, formats: tuple[str, ...]) -> AudioFacts:
-    """Format by content and duration by decoding the container (CPU: call from a worker thread)."""
+    """Format by content; the duration by decoding every packet (samples / rate), never from the
+    header; the packets must cover the file and decode (CPU: call from a worker thread)."""
     import av
     import av.error
 
     fmt = sniff_audio(data)
     if fmt is None or fmt not in formats:
         raise InvalidInput(argument, "is not a wav or mp3 file (checked by content).", list(formats))
+    packets = bad = packet_bytes = samples = 0
+    rate = 0
     try:
         with av.open(io.BytesIO(data), mode="r", format=fmt) as container:
             stream = container.streams.audio[0]
-            seconds = 0.0
-            if container.duration is not None:
-                seconds = container.duration / 1_000_000
-            if seconds <= 0:
-                last = 0.0
-                for packet in container.demux(stream):
-                    if packet.pts is not None and packet.duration is not None and packet.time_base is not None:
-                        last = max(last, float((packet.pts + packet.duration) * packet.time_base))
-                seconds = last
+            for packet in container.demux(stream):
+                if packet.size <= 0:
+                    continue
+                packets += 1
+                packet_bytes += packet.size
+                try:
+                    for frame in packet.decode():
+                        samples += frame.samples
+                        rate = frame.sample_rate or rate
+                except av.error.FFmpegError:
+                    bad += 1
     except (av.error.FFmpegError, IndexError) as exc:
         raise InvalidInput(argument, f"could not be read as {fmt} audio ({type(exc).__name__}).", list(formats)) from None
-    return AudioFacts(fmt, "audio/wav" if fmt == "wav" else "audio/mpeg", seconds)
+    if samples == 0 or rate <= 0 or bad > MAX_BAD_PACKETS * packets:
+        raise InvalidInput(
+            argument,
+            f"does not decode as {fmt} audio ({bad} of {packets} packets fail, {samples} samples decoded).",
+            list(formats),
+        )
+    body = len(data) - _tag_bytes(data)
+    if packet_bytes < MIN_COVERAGE * body:
+        raise InvalidInput(
+            argument,
+            f"holds {len(data)} bytes but only {packet_bytes} of them are audio its header declares "
+            f"({samples / rate:.2f} s decoded); the rest would be sent unchecked.",
+            f"a {fmt} file that is audio throughout",
+        )
+    return AudioFacts(fmt, "audio/wav" if fmt == "wav" else "audio/mpeg", samples / rate)
