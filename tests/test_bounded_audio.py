@@ -18,8 +18,16 @@ from stillmotion.errors import InvalidInput
 from stillmotion.media.sources import audio_facts
 from tests.conftest import SettingsFactory, connect, error_text, write_image
 from tests.fakes import WanFake, sample_wav
+from tests.test_bounded_clips import RSS_CAP_MB, peak_rss_mb
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _rss_bounded() -> Iterator[None]:
+    """The server runs in this process: its peak RSS stays under 800 MB in every case."""
+    yield
+    assert peak_rss_mb() < RSS_CAP_MB
 KEY = "sk-wan-test-0123456789"
 WAN = "alibaba/wan-v2.6-i2v"
 

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import av
 import numpy as np
 import pytest
@@ -272,3 +273,26 @@ async def test_clip_url_without_length_is_streamed_to_disk(
     refused(text, "clips[1]", "over the 209715200-byte cap")
     assert max(peak) - base < 60, (base, max(peak))  # 200 MB arrived; none of it stayed in memory
     assert [f.name for f in settings.inputs_dir.iterdir()] == [jid]
+
+
+async def test_copies_of_a_join_cancelled_before_it_ran_are_deleted(
+    make_settings: SettingsFactory, tmp_path: Path, image_480: Path
+) -> None:
+    hold = tmp_path / "hold"
+    settings = make_settings(STILLMOTION_TEST_HOLD_FILE=str(hold))
+    async with connect(settings) as client:
+        jid = (await local_job(client, image_480))["job_id"]
+        hold.touch()  # the next render pauses after its first frames, keeping the one local slot
+        args = {"image": str(image_480), "prompt": "x", "duration": 1, "local": {"resolution": "480p"}}
+        busy = structured(await client.call_tool("animate_image", args))["job_id"]
+        join = structured(await client.call_tool("join_clips", {"clips": [jid, jid]}))["job_id"]
+        folder = settings.inputs_dir / join
+        assert (folder / "clip_0.mp4").is_file()
+        assert structured(await client.call_tool("check_job", {"job_id": join}))["status"] == "queued"
+        assert structured(await client.call_tool("cancel_job", {"job_id": join}))["status"] == "cancelled"
+        with anyio.fail_after(10):
+            while folder.exists():  # deleted by the job's change callback, off the event loop
+                await anyio.sleep(0.01)
+        hold.unlink()
+        assert (await wait_done(client, busy))["status"] == "succeeded"
+        assert Path(structured(await client.call_tool("check_job", {"job_id": jid}))["video"]["path"]).is_file()

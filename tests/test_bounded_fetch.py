@@ -21,8 +21,16 @@ from stillmotion.media.net import UrlGuard, fetch_to_file
 from stillmotion.media.sources import load_media
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done
 from tests.render.measure import textured_image
+from tests.test_bounded_clips import RSS_CAP_MB, peak_rss_mb
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _rss_bounded() -> Iterator[None]:
+    """The server runs in this process: its peak RSS stays under 800 MB in every case."""
+    yield
+    assert peak_rss_mb() < RSS_CAP_MB
 Route = Callable[[BaseHTTPRequestHandler], None]
 MALFORMED = ("http://h:12ab/x.png", "http://example.com:99999/x.png", "http://[::1/x.png")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -15,8 +16,16 @@ from PIL import Image
 
 from stillmotion.media.images import ADMITTED, admission_limiter
 from tests.conftest import SettingsFactory, connect, structured
+from tests.test_bounded_clips import RSS_CAP_MB, peak_rss_mb
 
 pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _rss_bounded() -> Iterator[None]:
+    """The server runs in this process: its peak RSS stays under 800 MB in every case."""
+    yield
+    assert peak_rss_mb() < RSS_CAP_MB
 QUEUED = 12
 
 
