@@ -11,11 +11,11 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import av
@@ -26,6 +26,9 @@ from mcp import Client
 from stillmotion.media.join import ClipRefused, measure_clip
 from stillmotion.media.video import iter_frames
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done
+
+if TYPE_CHECKING:
+    from tests.test_bounded_fetch import Host
 
 pytestmark = pytest.mark.anyio
 RSS_CAP_MB = 800
@@ -210,47 +213,35 @@ async def test_odd_rotation_refused_with_reason(make_settings: SettingsFactory, 
     refused(text, "clips[1]", "45 degrees", "multiples of 90")
 
 
-class Endless:
-    """A loopback server sending `size` bytes without Content-Length (HTTP/1.0, closed at the end)."""
+def endless_route(size: int) -> Callable[[BaseHTTPRequestHandler], None]:
+    """Sends `size` bytes without Content-Length (HTTP/1.0: the body ends when the connection closes)."""
 
-    def __init__(self, size: int) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "video/mp4")
-                self.end_headers()
-                block = b"\0" * (1 << 20)
-                try:
-                    for _ in range(size // len(block)):
-                        self.wfile.write(block)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.protocol_version = "HTTP/1.0"
+        h.send_response(200)
+        h.send_header("Content-Type", "video/mp4")
+        h.end_headers()
+        block = b"\0" * (1 << 20)
+        for _ in range(size // len(block)):
+            h.wfile.write(block)
+        h.close_connection = True
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/clip.mp4"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+    return route
 
 
 @pytest.fixture
-def endless() -> Iterator[Endless]:
-    e = Endless(300 << 20)
+def endless() -> Iterator[Host]:
+    from tests.test_bounded_fetch import Host
+
+    host = Host({"/clip.mp4": endless_route(300 << 20)})
     try:
-        yield e
+        yield host
     finally:
-        e.close()
+        host.close()
 
 
 async def test_clip_url_without_length_is_streamed_to_disk(
-    make_settings: SettingsFactory, image_480: Path, endless: Endless
+    make_settings: SettingsFactory, image_480: Path, endless: Host
 ) -> None:
     settings = make_settings(STILLMOTION_ALLOW_PRIVATE_NETWORK="1", STILLMOTION_MAX_RESULT_BYTES=str(200 << 20))
     async with connect(settings) as client:
@@ -266,7 +257,7 @@ async def test_clip_url_without_length_is_streamed_to_disk(
         base = current_rss_mb()
         sampler.start()
         try:
-            text = error_text(await client.call_tool("join_clips", {"clips": [jid, endless.url]}))
+            text = error_text(await client.call_tool("join_clips", {"clips": [jid, f"{endless.base}/clip.mp4"]}))
         finally:
             stop.set()
             sampler.join(5)
