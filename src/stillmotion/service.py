@@ -42,6 +42,7 @@ from .media.images import LoadedImage, admission_limiter, load_image, off_loop
 from .media.net import Fetched, UrlGuard, fetched_temp
 from .media.publish import Samples, publish_video
 from .media.sources import AudioFacts, LoadedMedia, load_media
+from .memory import bound_malloc
 from .pricing import Cost
 from .providers import wan
 from .providers.base import JobContext
@@ -140,6 +141,7 @@ class Service:
         owner: OwnerId | None = None,
     ) -> Service:
         install_log_scrubber()
+        bound_malloc()
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         store = open_for_settings(settings)
