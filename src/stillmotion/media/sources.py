@@ -203,11 +203,11 @@ def audio_facts(data: bytes, argument: str, formats: tuple[str, ...]) -> AudioFa
                 except av.error.FFmpegError:
                     bad += 1
     except (av.error.FFmpegError, IndexError) as exc:
-        raise InvalidInput(argument, f"could not be read as {fmt} audio ({type(exc).__name__}).", list(formats)) from None
+        raise InvalidInput(argument, f"cannot be read as {fmt} audio ({type(exc).__name__}).", list(formats)) from None
     if samples == 0 or rate <= 0 or bad > MAX_BAD_PACKETS * packets:
         raise InvalidInput(
             argument,
-            f"does not decode as {fmt} audio ({bad} of {packets} packets fail, {samples} samples decoded).",
+            f"cannot be decoded as {fmt} audio ({bad} of {packets} packets fail, {samples} samples decoded).",
             list(formats),
         )
     body = len(data) - _tag_bytes(data)
