@@ -19,7 +19,7 @@ import anyio.to_thread
 import httpx
 
 from ..errors import InvalidInput
-from .images import ResourceResolver, open_regular, read_chunks
+from .images import ResourceResolver, open_regular, read_chunks, resolve
 from .net import FETCH_DEADLINE_S, UrlGuard, fetch_to_file
 
 _RESOURCE_RE = re.compile(r"^stillmotion://jobs/([a-z0-9][a-z0-9_-]{7,63})/([a-z0-9.-]+)$")
@@ -44,11 +44,13 @@ class SavedMedia:
     """The http(s) URL it came from, after redirects: every hop was checked (None when local)."""
 
 
-def _resource_path(s: str, argument: str, resolve_resource: ResourceResolver, resources: str, names: frozenset[str] | None) -> Path:
+async def _resource_path(
+    s: str, argument: str, resolve_resource: ResourceResolver, resources: str, names: frozenset[str] | None
+) -> Path:
     m = _RESOURCE_RE.match(s)
     if m and names is not None and m.group(2) not in names:
         raise InvalidInput(argument, f"{s} is not a file this argument takes.", resources)
-    path = resolve_resource(m.group(1), m.group(2)) if m else None
+    path = await resolve(resolve_resource, m.group(1), m.group(2)) if m else None
     if path is None:
         raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).", resources)
     return path
@@ -105,7 +107,7 @@ async def save_media(
         got = await fetch_to_file(guard, s, dest, max_bytes=max_bytes, argument=argument, deadline_s=deadline_s)
         return SavedMedia(dest, got.bytes, got.final_url)
     if s.startswith("stillmotion://"):
-        path, roots = _resource_path(s, argument, resolve_resource, resources, names), None
+        path, roots = await _resource_path(s, argument, resolve_resource, resources, names), None
     else:
         path, roots = _local_path(s, argument), input_roots
     size = await anyio.to_thread.run_sync(functools.partial(_copy_local, path, dest, argument, roots, max_bytes))

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import shutil
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,8 @@ from pydantic import Field
 
 from ..arguments import WAIT_MAX_S
 from ..catalog import MODELS
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
+from ..jobs.async_store import unavailable
 from ..jobs.store import DuplicateIdempotencyKey, JobRow, args_fingerprint, new_job_id, validate_job_id
 from ..media.images import off_loop
 from ..media.join import ClipFacts, ClipRefused, crossfade_problem, decoded, measure_clip, planned_seconds
@@ -57,14 +59,15 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             raise InvalidInput(f"clips[{i}]", "holds a NUL byte; no job id, path or URL can.", CLIP_FORMS)
     fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
     if idempotency_key is not None:
-        existing = svc.store.by_idempotency_key(idempotency_key)
+        existing = await svc.db.by_idempotency_key(idempotency_key)
         if existing is not None:
             return _same_or_error(existing, fingerprint)
 
     job_id = new_job_id()
     folder = svc.settings.inputs_dir / job_id
-    await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
+    sent = time.monotonic()
     try:
+        await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
         stored: list[StoredClip] = []
         for i, value in enumerate(clips):
             stored.append(await _keep_clip(svc, value, i, folder, stored, crossfade_s))
@@ -83,7 +86,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             crossfade_s=crossfade_s,
             local=LocalOptions(),
         )
-        row = svc.store.create(
+        row = await svc.db.create(
             job_id=job_id,
             tool="join_clips",
             model="local/preview",
@@ -98,14 +101,17 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
     except DuplicateIdempotencyKey:
         await _remove(folder)
         assert idempotency_key is not None
-        existing = svc.store.by_idempotency_key(idempotency_key)
+        existing = await svc.db.by_idempotency_key(idempotency_key)
         assert existing is not None
         return _same_or_error(existing, fingerprint)
-    except BaseException:
+    except BaseException as exc:
         await _remove(folder)
+        fault = unavailable(exc) if isinstance(exc, Exception) else None
+        if fault is not None:  # the store or the disk cannot take the job: nothing accepted, retry
+            raise Unavailable(f"the job was not accepted: {fault.message}") from exc
         raise
     log.info("job %s created: join_clips of %d clips", job_id, len(clips))
-    svc.runner.launch_new(row)
+    svc.runner.launch_new(row, leased_at=sent)
     return row
 
 
@@ -150,7 +156,7 @@ async def _keep_clip(
     not make) a decode of every frame, on the image work threads (two at a time)."""
     argument = f"clips[{i}]"
     dest = folder / f"clip_{i}.mp4"
-    source_path = _job_video(svc, value.strip(), argument)
+    source_path = await _job_video(svc, value.strip(), argument)
     if source_path is not None:
         await anyio.to_thread.run_sync(_link_or_copy, source_path, dest)
         own = True
@@ -197,18 +203,18 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         shutil.copyfile(source, dest)
 
 
-def _job_video(svc: Service, value: str, argument: str) -> Path | None:
+async def _job_video(svc: Service, value: str, argument: str) -> Path | None:
     """The result file of a job id given as a clip; None when the value is not a job of this server."""
     try:
         validate_job_id(value)
     except InvalidInput:
         return None
-    row = svc.store.get(value)
+    row = await svc.db.get(value)
     if row is None:
         return None
     if row.status != "succeeded":
         raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be joined.", CLIP_FORMS)
-    path = svc.resource_path(value, "video.mp4")
+    path = await svc.resource_path(value, "video.mp4")
     if path is None:
         raise InvalidInput(argument, f"job {value} has no video file any more.", CLIP_FORMS)
     return path
