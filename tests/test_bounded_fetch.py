@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from stillmotion.errors import InvalidInput
-from stillmotion.media.net import UrlGuard, fetch_to_file
+from stillmotion.errors import InvalidInput, ProviderError
+from stillmotion.media.net import UrlGuard, download_to_file, fetch_to_file
 from stillmotion.media.sources import load_media
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done
 from tests.render.measure import textured_image
@@ -197,3 +197,14 @@ async def test_a_local_job_from_a_redirected_url_still_runs(make_settings: Setti
         job = structured(await client.call_tool("animate_image", args))
         done = await wait_done(client, job["job_id"])
     assert done["status"] == "succeeded", done
+
+
+async def test_result_download_has_the_deadline_too(hosts: tuple[Host, Host], tmp_path: Path) -> None:
+    first, _ = hosts
+    dest = tmp_path / "result.mp4"
+    t0 = time.monotonic()
+    with pytest.raises(ProviderError, match=r"did not finish within 0\.5 s") as caught:
+        await download_to_file(
+            None, UrlGuard(True, frozenset()), f"{first.base}/drip.png", dest, max_bytes=10_000, deadline_s=0.5
+        )
+    assert time.monotonic() - t0 < 3 and not caught.value.retryable and not dest.exists()
