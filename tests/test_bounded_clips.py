@@ -287,3 +287,42 @@ async def test_copies_of_a_join_cancelled_before_it_ran_are_deleted(
         hold.unlink()
         assert (await wait_done(client, busy))["status"] == "succeeded"
         assert Path(structured(await client.call_tool("check_job", {"job_id": jid}))["video"]["path"]).is_file()
+
+
+def test_an_audio_track_longer_than_its_video_is_not_held(tmp_path: Path) -> None:
+    """1 s of video over 300 s of audio: the join reads the audio it uses (1 s), not all of it."""
+    import tracemalloc
+
+    from stillmotion.media.join import AUDIO_RATE, _audio_of
+
+    path = tmp_path / "long-audio.mp4"
+    with av.open(str(path), "w", format="mp4") as c:
+        v = c.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("aac", rate=48000)
+        a.layout, a.format = "mono", "fltp"
+        for i in range(24):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90, np.uint8), format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        block = np.zeros((1, 48000), np.float32)
+        for s in range(300):
+            af = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+            af.sample_rate, af.pts, af.time_base = 48000, s * 48000, Fraction(1, 48000)
+            for p in a.encode(af):
+                c.mux(p)
+        for p in a.encode(None):
+            c.mux(p)
+    facts = measure_clip(path, max_pixels=MAX_PIXELS)
+    assert facts.has_audio and facts.frame_count == 24
+    tracemalloc.start()
+    try:
+        track = _audio_of(facts, 1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert track.shape == (2, AUDIO_RATE)
+    assert peak < 20 * 2**20, peak  # all 300 s resampled to stereo float would be 110 MB

@@ -194,7 +194,20 @@ def _decode_all(path: Path, max_pixels: int, packets: int) -> tuple[int, int]:
         raise ClipRefused("no frame decodes")
     if count < packets:
         raise ClipRefused(f"is truncated or corrupt ({count} of {packets} frames decode)")
+    _check_audio(path)
     return count, rotation
+
+
+def _check_audio(path: Path) -> None:
+    """The audio track, when there is one, decodes (the join reads it later), frame by frame."""
+    with av.open(str(path), "r") as c:
+        if not c.streams.audio:
+            return
+        try:
+            for _ in c.decode(audio=0):
+                pass
+        except av.error.FFmpegError as exc:
+            raise ClipRefused(f"has an audio track that does not decode ({str(exc)[:120]})") from None
 
 
 def _rotation(frame: VideoFrame) -> int:
@@ -379,12 +392,17 @@ def _audio_of(clip: ClipFacts, seconds: float) -> np.ndarray:
         return out
     resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
     chunks: list[np.ndarray] = []
+    got = 0
     with av.open(str(clip.path), "r") as c:
         for frame in c.decode(audio=0):
             for rf in resampler.resample(frame):
                 chunks.append(rf.to_ndarray())
-        for rf in resampler.resample(None):
-            chunks.append(rf.to_ndarray())
+                got += chunks[-1].shape[1]
+            if got >= want:
+                break  # an audio track longer than the video is not read (nor held) past what is used
+        else:
+            for rf in resampler.resample(None):
+                chunks.append(rf.to_ndarray())
     if chunks:
         data = np.concatenate(chunks, axis=1)[:, :want]
         out[:, : data.shape[1]] = data
