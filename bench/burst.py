@@ -1,4 +1,4 @@
-"""Section 8: memory under a burst (issue #22). On request: `python -m bench --sections 8 --no-report`.
+"""Section 9: memory under a burst (issue #22). On request: `python -m bench --sections 9 --no-report`.
 
 * 500 `animate_image` calls at once, each a 1280x720 noise PNG given as a path, on xAI against
   the strict fake (`tests/fakes.XaiFake`, 3 s generation, 1 s polls); every call in flight at the
@@ -116,7 +116,7 @@ async def _join(tmp: Path, n: int, log: Callable[[str], None]) -> dict[str, Any]
 
 
 def run(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> Section:
-    sec = Section("8. Memory under a burst (issue #22)")
+    sec = Section("9. Memory under a burst (issue #22)")
     n, m = (100, 10) if quick else (500, 50)
     parts = os.environ.get("BENCH_BURST_PARTS", "animate,join").split(",")
     if "animate" in parts:
@@ -138,13 +138,13 @@ def _rows(sec: Section, what: str, n: int, got: dict[str, Any], rss_note: str, o
 
 
 def _run_animate(sec: Section, tmp: Path, n: int, log: Callable[[str], None]) -> None:
-    log(f"section 8: {n} animate_image at once (1280x720 PNG path, xAI fake)")
+    log(f"section 9: {n} animate_image at once (1280x720 PNG path, xAI fake)")
     a = anyio.run(_animate, tmp, n, log)
     _rows(sec, "animate_image", n, a, f"PNG {a['png_bytes'] / 1e6:.1f} MB; all answered in {a['submit_s']:.1f} s",
           f"; fake violations {len(a['violations'])}")
 
 
 def _run_join(sec: Section, tmp: Path, m: int, log: Callable[[str], None]) -> None:
-    log(f"section 8: {m} join_clips at once (three 2 s 720p clips)")
+    log(f"section 9: {m} join_clips at once (three 2 s 720p clips)")
     j = anyio.run(_join, tmp, m, log)
     _rows(sec, "join_clips", m, j, f"submits answered in {j['submit_s']:.1f} s, joins done {j['run_s']:.1f} s later", "")

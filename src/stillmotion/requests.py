@@ -240,6 +240,8 @@ class GenerationRequest(BaseModel):
     crossfade_s: float = 0.0
     blobs: list[str] = Field(default_factory=list)
     """Vercel Blob URLs uploaded for this job (deleted when the job ends)."""
+    blob_intent: str | None = None
+    """The store's record of this job's uploads (blob.UploadLedger), marked done once they are deleted."""
     poll_interval_ms: int = 5000
     poll_timeout_ms: int = 600_000
 

@@ -21,13 +21,15 @@ import anyio.to_thread
 import httpx
 from pydantic import BaseModel
 
-from . import __version__
+from . import __version__, metrics
 from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
 from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput, Unavailable
+from .jobs import gc
 from .jobs.async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .jobs.backends import open_for_settings
+from .jobs.gc import Deletion, delete_job
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
 from .jobs.spend import BudgetRule
@@ -60,6 +62,7 @@ from .requests import (
 )
 from .scrub import install_log_scrubber
 from .settings import Settings
+from .users import Principal, current
 from .validation import (
     LoadedInputs,
     Plan,
@@ -174,6 +177,8 @@ class Service:
         if self.janitor is not None:
             self.janitor.start(tg)
         await self.runner.start(tg)
+        if gc.enabled(self.settings):  # retention and the disk cap: now, then about hourly
+            tg.start_soon(gc.run_periodically, self.db, self.settings, self.client, name="gc")
         ACTIVE.append(self)
 
     def stop(self) -> None:
@@ -213,6 +218,27 @@ class Service:
     def budget_rule(self) -> BudgetRule | None:
         s = self.settings
         return BudgetRule(s.budget_usd, s.budget_period) if s.budget_usd is not None else None
+
+    def user_budget_rule(self, user: str | None = None) -> BudgetRule | None:
+        """STILLMOTION_USER_BUDGET_USD for `user` (default: the asker)."""
+        s = self.settings
+        if s.user_budget_usd is None:
+            return None
+        return BudgetRule(s.user_budget_usd, s.budget_period, user if user is not None else current().user)
+
+    @property
+    def asker(self) -> Principal:
+        """Who the request being handled is for (users.py)."""
+        return current()
+
+    async def find(self, job_id: str) -> JobRow | None:
+        """THE place a job id (or a `stillmotion://jobs/<id>/...` input) is resolved for the asker:
+        another user's job reads as no job, exactly like an unknown id (admins: every job)."""
+        return await self.db.get(job_id, user=self.asker.scope)
+
+    async def by_key(self, idempotency_key: str) -> JobRow | None:
+        """The asker's own job made with this idempotency key (keys are per user)."""
+        return await self.db.by_idempotency_key(idempotency_key, user=self.asker.user)
 
     async def dry_run(self, args: ToolArgs) -> tuple[Plan, Cost, dict[str, Any]]:
         """Every check, the route, the estimate and the create request that would be sent, without
@@ -254,7 +280,7 @@ class Service:
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
         if idempotency_key is not None:
-            existing = await self.db.by_idempotency_key(idempotency_key)
+            existing = await self.by_key(idempotency_key)
             if existing is not None:
                 return self._same_or_error(existing, fingerprint)
         plan = plan or plan_request(args, self.settings)
@@ -267,7 +293,10 @@ class Service:
         request = self._request(args, plan, inputs, keep, stored_audio)
         try:
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
-            await host_inputs(request, self.client, self.settings)
+            await host_inputs(
+                request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
+                job_id=job_id, owner=self.runner.owner,
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -287,12 +316,14 @@ class Service:
                 lease_s=self.runner.lease_s,
                 cost=cost.to_dict(),
                 budget=self.budget_rule() if plan.route != "local" else None,
+                user=self.asker.user,
+                user_budget=self.user_budget_rule() if plan.route != "local" else None,
             )
         except DuplicateIdempotencyKey:
             # the same key won a race with us: answer with that job
             await self._discard(folder, request)
             assert idempotency_key is not None
-            existing = await self.db.by_idempotency_key(idempotency_key)
+            existing = await self.by_key(idempotency_key)
             assert existing is not None
             return self._same_or_error(existing, fingerprint)
         except BudgetExceeded:
@@ -303,14 +334,17 @@ class Service:
             # (a create that did commit before its answer was lost is a queued job the runner finds)
             await self._discard(folder, request)
             raise Unavailable(f"the job was not accepted: {fault.message}") from fault
-        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
+        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, args.tool, plan.spec.id, plan.route,
+                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route), "user": row.user_id})
         self.runner.launch_new(row, leased_at=sent)
         return row
 
     async def _discard(self, folder: Path, request: GenerationRequest) -> None:
         """A job that was not created: its input files and uploaded blobs go."""
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-        if request.blobs:
+        if self.janitor is not None:
+            await self.janitor.forget(request)
+        elif request.blobs:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
 
     async def _take_inputs(
@@ -486,7 +520,7 @@ class Service:
 
     async def get(self, job_id: str) -> JobRow:
         validate_job_id(job_id)
-        row = await self.db.get(job_id)
+        row = await self.find(job_id)
         if row is None:
             raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
         return row
@@ -516,11 +550,21 @@ class Service:
         row = await self.get(job_id)
         if row.terminal:
             return row, False
+        log.info("job %s (user %s) cancelled by user %s", job_id, row.user_id, self.asker.user)
         await self.runner.cancel(job_id)
         return await self.get(job_id), True
 
+    async def delete(self, job_id: str) -> Deletion:
+        """A finished job's files, input copies, Blob uploads and row (InvalidInput when unfinished)."""
+        try:
+            gone = await delete_job(self.db, self.settings, self.client, job_id, user=self.asker.scope)
+        except StoreUnavailable as fault:
+            raise Unavailable(fault.message) from fault
+        self.runner.forget(job_id)
+        return gone
+
     async def list(self, status: str | None, limit: int) -> list[JobRow]:
-        return await self.db.recent(status=status, limit=limit)
+        return await self.db.recent(status=status, limit=limit, user=self.asker.scope)
 
     async def resource_path(self, job_id: str, name: str) -> Path | None:
         """Path of a finished job's file; None when the job or file does not exist."""
@@ -530,7 +574,7 @@ class Service:
             validate_job_id(job_id)
         except InvalidInput:
             return None
-        row = await self.db.get(job_id)
+        row = await self.find(job_id)
         if row is None or row.status != "succeeded":
             return None
         path = self.settings.output_dir / job_id / name

@@ -30,7 +30,8 @@ import anyio.to_thread
 import httpcore
 import httpx
 
-from ..errors import Expired, InvalidInput, ProviderError, StillmotionError
+from ..errors import Expired, InvalidInput, ProviderError, RateLimited, StillmotionError
+from ..providers._http import retry_after_seconds
 
 FETCH_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
 FETCH_DEADLINE_S = 120.0
@@ -445,8 +446,15 @@ async def download_to_file(
             async with open_url(guard, url) as resp:
                 if resp.status_code in (403, 404, 410):
                     raise Expired(f"the result URL answered HTTP {resp.status_code}; it has probably expired")
+                if resp.status_code == 429:
+                    raise RateLimited("result download answered HTTP 429", provider_code="429", retry_after=retry_after_seconds(resp))
                 if resp.status_code != 200:
-                    raise ProviderError(f"result download answered HTTP {resp.status_code}", retryable=resp.status_code >= 500)
+                    raise ProviderError(
+                        f"result download answered HTTP {resp.status_code}",
+                        provider_code=str(resp.status_code),
+                        retryable=resp.status_code >= 500 or resp.status_code == 408,
+                        retry_after=retry_after_seconds(resp) if resp.status_code >= 500 else None,
+                    )
                 declared_raw = resp.headers.get("content-length")
                 declared = int(declared_raw) if declared_raw and declared_raw.isdigit() else None
                 if declared is not None and declared > max_bytes:

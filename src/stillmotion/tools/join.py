@@ -59,7 +59,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             raise InvalidInput(f"clips[{i}]", "holds a NUL byte; no job id, path or URL can.", CLIP_FORMS)
     fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
     if idempotency_key is not None:
-        existing = await svc.db.by_idempotency_key(idempotency_key)
+        existing = await svc.by_key(idempotency_key)
         if existing is not None:
             return _same_or_error(existing, fingerprint)
 
@@ -97,11 +97,13 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             warnings=[],
             owner=svc.runner.owner,
             lease_s=svc.runner.lease_s,
+            user=svc.asker.user,
+            cost={"estimated_usd": 0.0, "basis": "join_clips: joined on this machine, free", "estimate": False},
         )
     except DuplicateIdempotencyKey:
         await _remove(folder)
         assert idempotency_key is not None
-        existing = await svc.db.by_idempotency_key(idempotency_key)
+        existing = await svc.by_key(idempotency_key)
         assert existing is not None
         return _same_or_error(existing, fingerprint)
     except BaseException as exc:
@@ -110,7 +112,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
         if fault is not None:  # the store or the disk cannot take the job: nothing accepted, retry
             raise Unavailable(f"the job was not accepted: {fault.message}") from exc
         raise
-    log.info("job %s created: join_clips of %d clips", job_id, len(clips))
+    log.info("job %s created for user %s: join_clips of %d clips", job_id, row.user_id, len(clips))
     svc.runner.launch_new(row, leased_at=sent)
     return row
 
@@ -209,7 +211,7 @@ async def _job_video(svc: Service, value: str, argument: str) -> Path | None:
         validate_job_id(value)
     except InvalidInput:
         return None
-    row = await svc.db.get(value)
+    row = await svc.find(value)  # another user's job id is no job here: it is tried as a path, and refused as one
     if row is None:
         return None
     if row.status != "succeeded":
