@@ -203,6 +203,8 @@ class StoredClip(BaseModel):
     """Exact frame rate as a fraction ("24", "30000/1001")."""
     frame_count: int
     has_audio: bool
+    rotation: int = 0
+    """Display rotation (degrees counterclockwise) the join applies; width and height are upright."""
 
 
 class StoredMask(BaseModel):

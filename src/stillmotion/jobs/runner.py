@@ -835,7 +835,8 @@ class JobRunner:
                 assert url is not None
                 try:
                     fetch = functools.partial(
-                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes
+                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes,
+                        deadline_s=self.settings.fetch_timeout_s,
                     )
                     await self.retry.run(fetch, on_wait=self._waiting(job), until=until)
                     break
