@@ -163,11 +163,10 @@ def test_sqlite_locked_by_another_process_while_12_jobs_run(home: Path, img: Pat
         text = refused["content"][0]["text"]
         assert text.startswith("[unavailable]") and "locked" in text and "retry" in text, text
         assert len(xai.calls("POST", XAI_CREATE)) == 12  # the refused submit never reached the provider
-        # the lock really hit the runner's writes; a job whose writes outlasted its lease (how many
-        # do depends on when their polls come due) was released, then taken over
+        # the lock really hit the runner's writes (a job whose writes outlasted its lease, how many
+        # depends on when their polls came due, was released and driven again: all succeeded above)
         log = srv.stderr.decode(errors="replace")
         assert "locked by another process" in log
-        assert log.count("took over job") >= log.count("released for takeover")
         print(f"\nlist_models under a locked SQLite: {len(latencies)} calls, max {max(latencies) * 1000:.0f} ms, "
               f"median {sorted(latencies)[len(latencies) // 2] * 1000:.0f} ms")
         assert max(latencies) < HEALTH_BOUND_S, latencies  # (the target is 200 ms; generous on a shared box)
