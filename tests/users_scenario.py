@@ -101,6 +101,7 @@ async def stranger_cannot_touch(url: str, token: str, theirs: Seen, mine_done: s
         assert "no job" in text
         await same_as_unknown(await tool("check_job", lambda j: {"job_id": j, "wait_seconds": 1}), theirs.held)
         await same_as_unknown(await tool("cancel_job", lambda j: {"job_id": j}), theirs.held)
+        await same_as_unknown(await tool("delete_job", lambda j: {"job_id": j}), theirs.done)  # (#26's tool)
         await same_as_unknown(await tool("join_clips", lambda j: {"clips": [mine["job_id"], j]}), theirs.done)
         await same_as_unknown(
             await tool("join_clips", lambda j: {"clips": [mine["job_id"], f"stillmotion://jobs/{j}/video.mp4"]}),
