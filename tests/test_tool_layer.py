@@ -22,7 +22,7 @@ from tests.conftest import SettingsFactory, connect, error_text, structured
 
 pytestmark = pytest.mark.anyio
 
-TOKEN_BUDGET = 16_000
+TOKEN_BUDGET = 18_000
 """json.dumps([{name, description, inputSchema}]) with default separators, every tool included."""
 
 

@@ -30,12 +30,18 @@ from .requests import (
     MaskInput,
     PolygonShape,
     WanOptions,
+    SeedanceOptions,
+    StoredClip,
+    VeoOptions,
     XaiOptions,
 )
 from .settings import DIRECT_KEY_VARS, Settings
 
 RouteName = Literal["direct", "gateway", "local"]
-PROVIDER_LABEL = {"klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "local": "the offline engine"}
+PROVIDER_LABEL = {
+    "klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "google": "Google Veo", "bytedance": "ByteDance Seedance",
+    "local": "the offline engine",
+}  # fmt: skip
 
 
 @dataclass
@@ -53,15 +59,20 @@ class ToolArgs:
     kling: KlingOptions | None = None
     wan: WanOptions | None = None
     xai: XaiOptions | None = None
+    veo: VeoOptions | None = None
+    seedance: SeedanceOptions | None = None
     local: LocalOptions | None = None
     image_argument: str = "image"
+    source: StoredClip | None = None
+    """extend_video: the checked source video (`image` is its last frame)."""
+    crossfade_s: float = 0.0
 
     def fingerprint(self) -> dict[str, Any]:
         """The validated request as JSON data: what "the same arguments" means for an idempotency key."""
         out: dict[str, Any] = {"tool": self.tool}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("tool", "image_argument") or value is None:
+            if f.name in ("tool", "image_argument") or value is None or (f.name == "crossfade_s" and not value):
                 continue
             name = self.image_argument if f.name == "image" else f.name
             out[name] = _jsonable(value)
@@ -121,6 +132,14 @@ def choose_route(spec: ModelSpec, settings: Settings) -> RouteName:
     direct_ok = settings.has_direct_key(spec.provider)
     gateway_ok = settings.gateway_api_key is not None
     label = PROVIDER_LABEL[spec.provider]
+    if spec.direct_name is None and spec.gateway_id is not None:  # Veo, Seedance: the Gateway only
+        if gateway_ok and settings.route != "direct":
+            return "gateway"
+        raise MissingCredentials(
+            f"{spec.id} is served only through the Vercel AI Gateway: set AI_GATEWAY_API_KEY"
+            + (" and STILLMOTION_ROUTE=gateway or auto." if settings.route == "direct" else ".")
+            + " Or use model local/preview, which needs no key."
+        )
     if settings.route == "direct":
         if direct_ok:
             return "direct"
@@ -166,7 +185,7 @@ def _dump(opt: BaseModel | None) -> dict[str, Any]:
 
 
 def plan_request(args: ToolArgs, settings: Settings) -> Plan:
-    tool = args.tool
+    tool = "animate_image" if args.tool == "extend_video" else args.tool  # a continuation is image-to-video
     assert tool in GENERATION_TOOLS
     model_arg = args.model or settings.default_model
     mid = resolve_model_id(model_arg)
@@ -201,7 +220,10 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     # -- options objects: the model's own is used; others are ignored with a warning
     entry = REGISTRY[spec.provider]
     own_field = entry.field
-    given: dict[str, BaseModel | None] = {"kling": args.kling, "wan": args.wan, "xai": args.xai, "local": args.local}
+    given: dict[str, BaseModel | None] = {
+        "kling": args.kling, "wan": args.wan, "xai": args.xai, "veo": args.veo, "seedance": args.seedance,
+        "local": args.local,
+    }  # fmt: skip
     for name, value in given.items():
         if value is not None and name != own_field:
             keys = sorted(_dump(value))
@@ -241,6 +263,7 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
 
     # -- the provider's own option rules (its module owns them)
     ctx = OptionContext(
+        extending=args.tool == "extend_video",
         tool=tool,
         spec=spec,
         route=route,

@@ -34,6 +34,8 @@ class OptionContext:
     settings: Settings
     kling: KlingOptions | None = None
     """The `kling` object as given, whatever the model (local/preview reads its shots)."""
+    extending: bool = False
+    """extend_video: the request continues a video (tool is then animate_image, its continuation)."""
 
 
 @dataclass
@@ -48,3 +50,20 @@ class Checked(Generic[OptionsT]):
     poll_timeout_ms: int | None = None
     kling_shots: KlingOptions | None = None
     """local/preview: the Kling shots it honours, stored as the request's `kling` object."""
+
+
+def check_catalog_choices(field_name: str, values: dict[str, object], spec: ModelSpec) -> None:
+    """`resolution`, `aspect_ratio` and `audio` of an options object against the model's catalog
+    entry (one family's object serves models with different limits). Raises InvalidInput."""
+    from ..errors import InvalidInput
+
+    res = values.get("resolution")
+    if res is not None and res not in spec.resolutions:
+        raise InvalidInput(f"{field_name}.resolution", f"{res} is not offered by {spec.id}.", list(spec.resolutions))
+    ratio = values.get("aspect_ratio")
+    if ratio is not None and ratio not in spec.aspect_ratios:
+        raise InvalidInput(f"{field_name}.aspect_ratio", f"{ratio} is not offered by {spec.id}.", list(spec.aspect_ratios))
+    if values.get("audio") is True and not spec.audio:
+        raise InvalidInput(
+            f"{field_name}.audio", f"{spec.id} generates silent video only.", ["false", "(absent)"]
+        )

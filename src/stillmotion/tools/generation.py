@@ -33,7 +33,9 @@ UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms"})
 (STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server): they cost every tool's
 schema tokens and a model never needs them."""
 
-PROVIDER_NAMES = {"klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "local": "local/preview"}
+PROVIDER_NAMES = {
+    "klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "google": "Veo", "bytedance": "Seedance", "local": "local/preview"
+}  # fmt: skip
 
 
 def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
@@ -98,7 +100,7 @@ def model_rules(tool: str, strict: bool) -> str:
         if feat is None:
             parts.append("off-map")
         groups.setdefault(", ".join(parts), []).append(m.id)
-    rules = "; ".join(f"{_brace(ids)}: {rule}" for rule, ids in groups.items())
+    rules = "; ".join(f"{_brace_each(ids)}: {rule}" for rule, ids in groups.items())
     if any("off-map" in rule for rule in groups):
         rules += " (off-map: outside Kling's capability map, sent with a warning)"
     return rules
@@ -125,6 +127,14 @@ def _brace(ids: list[str]) -> str:
     if not prefix or any(not m for m in middles):
         return ", ".join(ids)
     return f"{prefix}{{{','.join(middles)}}}{suffix}"
+
+
+def _brace_each(ids: list[str]) -> str:
+    """`_brace` per provider: `local/preview, xai/grok-imagine-{video,video-1.5}`."""
+    by_provider: dict[str, list[str]] = {}
+    for i in ids:
+        by_provider.setdefault(i.split("/", 1)[0], []).append(i)
+    return ", ".join(_brace(group) for group in by_provider.values())
 
 
 def _prompt_maxima(models: list[ModelSpec]) -> str:
@@ -181,7 +191,14 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
     x = fields_of("xai")
     xai = [m for m in models if m.provider == "xai"]
     if x is not None and xai:
-        x["resolution"]["description"] = f"Default {xai[0].default_resolution}."
+        x.pop("native", None)  # extend_video only
+    for name, provider in (("veo", "google"), ("seedance", "bytedance")):
+        family = [m for m in models if m.provider == provider]
+        obj = fields_of(name)
+        if obj is not None and family:
+            obj.pop("seed", None)  # taken (list_models: options.seed), not advertised: the tool list's budget
+            if not any(m.audio for m in family):
+                obj.pop("audio", None)
 
 
 def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:

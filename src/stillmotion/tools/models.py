@@ -32,6 +32,8 @@ def enabled_by(m: ModelSpec) -> str:
     """The environment variables that enable a model's routes."""
     if m.is_local:
         return "nothing (offline)"
+    if m.provider not in DIRECT_KEY_VARS:
+        return "AI_GATEWAY_API_KEY (the Vercel AI Gateway only)"
     direct = DIRECT_KEY_VARS[m.provider]
     return direct + (" or AI_GATEWAY_API_KEY" if m.gateway_id else "")
 
@@ -51,7 +53,7 @@ def public_catalog(settings: Settings, tool: str | None = None) -> list[dict[str
         tools = tools_of(m, settings)
         if tool is not None and tool not in tools:
             continue
-        routes = ["local"] if m.is_local else ["direct"] + (["gateway"] if m.gateway_id else [])
+        routes = ["local"] if m.is_local else (["direct"] if m.direct_name else []) + (["gateway"] if m.gateway_id else [])
         entry = m.to_public(routes=routes, tools=tools)
         route, why = route_now(m, settings)
         entry["route_now"] = route
