@@ -29,10 +29,10 @@ from .requests import (
     LocalOptions,
     MaskInput,
     PolygonShape,
-    WanOptions,
     SeedanceOptions,
     StoredClip,
     VeoOptions,
+    WanOptions,
     XaiOptions,
 )
 from .settings import DIRECT_KEY_VARS, Settings

@@ -16,9 +16,9 @@ import httpx
 from ..catalog import MODELS
 from ..errors import (
     AuthError,
-    InvalidInput,
     ContentFiltered,
     Expired,
+    InvalidInput,
     MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
