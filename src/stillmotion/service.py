@@ -312,6 +312,8 @@ class Service:
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
             audio=audio,
+            clips=[args.source] if args.source is not None else [],
+            crossfade_s=args.crossfade_s,
             **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,

@@ -75,6 +75,8 @@ class ToolArgs:
             if f.name in ("tool", "image_argument") or value is None or (f.name == "crossfade_s" and not value):
                 continue
             name = self.image_argument if f.name == "image" else f.name
+            if f.name == "source":  # the checked copy's path differs per call; its content does not
+                value = {"source": value.source, "sha256": value.sha256}
             out[name] = _jsonable(value)
         return out
 

@@ -652,6 +652,12 @@ class JobRunner:
     ) -> None:
         job_dir = self.job_dir(job.id)
         final = job_dir / "video.mp4"
+        if job.ctx is not None and job.ctx.request.tool == "extend_video":
+            from ..media.extend import append_continuation
+
+            # the source followed by its continuation (a native extension already is the whole video)
+            tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+            samples = None
         try:
             result = await anyio.to_thread.run_sync(
                 self._publish_file, job, tmp, final, job_dir, samples, limiter=self._publish_limiter

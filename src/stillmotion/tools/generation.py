@@ -22,7 +22,7 @@ from ..catalog import (
 )
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
 from ..requests import OPTION_FIELDS, CameraConfig
-from ..validation import max_trajectory_points
+from ..validation import ToolArgs, max_trajectory_points
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
 from .results import call_result
@@ -242,8 +242,13 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
 
 
 async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | InputRequiredResult:
+    return await run_request(args.to_tool_args(), args, call)
+
+
+async def run_request(request: ToolArgs, args: Any, call: Call) -> CallToolResult | InputRequiredResult:
+    """A validated request through dry run, the cost confirmation, the job and the optional wait
+    (`args` carries dry_run, confirm_cost_usd, idempotency_key and wait_seconds)."""
     svc = call.service
-    request = args.to_tool_args()
     if args.dry_run:
         return await dry_run_result(svc, request)
     if call.request is not None:

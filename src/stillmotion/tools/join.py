@@ -58,7 +58,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
     folder = svc.settings.inputs_dir / job_id
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        stored = [await _keep_clip(svc, value, i, folder) for i, value in enumerate(clips)]
+        stored = [await keep_clip(svc, value, f"clips[{i}]", folder / f"clip_{i}.mp4") for i, value in enumerate(clips)]
         facts = [ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio) for c in stored]
         shortest = min(f.duration for f in facts)
         if crossfade_s > 0 and crossfade_s >= shortest:
@@ -113,9 +113,9 @@ def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
     return existing
 
 
-async def _keep_clip(svc: Service, value: str, i: int, folder: Path) -> StoredClip:
-    argument = f"clips[{i}]"
-    dest = folder / f"clip_{i}.mp4"
+async def keep_clip(svc: Service, value: str, argument: str, dest: Path) -> StoredClip:
+    """A video argument (a succeeded job's id, a path, a URL or a stillmotion:// video) checked and copied
+    to `dest`: readable, decodable, under the size cap. join_clips' clips and extend_video's video."""
     source_path = _job_video(svc, value.strip(), argument)
     if source_path is not None:
         await anyio.to_thread.run_sync(shutil.copyfile, source_path, dest)
@@ -168,7 +168,7 @@ def _job_video(svc: Service, value: str, argument: str) -> Path | None:
     if row is None:
         return None
     if row.status != "succeeded":
-        raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be joined.", CLIP_FORMS)
+        raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be used.", CLIP_FORMS)
     path = svc.resource_path(value, "video.mp4")
     if path is None:
         raise InvalidInput(argument, f"job {value} has no video file any more.", CLIP_FORMS)
