@@ -4,13 +4,20 @@ exact last frame) and natively (xAI's documented extension body), and refused ca
 
 from __future__ import annotations
 
+import io
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
-from stillmotion.media.video import iter_frames
+from stillmotion.media.video import iter_frames, read_frame
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
+from tests.fakes import XaiFake
+from tests.fakes.base import parse_data_uri
+from tests.fakes.media import sample_mp4
 from tests.render.measure import psnr
 
 pytestmark = pytest.mark.anyio
@@ -66,3 +73,85 @@ async def test_refused_with_no_job(make_settings: SettingsFactory, tmp_path: Pat
         assert err.is_error and "crossfade_s" in error_text(err)
         listed = structured(await client.call_tool("list_jobs", {}))
     assert [j["tool"] for j in listed["jobs"]] == ["animate_image"]
+
+
+# -- xAI: through the chain and natively ---------------------------------------------------------
+
+KEY = "xai-test-key-0123456789abcdef"
+
+
+@pytest.fixture
+def xai() -> Iterator[XaiFake]:
+    with XaiFake(api_key=KEY) as f:
+        yield f
+        assert f.violations == []
+
+
+def _source(tmp_path: Path, seconds: float, name: str = "source.mp4") -> Path:
+    path = tmp_path / "in" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(sample_mp4(seconds, 320, 240, 24))
+    return path
+
+
+async def test_xai_chain_sends_the_exact_last_frame(xai: XaiFake, make_settings: SettingsFactory, tmp_path: Path) -> None:
+    src = _source(tmp_path, 2.0)
+    settings = make_settings(XAI_API_KEY=KEY, XAI_BASE_URL=xai.api_base)
+    async with connect(settings) as client:
+        job = structured(await client.call_tool(
+            "extend_video", {"video": str(src), "model": "xai/grok-imagine-video", "prompt": "the camera rises", "duration": 3}
+        ))  # fmt: skip
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "succeeded", done
+    (create,) = xai.calls("POST", "/v1/videos/generations")
+    body = dict(create.obj)
+    mime, png = parse_data_uri(body.pop("image")["url"])  # type: ignore[misc]
+    assert body == {"model": "grok-imagine-video", "prompt": "the camera rises", "duration": 3, "resolution": "480p"}
+    assert mime == "image/png"
+    sent = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert np.array_equal(sent, read_frame(src, -1))  # lossless: the decoder's last frame, pixel for pixel
+    # the result: the 2 s source, then the fake's 1 s clip (retimed to the source's rate and size)
+    v = done["video"]
+    assert (v["width"], v["height"]) == (320, 240)
+    assert v["duration_s"] == pytest.approx(2.0 + 1.0, abs=1 / 24)
+
+
+async def test_xai_native_sends_the_documented_body(xai: XaiFake, make_settings: SettingsFactory, tmp_path: Path) -> None:
+    src = _source(tmp_path, 3.0)
+    xai.result_video = sample_mp4(9.0, 320, 240, 24)  # xAI answers with the whole video
+    settings = make_settings(XAI_API_KEY=KEY, XAI_BASE_URL=xai.api_base)
+    async with connect(settings) as client:
+        args = {"video": str(src), "model": "xai/grok-imagine-video", "prompt": "the door opens", "xai": {"native": True}}
+        dry = structured(await client.call_tool("extend_video", {**args, "dry_run": True}))
+        assert dry["request"]["url"].endswith("/videos/extensions") and dry["request"]["body"]["duration"] == 6
+        job = structured(await client.call_tool("extend_video", args))
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "succeeded", done
+    assert xai.calls("POST", "/v1/videos/generations") == []
+    (ext,) = xai.calls("POST", "/v1/videos/extensions")
+    body = dict(ext.obj)
+    video = body.pop("video")
+    assert body == {"model": "grok-imagine-video", "prompt": "the door opens", "duration": 6}
+    assert parse_data_uri(video["url"]) == ("video/mp4", src.read_bytes())
+    assert done["video"]["duration_s"] == pytest.approx(9.0, abs=1 / 24)  # the answer as it came, not joined again
+
+
+async def test_xai_native_rules_refused_with_no_request(xai: XaiFake, make_settings: SettingsFactory, tmp_path: Path) -> None:
+    short = _source(tmp_path, 1.0, "short.mp4")
+    ok = _source(tmp_path, 3.0, "ok.mp4")
+    settings = make_settings(XAI_API_KEY=KEY, XAI_BASE_URL=xai.api_base)
+    base = {"model": "xai/grok-imagine-video", "prompt": "go on", "xai": {"native": True}}
+    cases = [
+        ({**base, "video": str(short)}, "2-15 s"),
+        ({**base, "video": str(ok), "duration": 12}, "duration"),
+        ({**base, "video": str(ok), "xai": {"native": True, "resolution": "720p"}}, "xai.resolution"),
+        ({**base, "video": str(ok), "model": "xai/grok-imagine-video-1.5"}, "xai.native"),
+        ({**base, "video": str(ok), "crossfade_s": 0.5}, "crossfade_s"),
+    ]
+    async with connect(settings) as client:
+        for args, word in cases:
+            err = await client.call_tool("extend_video", args)
+            assert err.is_error and word in error_text(err), (args, error_text(err))
+        err = await client.call_tool("animate_image", {"image": str(write_image(tmp_path / "i.png", 320, 240)), **base})
+        assert err.is_error and "xai.native" in error_text(err)
+    assert xai.api_calls() == []
