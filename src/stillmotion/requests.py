@@ -49,7 +49,7 @@ assert set(CameraType.__args__) == set(CAMERA_TYPES)  # type: ignore[attr-define
 
 class CameraControl(_Strict):
     type: CameraType = Field(
-        description="simple: one axis from config; presets: down_back, forward_up, right/left_turn_forward."
+        description="simple: one axis from config; the others are presets."
     )
     config: CameraConfig | None = Field(
         None, description="Type simple only: exactly one non-zero axis."
@@ -146,7 +146,7 @@ class WanOptions(_Strict):
 
 
 class XaiOptions(_Strict):
-    resolution: Literal["480p", "720p", "1080p"] | None = Field(None, description="Default 480p; 1080p on 1.5.")
+    resolution: Literal["480p", "720p", "1080p"] | None = Field(None, description="Default 480p.")
     aspect_ratio: Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] | None = Field(
         None,
         description="STRETCHES the image; omit to keep its shape.",
@@ -165,7 +165,7 @@ class VeoOptions(_Strict):
 
     resolution: Literal["720p", "1080p"] | None = None
     aspect_ratio: Literal["16:9", "9:16"] | None = None
-    audio: bool | None = Field(None, description="Default false.")
+    audio: bool | None = None
     seed: Seed | None = None
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
@@ -176,7 +176,7 @@ class SeedanceOptions(_Strict):
 
     resolution: Literal["480p", "720p", "1080p"] | None = None
     aspect_ratio: Literal["16:9", "4:3", "1:1", "3:4", "9:16", "21:9"] | None = None
-    audio: bool | None = Field(None, description="2.0, 1.5; default false.")
+    audio: bool | None = None
     seed: Seed | None = None
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None

@@ -38,22 +38,22 @@ from ..requests import (
 from ..validation import ToolArgs, plan_request
 from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .cost import GenerationResult
-from .generation import run_request
+from .generation import lean_controls, run_request
 from .join import MAX_CROSSFADE_S, keep_clip
 from .schema import JSON
 
 DESCRIPTION = (
-    "Continue a video: one MP4, the video then its continuation, made by the model's image-to-video from "
-    "the video's exact last frame (any animate_image model; its options object as there). Returns a job."
+    "One MP4: video, then its continuation from its last frame by any animate_image model "
+    "(with its options object). Returns a job."
 )
 _OTHER_OPTIONS = ("kling", "wan", "veo", "seedance", "local")
 
 
 class ExtendVideoArgs(Args):
-    video: str = Field(min_length=1, description="Job id, path, URL or stillmotion://jobs/<id>/video.mp4.")
+    video: str = Field(min_length=1, description="Job id, path, URL or stillmotion:// video.")
     prompt: str | None = None
     model: str | None = None
-    duration: int | None = Field(None, description="Seconds added (default: the model's).")
+    duration: int | None = Field(None, description="Seconds added.")
     crossfade_s: float = Field(0.0, ge=0, le=MAX_CROSSFADE_S)
     kling: KlingOptions | None = None
     wan: WanOptions | None = None
@@ -134,10 +134,11 @@ def _specialise(schema: JSON) -> JSON:
     """Lean: the other models' option objects are taken as in animate_image but not repeated here;
     `xai` shows its one extend-only field."""
     props = schema["properties"]
-    for name in _OTHER_OPTIONS:
+    lean_controls(props)
+    for name in (*_OTHER_OPTIONS, "idempotency_key"):  # taken, not advertised (the tool list's budget)
         props.pop(name, None)
     xai = next(m for m in props["xai"]["anyOf"] if m.get("type") == "object")
-    xai["properties"] = {"native": {"type": "boolean", "description": "xAI's own extension (grok-imagine-video, direct)."}}
+    xai["properties"] = {"native": {"type": "boolean", "description": "xAI's own extension."}}
     return schema
 
 

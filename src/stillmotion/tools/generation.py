@@ -28,10 +28,11 @@ from .cost import Asker, GenerationResult, confirm, dry_run_result
 from .results import call_result
 from .schema import JSON
 
-UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms"})
-"""Operator knobs the server accepts in every option object but does not advertise to models
-(STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server): they cost every tool's
-schema tokens and a model never needs them."""
+UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms", "watermark", "seed"})
+"""Fields the server accepts in every option object but does not advertise to models: the operator
+knobs (STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server), and `watermark` and
+`seed`, rarely wanted and listed by list_models (options.seed) and the README: they cost every
+tool's schema tokens (the tool list's budget, docs/decisions.md)."""
 
 PROVIDER_NAMES = {
     "klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "google": "Veo", "bytedance": "Seedance", "local": "local/preview"
@@ -67,9 +68,8 @@ def _tool_text(tool: str) -> str:
         return "Make a clip that starts on start_image and ends on end_image (first/last-frame)."
     if tool == "camera_move":
         b = _camera_bound()
-        presets = ", ".join(t for t in CAMERA_TYPES if t != "simple")
         return (
-            f"Move the camera over the still scene: one axis in [-{b:g}, {b:g}] (type simple) or a preset ({presets}). "
+            f"Move the camera over the still scene: one axis in [-{b:g}, {b:g}] (type simple) or a preset type. "
             "Negative = left / down / counter-clockwise / narrower view. On local/preview "
             f"{b:g} = {PAN_TILT_DEG_PER_UNIT * b:g} deg pan/tilt, {ROLL_DEG_PER_UNIT * b:g} deg roll, 2x zoom, "
             f"{TRANSLATION_FRACTION_PER_UNIT * b:g} frame shift."
@@ -123,8 +123,13 @@ def _brace(ids: list[str]) -> str:
     prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else prefix
     suffix = _common_start([i[::-1] for i in ids])[::-1]
     suffix = suffix[suffix.find("-"):] if "-" in suffix else ""
+    if len(prefix) + len(suffix) > min(map(len, ids)):
+        suffix = ""
     middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
-    if not prefix or any(not m for m in middles):
+    if prefix.endswith("-") and any(not m for m in middles):  # `veo-3.1{,-fast}-generate-001`
+        prefix = prefix[:-1]
+        middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
+    if not prefix or sum(not m for m in middles) > 1:
         return ", ".join(ids)
     return f"{prefix}{{{','.join(middles)}}}{suffix}"
 
@@ -138,11 +143,15 @@ def _brace_each(ids: list[str]) -> str:
 
 
 def _prompt_maxima(models: list[ModelSpec]) -> str:
+    """`Kling/Veo/Seedance 2500, Wan 1500, xAI 4096`: providers with the same maximum named together."""
     by_provider: dict[str, int] = {}
     for m in models:
         if m.prompt_required:
             by_provider[PROVIDER_NAMES[m.provider]] = max(by_provider.get(PROVIDER_NAMES[m.provider], 0), m.prompt_max)
-    return ", ".join(f"{p} {n}" for p, n in by_provider.items())
+    by_max: dict[int, list[str]] = {}
+    for p, n in by_provider.items():
+        by_max.setdefault(n, []).append(p)
+    return ", ".join(f"{'/'.join(ps)} {n}" for n, ps in by_max.items())
 
 
 def _short(m: ModelSpec) -> str:
@@ -196,9 +205,19 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
         family = [m for m in models if m.provider == provider]
         obj = fields_of(name)
         if obj is not None and family:
-            obj.pop("seed", None)  # taken (list_models: options.seed), not advertised: the tool list's budget
+            if tool == "interpolate_frames":
+                obj.pop("aspect_ratio", None)  # the two frames give the shape; still taken
             if not any(m.audio for m in family):
                 obj.pop("audio", None)
+
+
+def lean_controls(props: JSON) -> None:
+    """The call controls' bounds that no caller trips by accident (a 200-character key, a negative
+    price) stay in the server's check only: the tool list's budget (docs/decisions.md)."""
+    for name, bound in (("idempotency_key", "maxLength"), ("confirm_cost_usd", "minimum")):
+        if name in props:
+            for member in props[name].get("anyOf", [props[name]]):
+                member.pop(bound, None)
 
 
 def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
@@ -231,6 +250,7 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
             no_negative = sorted({PROVIDER_NAMES[m.provider] for m in models if m.negative_prompt_max is None})
             props["negative_prompt"]["description"] = f"Not on {', '.join(no_negative)}."
         _option_fields(props, tool, models)
+        lean_controls(props)
         for name in OPTION_ARGUMENTS:
             if name in props:
                 obj = next(m for m in props[name]["anyOf"] if m.get("type") == "object")

@@ -16,9 +16,7 @@ JobId = Field(description="The job id a generation tool returned.")
 
 class CheckJobArgs(Args):
     job_id: str = JobId
-    wait_seconds: float = Field(
-        0, ge=0, le=WAIT_MAX_S, description="Wait up to this many seconds for the job to finish (progress is reported)."
-    )
+    wait_seconds: float = Field(0, ge=0, le=WAIT_MAX_S)  # the tool's description says what it does
 
 
 class ListJobsArgs(Args):
