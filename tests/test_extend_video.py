@@ -155,3 +155,24 @@ async def test_xai_native_rules_refused_with_no_request(xai: XaiFake, make_setti
         err = await client.call_tool("animate_image", {"image": str(write_image(tmp_path / "i.png", 320, 240)), **base})
         assert err.is_error and "xai.native" in error_text(err)
     assert xai.api_calls() == []
+
+
+async def test_cost_is_the_continuations_and_the_budget_and_confirmation_apply(
+    xai: XaiFake, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    src = _source(tmp_path, 2.0)
+    args = {"video": str(src), "model": "xai/grok-imagine-video", "prompt": "go on", "duration": 4}
+    base = {"XAI_API_KEY": KEY, "XAI_BASE_URL": xai.api_base}
+    async with connect(make_settings(**base)) as client:
+        dry = structured(await client.call_tool("extend_video", {**args, "dry_run": True}))
+    assert dry["cost"]["estimated_usd"] == pytest.approx(0.05 * 4)  # Grok 480p, the 4 s added, not the source
+    async with connect(make_settings(**base, STILLMOTION_BUDGET_USD="0.10", STILLMOTION_BUDGET_PERIOD="total")) as client:
+        err = await client.call_tool("extend_video", args)
+        assert err.is_error and "budget" in error_text(err)
+    async with connect(make_settings(**base, STILLMOTION_CONFIRM_ABOVE_USD="0.10")) as client:
+        err = await client.call_tool("extend_video", args)
+        assert err.is_error and "confirm_cost_usd" in error_text(err), error_text(err)
+        job = structured(await client.call_tool("extend_video", {**args, "confirm_cost_usd": 0.2}))
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "succeeded" and done["cost"]["estimated_usd"] == pytest.approx(0.2)
+    assert len(xai.calls("POST", "/v1/videos/generations")) == 1

@@ -172,7 +172,8 @@ class Service:
     # -- submit --------------------------------------------------------------------------
 
     def estimate(self, plan: Plan, tool: str) -> Cost:
-        """The cost of a planned request before anything is sent."""
+        """The cost of a planned request before anything is sent (extend_video: its continuation's)."""
+        tool = "animate_image" if tool == "extend_video" else tool
         return self.settings.prices.estimate(
             model=plan.spec.id, route=plan.route, tool=tool, duration=plan.duration, options=plan.options
         )
