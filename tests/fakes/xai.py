@@ -272,9 +272,9 @@ class XaiFake(FakeServer):
             p.add("field 'prompt' must not be empty")
         if "duration" in body and not 1 <= body["duration"] <= 15:
             p.add(f"field 'duration' must be in 1..15, got {body['duration']}")
-        resolutions = ("480p", "720p", "1080p") if body["model"] == "grok-imagine-video-1.5" else ("480p", "720p")
-        if "resolution" in body and body["resolution"] not in resolutions:
-            p.add(f"field 'resolution' must be one of {', '.join(resolutions)} for {body['model']}, got {body['resolution']!r}")
+        allowed = "'480p', '720p' or '1080p'" if body["model"] == "grok-imagine-video-1.5" else "'480p' or '720p'"
+        if "resolution" in body and f"'{body['resolution']}'" not in allowed:
+            p.add(f"field 'resolution' must be {allowed} for {body['model']}, got {body['resolution']!r}")
         if "aspect_ratio" in body and body["aspect_ratio"] not in ASPECT_RATIOS:
             p.add(
                 f"field 'aspect_ratio' must be one of {', '.join(ASPECT_RATIOS)}, got {body['aspect_ratio']!r}"
