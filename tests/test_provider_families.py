@@ -212,3 +212,43 @@ def test_the_fake_refuses_what_the_real_api_refuses(img: Path) -> None:
             assert r.status_code == 400 and word in r.json()["error"]["message"], (model, word, r.text[:300])
         ok = client.post(fake.url("/v4/ai/video-model/start"), json=veo, headers={**gw_headers("google/veo-3.1-generate-001"), "idempotency-key": "ok"})
         assert ok.status_code == 200, ok.text
+
+
+async def test_extend_video_through_veo_sends_the_last_frame_inline(fake: GatewayFake, make_settings: SettingsFactory, tmp_path: Path) -> None:
+    from stillmotion.media.video import read_frame
+    from tests.fakes.media import sample_mp4
+
+    src = tmp_path / "in" / "clip.mp4"
+    src.parent.mkdir(parents=True, exist_ok=True)
+    src.write_bytes(sample_mp4(2.0, 320, 240, 24))
+    args = {"model": "google/veo-3.1-fast-generate-001", "video": str(src), "prompt": "the sun sets", "duration": 4}
+    async with connect(make_settings(**env(fake))) as client:
+        job = structured(await client.call_tool("extend_video", args))
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "succeeded", done
+    (start,) = fake.calls("POST", START)
+    body = dict(start.obj)
+    image = body.pop("image")
+    assert body == {"prompt": "the sun sets", "n": 1, "duration": 4, "resolution": "1280x720", "generateAudio": False, "providerOptions": {}}
+    assert image["type"] == "file" and image["mediaType"] == "image/png"
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    sent = np.asarray(Image.open(io.BytesIO(base64.b64decode(image["data"]))).convert("RGB"))
+    assert np.array_equal(sent, read_frame(src, -1))
+    assert done["video"]["duration_s"] == pytest.approx(3.0, abs=1 / 24)  # 2 s source + the fake's 1 s clip
+
+
+async def test_local_preview_takes_the_same_arguments(make_settings: SettingsFactory, img: Path, end: Path) -> None:
+    """A Veo or Seedance call previews on local/preview with the same arguments (their objects ignored, said so)."""
+    async with connect(make_settings()) as client:
+        for tool, args in (
+            ("animate_image", {"image": str(img), "duration": 8, "veo": {"resolution": "1080p", "audio": True}}),
+            ("interpolate_frames", {"start_image": str(img), "end_image": str(end), "duration": 4, "seedance": {"resolution": "480p"}}),
+        ):
+            job = structured(await client.call_tool(tool, {**args, "model": "local/preview", "prompt": "go", "local": {"resolution": "480p"}}))
+            assert any("options" in w and "ignored" in w for w in job["warnings"]), job["warnings"]
+            done = await wait_done(client, job["job_id"])
+            assert done["status"] == "succeeded" and done["video"]["duration_s"] == pytest.approx(args["duration"], abs=1 / 24)
