@@ -352,49 +352,32 @@ WAN_MODELS = (
 )
 
 XAI_ASPECTS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
-XAI_MODEL = ModelSpec(
-    id="xai/grok-imagine-video",
-    provider="xai",
-    title="xAI Grok Imagine Video",
-    summary="Grok Imagine: 1-15 s, 480p or 720p; output keeps the image's aspect unless aspect_ratio is set.",
-    direct_name="grok-imagine-video",
-    gateway_id="spacexai/grok-imagine-video",
-    durations=tuple(range(1, 16)),
-    default_duration=5,
-    modes=(),
-    prompt_max=4096,
-    negative_prompt_max=None,
-    prompt_required=True,
-    image_rules=XAI_IMAGES,
-    features={"animate_image": Feature()},
-    resolutions=("480p", "720p"),
-    default_resolution="480p",
-    aspect_ratios=XAI_ASPECTS,
-    notes=("extend_video xai.native: xAI's /v1/videos/extensions (direct route), 2-10 s added to a 2-15 s MP4",),
-)
-XAI_15_MODEL = ModelSpec(
-    id="xai/grok-imagine-video-1.5",
-    provider="xai",
-    title="xAI Grok Imagine Video 1.5",
-    summary="Grok Imagine 1.5: 1-15 s with generated sound, 480p, 720p or 1080p.",
-    direct_name="grok-imagine-video-1.5",
-    gateway_id="spacexai/grok-imagine-video-1.5",
-    durations=tuple(range(1, 16)),
-    default_duration=5,
-    modes=(),
-    prompt_max=4096,
-    negative_prompt_max=None,
-    prompt_required=True,
-    image_rules=XAI_IMAGES,
-    features={"animate_image": Feature()},
-    resolutions=("480p", "720p", "1080p"),
-    default_resolution="480p",
-    aspect_ratios=XAI_ASPECTS,
-    notes=(
+
+
+def _grok(name: str, title: str, summary: str, resolutions: tuple[str, ...], notes: tuple[str, ...]) -> ModelSpec:
+    return ModelSpec(
+        id=f"xai/{name}", provider="xai", title=title, summary=summary, direct_name=name,
+        gateway_id=f"spacexai/{name}", durations=tuple(range(1, 16)), default_duration=5, modes=(), prompt_max=4096,
+        negative_prompt_max=None, prompt_required=True, image_rules=XAI_IMAGES, features={"animate_image": Feature()},
+        resolutions=resolutions, default_resolution="480p", aspect_ratios=XAI_ASPECTS, notes=notes,
+    )  # fmt: skip
+
+
+XAI_MODEL = _grok(
+    "grok-imagine-video", "xAI Grok Imagine Video",
+    "Grok Imagine: 1-15 s, 480p or 720p; output keeps the image's aspect unless aspect_ratio is set.",
+    ("480p", "720p"),
+    ("extend_video xai.native: xAI's /v1/videos/extensions (direct route), 2-10 s added to a 2-15 s MP4",),
+)  # fmt: skip
+XAI_15_MODEL = _grok(
+    "grok-imagine-video-1.5", "xAI Grok Imagine Video 1.5",
+    "Grok Imagine 1.5: 1-15 s with generated sound, 480p, 720p or 1080p.",
+    ("480p", "720p", "1080p"),
+    (
         "no last frame: the AI SDK's xAI model sends none for 1.5 (sources disagree)",
         "no native extension: xAI answers 'Video extension is not supported for this model'",
     ),
-)
+)  # fmt: skip
 
 # -- Google Veo, ByteDance Seedance (Vercel AI Gateway only) --------------------------------
 

@@ -22,38 +22,20 @@ from typing import Any
 from ..catalog import MODELS
 from ..requests import SeedanceOptions, StoredImage
 from .base import JobContext
-from .rules import Checked, OptionContext, check_catalog_choices
+from .rules import Checked, OptionContext, call_options, check_family_options
 
 KEY = "bytedance"
 RESOLUTIONS = {"480p": "864x480", "720p": "1280x720", "1080p": "1920x1080"}
 
 
 def check_options(given: SeedanceOptions | None, ctx: OptionContext) -> Checked[SeedanceOptions]:
-    opts = given or SeedanceOptions()
-    values = opts.model_dump(exclude_none=True)
-    check_catalog_choices("seedance", values, ctx.spec)
-    values.pop("poll_interval_ms", None)
-    values.pop("poll_timeout_ms", None)
-    values.setdefault("resolution", ctx.spec.default_resolution)
-    if ctx.spec.audio:
-        values.setdefault("audio", False)
-    return Checked(
-        SeedanceOptions.model_validate(values),
-        poll_interval_ms=opts.poll_interval_ms,
-        poll_timeout_ms=opts.poll_timeout_ms,
-    )
+    return check_family_options("seedance", SeedanceOptions, given, ctx)
 
 
 def gateway_body(job: JobContext, file: Callable[[StoredImage], dict[str, Any]]) -> dict[str, Any]:
     req = job.request
     opts = req.seedance or SeedanceOptions()
-    body: dict[str, Any] = {}
-    if opts.aspect_ratio:
-        body["aspectRatio"] = opts.aspect_ratio
-    if opts.resolution:
-        body["resolution"] = RESOLUTIONS[opts.resolution]
-    if opts.seed is not None:
-        body["seed"] = opts.seed
+    body = call_options(opts, RESOLUTIONS)
     po: dict[str, Any] = {}
     if MODELS[req.model].audio:
         po["generateAudio"] = bool(opts.audio)

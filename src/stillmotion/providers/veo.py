@@ -24,35 +24,20 @@ from typing import Any
 
 from ..requests import StoredImage, VeoOptions
 from .base import JobContext
-from .rules import Checked, OptionContext, check_catalog_choices
+from .rules import Checked, OptionContext, call_options, check_family_options
 
 KEY = "vertex"
 RESOLUTIONS = {"720p": "1280x720", "1080p": "1920x1080"}
 
 
 def check_options(given: VeoOptions | None, ctx: OptionContext) -> Checked[VeoOptions]:
-    opts = given or VeoOptions()
-    values = opts.model_dump(exclude_none=True)
-    check_catalog_choices("veo", values, ctx.spec)
-    values.pop("poll_interval_ms", None)
-    values.pop("poll_timeout_ms", None)
-    values.setdefault("resolution", ctx.spec.default_resolution)
-    values.setdefault("audio", False)
-    return Checked(
-        VeoOptions.model_validate(values), poll_interval_ms=opts.poll_interval_ms, poll_timeout_ms=opts.poll_timeout_ms
-    )
+    return check_family_options("veo", VeoOptions, given, ctx)
 
 
 def gateway_body(job: JobContext, inline: Callable[[StoredImage], dict[str, Any]]) -> dict[str, Any]:
     req = job.request
     opts = req.veo or VeoOptions()
-    body: dict[str, Any] = {}
-    if opts.aspect_ratio:
-        body["aspectRatio"] = opts.aspect_ratio
-    if opts.resolution:
-        body["resolution"] = RESOLUTIONS[opts.resolution]
-    if opts.seed is not None:
-        body["seed"] = opts.seed
+    body = call_options(opts, RESOLUTIONS)
     body["generateAudio"] = bool(opts.audio)
     body["providerOptions"] = {KEY: {"negativePrompt": req.negative_prompt}} if req.negative_prompt else {}
     first = inline(req.start_image)
