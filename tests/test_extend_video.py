@@ -176,3 +176,17 @@ async def test_cost_is_the_continuations_and_the_budget_and_confirmation_apply(
         done = await wait_done(client, job["job_id"])
     assert done["status"] == "succeeded" and done["cost"]["estimated_usd"] == pytest.approx(0.2)
     assert len(xai.calls("POST", "/v1/videos/generations")) == 1
+
+
+async def test_a_continuation_that_does_not_decode_fails_the_job_clearly(
+    xai: XaiFake, make_settings: SettingsFactory, tmp_path: Path
+) -> None:
+    src = _source(tmp_path, 2.0)
+    xai.result_video = b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100
+    async with connect(make_settings(XAI_API_KEY=KEY, XAI_BASE_URL=xai.api_base)) as client:
+        job = structured(await client.call_tool(
+            "extend_video", {"video": str(src), "model": "xai/grok-imagine-video", "prompt": "go on", "duration": 2}
+        ))  # fmt: skip
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "failed", done
+    assert "could not be joined" in done["error"]["message"], done["error"]

@@ -39,6 +39,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import anyio.to_thread
+import av
 import httpx
 
 from ..errors import (
@@ -656,7 +657,10 @@ class JobRunner:
             from ..media.extend import append_continuation
 
             # the source followed by its continuation (a native extension already is the whole video)
-            tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+            try:
+                tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+            except (ValueError, OSError, av.error.FFmpegError) as exc:
+                raise ProviderError(f"the continuation could not be joined to the video: {exc}", retryable=False) from exc
             samples = None
         try:
             result = await anyio.to_thread.run_sync(
