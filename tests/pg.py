@@ -86,6 +86,10 @@ class PgCluster:
             str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
             "-E", "UTF8", "--no-locale", "--no-sync",
         )
+        self.start_server()
+
+    def start_server(self) -> None:
+        """Start the (initialised) cluster's server; again after `stop_server()`."""
         options = " ".join([
             f"-p {self.port}", f"-k {self.socket_dir}", "-c listen_addresses=127.0.0.1",
             "-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off",
@@ -98,6 +102,15 @@ class PgCluster:
         if done.returncode != 0:
             log = (self.root / "server.log").read_text(errors="replace") if (self.root / "server.log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {done.stderr}\n{log[-2000:]}")
+
+    def stop_server(self, mode: str = "fast") -> None:
+        """An outage: the server stops (fast: every connection is ended with an admin shutdown)."""
+        self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def restart(self) -> None:
+        """`pg_ctl restart`: every open connection is ended, the server is back a moment later."""
+        self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
+                  "-w", "-t", "60", "restart")
 
     def stop(self) -> None:
         self._cmd(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", check=False)

@@ -9,24 +9,32 @@ each time it is called, so a second object stands in for a second process:
     @pytest.fixture
     def open_store(tmp_path): ...
 
+Every test runs twice: on the synchronous `JobStore` (the CLI, render threads) and through its
+asynchronous face (`AsyncJobStore`, what everything on the event loop uses), each call awaited on
+a real event loop in another thread (`face` below).
+
 Times here are small leases and store-clock comparisons, never sleeps longer than a lease.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from stillmotion.errors import BudgetExceeded
+from stillmotion.jobs.async_store import AsyncJobStore
 from stillmotion.jobs.spend import BudgetRule
 from stillmotion.jobs.store import DuplicateIdempotencyKey, JobHead, JobRow, JobStore, new_job_id
 
 __all__ = [
     "OpenStore",
+    "face",
     "store",
     "test_budget_reservation_is_atomic_across_processes",
     "test_cancel_from_any_process_wins_over_owner",
@@ -49,9 +57,43 @@ __all__ = [
 OpenStore = Callable[[], JobStore]
 
 
+class ThroughAsync:
+    """A JobStore whose every call goes through `AsyncJobStore`, awaited on the portal's event loop."""
+
+    def __init__(self, store: JobStore, portal: BlockingPortal) -> None:
+        self.face = AsyncJobStore(store)
+        self.portal = portal
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.face, name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self.portal.call(functools.partial(method, *args, **kwargs))
+
+        return call
+
+    def close(self) -> None:
+        self.portal.call(self.face.aclose)
+
+
+@pytest.fixture(params=["sync", "async"])
+def face(request: pytest.FixtureRequest, open_store: OpenStore) -> Iterator[OpenStore]:
+    """The engine's `open_store`, used directly or through the asynchronous face."""
+    if request.param == "sync":
+        yield open_store
+        return
+    with start_blocking_portal() as portal:
+
+        def through() -> JobStore:
+            s = ThroughAsync(open_store(), portal)
+            return s  # type: ignore[return-value]  # (duck-typed: every JobStore method, awaited)
+
+        yield through
+
+
 @pytest.fixture
-def store(open_store: OpenStore) -> Iterator[JobStore]:
-    s = open_store()
+def store(face: OpenStore) -> Iterator[JobStore]:
+    s = face()
     yield s
     s.close()
 
@@ -78,9 +120,9 @@ def test_create_and_read_back(store: JobStore) -> None:
     assert unowned.owner is None and unowned.lease_expires_at is None
 
 
-def test_duplicate_idempotency_key(store: JobStore, open_store: OpenStore) -> None:
+def test_duplicate_idempotency_key(store: JobStore, face: OpenStore) -> None:
     _new(store, key="same")
-    other = open_store()
+    other = face()
     try:
         with pytest.raises(DuplicateIdempotencyKey):
             _new(other, key="same")
@@ -107,9 +149,9 @@ def test_claim_rules(store: JobStore) -> None:
     assert store.claimable(stale_owners=["b", "d"]) == [store.get(lapsed.id)]
 
 
-def test_claim_is_exclusive_across_processes(store: JobStore, open_store: OpenStore) -> None:
+def test_claim_is_exclusive_across_processes(store: JobStore, face: OpenStore) -> None:
     rows = [_new(store) for _ in range(10)]
-    others = [open_store() for _ in range(4)]
+    others = [face() for _ in range(4)]
     wins: dict[str, list[str]] = {}
     lock = threading.Lock()
 
@@ -162,13 +204,13 @@ def test_release(store: JobStore) -> None:
     assert {r.id for r in store.claimable()} == {a1.id, a2.id}
 
 
-def test_update_owned_is_conditional(store: JobStore, open_store: OpenStore) -> None:
+def test_update_owned_is_conditional(store: JobStore, face: OpenStore) -> None:
     row = _new(store, owner="a", lease_s=1)
     got = store.update_owned(row.id, "a", {"stage": "submitting", "status_detail": "sending"}, lease_s=60)
     assert got is not None and got.stage == "submitting" and got.status_detail == "sending"
     assert got.updated_at >= row.updated_at and (got.lease_expires_at or 0) > store.now() + 30
     assert store.update_owned(row.id, "b", {"stage": "polling"}) is None
-    other = open_store()
+    other = face()
     try:
         assert other.claim(row.id, "b", 30, stale_owners=["a"]) is not None
         assert store.update_owned(row.id, "a", {"stage": "polling", "operation": {"x": 1}}) is None, "lost: no write"
@@ -195,9 +237,9 @@ def test_set_progress_is_owned(store: JobStore) -> None:
     assert (store.get(row.id) or row).progress == 0.5
 
 
-def test_cancel_from_any_process_wins_over_owner(store: JobStore, open_store: OpenStore) -> None:
+def test_cancel_from_any_process_wins_over_owner(store: JobStore, face: OpenStore) -> None:
     row = _new(store, owner="a", lease_s=30)
-    other = open_store()
+    other = face()
     try:
         err: dict[str, Any] = {"kind": "cancelled", "message": "cancelled by request.", "retryable": False}
         ended = other.cancel(row.id, err)
@@ -259,10 +301,10 @@ def test_recent_and_unfinished(store: JobStore) -> None:
     assert [r.id for r in store.unfinished()] == [rows[0].id, rows[2].id, rows[3].id]
 
 
-def test_meta_table(store: JobStore, open_store: OpenStore) -> None:
+def test_meta_table(store: JobStore, face: OpenStore) -> None:
     assert store.meta_get("secret") is None
     assert store.meta_setdefault("secret", "first") == "first"
-    other = open_store()
+    other = face()
     try:
         assert other.meta_setdefault("secret", "second") == "first", "the first writer wins everywhere"
         other.meta_set("worker", "host:1:2:abc")
@@ -323,9 +365,9 @@ def test_committed_spend_counts_jobs_that_reached_the_provider(store: JobStore) 
     assert (bucket["jobs"], bucket["billed_jobs"], bucket["actual_usd"]) == (6, 3, 0.5)
 
 
-def test_budget_reservation_is_atomic_across_processes(open_store: OpenStore) -> None:
+def test_budget_reservation_is_atomic_across_processes(face: OpenStore) -> None:
     """Five store objects (five processes) and 40 threads submit $1 jobs against $7: exactly 7 fit."""
-    stores = [open_store() for _ in range(5)]
+    stores = [face() for _ in range(5)]
     rule = BudgetRule(7.0, "day")
     made: list[str] = []
     refused: list[str] = []

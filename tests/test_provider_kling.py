@@ -320,6 +320,23 @@ async def test_truncated_download_retried_and_expired_url_fails(
     assert done2["status"] == "failed" and done2["error"]["kind"] == "expired"
 
 
+async def test_expired_result_url_is_refreshed_once(
+    fake: KlingFake, kling_env: dict[str, str], make_settings: SettingsFactory, img: Path
+) -> None:
+    """A result URL that has expired by the time it is fetched: the runner asks Kling for the task
+    again (a fresh URL) and downloads that, instead of failing a paid job."""
+    fake.expire_file("*", times=1)
+    async with connect(make_settings(**kling_env)) as client:
+        job = structured(await client.call_tool("animate_image", {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"}))
+        done = await wait_done(client, job["job_id"])
+    assert done["status"] == "succeeded", done
+    assert len(fake.calls("GET", "/files/")) == 2  # the expired answer, then the refreshed URL
+    task_id = next(iter(fake.tasks))
+    polls = [c for c in fake.calls("GET", PATH) if c.path.endswith(task_id)]
+    assert len(polls) >= 2  # at least one poll that saw it succeed, then the refresh
+    fake.assert_clean()
+
+
 async def test_capability_map_strict_and_relaxed(
     fake: KlingFake, kling_env: dict[str, str], make_settings: SettingsFactory, img: Path
 ) -> None:

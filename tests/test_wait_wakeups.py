@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from stillmotion import service as service_mod
+from stillmotion.jobs.async_store import AsyncJobStore
 from stillmotion.jobs.store import JobRow, JobStore, SqliteStore, new_job_id
 from stillmotion.service import Service
 from tests.conftest import SettingsFactory
@@ -37,6 +38,7 @@ def _service(make_settings: SettingsFactory) -> tuple[Service, CountingStore]:
     svc.store.close()
     store = CountingStore(settings.db_path)
     svc.store = svc.runner.store = store
+    svc.db = svc.runner.db = AsyncJobStore(store)
     return svc, store
 
 
@@ -70,7 +72,7 @@ def test_a_change_while_the_waiter_reports_progress_is_not_missed(
             # between the waiter's read and its wait: another process ends the job, and this
             # process's store watch sees it
             other.cancel(r.id, {"kind": "cancelled", "message": "x", "retryable": False})
-            svc.runner.watch()
+            await svc.runner.watch()
             await anyio.lowlevel.checkpoint()
 
     async def main() -> Any:

@@ -33,7 +33,7 @@ import httpx
 
 from .catalog import MODELS
 from .errors import MissingCredentials, ProviderError, StillmotionError
-from .jobs.store import JobStore
+from .jobs.async_store import AsyncJobStore
 from .providers._http import API_TIMEOUT
 from .providers.base import JobContext
 from .providers.gateway import GatewayProvider
@@ -208,7 +208,7 @@ async def delete_quietly(blob: BlobClient, urls: list[str]) -> bool:
 class BlobJanitor:
     """Deletes a job's blobs once it has ended, in whichever process sees it end."""
 
-    def __init__(self, store: JobStore, settings: Settings, client: httpx.AsyncClient) -> None:
+    def __init__(self, store: AsyncJobStore, settings: Settings, client: httpx.AsyncClient) -> None:
         self.store = store
         self.settings = settings
         self.client = client
@@ -224,7 +224,7 @@ class BlobJanitor:
         return self.settings.inputs_dir / job_id / DONE_MARKER
 
     async def on_change(self, job_id: str) -> None:
-        row = self.store.get(job_id)
+        row = await self.store.get(job_id)
         if row is None or not row.terminal:
             return
         urls = [u for u in (row.request.get("blobs") or []) if isinstance(u, str)]
@@ -245,7 +245,12 @@ class BlobJanitor:
 
     async def sweep(self, limit: int = 500) -> None:
         """At start: jobs that ended while no process could delete their blobs."""
-        for row in self.store.recent(status=None, limit=limit):
+        try:
+            rows = await self.store.recent(status=None, limit=limit)
+        except Exception:  # the store is down at start-up: the next start sweeps
+            log.warning("blob sweep skipped: the job store did not answer", exc_info=True)
+            return
+        for row in rows:
             if row.terminal and row.request.get("blobs"):
                 await self._clean(row.id)
 
@@ -267,7 +272,7 @@ class BlobJanitor:
             if on_change is not None:
                 await on_change(job_id)  # subscribers first: cleanup never delays a notification
             if self._tg is not None:
-                row = self.store.get(job_id)
+                row = await self.store.get(job_id)
                 if row is not None and row.terminal and row.request.get("blobs"):
                     self._tg.start_soon(self._clean, job_id, name=f"blob cleanup {job_id}")
 

@@ -193,8 +193,8 @@ def _models() -> int:
 
 
 def _jobs(status: str | None, limit: int) -> int:
+    from .jobs.backends import open_for_settings
     from .jobs.ownership import owner_is_alive
-    from .jobs.store import open_store
     from .jobs.worker import META_KEY, worker_alive
     from .settings import Settings
 
@@ -203,7 +203,7 @@ def _jobs(status: str | None, limit: int) -> int:
     if url is None and not settings.db_path.exists():
         print("no jobs yet")
         return 0
-    store = open_store(settings.db_path, url)  # (PostgreSQL: the team's store, every replica's jobs)
+    store = open_for_settings(settings, serving=False)  # (PostgreSQL: the team's store, every replica's jobs)
     try:
         rows = store.recent(status=status, limit=limit)
         worker_id = store.meta_get(META_KEY)

@@ -14,7 +14,8 @@
     ├── Cancelled           kind=cancelled
     ├── Interrupted         kind=interrupted     a crash left a submission whose fate cannot be looked up
     ├── BudgetExceeded      kind=budget          the estimate would take the period's spend over the budget
-    └── ConfirmationRequired kind=confirmation_required  above STILLMOTION_CONFIRM_ABOVE_USD, not confirmed
+    ├── ConfirmationRequired kind=confirmation_required  above STILLMOTION_CONFIRM_ABOVE_USD, not confirmed
+    └── Unavailable         kind=unavailable     the job store or the disk cannot take the request now; retry
 
 Messages never contain secrets: providers build them from the provider's answer, never from
 request headers, and every message goes through the one scrubber (`scrub.py`) when the error is
@@ -41,6 +42,7 @@ ErrorKind = Literal[
     "interrupted",
     "budget",
     "confirmation_required",
+    "unavailable",
 ]
 
 
@@ -168,3 +170,11 @@ class ConfirmationRequired(StillmotionError):
     """The estimate is above STILLMOTION_CONFIRM_ABOVE_USD and nobody confirmed it."""
 
     kind: ErrorKind = "confirmation_required"
+
+
+class Unavailable(StillmotionError):
+    """Something the server needs (the job store, the disk) cannot be used right now; nothing was
+    accepted, and the same call may simply be retried (issue #21)."""
+
+    kind: ErrorKind = "unavailable"
+    retryable = True

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .file_links import FileLinks, file_url_secret
 from .http_files import FileRoute, guarded_protocol
 from .http_team import Probes, replicated, team_hosts
-from .jobs.store import open_store
+from .jobs.backends import open_for_settings
 from .server import build_server
 from .settings import Settings
 
@@ -81,15 +81,14 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
     app = FileRoute(app, links, settings.output_dir)
     manager = server.session_manager
     # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
-    return Probes(app, lambda: getattr(getattr(manager, "_lifespan_state", None), "store", None))
+    return Probes(app, lambda: getattr(getattr(manager, "_lifespan_state", None), "db", None))
 
 
 def _link_secret(settings: Settings) -> bytes:
     """The file-link signing secret from the store's `meta` table: every replica of the store signs
     and checks with the same one."""
     settings.home.mkdir(parents=True, exist_ok=True)
-    url = settings.database_url.reveal() if settings.database_url is not None else None
-    store = open_store(settings.db_path, url)  # replicas: the PostgreSQL store they share
+    store = open_for_settings(settings, serving=False)  # replicas: the PostgreSQL store they share
     try:
         return file_url_secret(settings.home, store)
     finally:

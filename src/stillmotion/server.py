@@ -58,6 +58,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
     specs = tool_specs(settings, shell=shell)
     bus = InMemorySubscriptionBus()
     legacy = resources.LegacySubscriptions()
+    running: list[Service] = []
 
     @asynccontextmanager
     async def lifespan(server: MCPServer[Service]) -> AsyncIterator[Service]:
@@ -70,6 +71,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
                 log.debug("resource notification failed", exc_info=True)
         async with provider_client() as client:
             svc = Service.create(settings, client, on_change=on_change)
+            running.append(svc)
             try:
                 async with anyio.create_task_group() as tg:
                     await svc.start(tg)
@@ -79,7 +81,9 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
                         svc.runner.stop()
                         tg.cancel_scope.cancel()
             finally:
-                svc.close()  # only after every job task has stopped
+                running.remove(svc)
+                with anyio.CancelScope(shield=True):
+                    await svc.aclose()  # only after every job task has stopped; off the loop
 
     calls = ToolCalls(specs, settings, shell=shell)
     tasks = TasksExtension()  # outermost: it wraps the tool calls whose jobs become tasks
@@ -102,7 +106,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
         # resources/subscribe; 2026-era subscriptions/listen works on every replica)
         legacy.register(mcp)
     resources.register(mcp, settings)
-    register_spend_resource(mcp, settings)
+    register_spend_resource(mcp, settings, lambda: running[-1] if running else None)
     return mcp
 
 

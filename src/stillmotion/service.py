@@ -24,7 +24,8 @@ from . import __version__
 from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .catalog import MODELS
 from .dryrun import preview_create_request
-from .errors import BudgetExceeded, InvalidInput
+from .errors import BudgetExceeded, InvalidInput, Unavailable
+from .jobs.async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .jobs.backends import open_for_settings
 from .jobs.ownership import OwnerId, new_owner_id
 from .jobs.runner import JobRunner
@@ -106,8 +107,11 @@ def _stored(img: LoadedImage, path: str) -> StoredImage:
 class Service:
     settings: Settings
     store: JobStore
+    """The synchronous face (threads only); everything on the event loop uses `db`."""
     client: httpx.AsyncClient
     runner: JobRunner
+    db: AsyncJobStore
+    """The asynchronous face of `store` (jobs/async_store.py): what everything on the loop uses."""
     janitor: BlobJanitor | None = None
 
     @classmethod
@@ -128,7 +132,8 @@ class Service:
         def local(ctx: JobContext, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
             return render_job(ctx, out, progress, hold_file=settings.test_hold_file)
 
-        janitor = BlobJanitor(store, settings, client)
+        db = AsyncJobStore(store)
+        janitor = BlobJanitor(db, settings, client)
         runner = JobRunner(
             store=store,
             settings=settings,
@@ -138,8 +143,9 @@ class Service:
             publish=publish_video,
             on_change=janitor.wrap(on_change),
             owner=owner,
+            db=db,
         )
-        return cls(settings, store, client, runner, janitor)
+        return cls(settings, store, client, runner, db, janitor)
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         if self.janitor is not None:
@@ -159,7 +165,7 @@ class Service:
         try:
             released = self.runner.release()
         finally:
-            self.store.close()
+            self.db.close_now()
         if released and self.settings.transport == "stdio" and self.settings.background:
             from .jobs.worker import ensure_worker
 
@@ -168,6 +174,10 @@ class Service:
             except OSError:
                 log.exception("could not start the background worker; the jobs resume with the next server")
         return released
+
+    async def aclose(self) -> int:
+        """`close()` off the event loop (releasing jobs and closing the store may wait on the store)."""
+        return await anyio.to_thread.run_sync(self.close)
 
     # -- submit --------------------------------------------------------------------------
 
@@ -216,7 +226,7 @@ class Service:
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
         if idempotency_key is not None:
-            existing = self.store.by_idempotency_key(idempotency_key)
+            existing = await self.db.by_idempotency_key(idempotency_key)
             if existing is not None:
                 return self._same_or_error(existing, fingerprint)
         plan = plan or plan_request(args, self.settings)
@@ -230,7 +240,6 @@ class Service:
 
         job_id = new_job_id()
         folder = self.settings.inputs_dir / job_id
-        await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
         kept: dict[str, StoredImage] = {}
 
         def write_all() -> None:
@@ -242,12 +251,19 @@ class Service:
                     bytes=len(img.data), sha256=img.sha256,
                 )
 
-        await off_loop(write_all)
-
         def keep(img: LoadedImage, name: str) -> StoredImage:
             return kept[name]
 
-        stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
+        try:
+            await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
+            await off_loop(write_all)
+            stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
+        except OSError as exc:  # a full disk: nothing accepted, the caller retries
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+            fault = unavailable(exc)
+            if fault is None:
+                raise
+            raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
         request = self._request(args, plan, inputs, keep, stored_audio)
         try:
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
@@ -256,8 +272,9 @@ class Service:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         cost = self.estimate(plan, args.tool)
+        sent = time.monotonic()
         try:
-            row = self.store.create(
+            row = await self.db.create(
                 job_id=job_id,
                 tool=args.tool,
                 model=plan.spec.id,
@@ -273,21 +290,28 @@ class Service:
             )
         except DuplicateIdempotencyKey:
             # the same key won a race with us: answer with that job
-            shutil.rmtree(folder, ignore_errors=True)
-            if request.blobs:
-                await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
+            await self._discard(folder, request)
             assert idempotency_key is not None
-            existing = self.store.by_idempotency_key(idempotency_key)
+            existing = await self.db.by_idempotency_key(idempotency_key)
             assert existing is not None
             return self._same_or_error(existing, fingerprint)
         except BudgetExceeded:
-            shutil.rmtree(folder, ignore_errors=True)
-            if request.blobs:
-                await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
+            await self._discard(folder, request)
             raise
+        except StoreUnavailable as fault:
+            # nothing recorded, so nothing accepted: the inputs go, and the caller is told to retry
+            # (a create that did commit before its answer was lost is a queued job the runner finds)
+            await self._discard(folder, request)
+            raise Unavailable(f"the job was not accepted: {fault.message}") from fault
         log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route)
-        self.runner.launch_new(row)
+        self.runner.launch_new(row, leased_at=sent)
         return row
+
+    async def _discard(self, folder: Path, request: GenerationRequest) -> None:
+        """A job that was not created: its input files and uploaded blobs go."""
+        await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+        if request.blobs:
+            await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
 
     def _request(
         self,
@@ -389,9 +413,9 @@ class Service:
 
     # -- read / wait / cancel ------------------------------------------------------------
 
-    def get(self, job_id: str) -> JobRow:
+    async def get(self, job_id: str) -> JobRow:
         validate_job_id(job_id)
-        row = self.store.get(job_id)
+        row = await self.db.get(job_id)
         if row is None:
             raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
         return row
@@ -406,7 +430,7 @@ class Service:
             # below cannot miss it. Changes wake the waiter (no timed re-reads): the job's own
             # writes and cancels at once, other processes' through the store watch.
             changed = self.runner.change_event(job_id)
-            row = self.get(job_id)
+            row = await self.get(job_id)
             key = (row.status, row.progress)
             if on_update is not None and key != last_seen:
                 await on_update(row)
@@ -417,17 +441,17 @@ class Service:
             with anyio.move_on_after(min(remaining, WAIT_RECHECK_S)):
                 await changed.wait()
 
-    def cancel(self, job_id: str) -> tuple[JobRow, bool]:
-        row = self.get(job_id)
+    async def cancel(self, job_id: str) -> tuple[JobRow, bool]:
+        row = await self.get(job_id)
         if row.terminal:
             return row, False
-        self.runner.cancel(job_id)
-        return self.get(job_id), True
+        await self.runner.cancel(job_id)
+        return await self.get(job_id), True
 
-    def list(self, status: str | None, limit: int) -> list[JobRow]:
-        return self.store.recent(status=status, limit=limit)
+    async def list(self, status: str | None, limit: int) -> list[JobRow]:
+        return await self.db.recent(status=status, limit=limit)
 
-    def resource_path(self, job_id: str, name: str) -> Path | None:
+    async def resource_path(self, job_id: str, name: str) -> Path | None:
         """Path of a finished job's file; None when the job or file does not exist."""
         if name not in RESOURCE_FILES:
             return None
@@ -435,8 +459,8 @@ class Service:
             validate_job_id(job_id)
         except InvalidInput:
             return None
-        row = self.store.get(job_id)
+        row = await self.db.get(job_id)
         if row is None or row.status != "succeeded":
             return None
         path = self.settings.output_dir / job_id / name
-        return path if path.is_file() else None
+        return path if await anyio.to_thread.run_sync(path.is_file) else None

@@ -185,6 +185,9 @@ class Settings:
     """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
     worker_idle_ms: int = 120_000
     """The background worker exits after this long with nothing to do."""
+    store_busy_timeout_ms: int = 30_000
+    """STILLMOTION_STORE_BUSY_TIMEOUT_MS: how long one SQLite statement waits for another process's
+    write lock before the runner retries it (with backoff, while the job's lease allows)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, transport: Transport = "stdio") -> Settings:
@@ -276,6 +279,7 @@ class Settings:
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
+            store_busy_timeout_ms=max(50, _int(env, "STILLMOTION_STORE_BUSY_TIMEOUT_MS", 30_000)),
         )
 
     def has_direct_key(self, provider: str) -> bool:

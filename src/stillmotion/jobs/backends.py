@@ -1,5 +1,7 @@
-"""The job store a server opens for its settings: PostgreSQL when STILLMOTION_DATABASE_URL is set
-(after checking that this replica sees the shared folders), else SQLite under STILLMOTION_HOME."""
+"""The one opener of the job store the settings name: PostgreSQL when STILLMOTION_DATABASE_URL is
+set, else SQLite under STILLMOTION_HOME. Servers, the worker, every command (`jobs`, `spend`) and
+every resource open it here, so they all read the same jobs (issue #21: `spend` on a replica once
+read the home's SQLite file while the jobs lived in PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ from ..settings import Settings
 from .store import JobStore, open_store
 
 
-def open_for_settings(settings: Settings) -> JobStore:
+def open_for_settings(settings: Settings, *, serving: bool = True) -> JobStore:
+    """`serving`: a process that drives jobs and writes files (a server, the worker) also checks that
+    it sees the same shared folders as the other replicas of a PostgreSQL store; a report (`spend`,
+    `jobs`) only reads rows, wherever it runs."""
     url = settings.database_url.reveal() if settings.database_url is not None else None
-    store = open_store(settings.db_path, url)
-    if url is None:
+    store = open_store(settings.db_path, url, busy_timeout_s=settings.store_busy_timeout_ms / 1000)
+    if url is None or not serving:
         return store
     from .shared_home import check_shared_folders
 

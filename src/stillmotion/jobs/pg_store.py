@@ -49,6 +49,22 @@ log = logging.getLogger(__name__)
 MIGRATION_LOCK = 0x5354_4D4F  # "STMO": pg_advisory_xact_lock key for schema changes
 BUDGET_LOCK = 0x5354_4D42  # "STMB": pg_advisory_xact_lock around a budget's sum, compare and insert
 CAP_LOCK = 0x5354_4D43  # "STMC": pg_advisory_xact_lock(CAP_LOCK, hashtext(cap name)) around a cap check
+CONNECT_TIMEOUT_S = 5
+"""A connection attempt to an unreachable server gives up after this long."""
+CONNECTION_OPTIONS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_S,
+    # a database host that vanished without closing the connection (a lost node, a partition) is
+    # noticed by TCP keepalives within ~15 s instead of a statement waiting for hours
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+    "tcp_user_timeout": 15_000,
+}
+WAIT_S = 5.0
+"""A store call waits this long for a connection before failing (the caller retries or answers
+`unavailable`). Short on purpose: once the pool's reconnect attempts gave up, only a new request
+starts the next attempt, so this bounds how long after the database is back a replica notices."""
+RECONNECT_S = 4.0
+"""The pool's reconnect attempts (1 s, 2 s, ... apart) start over after this long, so a database back
+after a long outage is found within a few seconds, not after a backoff grown to minutes."""
 NOW = "extract(epoch from clock_timestamp())::double precision"
 NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
 
@@ -138,13 +154,22 @@ class PgStore(JobStore):
         self.url = url
         self._psycopg = psycopg
         self._closed = False
+        # Connections heal (issue #21): each is checked before use (a server restart leaves every
+        # pooled connection dead; the check replaces it instead of failing a write), a connection
+        # attempt gives up after a few seconds, and reconnecting never backs off beyond a few
+        # seconds (a failed attempt gives up after RECONNECT_S; the next request starts afresh),
+        # so a replica serves again within seconds of the database coming back.
         self._pool = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=pool_size,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, **CONNECTION_OPTIONS},
             open=False,
             name="stillmotion",
+            check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=WAIT_S,
+            reconnect_timeout=RECONNECT_S,
+            max_idle=300.0,
         )
         self._pool.open(wait=True, timeout=30)
         try:

@@ -20,6 +20,12 @@ starts again from scratch. Every retry (create, poll, recover, download) goes th
 
 Changes made by other processes (a cancel, progress of a job another process drives) are seen
 by polling the store every WATCH_S: waiters wake and resource subscribers are notified.
+
+The store is reached through its asynchronous face (`jobs/async_store.py`): nothing here waits on
+it on the event loop. A store fault (locked, connection lost, disk full) never fails a job: an
+owned write is retried with backoff for as long as the job's lease lasts (counted from the last
+write that renewed it), then the job is released for takeover (by any process, this one
+included, once the store answers again). No exception leaves a job task (issue #21).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import os
 import threading
@@ -34,7 +41,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import anyio.abc
@@ -57,6 +64,7 @@ from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
 from ..requests import GenerationRequest
 from ..settings import Settings
+from .async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .batch import StatusBatcher
 from .caps import RunningCap, cap_for
 from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
@@ -64,6 +72,7 @@ from .retry import RetryPolicy
 from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CREATE_DEFER_S = 0.01
 """How long a new remote job waits before building its create request (see _submit)."""
@@ -84,6 +93,12 @@ Publisher = Callable[[Path, Path, Samples | None], dict[str, Any]]
 
 BLOCKING_THREADS = 8
 """anyio's default worker threads (short blocking calls); CPU work has limiters of its own."""
+ANSWER_FILE = ".create-answer.json"
+"""In a job's output folder while its create's answer is not yet in the store (see _started)."""
+STORE_RETRY_FIRST_S = 0.05
+"""The first wait before an owned write that hit a store fault is tried again (then doubling)."""
+STORE_RETRY_MAX_S = 2.0
+"""The longest wait between two tries of an owned write (never more than a quarter of the lease)."""
 
 
 class Lost(Exception):
@@ -104,6 +119,9 @@ class Job:
     """This process sent a create and lost its answer (vs. found `submitting` after a takeover)."""
     stop: threading.Event = field(default_factory=threading.Event)
     """Set when the job must stop (lost, cancelled, shutdown); render threads check it."""
+    leased_at: float = field(default_factory=time.monotonic)
+    """Monotonic time at which the last write that renewed this job's lease was sent (the lease
+    lasts at least lease_s from then on the store's clock): store faults are waited out until then."""
 
     @property
     def id(self) -> str:
@@ -123,8 +141,12 @@ class JobRunner:
         on_change: Callable[[str], Coroutine[Any, Any, None]] | None = None,
         owner: OwnerId | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        db: AsyncJobStore | None = None,
     ) -> None:
         self.store = store
+        """The synchronous face: render and publish threads only."""
+        self.db = db or AsyncJobStore(store)
+        """The asynchronous face: everything on the event loop."""
         self.settings = settings
         self.client = client
         self.provider_factory = provider_factory
@@ -179,19 +201,28 @@ class JobRunner:
         # allocates gets a malloc arena of its own: measured with 500 jobs, the server's peak RSS
         # rose to 340-360 MB (300 MB target); with 8 threads it stays at ~270 MB, no slower.
         anyio.to_thread.current_default_thread_limiter().total_tokens = BLOCKING_THREADS
-        self._watch_mark = self.store.now()
+        try:
+            self._watch_mark = await self.db.now()
+        except StoreUnavailable as fault:  # the store is down at start-up: the watch looks back from here
+            log.warning("job store: %s", fault.why)
+            self._watch_mark = time.time() - 60.0
         if self.on_change is not None:
             tg.start_soon(self._send_notifications, name="resource notifications")
-        self.scan()
+        try:
+            await self.scan()
+        except StoreUnavailable as fault:  # the claim scan tries again every scan_s
+            log.warning("claim scan: %s", fault.why)
         tg.start_soon(self._every, self.scan_s, self.scan, name="claim scan")
         tg.start_soon(self._every, self.heartbeat_s, self.heartbeat, name="lease heartbeat")
         tg.start_soon(self._every, WATCH_S, self.watch, name="store watch")
 
-    async def _every(self, interval: float, fn: Callable[[], Any]) -> None:
+    async def _every(self, interval: float, fn: Callable[[], Awaitable[Any]]) -> None:
         while not self._stopping:
             await anyio.sleep(interval)
             try:
-                fn()
+                await fn()
+            except StoreUnavailable as fault:  # the store is down: the next round tries again
+                log.warning("%s: %s", getattr(fn, "__name__", fn), fault.why)
             except Exception:  # a store hiccup must not end the loop (the next round retries)
                 log.warning("%s failed", getattr(fn, "__name__", fn), exc_info=True)
 
@@ -202,9 +233,15 @@ class JobRunner:
             job.stop.set()
 
     def release(self) -> int:
-        """Give up every job this runner owns (after stop() and once its tasks ended)."""
+        """Give up every job this runner owns (after stop() and once its tasks ended). Blocking: call
+        it off the loop. A store that cannot be written leaves the leases to lapse (never raises)."""
         unregister_live(self.owner)
-        n = self.store.release(self.owner)
+        try:
+            n = self.store.release(self.owner)
+        except Exception as exc:
+            log.warning("could not release this process's jobs (%s); their leases lapse in %.0f s and another "
+                        "process takes them", unavailable(exc) or exc, self.lease_s)
+            return 0
         if n:
             log.info("released %d unfinished job(s) for another process to finish", n)
         return n
@@ -215,12 +252,12 @@ class JobRunner:
 
     # -- ownership -------------------------------------------------------------------------
 
-    def scan(self) -> None:
+    async def scan(self) -> None:
         """Claim every unfinished job that is ours to take: no owner, a lapsed lease, a gone owner."""
         if self._stopping:
             return
-        rows = self.store.unfinished_heads()
-        now = self.store.now()
+        rows = await self.db.unfinished_heads()
+        now = await self.db.now()
         others = {r.owner for r in rows if r.owner and r.owner != self.owner}
         stale = {o for o in others if owner_is_gone(o)}
         for row in rows:
@@ -230,19 +267,23 @@ class JobRunner:
             free = row.owner is None or row.owner in stale or (row.lease_expires_at or 0) < now
             if not (mine or free):
                 continue
-            claimed = self.store.claim(row.id, self.owner, self.lease_s, stale)
-            if claimed is None:
+            sent = time.monotonic()
+            claimed = await self.db.claim(row.id, self.owner, self.lease_s, stale)
+            if claimed is None or self._stopping or claimed.id in self._jobs:
                 continue
             if not mine:
                 log.info(
                     "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
                 )
-            self._launch(claimed)
+            self._launch(claimed, leased_at=sent)
 
-    def heartbeat(self) -> None:
-        held = self.store.renew(self.owner, self.lease_s)
+    async def heartbeat(self) -> None:
+        sent = time.monotonic()
+        held = await self.db.renew(self.owner, self.lease_s)
         for job_id, job in list(self._jobs.items()):
-            if job_id not in held and not job.stop.is_set() and not job.row.terminal:
+            if job_id in held:
+                job.leased_at = max(job.leased_at, sent)
+            elif not job.stop.is_set() and not job.row.terminal:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
@@ -250,9 +291,9 @@ class JobRunner:
         job.stop.set()
         job.scope.cancel()
 
-    def watch(self) -> None:
+    async def watch(self) -> None:
         """Notice changes other processes made: wake waiters, notify subscribers, stop what we lost."""
-        rows = self.store.heads_changed_since(self._watch_mark - WATCH_MARGIN_S)
+        rows = await self.db.heads_changed_since(self._watch_mark - WATCH_MARGIN_S)
         for row in rows:
             if self._seen.get(row.id) == row.updated_at:
                 continue
@@ -267,15 +308,17 @@ class JobRunner:
             floor = self._watch_mark - 4 * WATCH_MARGIN_S
             self._seen = {k: v for k, v in self._seen.items() if v >= floor}
 
-    def launch_new(self, row: JobRow) -> None:
-        """A job this process just created (and owns)."""
-        self._launch(row)
+    def launch_new(self, row: JobRow, *, leased_at: float | None = None) -> None:
+        """A job this process just created (and owns); `leased_at`: monotonic time the create was sent."""
+        self._launch(row, leased_at=leased_at)
 
-    def _launch(self, row: JobRow) -> None:
+    def _launch(self, row: JobRow, *, leased_at: float | None = None) -> None:
         assert self._tg is not None, "runner not started"
         if row.id in self._jobs:
             return
         job = Job(row=row, scope=anyio.CancelScope())
+        if leased_at is not None:
+            job.leased_at = leased_at
         self._jobs[row.id] = job
         self.last_activity = time.monotonic()
         self._tg.start_soon(self._drive, job, name=f"job {row.id}")
@@ -300,7 +343,10 @@ class JobRunner:
             self._changes_ready = anyio.Event()
             batch, self._changed = self._changed, set()
             for job_id in batch:
-                await self.on_change(job_id)
+                try:
+                    await self.on_change(job_id)
+                except Exception:  # a notification (or blob cleanup) must never end this task
+                    log.warning("change notification for job %s failed", job_id, exc_info=True)
 
     def change_event(self, job_id: str) -> anyio.Event:
         """Set at the job's next change (own write, cancel, render progress, or another process's
@@ -316,45 +362,93 @@ class JobRunner:
         with anyio.move_on_after(max(0.0, timeout)):
             await ev.wait()
 
-    def _set(self, job: Job, *, lease_s: float | None = None, **values: Any) -> JobRow:
+    async def _owned_write(self, job: Job, write: Callable[[], Awaitable[T]], *, until_lost: bool = False) -> T:
+        """A store write made while driving `job`, waited out through store faults (locked, connection
+        lost, disk full) with backoff while the job's lease lasts. Raises StoreUnavailable when the
+        lease ran out first (the caller releases the job for takeover). `until_lost`: a write of what
+        only this process knows (a create's answer) is tried until it lands or the job is found to
+        have changed hands (the write answers None)."""
+        delay = STORE_RETRY_FIRST_S
+        longest = max(STORE_RETRY_FIRST_S, min(STORE_RETRY_MAX_S, self.lease_s / 4))
+        tries = 0
+        while True:
+            try:
+                return await write()
+            except StoreUnavailable as fault:
+                tries += 1
+                left = job.leased_at + self.lease_s - time.monotonic()
+                if job.stop.is_set() or (left <= delay and not until_lost):
+                    raise
+                if tries == 1 and not until_lost:
+                    log.warning("job %s: %s; retrying the write for up to %.1f s (its lease)", job.id, fault.why, left)
+                await anyio.sleep(delay)
+                delay = min(longest, delay * 2)
+
+    def _wrote(self, job: Job, row: JobRow | None, sent: float, lease_s: float | None) -> JobRow:
+        if row is None:
+            raise Lost(job.id)
+        if lease_s is not None:
+            job.leased_at = max(job.leased_at, sent)
+        job.row = row
+        self._seen[job.id] = row.updated_at
+        self._notify(job.id)
+        return row
+
+    async def _set(self, job: Job, *, lease_s: float | None = None, until_lost: bool = False, **values: Any) -> JobRow:
         """An owned write; clears status_detail unless given. Raises Lost when we no longer own the job."""
         values.setdefault("status_detail", None)
-        row = self.store.update_owned(job.id, self.owner, values, lease_s=lease_s)
-        if row is None:
-            raise Lost(job.id)
-        job.row = row
-        self._seen[job.id] = row.updated_at
-        self._notify(job.id)
-        return row
+        sent = time.monotonic()
+        row = await self._owned_write(
+            job, lambda: self.db.update_owned(job.id, self.owner, values, lease_s=lease_s), until_lost=until_lost
+        )
+        return self._wrote(job, row, sent, lease_s)
 
-    def _set_capped(self, job: Job, cap: RunningCap, *, lease_s: float | None = None, **values: Any) -> JobRow:
+    async def _set_capped(self, job: Job, cap: RunningCap, *, lease_s: float | None = None, **values: Any) -> JobRow:
         """`_set` within a concurrency cap shared by every process on the store (jobs/caps.py)."""
         values.setdefault("status_detail", None)
-        row = self.store.update_owned_capped(job.id, self.owner, values, cap=cap, lease_s=lease_s)
-        if row is None:
-            raise Lost(job.id)
-        job.row = row
-        self._seen[job.id] = row.updated_at
-        self._notify(job.id)
-        return row
+        sent = time.monotonic()
+        row = await self._owned_write(
+            job, lambda: self.db.update_owned_capped(job.id, self.owner, values, cap=cap, lease_s=lease_s)
+        )
+        return self._wrote(job, row, sent, lease_s)
 
-    def _fail(self, job: Job, err: StillmotionError) -> None:
+    async def _fail(self, job: Job, err: StillmotionError) -> None:
+        """End the job as failed. Never raises: a store that cannot take the write leaves the job to
+        be released and taken over (it is driven again, never lost)."""
         log.info("job %s failed: %s (%s)", job.id, err.kind, err.message)
-        with contextlib.suppress(Lost):
-            self._set(job, status="failed", stage="done", error=err.to_dict())
+        try:
+            await self._set(job, status="failed", stage="done", error=err.to_dict())
+        except Lost:
+            pass
+        except StoreUnavailable as fault:
+            await self._give_up(job, fault)
+        except Exception:
+            log.exception("job %s: could not record its failure", job.id)
+
+    async def _give_up(self, job: Job, fault: StoreUnavailable) -> None:
+        """The store failed for as long as the job's lease allowed: stop driving it and release it
+        (best effort: if the store still cannot be written, the lease lapses on its own), so whichever
+        process reaches the store first, this one included, takes it over where it stopped."""
+        log.warning("job %s: %s for as long as its lease allowed; released for takeover", job.id, fault.why)
+        job.stop.set()
+        with anyio.move_on_after(self.lease_s):
+            try:
+                await self.db.release(self.owner, [job.id])
+            except Exception as exc:
+                log.info("job %s: release failed too (%s); its lease lapses instead", job.id, type(exc).__name__)
 
     def _waiting(self, job: Job, **extra: Any) -> Callable[[StillmotionError, str], Awaitable[None]]:
         async def on_wait(err: StillmotionError, detail: str) -> None:
             log.info("job %s: %s", job.id, detail)
-            self._set(job, status_detail=detail, **extra)
+            await self._set(job, status_detail=detail, **extra)
 
         return on_wait
 
     # -- cancel --------------------------------------------------------------------------
 
-    def cancel(self, job_id: str) -> JobRow | None:
+    async def cancel(self, job_id: str) -> JobRow | None:
         """End a job now, whichever process drives it. Returns the row, or None if it had already ended."""
-        row = self.store.get(job_id)
+        row = await self.db.get(job_id)
         remote = row is not None and row.route != "local"
         message = (
             "cancelled by request; stillmotion stopped polling. The provider has no cancel for running tasks, "
@@ -362,7 +456,7 @@ class JobRunner:
             if remote
             else "cancelled by request."
         )
-        ended = self.store.cancel(job_id, Cancelled(message).to_dict())
+        ended = await self.db.cancel(job_id, Cancelled(message).to_dict())
         job = self._jobs.get(job_id)
         if job is not None:
             self._lose(job, "cancelled")
@@ -374,6 +468,17 @@ class JobRunner:
     # -- driving -------------------------------------------------------------------------
 
     async def _drive(self, job: Job) -> None:
+        """The job's task. No exception leaves it: the task group that runs every job survives any one."""
+        try:
+            await self._drive_stages(job)
+        except Exception:  # pragma: no cover - _drive_stages ends every job itself; this is the last guard
+            log.exception("job %s: unexpected error while ending it", job.id)
+        finally:
+            self._jobs.pop(job.id, None)
+            self._progress_mark.pop(job.id, None)
+            self.last_activity = time.monotonic()
+
+    async def _drive_stages(self, job: Job) -> None:
         try:
             with job.scope:
                 row = job.row
@@ -396,17 +501,19 @@ class JobRunner:
                     stage = await handlers[stage](job)
         except Lost:
             log.debug("job %s: no longer ours", job.id)
+        except StoreUnavailable as fault:
+            await self._give_up(job, fault)
         except StillmotionError as err:
             if not job.stop.is_set():
-                self._fail(job, err)
-        except Exception as exc:  # a bug must still end the job, with a message
-            log.exception("job %s crashed", job.id)
-            if not job.stop.is_set():
-                self._fail(job, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
-        finally:
-            self._jobs.pop(job.id, None)
-            self._progress_mark.pop(job.id, None)
-            self.last_activity = time.monotonic()
+                await self._fail(job, err)
+        except Exception as exc:
+            raw = unavailable(exc)
+            if raw is not None:  # a store fault raised on a thread (render progress), or a full disk
+                await self._give_up(job, raw)
+            else:  # a bug must still end the job, with a message
+                log.exception("job %s crashed", job.id)
+                if not job.stop.is_set():
+                    await self._fail(job, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
 
     def _clean_leftovers(self, job_id: str) -> None:
         """Temporary files of earlier attempts (a process that died or lost the job) are garbage."""
@@ -427,7 +534,7 @@ class JobRunner:
     async def _run_local(self, job: Job) -> None:
         assert job.ctx is not None
         async with self._local_limiter:
-            self._set(job, status="running", stage="polling", progress=0.0, lease_s=self.lease_s)
+            await self._set(job, status="running", stage="polling", progress=0.0, lease_s=self.lease_s)
             tmp = self._tmp(job.id, "render")
             loop = asyncio.get_running_loop()
 
@@ -439,7 +546,13 @@ class JobRunner:
                 last = self._progress_mark.get(job.id, -1.0)
                 if p - last >= 0.05 or p >= 1.0:
                     self._progress_mark[job.id] = p
-                    if not self.store.set_progress(job.id, self.owner, round(p, 4)):
+                    try:
+                        held = self.store.set_progress(job.id, self.owner, round(p, 4))
+                    except Exception as exc:
+                        if unavailable(exc) is None:
+                            raise
+                        return  # progress is only shown: the render goes on; the next write is waited out
+                    if not held:
                         job.stop.set()
                         raise Cancelled("this process no longer drives the job")
                     with contextlib.suppress(RuntimeError):  # loop already closed
@@ -465,7 +578,7 @@ class JobRunner:
             except Cancelled:
                 raise Lost(job.id) from None
             if extra:
-                self._set(job, warnings=list(dict.fromkeys([*job.row.warnings, *extra])))
+                await self._set(job, warnings=list(dict.fromkeys([*job.row.warnings, *extra])))
         await self._finish_file(job, tmp, provider_url=None, expires=None, samples=samples)
 
     # -- remote stages ---------------------------------------------------------------------
@@ -492,12 +605,14 @@ class JobRunner:
                 t0 = time.monotonic()
                 # (a retry's status_detail stays until the create is answered)
                 if cap is None:
-                    self._set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
+                    await self._set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
                 else:  # raises CapReached (a ConcurrencyLimited: the job waits queued, no attempt limit)
-                    self._set_capped(job, cap, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
+                    await self._set_capped(
+                        job, cap, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s
+                    )
                 if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
-                    self._set(job, stage="new", status_detail=job.row.status_detail)
+                    await self._set(job, stage="new", status_detail=job.row.status_detail)
                     raise ProviderError("the lease ran short before the create request went out", retryable=True)
                 try:
                     return await provider.start(ctx)
@@ -505,7 +620,7 @@ class JobRunner:
                     raise
                 except StillmotionError:
                     # the provider answered no: nothing was created, so nothing is billed (jobs/spend.py)
-                    self._set(job, stage="new", status_detail=job.row.status_detail)
+                    await self._set(job, stage="new", status_detail=job.row.status_detail)
                     raise
 
         try:
@@ -516,9 +631,15 @@ class JobRunner:
         return await self._started(job, started)
 
     async def _started(self, job: Job, started: StartResult) -> str:
+        """Record the create's answer. The provider's task exists from now on, so its answer must
+        never be lost to a store fault: it is kept on disk first (the job's output folder, which
+        every process of the store shares), the write is tried until it lands or the job changes
+        hands, and whoever resumes the job at `submitting` reads the kept answer (`_recover`)."""
+        kept = started.completed is None and await self._keep_answer(job.id, started)
         warnings = list(dict.fromkeys([*job.row.warnings, *started.warnings]))
-        self._set(
+        await self._set(
             job,
+            until_lost=True,
             stage="polling",
             status="running",
             operation=started.operation,
@@ -527,8 +648,10 @@ class JobRunner:
             progress=None,
             submitted_at=time.time(),
         )
+        if kept:
+            await anyio.to_thread.run_sync(self._answer_file(job.id).unlink, True)
         if started.completed is not None:
-            return self._on_status(job, started.completed)
+            return await self._on_status(job, started.completed)
         return "polling"
 
     async def _recover(self, job: Job) -> str:
@@ -536,6 +659,10 @@ class JobRunner:
         where it cannot be looked up: Wan and xAI end `interrupted`)."""
         assert job.provider is not None and job.ctx is not None
         provider, ctx = job.provider, job.ctx
+        kept = await anyio.to_thread.run_sync(self._kept_answer, job.id)
+        if kept is not None:  # answered, but the store could not record it in time: no need to ask
+            log.info("job %s: resuming from the create answer kept on disk", job.id)
+            return await self._started(job, kept)
         started = await self.retry.run(lambda: provider.recover(ctx), on_wait=self._waiting(job))
         if started is None:
             if job.lost_answer:
@@ -548,6 +675,40 @@ class JobRunner:
                 "may have started (and may bill) the task, but it cannot be looked up, so it was not resubmitted."
             )
         return await self._started(job, started)
+
+    def _answer_file(self, job_id: str) -> Path:
+        return self.settings.output_dir / job_id / ANSWER_FILE
+
+    async def _keep_answer(self, job_id: str, started: StartResult) -> bool:
+        """The create's answer, durably on disk before the store is asked to record it (False when
+        the disk refused: then only the store write keeps it)."""
+        data = json.dumps({"operation": started.operation, "provider_task_id": started.provider_task_id,
+                           "warnings": started.warnings}).encode()
+
+        def write() -> None:
+            path = self._answer_file(job_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{ANSWER_FILE}.{self.owner_id.file_tag}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+
+        try:
+            await anyio.to_thread.run_sync(write)
+            return True
+        except OSError as exc:
+            log.warning("job %s: could not keep the create's answer on disk (%s)", job_id, exc)
+            return False
+
+    def _kept_answer(self, job_id: str) -> StartResult | None:
+        try:
+            data = json.loads(self._answer_file(job_id).read_bytes())
+            return StartResult(operation=dict(data["operation"]), provider_task_id=data.get("provider_task_id"),
+                               warnings=list(data.get("warnings") or []))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     async def _poll(self, job: Job) -> str:
         """polling -> status every poll_interval_ms (start to start) until the task ends."""
@@ -577,24 +738,25 @@ class JobRunner:
                 st = await self.retry.run(status, on_wait=on_wait)
                 if st.state == "pending":
                     if st.progress is not None and (st.progress != job.row.progress or job.row.status_detail):
-                        self._set(job, status="running", progress=st.progress)
+                        await self._set(job, status="running", progress=st.progress)
                     elif job.row.status_detail:
-                        self._set(job)  # the retry is over: clear its detail
+                        await self._set(job)  # the retry is over: clear its detail
                     continue
-                return self._on_status(job, st)
+                return await self._on_status(job, st)
 
-    def _record_cost(self, job: Job, st: Status) -> None:
+    async def _record_cost(self, job: Job, st: Status) -> None:
         if st.actual is not None:
             usd = actual_usd(st.actual, self.settings.prices)
-            self.store.set_actual_cost(job.id, self.owner, usd, st.actual.to_dict())
+            actual = st.actual.to_dict()
+            await self._owned_write(job, lambda: self.db.set_actual_cost(job.id, self.owner, usd, actual))
 
-    def _on_status(self, job: Job, st: Status) -> str:
-        self._record_cost(job, st)
+    async def _on_status(self, job: Job, st: Status) -> str:
+        await self._record_cost(job, st)
         if st.state == "failed":
             raise st.error or ProviderError("the provider reported a failure without a reason")
         assert st.video is not None
         job.video = st.video
-        self._set(job, provider_done_at=time.time())
+        await self._set(job, provider_done_at=time.time())
         return "downloading"
 
     async def _download(self, job: Job) -> str:
@@ -608,11 +770,11 @@ class JobRunner:
         if video is None:  # taken over between "provider done" and the download: ask again
             st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
             if st.state != "completed":
-                return self._on_status(job, st)
-            self._record_cost(job, st)
+                return await self._on_status(job, st)
+            await self._record_cost(job, st)
             assert st.video is not None
             video = st.video
-        self._set(job, status="downloading", stage="downloading", video_url=video.url, video_url_expires_at=video.url_expires_at)
+        await self._set(job, status="downloading", stage="downloading", video_url=video.url, video_url_expires_at=video.url_expires_at)
         tmp = self._tmp(job.id, "download")
         try:
             if video.data_b64 is not None:
@@ -639,7 +801,7 @@ class JobRunner:
                     if st.state != "completed" or st.video is None or not st.video.url:
                         raise
                     video = st.video
-                    self._set(job, video_url=video.url, video_url_expires_at=video.url_expires_at)
+                    await self._set(job, video_url=video.url, video_url_expires_at=video.url_expires_at)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -651,7 +813,7 @@ class JobRunner:
     async def _finish_file(
         self, job: Job, tmp: Path, *, provider_url: str | None, expires: float | None, samples: Samples | None = None
     ) -> None:
-        job_dir = self.job_dir(job.id)
+        job_dir = await anyio.to_thread.run_sync(self.job_dir, job.id)
         final = job_dir / "video.mp4"
         if job.ctx is not None and job.ctx.request.tool == "extend_video":
             from ..media.extend import append_continuation
@@ -663,26 +825,22 @@ class JobRunner:
                 raise ProviderError(f"the continuation could not be joined to the video: {exc}", retryable=False) from exc
             samples = None
         try:
-            result = await anyio.to_thread.run_sync(
-                self._publish_file, job, tmp, final, job_dir, samples, limiter=self._publish_limiter
-            )
-        except ValueError as exc:
-            raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
+            try:
+                # checks before the rename: a broken file never gets the final name
+                result = await anyio.to_thread.run_sync(self.publish, tmp, job_dir, samples, limiter=self._publish_limiter)
+            except ValueError as exc:
+                raise ProviderError(f"the result is not a decodable MP4: {exc}", retryable=False) from exc
+            if job.stop.is_set():
+                raise Lost(job.id)
+            await self._set(job)  # still ours (a store fault is waited out), so the file may take its name
+            await anyio.to_thread.run_sync(os.replace, tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
+        result["video"]["path"] = str(final)
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires
-        self._set(job, status="succeeded", stage="done", progress=1.0, result=result, video_url=None,
+        await self._set(job, status="succeeded", stage="done", progress=1.0, result=result, video_url=None,
                   video_url_expires_at=None, lease_s=None)
-
-    def _publish_file(self, job: Job, tmp: Path, final: Path, job_dir: Path, samples: Samples | None) -> dict[str, Any]:
-        """Worker thread: check the file this attempt wrote, then (still owning the job) rename it into place."""
-        info = self.publish(tmp, job_dir, samples)  # checks before the rename: a broken file never gets the final name
-        if job.stop.is_set() or self.store.update_owned(job.id, self.owner, {"status_detail": None}) is None:
-            raise Lost(job.id)
-        os.replace(tmp, final)
-        info["video"]["path"] = str(final)
-        return info
 
     def job_dir(self, job_id: str) -> Path:
         d = self.settings.output_dir / job_id

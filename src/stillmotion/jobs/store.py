@@ -355,21 +355,24 @@ ADDED_COLUMNS = (
 """Columns of schema 2, added in place to older databases."""
 
 _NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
+BUSY_TIMEOUT_S = 30.0
+"""How long one SQLite statement waits for another process's write lock before failing (the runner
+then retries the write with backoff while the job's lease allows; STILLMOTION_STORE_BUSY_TIMEOUT_MS)."""
 
 
 class SqliteStore(JobStore):
     """One connection per store object, serialised by a lock; WAL lets other processes read while
     one writes. Conditional writes are single UPDATE statements in `BEGIN IMMEDIATE` transactions."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=busy_timeout_s)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
+        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         self._closed = False
         self._migrate()
 
@@ -703,10 +706,12 @@ class SqliteStore(JobStore):
         return str(r[0])
 
 
-def open_store(db_path: Path, database_url: str | None = None) -> JobStore:
-    """The store for these settings: PostgreSQL for a postgresql:// URL, else SQLite under the home."""
+def open_store(db_path: Path, database_url: str | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> JobStore:
+    """The store for these settings: PostgreSQL for a postgresql:// URL, else SQLite under the home.
+    (Commands and resources open it through `jobs.backends.open_for_settings`, which also checks a
+    replica's shared folders.)"""
     if database_url:
         from .pg_store import PgStore
 
         return PgStore(database_url)
-    return SqliteStore(db_path)
+    return SqliteStore(db_path, busy_timeout_s=busy_timeout_s)

@@ -135,7 +135,7 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
                                 if lock is not None:
                                     lock.close()
                                     lock = None
-                                svc.runner.scan()
+                                await svc.runner.scan()
                                 if svc.runner.busy:
                                     lock = take_lock(settings.home)
                                     continue

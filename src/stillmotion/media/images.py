@@ -11,11 +11,12 @@ import binascii
 import errno
 import functools
 import hashlib
+import inspect
 import io
 import os
 import re
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,15 @@ class LoadedImage:
         return self._sha256
 
 
-ResourceResolver = Callable[[str, str], Path | None]
+ResourceResolver = Callable[[str, str], Path | Awaitable[Path | None] | None]
+"""(job id, file name) -> the finished job's file, or None; may be async (a store read, off the loop)."""
+
+
+async def resolve(resolver: ResourceResolver, job_id: str, name: str) -> Path | None:
+    found = resolver(job_id, name)
+    if inspect.isawaitable(found):
+        return await found
+    return found
 """(job_id, file name) -> path of that job's file, or None."""
 
 
@@ -282,7 +291,7 @@ async def load_image(
         data, _ = await fetch_bytes(client, guard, s, max_bytes=max_bytes, argument=argument)
         url = s
     elif s.startswith("stillmotion://"):
-        path = _resource(s, argument, resolve_resource)  # a store lookup: on the loop, where the store lives
+        path = await _resource(s, argument, resolve_resource)  # a store lookup (on the store's threads)
         data = await anyio.to_thread.run_sync(functools.partial(_read_local, path, argument, None, max_bytes))
     else:
         data = await anyio.to_thread.run_sync(
@@ -299,7 +308,7 @@ async def load_image(
     return done
 
 
-def _resource(s: str, argument: str, resolve_resource: ResourceResolver) -> Path:
+async def _resource(s: str, argument: str, resolve_resource: ResourceResolver) -> Path:
     m = _RESOURCE_RE.match(s)
     if not m:
         raise InvalidInput(
@@ -307,7 +316,7 @@ def _resource(s: str, argument: str, resolve_resource: ResourceResolver) -> Path
             f"{s!r} is not an image resource of this server.",
             "stillmotion://jobs/<job_id>/last-frame.png, stillmotion://jobs/<job_id>/poster.png",
         )
-    path = resolve_resource(m.group(1), m.group(2))
+    path = await resolve(resolve_resource, m.group(1), m.group(2))
     if path is None:
         raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).")
     return path

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ..errors import InvalidInput
-from .images import ResourceResolver, _read_local, off_loop
+from .images import ResourceResolver, _read_local, off_loop, resolve
 from .net import UrlGuard, fetch_bytes
 
 _RESOURCE_RE = re.compile(r"^stillmotion://jobs/([a-z0-9][a-z0-9_-]{7,63})/([a-z0-9.-]+)$")
@@ -49,7 +49,7 @@ async def load_media(
     url: str | None = None
     if s.startswith("stillmotion://"):
         m = _RESOURCE_RE.match(s)
-        path = resolve_resource(m.group(1), m.group(2)) if m else None
+        path = await resolve(resolve_resource, m.group(1), m.group(2)) if m else None
         if path is None:
             raise InvalidInput(argument, f"{s} does not exist (unknown job, or the job has not succeeded).", resources)
         data = await off_loop(_read_local, path, argument, None, max_bytes)

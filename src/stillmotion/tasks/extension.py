@@ -135,9 +135,9 @@ class TasksExtension(Extension):
         if not isinstance(job_id, str):
             return result
         svc = ctx.lifespan_context
-        task = self._store(svc).create(job_id, TTL_MS)
+        task = await svc.db.run(self._store(svc).create, job_id, TTL_MS)
         log.info("task created for job %s", job_id)  # the task id is a bearer: never logged
-        return {"resultType": "task", **self._task(task, svc.get(job_id))}
+        return {"resultType": "task", **self._task(task, await svc.get(job_id))}
 
     @staticmethod
     def _declared(ctx: ServerRequestContext[Any, Any]) -> bool:
@@ -149,33 +149,33 @@ class TasksExtension(Extension):
     # -- tasks/* --------------------------------------------------------------------------
 
     async def _get(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
-        task, row = self._resolve(ctx, params)
+        task, row = await self._resolve(ctx, params)
         out: dict[str, Any] = {"resultType": "complete", **self._task(task, row)}
         if out["status"] == "completed":
             out["result"] = await self._check_job(ctx, row.id)
         return out
 
     async def _update(self, ctx: ServerRequestContext[Any, Any], params: UpdateTaskParams) -> dict[str, Any]:
-        self._resolve(ctx, params)  # no job ever asks for input, so every response is ignored (SEP-2663 allows it)
+        await self._resolve(ctx, params)  # no job ever asks for input, so every response is ignored (SEP-2663 allows it)
         return {"resultType": "complete"}
 
     async def _cancel(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> dict[str, Any]:
-        _task, row = self._resolve(ctx, params)
+        _task, row = await self._resolve(ctx, params)
         if not row.terminal:
-            ctx.lifespan_context.cancel(row.id)
+            await ctx.lifespan_context.cancel(row.id)
         return {"resultType": "complete"}
 
-    def _resolve(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> tuple[TaskRow, JobRow]:
+    async def _resolve(self, ctx: ServerRequestContext[Any, Any], params: TaskIdParams) -> tuple[TaskRow, JobRow]:
         require_client_extension(ctx, EXTENSION_ID)
         self._check_name_header(ctx, params.task_id)
         svc = ctx.lifespan_context
-        task = self._store(svc).get(params.task_id)
+        task = await svc.db.run(self._store(svc).get, params.task_id)
         if task is None:
             raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task not found")
         if task.expired():
             raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task has expired")
         try:
-            row: JobRow = svc.get(task.job_id)
+            row: JobRow = await svc.get(task.job_id)
         except StillmotionError as exc:  # the job was deleted under the task
             raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: {exc.message}") from exc
         return task, row

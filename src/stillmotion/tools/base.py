@@ -24,7 +24,8 @@ from mcp.server.extension import Extension
 from mcp.types import CallToolRequestParams, CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ..errors import InvalidInput, StillmotionError
+from ..errors import InvalidInput, StillmotionError, Unavailable
+from ..jobs.async_store import unavailable
 from ..jobs.store import JobRow
 from ..settings import Settings
 from ..validation import did_you_mean
@@ -165,6 +166,10 @@ class ToolCalls(Extension):
         except StillmotionError as exc:
             return error_result(exc)
         except Exception as exc:  # never a bare "Error executing tool": say what broke
+            fault = unavailable(exc)
+            if fault is not None:  # the store or the disk: a clear error to retry, never "internal"
+                log.warning("%s: %s", params.name, fault.message)
+                return error_result(Unavailable(fault.message))
             log.exception("%s failed unexpectedly", params.name)
             message = f"internal error in {params.name}: {type(exc).__name__}: {exc}"[:2000]
             return CallToolResult(content=[TextContent(type="text", text=f"[provider_error] {message}")], is_error=True)

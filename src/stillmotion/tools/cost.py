@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import anyio
+import anyio.to_thread
 from mcp.server.elicitation import (
     AcceptedElicitation,
     CancelledElicitation,
@@ -168,11 +170,11 @@ async def confirm(
     cost = svc.estimate(plan, args.tool)
     if not needs_confirmation(threshold, cost):
         return None
-    if idempotency_key is not None and svc.store.by_idempotency_key(idempotency_key) is not None:
+    if idempotency_key is not None and await svc.db.by_idempotency_key(idempotency_key) is not None:
         return None  # a replay answers with the existing job: nothing new to pay for
     rule = svc.budget_rule()
     if rule is not None and cost.estimated_usd is not None:
-        left = svc.store.spend(rule, rule.period)["budget"]["left_usd"]
+        left = (await svc.db.spend(rule, rule.period))["budget"]["left_usd"]
         if left is not None and cost.estimated_usd > left:
             return None  # the budget refuses it anyway: do not ask the person for nothing
     label = job_label(plan.spec.id, plan.options, plan.duration)
@@ -260,22 +262,30 @@ def spend_report(store: Any, settings: Any) -> dict[str, Any]:
     return report
 
 
-def register_spend_resource(mcp: Any, settings: Any) -> None:
+def register_spend_resource(mcp: Any, settings: Any, current: Callable[[], Service | None]) -> None:
+    """`current()`: the running service (its store: PostgreSQL on replicas), None outside its lifespan."""
+
     @mcp.resource(  # type: ignore[untyped-decorator]
         "stillmotion://spend",
         name="spend",
         mime_type="application/json",
         description="Committed and estimated spend by UTC day, model and route, and the budget left.",
     )
-    def spend_resource() -> str:
-        return json.dumps(read_spend(settings), indent=1)
+    async def spend_resource() -> str:
+        # the server's own store, read on the store's threads, never on the loop
+        svc = current()
+        if svc is None:
+            report = await anyio.to_thread.run_sync(read_spend, settings)
+        else:
+            report = await svc.db.run(spend_report, svc.db.sync, settings)
+        return json.dumps(report, indent=1)
 
 
 def read_spend(settings: Any) -> dict[str, Any]:
-    """The spend report from the home's job store (its own short-lived connection: any process)."""
-    from ..jobs.store import open_store
+    """The spend report from the store the settings name (`stillmotion spend`: any process)."""
+    from ..jobs.backends import open_for_settings
 
-    store = open_store(settings.db_path)
+    store = open_for_settings(settings, serving=False)
     try:
         return spend_report(store, settings)
     finally:

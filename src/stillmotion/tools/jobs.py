@@ -34,12 +34,12 @@ async def check_job(args: CheckJobArgs, call: Call) -> CallToolResult:
 
 
 async def list_jobs(args: ListJobsArgs, call: Call) -> CallToolResult:
-    rows = call.service.list(args.status, args.limit)
+    rows = await call.service.list(args.status, args.limit)
     return model_result(JobList(jobs=[job_result(r, shell=call.shell, file_links=call.settings.file_links) for r in rows]))
 
 
 async def cancel_job(args: CancelJobArgs, call: Call) -> CallToolResult:
-    row, changed = call.service.cancel(args.job_id)
+    row, changed = await call.service.cancel(args.job_id)
     result = call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
     if not changed:
         first = result.content[0]

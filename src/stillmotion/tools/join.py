@@ -6,8 +6,10 @@ and last frame. The engine is `media/join.py` (stream copy when it can, re-encod
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
+import time
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,7 +20,8 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..arguments import WAIT_MAX_S
-from ..errors import InvalidInput
+from ..errors import InvalidInput, Unavailable
+from ..jobs.async_store import unavailable
 from ..jobs.store import DuplicateIdempotencyKey, JobRow, args_fingerprint, new_job_id, validate_job_id
 from ..media.join import ClipFacts, clip_facts, planned_frames
 from ..media.net import UrlGuard
@@ -50,14 +53,15 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
         raise InvalidInput("crossfade_s", f"is {crossfade_s}.", f"0 to {MAX_CROSSFADE_S} seconds")
     fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
     if idempotency_key is not None:
-        existing = svc.store.by_idempotency_key(idempotency_key)
+        existing = await svc.db.by_idempotency_key(idempotency_key)
         if existing is not None:
             return _same_or_error(existing, fingerprint)
 
     job_id = new_job_id()
     folder = svc.settings.inputs_dir / job_id
-    folder.mkdir(parents=True, exist_ok=True)
+    sent = time.monotonic()
     try:
+        await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
         stored = [await keep_clip(svc, value, f"clips[{i}]", folder / f"clip_{i}.mp4") for i, value in enumerate(clips)]
         facts = [ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio) for c in stored]
         shortest = min(f.duration for f in facts)
@@ -76,7 +80,7 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             crossfade_s=crossfade_s,
             local=LocalOptions(),
         )
-        row = svc.store.create(
+        row = await svc.db.create(
             job_id=job_id,
             tool="join_clips",
             model="local/preview",
@@ -91,14 +95,17 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
     except DuplicateIdempotencyKey:
         shutil.rmtree(folder, ignore_errors=True)
         assert idempotency_key is not None
-        existing = svc.store.by_idempotency_key(idempotency_key)
+        existing = await svc.db.by_idempotency_key(idempotency_key)
         assert existing is not None
         return _same_or_error(existing, fingerprint)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
+        fault = unavailable(exc) if isinstance(exc, Exception) else None
+        if fault is not None:  # the store or the disk cannot take the job: nothing accepted, retry
+            raise Unavailable(f"the job was not accepted: {fault.message}") from exc
         raise
     log.info("job %s created: join_clips of %d clips", job_id, len(clips))
-    svc.runner.launch_new(row)
+    svc.runner.launch_new(row, leased_at=sent)
     return row
 
 
@@ -116,7 +123,7 @@ def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
 async def keep_clip(svc: Service, value: str, argument: str, dest: Path) -> StoredClip:
     """A video argument (a succeeded job's id, a path, a URL or a stillmotion:// video) checked and copied
     to `dest`: readable, decodable, under the size cap. join_clips' clips and extend_video's video."""
-    source_path = _job_video(svc, value.strip(), argument)
+    source_path = await _job_video(svc, value.strip(), argument)
     if source_path is not None:
         await anyio.to_thread.run_sync(shutil.copyfile, source_path, dest)
         own = True
@@ -158,18 +165,18 @@ def _check_clip(path: Path, own: bool) -> tuple[ClipFacts, bool]:
     return facts, facts.has_audio
 
 
-def _job_video(svc: Service, value: str, argument: str) -> Path | None:
+async def _job_video(svc: Service, value: str, argument: str) -> Path | None:
     """The result file of a job id given as a clip; None when the value is not a job of this server."""
     try:
         validate_job_id(value)
     except InvalidInput:
         return None
-    row = svc.store.get(value)
+    row = await svc.db.get(value)
     if row is None:
         return None
     if row.status != "succeeded":
         raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be used.", CLIP_FORMS)
-    path = svc.resource_path(value, "video.mp4")
+    path = await svc.resource_path(value, "video.mp4")
     if path is None:
         raise InvalidInput(argument, f"job {value} has no video file any more.", CLIP_FORMS)
     return path

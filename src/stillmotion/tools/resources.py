@@ -29,17 +29,17 @@ def register(mcp: MCPServer[Service], settings: Settings) -> None:
         return json.dumps({"models": public_catalog(settings)}, indent=1)
 
     @mcp.resource("stillmotion://jobs/{job_id}", name="job", mime_type="application/json", description="A job as JSON.")
-    def job_resource(job_id: str, ctx: Context[Service]) -> str:
+    async def job_resource(job_id: str, ctx: Context[Service]) -> str:
         svc = service(ctx)
         try:
-            row = svc.get(job_id)
+            row = await svc.get(job_id)
         except StillmotionError as exc:
             raise ResourceError(exc.message) from exc
         return job_result(row, file_links=svc.settings.file_links).model_dump_json(indent=1)
 
     async def _file(job_id: str, name: str, ctx: Context[Service]) -> bytes:
         svc = service(ctx)
-        path = svc.resource_path(job_id, name)
+        path = await svc.resource_path(job_id, name)
         if path is None:
             raise ResourceError(f"stillmotion://jobs/{job_id}/{name} does not exist (unknown job, or not succeeded)")
         # capped by STILLMOTION_MAX_RESOURCE_BYTES (the error names the path and a download URL), off the loop

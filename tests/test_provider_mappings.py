@@ -1,0 +1,220 @@
+"""Each provider's status mapping and error table, unit-tested through its public `status()` with
+`httpx.MockTransport`: no MCP, no loopback server, no download. One answer in, one `Status` or
+one error of the tree out; the end-to-end tests keep what only they can show."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from stillmotion.errors import (
+    AuthError,
+    ConcurrencyLimited,
+    ContentFiltered,
+    Expired,
+    ProviderError,
+    ProviderRejectedInput,
+    QuotaError,
+    RateLimited,
+    StillmotionError,
+)
+from stillmotion.providers.base import JobContext, Provider, Status
+from stillmotion.providers.kling import KlingProvider
+from stillmotion.providers.wan import WanProvider
+from stillmotion.providers.xai import XaiProvider
+from stillmotion.requests import GenerationRequest, StoredImage
+from tests.conftest import SettingsFactory, write_image
+
+pytestmark = pytest.mark.anyio
+
+Answer = Callable[[httpx.Request], httpx.Response]
+
+
+def job(model: str, img: Path) -> JobContext:
+    data = img.read_bytes()
+    image = StoredImage(path=str(img), mime="image/png", width=64, height=48, bytes=len(data), sha256="-")
+    req = GenerationRequest(tool="animate_image", model=model, route="direct", prompt="x", duration=5, image=image)
+    return JobContext("job_0123456789abcdef", req)
+
+
+@pytest.fixture
+def img(tmp_path: Path) -> Path:
+    return write_image(tmp_path / "in.png", 64, 48, seed=3)
+
+
+async def poll(make: Callable[[httpx.AsyncClient], Provider], ctx: JobContext, op: dict[str, Any], answer: Answer) -> tuple[Status, list[httpx.Request]]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answer(request)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        return await make(client).status(ctx, op), seen
+
+
+async def poll_error(make: Callable[[httpx.AsyncClient], Provider], ctx: JobContext, op: dict[str, Any], answer: Answer) -> StillmotionError:
+    with pytest.raises(StillmotionError) as info:
+        await poll(make, ctx, op, answer)
+    return info.value
+
+
+# -- Kling ---------------------------------------------------------------------------------------
+
+
+def kling_answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Answer:
+    return lambda _r: httpx.Response(status, json=body, headers=headers)
+
+
+@pytest.fixture
+def kling(make_settings: SettingsFactory) -> Callable[[httpx.AsyncClient], Provider]:
+    settings = make_settings(KLINGAI_API_KEY="k-unit", KLINGAI_BASE_URL="https://kling.test")
+    return lambda client: KlingProvider(client, settings)
+
+
+@pytest.mark.parametrize(
+    ("http", "code", "kind", "retryable"),
+    [
+        (401, 1000, AuthError, False),
+        (401, 1004, AuthError, False),
+        (429, 1102, QuotaError, False),
+        (400, 1200, ProviderRejectedInput, False),
+        (400, 1301, ContentFiltered, False),
+        (429, 1302, RateLimited, True),
+        (500, 5000, ProviderError, True),
+        (503, 5001, ProviderError, True),
+    ],
+)
+async def test_kling_error_table(
+    kling: Callable[[httpx.AsyncClient], Provider], img: Path, http: int, code: int, kind: type[StillmotionError], retryable: bool
+) -> None:
+    err = await poll_error(kling, job("klingai/kling-v2.6-i2v", img), {"task_id": "t1"},
+                           kling_answer(http, {"code": code, "message": "m", "request_id": "r"}))
+    assert type(err) is kind, (code, err)
+    assert err.provider_code == str(code) and err.retryable is retryable
+
+
+async def test_kling_1303_is_the_concurrency_limit_not_a_rate_limit(kling: Callable[[httpx.AsyncClient], Provider], img: Path) -> None:
+    """1303 = the account's parallel-task limit: the job waits locally (ConcurrencyLimited), with at
+    least a second between tries even when Kling sends no Retry-After."""
+    err = await poll_error(kling, job("klingai/kling-v2.6-i2v", img), {"task_id": "t1"},
+                           kling_answer(429, {"code": 1303, "message": "parallel task over resource pack limit"}))
+    assert type(err) is ConcurrencyLimited and err.kind == "rate_limited"
+    assert err.retry_after is not None and err.retry_after >= 1.0
+    err2 = await poll_error(kling, job("klingai/kling-v2.6-i2v", img), {"task_id": "t1"},
+                            kling_answer(429, {"code": 1302, "message": "rate"}))
+    assert type(err2) is RateLimited
+
+
+async def test_kling_http_fallbacks_without_a_code(kling: Callable[[httpx.AsyncClient], Provider], img: Path) -> None:
+    ctx = job("klingai/kling-v2.6-i2v", img)
+    bare = lambda status, headers=None: (lambda _r: httpx.Response(status, text="nope", headers=headers))  # noqa: E731
+    assert type(await poll_error(kling, ctx, {"task_id": "t"}, bare(401))) is AuthError
+    limited = await poll_error(kling, ctx, {"task_id": "t"}, bare(429, {"Retry-After": "7"}))
+    assert type(limited) is RateLimited and limited.retry_after == 7.0
+    server = await poll_error(kling, ctx, {"task_id": "t"}, bare(502))
+    assert type(server) is ProviderError and server.retryable
+
+
+async def test_kling_status_mapping_and_request(kling: Callable[[httpx.AsyncClient], Provider], img: Path) -> None:
+    ctx = job("klingai/kling-v2.6-i2v", img)
+    ok = {"code": 0, "data": {"task_id": "t/1", "task_status": "succeed",
+                              "task_result": {"videos": [{"url": "https://cdn.test/v.mp4", "duration": "5"}]}}}
+    st, seen = await poll(kling, ctx, {"task_id": "t/1"}, kling_answer(200, ok))
+    assert st.state == "completed" and st.video is not None and st.video.url == "https://cdn.test/v.mp4"
+    assert st.video.url_expires_at is not None  # Kling's URLs expire: the runner refreshes them
+    (req,) = seen
+    assert req.method == "GET" and req.url.raw_path == b"/v1/videos/image2video/t%2F1"
+    assert req.headers["authorization"] == "Bearer k-unit"
+    pending, _ = await poll(kling, ctx, {"task_id": "t"}, kling_answer(200, {"code": 0, "data": {"task_status": "processing"}}))
+    assert pending.state == "pending"
+    filtered, _ = await poll(kling, ctx, {"task_id": "t"}, kling_answer(200, {"code": 0, "data": {
+        "task_status": "failed", "task_status_msg": "Failure to pass the risk control system"}}))
+    assert filtered.state == "failed" and isinstance(filtered.error, ContentFiltered)
+    no_url, _ = await poll(kling, ctx, {"task_id": "t"}, kling_answer(200, {"code": 0, "data": {"task_status": "succeed"}}))
+    assert no_url.state == "failed" and isinstance(no_url.error, ProviderError)
+
+
+# -- Wan (DashScope) -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def wan(make_settings: SettingsFactory) -> Callable[[httpx.AsyncClient], Provider]:
+    settings = make_settings(ALIBABA_API_KEY="w-unit", ALIBABA_BASE_URL="https://dash.test")
+    return lambda client: WanProvider(client, settings)
+
+
+@pytest.mark.parametrize(
+    ("http", "code", "kind", "retryable"),
+    [
+        (401, "InvalidApiKey", AuthError, False),
+        (429, "Throttling.RateQuota", RateLimited, True),
+        (500, "InternalError", ProviderError, True),
+    ],
+)
+async def test_wan_error_table(
+    wan: Callable[[httpx.AsyncClient], Provider], img: Path, http: int, code: str, kind: type[StillmotionError], retryable: bool
+) -> None:
+    err = await poll_error(wan, job("alibaba/wan-v2.6-i2v", img), {"task_id": "t"},
+                           lambda _r: httpx.Response(http, json={"code": code, "message": "m", "request_id": "r"}))
+    assert isinstance(err, kind), (code, err)
+    assert err.retryable is retryable
+
+
+async def test_wan_status_mapping(wan: Callable[[httpx.AsyncClient], Provider], img: Path) -> None:
+    ctx = job("alibaba/wan-v2.6-i2v", img)
+    done = {"request_id": "r", "output": {"task_id": "t", "task_status": "SUCCEEDED", "video_url": "https://oss.test/v.mp4"}}
+    st, seen = await poll(wan, ctx, {"task_id": "t"}, lambda _r: httpx.Response(200, json=done))
+    assert st.state == "completed" and st.video is not None and st.video.url == "https://oss.test/v.mp4"
+    assert seen[0].url.path == "/api/v1/tasks/t" and seen[0].headers["authorization"] == "Bearer w-unit"
+    running = {"request_id": "r", "output": {"task_id": "t", "task_status": "RUNNING"}}
+    assert (await poll(wan, ctx, {"task_id": "t"}, lambda _r: httpx.Response(200, json=running)))[0].state == "pending"
+    garbled = await poll_error(wan, ctx, {"task_id": "t"}, lambda _r: httpx.Response(200, text="<html>"))
+    assert isinstance(garbled, ProviderError) and garbled.retryable  # a garbled poll answer is polled again
+
+
+# -- xAI -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def xai(make_settings: SettingsFactory) -> Callable[[httpx.AsyncClient], Provider]:
+    settings = make_settings(XAI_API_KEY="x-unit", XAI_BASE_URL="https://xai.test")
+    return lambda client: XaiProvider(client, settings)
+
+
+async def test_xai_status_mapping(xai: Callable[[httpx.AsyncClient], Provider], img: Path) -> None:
+    ctx = job("xai/grok-imagine-video", img)
+    pending, seen = await poll(xai, ctx, {"request_id": "r1"}, lambda _r: httpx.Response(202, json={"progress": 40}))
+    assert pending.state == "pending" and pending.progress == pytest.approx(0.4)
+    assert seen[0].url.path.endswith("/videos/r1")
+    done = {"status": "done", "video": {"url": "https://x.test/v.mp4", "respect_moderation": True}}
+    st, _ = await poll(xai, ctx, {"request_id": "r1"}, lambda _r: httpx.Response(200, json=done))
+    assert st.state == "completed" and st.video is not None and st.video.url == "https://x.test/v.mp4"
+    blocked = {"status": "done", "video": {"url": "https://x.test/v.mp4", "respect_moderation": False}}
+    st, _ = await poll(xai, ctx, {"request_id": "r1"}, lambda _r: httpx.Response(200, json=blocked))
+    assert st.state == "failed" and isinstance(st.error, ContentFiltered)
+    expired, _ = await poll(xai, ctx, {"request_id": "r1"}, lambda _r: httpx.Response(200, json={"status": "expired"}))
+    assert expired.state == "failed" and isinstance(expired.error, Expired)
+
+
+@pytest.mark.parametrize(
+    ("http", "body", "kind"),
+    [
+        (401, {"error": "Incorrect API key provided"}, AuthError),
+        (400, {"code": "Client specified an invalid argument", "error": "Incorrect API key provided: xa***"}, AuthError),
+        (429, {"error": {"message": "Too many requests", "type": "rate_limit"}}, RateLimited),
+        (403, {"error": "Your team has run out of credits"}, QuotaError),
+        (503, {"error": "overloaded"}, ProviderError),
+    ],
+)
+async def test_xai_error_table(
+    xai: Callable[[httpx.AsyncClient], Provider], img: Path, http: int, body: dict[str, Any], kind: type[StillmotionError]
+) -> None:
+    err = await poll_error(xai, job("xai/grok-imagine-video", img), {"request_id": "r1"},
+                           lambda _r: httpx.Response(http, json=body))
+    assert type(err) is kind, (body, err)
+    assert "x-unit" not in str(err)
