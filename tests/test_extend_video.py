@@ -25,7 +25,8 @@ pytestmark = pytest.mark.anyio
 
 async def test_local_preview_from_a_job_id_and_from_a_file(make_settings: SettingsFactory, tmp_path: Path) -> None:
     img = write_image(tmp_path / "in" / "scene.png", 640, 480, seed=21)
-    async with connect(make_settings()) as client:
+    settings = make_settings()
+    async with connect(settings) as client:
         src = structured(
             await client.call_tool(
                 "animate_image", {"image": str(img), "prompt": "slow zoom in", "duration": 2, "local": {"resolution": "480p"}}
@@ -36,6 +37,7 @@ async def test_local_preview_from_a_job_id_and_from_a_file(make_settings: Settin
         by_id = structured(await client.call_tool("extend_video", {"video": src["job_id"], "prompt": "pan left", "duration": 1}))
         assert (by_id["tool"], by_id["model"], by_id["route"]) == ("extend_video", "local/preview", "local")
         by_id = await wait_done(client, by_id["job_id"])
+        assert (settings.inputs_dir / by_id["job_id"] / "source.mp4").is_file()  # kept with the job's inputs
         copy = tmp_path / "in" / "source.mp4"
         shutil.copyfile(src["video"]["path"], copy)
         by_file = structured(await client.call_tool("extend_video", {"video": str(copy), "prompt": "pan right", "duration": 2}))
@@ -59,7 +61,8 @@ async def test_refused_with_no_job(make_settings: SettingsFactory, tmp_path: Pat
     img = write_image(tmp_path / "in" / "scene.png", 640, 480, seed=4)
     hold = tmp_path / "hold"
     hold.write_text("hold")
-    async with connect(make_settings(STILLMOTION_TEST_HOLD_FILE=str(hold))) as client:
+    settings = make_settings(STILLMOTION_TEST_HOLD_FILE=str(hold))
+    async with connect(settings) as client:
         running = structured(await client.call_tool("animate_image", {"image": str(img), "duration": 3}))
         err = await client.call_tool("extend_video", {"video": running["job_id"], "prompt": "go on"})
         assert err.is_error and "video" in error_text(err) and "only a succeeded job's video" in error_text(err)
@@ -71,8 +74,12 @@ async def test_refused_with_no_job(make_settings: SettingsFactory, tmp_path: Pat
         assert err.is_error and "duration" in error_text(err)
         err = await client.call_tool("extend_video", {"video": src["job_id"], "duration": 1, "crossfade_s": 1.5})
         assert err.is_error and "crossfade_s" in error_text(err)
+        dry = structured(await client.call_tool("extend_video", {"video": src["job_id"], "duration": 1, "dry_run": True}))
+        assert dry["request"]["note"].startswith("local/preview renders")
         listed = structured(await client.call_tool("list_jobs", {}))
     assert [j["tool"] for j in listed["jobs"]] == ["animate_image"]
+    # nothing kept for the refused calls and the dry run: only the one job's inputs
+    assert sorted(p.name for p in settings.inputs_dir.iterdir()) == [src["job_id"]]
 
 
 # -- xAI: through the chain and natively ---------------------------------------------------------

@@ -220,7 +220,9 @@ class Service:
         preview = preview_create_request(self.client, self.settings, request, held)
         return plan, self.estimate(plan, args.tool), preview
 
-    async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
+    async def submit(
+        self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
+    ) -> JobRow:
         """Validate everything, store the job (reserving its estimate against the budget), start it.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
@@ -238,7 +240,7 @@ class Service:
             plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
         audio = await self._load_audio(plan.provider_options)
 
-        job_id = new_job_id()
+        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
         folder = self.settings.inputs_dir / job_id
         kept: dict[str, StoredImage] = {}
 

@@ -11,7 +11,6 @@ request through the generation tools' path (`run_request`: validation, estimate,
 from __future__ import annotations
 
 import base64
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from pydantic import Field
 from ..arguments import WAIT_MAX_S
 from ..catalog import MODELS, resolve_model_id
 from ..errors import InvalidInput
+from ..jobs.store import new_job_id
 from ..media.extend import last_frame_png
 from ..providers.xai import check_native_source
 from ..requests import (
@@ -116,14 +116,16 @@ def eval_fps(fps: str) -> float:
 
 async def extend_video(args: ExtendVideoArgs, call: Call) -> CallToolResult | InputRequiredResult:
     svc = call.service
-    folder = svc.settings.inputs_dir / f"extend_{secrets.token_hex(8)}"
+    job_id = new_job_id()  # the source is kept with the job's other inputs (inputs/<job id>)
+    folder = svc.settings.inputs_dir / job_id
     await anyio.to_thread.run_sync(lambda: folder.mkdir(parents=True, exist_ok=True))
     keep = False
     try:
         clip = await keep_clip(svc, args.video, "video", folder / "source.mp4")
         request = await build_request(args, call, clip)
-        result = await run_request(request, args, call)
-        keep = isinstance(result, CallToolResult) and not result.is_error and not args.dry_run
+        result = await run_request(request, args, call, job_id=job_id)
+        made = result.structured_content if isinstance(result, CallToolResult) else None
+        keep = not args.dry_run and isinstance(made, dict) and made.get("job_id") == job_id
         return result
     finally:
         if not keep:

@@ -265,7 +265,9 @@ async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | I
     return await run_request(args.to_tool_args(), args, call)
 
 
-async def run_request(request: ToolArgs, args: Any, call: Call) -> CallToolResult | InputRequiredResult:
+async def run_request(
+    request: ToolArgs, args: Any, call: Call, job_id: str | None = None
+) -> CallToolResult | InputRequiredResult:
     """A validated request through dry run, the cost confirmation, the job and the optional wait
     (`args` carries dry_run, confirm_cost_usd, idempotency_key and wait_seconds)."""
     svc = call.service
@@ -283,7 +285,7 @@ async def run_request(request: ToolArgs, args: Any, call: Call) -> CallToolResul
         )
         if ask is not None:
             return ask  # 2026-07-28: the client asks the person and calls again with the answer
-    row = await svc.submit(request, idempotency_key=args.idempotency_key)
+    row = await svc.submit(request, idempotency_key=args.idempotency_key, job_id=job_id)
     if args.wait_seconds > 0:
         row = await svc.wait(row.id, args.wait_seconds, call.progress())
     return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)
