@@ -43,8 +43,8 @@ from .join import MAX_CROSSFADE_S, keep_clip
 from .schema import JSON
 
 DESCRIPTION = (
-    "One MP4: video, then its continuation from its last frame by any animate_image model "
-    "(with its options object). Returns a job."
+    "One MP4: the video, then its continuation from its last frame (any animate_image model and its options "
+    "object). Returns a job."
 )
 _OTHER_OPTIONS = ("kling", "wan", "veo", "seedance", "local")
 
@@ -140,7 +140,7 @@ def _specialise(schema: JSON) -> JSON:
     for name in (*_OTHER_OPTIONS, "idempotency_key"):  # taken, not advertised (the tool list's budget)
         props.pop(name, None)
     xai = next(m for m in props["xai"]["anyOf"] if m.get("type") == "object")
-    xai["properties"] = {"native": {"type": "boolean", "description": "xAI's own extension."}}
+    xai["properties"] = {"native": {"type": "boolean"}}
     return schema
 
 

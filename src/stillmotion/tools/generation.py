@@ -238,6 +238,9 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
         props["model"] = model
         durations = sorted({d for m in models for d in _durations(m, tool)})
         props["duration"]["anyOf"][0].update(minimum=durations[0], maximum=durations[-1])
+        others = sorted({(PROVIDER_NAMES[m.provider], m.default_duration) for m in models if m.default_duration != 5})
+        if others:  # Veo's default is 8 s
+            props["duration"]["description"] = "Seconds (default 5, " + ", ".join(f"{p} {d}" for p, d in dict(others).items()) + ")."
         optional = sorted({m.id for m in models if not m.prompt_required})
         props["prompt"]["anyOf"][0]["maxLength"] = max(m.prompt_max for m in models)
         limits = {m.prompt_max for m in models}
