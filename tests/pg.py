@@ -57,6 +57,8 @@ class PgCluster:
     root: Path
     port: int
     user: pwd.struct_passwd | None
+    password: str | None = None
+    """With a password, clients over TCP must authenticate (scram-sha-256), as on a real server."""
 
     @property
     def data(self) -> Path:
@@ -67,7 +69,8 @@ class PgCluster:
         return self.root / "sock"
 
     def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{dbname}"
 
     def _cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         kw: dict[str, object] = {}
@@ -82,8 +85,15 @@ class PgCluster:
         if self.user is not None:
             for path in (self.root, self.socket_dir):
                 os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        auth = ["-A", "trust"]
+        if self.password:
+            pwfile = self.root / "pw"
+            pwfile.write_text(self.password + "\n")
+            if self.user is not None:
+                os.chown(pwfile, self.user.pw_uid, self.user.pw_gid)
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
         self._cmd(
-            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust",
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", *auth,
             "-E", "UTF8", "--no-locale", "--no-sync",
         )
         self.start_server()
@@ -133,7 +143,7 @@ class PgCluster:
 
 
 @contextlib.contextmanager
-def pg_cluster() -> Iterator[PgCluster]:
+def pg_cluster(password: str | None = None) -> Iterator[PgCluster]:
     bindir = find_pg_bin()
     if bindir is None:
         message = "PostgreSQL is not installed (no initdb on PATH or under /usr/lib/postgresql/*/bin)"
@@ -147,7 +157,7 @@ def pg_cluster() -> Iterator[PgCluster]:
             pytest.fail("psycopg is not installed; CI installs the 'test' extra, which pulls in 'postgres'", pytrace=False)
         pytest.skip("psycopg is not installed (pip install 'stillmotion[postgres]')")
     root = Path(tempfile.mkdtemp(prefix="stillmotion-pg-"))
-    cluster = PgCluster(bindir=bindir, root=root, port=_free_port(), user=_run_as())
+    cluster = PgCluster(bindir=bindir, root=root, port=_free_port(), user=_run_as(), password=password)
     try:
         cluster.start()
         yield cluster

@@ -123,7 +123,7 @@ ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
     ("unknown_tool", "camra_move", {},
      "[invalid_input] Invalid argument 'name': unknown tool 'camra_move'; did you mean 'camera_move'? Allowed: "
      "animate_image, interpolate_frames, camera_move, motion_brush, join_clips, extend_video, check_job, list_jobs, "
-     "cancel_job, list_models."),
+     "cancel_job, delete_job, list_models."),
     ("resolution", "animate_image", {"image": X, "local": {"resolution": "4k"}},
      "[invalid_input] Invalid argument 'local.resolution': '4k' is not allowed. Allowed: 480p, 720p, 1080p."),
     ("aspect_near", "animate_image", {"image": X, "xai": {"aspect_ratio": "21:9"}},

@@ -232,6 +232,8 @@ class StoredClip(BaseModel):
     """Exact frame rate as a fraction ("24", "30000/1001")."""
     frame_count: int
     has_audio: bool
+    rotation: int = 0
+    """Display rotation (degrees counterclockwise) the join applies; width and height are upright."""
 
 
 class StoredMask(BaseModel):
@@ -269,6 +271,8 @@ class GenerationRequest(BaseModel):
     crossfade_s: float = 0.0
     blobs: list[str] = Field(default_factory=list)
     """Vercel Blob URLs uploaded for this job (deleted when the job ends)."""
+    blob_intent: str | None = None
+    """The store's record of this job's uploads (blob.UploadLedger), marked done once they are deleted."""
     poll_interval_ms: int = 5000
     poll_timeout_ms: int = 600_000
 

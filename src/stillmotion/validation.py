@@ -11,12 +11,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from .catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
-from .errors import InvalidInput, MissingCredentials
+from .errors import InvalidInput
 from .media.images import LoadedImage, check_image, rasterize_shape
 from .providers.local import IGNORED_WITH_SHOTS
 from .providers.registry import REGISTRY
@@ -35,13 +35,8 @@ from .requests import (
     WanOptions,
     XaiOptions,
 )
-from .settings import DIRECT_KEY_VARS, Settings
-
-RouteName = Literal["direct", "gateway", "local"]
-PROVIDER_LABEL = {
-    "klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "google": "Google Veo", "bytedance": "ByteDance Seedance",
-    "local": "the offline engine",
-}  # fmt: skip
+from .routes import PROVIDER_LABEL, RouteName, choose_route
+from .settings import Settings
 
 
 @dataclass
@@ -126,60 +121,6 @@ class Plan:
 def max_trajectory_points(duration: int) -> int:
     """77 points for 5 s (Kling's rule), scaled linearly with duration."""
     return max(2, (77 * duration) // 5)
-
-
-def choose_route(spec: ModelSpec, settings: Settings) -> RouteName:
-    if spec.is_local:
-        return "local"
-    direct_ok = settings.has_direct_key(spec.provider)
-    gateway_ok = settings.gateway_api_key is not None
-    label = PROVIDER_LABEL[spec.provider]
-    if spec.direct_name is None and spec.gateway_id is not None:  # Veo, Seedance: the Gateway only
-        if gateway_ok and settings.route != "direct":
-            return "gateway"
-        raise MissingCredentials(
-            f"{spec.id} is served only through the Vercel AI Gateway: set AI_GATEWAY_API_KEY"
-            + (" and STILLMOTION_ROUTE=gateway or auto." if settings.route == "direct" else ".")
-            + " Or use model local/preview, which needs no key."
-        )
-    if settings.route == "direct":
-        if direct_ok:
-            return "direct"
-        raise MissingCredentials(
-            f"{spec.id} on the direct route needs {DIRECT_KEY_VARS[spec.provider]} "
-            f"(STILLMOTION_ROUTE=direct). Set it, or use the Vercel AI Gateway with AI_GATEWAY_API_KEY."
-        )
-    if settings.route == "gateway":
-        if spec.gateway_id is None:
-            raise InvalidInput(
-                "model",
-                f"{spec.id} is not served by the Vercel AI Gateway (STILLMOTION_ROUTE=gateway); it is served by "
-                f"the direct {label} route (STILLMOTION_ROUTE=direct or auto with {DIRECT_KEY_VARS[spec.provider]}).",
-                gateway_models(),
-            )
-        if gateway_ok:
-            return "gateway"
-        raise MissingCredentials(f"{spec.id} on the gateway route needs AI_GATEWAY_API_KEY.")
-    if direct_ok:
-        return "direct"
-    if gateway_ok:
-        if spec.gateway_id is not None:
-            return "gateway"
-        raise InvalidInput(
-            "model",
-            f"{spec.id} is not served by the Vercel AI Gateway, and no direct {label} key is set; the direct "
-            f"route can serve it: set {DIRECT_KEY_VARS[spec.provider]}.",
-            gateway_models(),
-        )
-    raise MissingCredentials(
-        f"{spec.id} needs a key: set {DIRECT_KEY_VARS[spec.provider]} for the direct {label} API"
-        + (", or AI_GATEWAY_API_KEY for the Vercel AI Gateway" if spec.gateway_id else "")
-        + ". Or use model local/preview, which needs no key."
-    )
-
-
-def gateway_models() -> list[str]:
-    return [m.id for m in MODELS.values() if m.gateway_id]
 
 
 def _dump(opt: BaseModel | None) -> dict[str, Any]:

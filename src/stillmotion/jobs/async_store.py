@@ -173,6 +173,12 @@ class AsyncJobStore:
         """(Tests and repairs only; `**values` keeps it from the one-line form.)"""
         return await self.run(functools.partial(self.sync.update, job_id, **values))
 
+    delete_finished = exposed(JobStore.delete_finished)
+    finished_created_before = exposed(JobStore.finished_created_before)
+    finished_with_files = exposed(JobStore.finished_with_files)
+    mark_files_deleted = exposed(JobStore.mark_files_deleted)
+    job_counts = exposed(JobStore.job_counts)
+    meta_claim_interval = exposed(JobStore.meta_claim_interval)
     meta_get = exposed(JobStore.meta_get)
     meta_set = exposed(JobStore.meta_set)
     meta_setdefault = exposed(JobStore.meta_setdefault)

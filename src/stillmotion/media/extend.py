@@ -9,6 +9,7 @@ import io
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from ..requests import GenerationRequest, StoredClip
@@ -16,16 +17,21 @@ from .join import ClipFacts, clip_facts, join
 from .video import read_frame
 
 
-def last_frame_png(path: Path) -> bytes:
-    """The last decoded frame of a video as PNG bytes (lossless: the pixels the decoder gave)."""
+def last_frame_png(path: Path, rotation: int = 0) -> bytes:
+    """The last decoded frame of a video as PNG bytes (lossless: the pixels the decoder gave), turned
+    by the video's display rotation (degrees counterclockwise) so that it is the frame a player shows."""
     frame = read_frame(path, -1)
+    if rotation % 360:
+        frame = np.ascontiguousarray(np.rot90(frame, k=(rotation % 360) // 90))
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def facts_of(clip: StoredClip) -> ClipFacts:
-    return ClipFacts(Path(clip.path), clip.width, clip.height, Fraction(clip.fps), clip.frame_count, clip.has_audio)
+    return ClipFacts(
+        Path(clip.path), clip.width, clip.height, Fraction(clip.fps), clip.frame_count, clip.has_audio, clip.rotation
+    )
 
 
 def is_native(req: GenerationRequest) -> bool:

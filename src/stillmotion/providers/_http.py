@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from ..errors import AmbiguousSubmission, ProviderError
+from ..metrics import observe_request
 
 API_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
 
@@ -124,6 +125,21 @@ async def send(
     json: Any | None = None,
     creates: bool = False,
     timeouts: httpx.Timeout = API_TIMEOUT,
+) -> httpx.Response:
+    started = time.monotonic()
+    kind = "create" if creates else "poll"  # (metrics.py: the provider label comes from the job's task)
+    try:
+        resp = await _send(client, method, url, headers=headers, json=json, creates=creates, timeouts=timeouts)
+    except Exception:
+        observe_request(kind, time.monotonic() - started, None)
+        raise
+    observe_request(kind, time.monotonic() - started, resp.status_code)
+    return resp
+
+
+async def _send(
+    client: httpx.AsyncClient, method: str, url: str, *, headers: dict[str, str], json: Any | None, creates: bool,
+    timeouts: httpx.Timeout,
 ) -> httpx.Response:
     try:
         return await client.request(method, url, headers=headers, json=json, timeout=timeouts)

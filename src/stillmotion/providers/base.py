@@ -56,6 +56,10 @@ class ListedTask:
     created_at: float | None
     """Epoch seconds, when the list says."""
     status: Status
+    external_id: str | None = None
+    """The caller's own id for the task (Kling's `external_task_id`), when the list shows one."""
+    updated_at: float | None = None
+    """Epoch seconds of the task's last change, when the list says (a row that never changes is frozen)."""
 
 
 @dataclass
@@ -149,6 +153,11 @@ class Provider(ABC):
         """The provider's task id in an operation (what a list page names)."""
         tid = operation.get("task_id")
         return str(tid) if tid else None
+
+    def list_external_id(self, job: JobContext) -> str | None:
+        """The external id a listed row of this job's task must carry to be used (None: rows carry
+        none and the task id alone identifies them)."""
+        return None
 
     async def status_page(self, page: int, size: int) -> list[ListedTask]:
         """One page (1-based) of the account's tasks, newest first."""

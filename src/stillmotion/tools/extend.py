@@ -89,7 +89,7 @@ async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> 
             "crossfade_s", f"is {args.crossfade_s} s, not shorter than the video ({duration_s:.2f} s).",
             f"0 to {min(MAX_CROSSFADE_S, duration_s):.2f} seconds",
         )  # fmt: skip
-    png = await anyio.to_thread.run_sync(last_frame_png, Path(clip.path))
+    png = await anyio.to_thread.run_sync(last_frame_png, Path(clip.path), clip.rotation)
     local = args.local
     mid = resolve_model_id(args.model or settings.default_model)
     if local is None and mid is not None and MODELS[mid].is_local:

@@ -8,42 +8,19 @@ from typing import Any, Literal
 from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
-from ..catalog import GENERATION_TOOLS, MODELS, ModelSpec, model_ids_for_tool, resolve_model_id
-from ..errors import InvalidInput, StillmotionError
-from ..settings import DIRECT_KEY_VARS, Settings
-from ..validation import choose_route, did_you_mean
+from ..catalog import MODELS, ModelSpec, resolve_model_id
+from ..errors import InvalidInput
+from ..routes import SHORT_TOOL, enabled_by, route_now, tools_of
+from ..settings import Settings
+from ..validation import did_you_mean
 from .base import READ_ANNOTATIONS, Args, Build, Call, ToolSpec
-
-SHORT_TOOL = {"animate_image": "animate", "interpolate_frames": "interpolate", "camera_move": "camera", "motion_brush": "brush"}
 
 
 class ListModelsArgs(Args):
     tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"] | None = Field(
-        None, description="Only the models that serve this tool."
+        None, description="Only models serving this tool."
     )
     model: str | None = Field(None, description="One model's full limits (image rules, options, features).")
-
-
-def tools_of(m: ModelSpec, settings: Settings) -> list[str]:
-    return [t for t in GENERATION_TOOLS if m.id in model_ids_for_tool(t, strict=settings.strict_capabilities)]
-
-
-def enabled_by(m: ModelSpec) -> str:
-    """The environment variables that enable a model's routes."""
-    if m.is_local:
-        return "nothing (offline)"
-    if m.provider not in DIRECT_KEY_VARS:
-        return "AI_GATEWAY_API_KEY (the Vercel AI Gateway only)"
-    direct = DIRECT_KEY_VARS[m.provider]
-    return direct + (" or AI_GATEWAY_API_KEY" if m.gateway_id else "")
-
-
-def route_now(m: ModelSpec, settings: Settings) -> tuple[str | None, str | None]:
-    """(route the model would take now, why it cannot) from the configured keys and STILLMOTION_ROUTE."""
-    try:
-        return choose_route(m, settings), None
-    except StillmotionError as exc:
-        return None, exc.message
 
 
 def public_catalog(settings: Settings, tool: str | None = None) -> list[dict[str, Any]]:
@@ -128,8 +105,7 @@ def specs(build: Build) -> list[ToolSpec[Any]]:
             name="list_models",
             title="List models",
             description=(
-                "A table of the models: tools served, durations, modes, and whether a key is set. "
-                "With model=<id>: that model's full limits."
+                "The models: tools, durations, modes, whether a key is set. model=<id>: its full limits."
             ),
             args=ListModelsArgs,
             handler=list_models,

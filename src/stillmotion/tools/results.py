@@ -69,12 +69,17 @@ def job_cost(row: JobRow) -> CostInfo:
     )
 
 
-class JobResult(BaseModel):
+class JobIdentity(BaseModel):
+    """The fields every job answer starts with (check_job's full result, list_jobs' lines)."""
+
     job_id: str
     tool: str
     model: str
     route: Literal["direct", "gateway", "local"]
     status: Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
+
+
+class JobResult(JobIdentity):
     progress: float | None = Field(None, description="0-1 when known")
     status_detail: str | None = Field(
         None, description="What the job is doing right now when it is not plain progress (e.g. retrying a provider)."
@@ -89,10 +94,30 @@ class JobResult(BaseModel):
     video: VideoFile | None = None
     poster: ImageFile | None = Field(None, description="Contact sheet: a few frames in one PNG.")
     last_frame: ImageFile | None = Field(None, description="The final frame as PNG; use its uri to chain clips.")
+    files_deleted: bool = Field(
+        False, description="The disk cap (STILLMOTION_MAX_OUTPUT_GB) deleted this finished job's files; the record stays."
+    )
+
+
+class CostLine(BaseModel):
+    estimated_usd: float | None = None
+    actual_usd: float | None = None
+
+
+class JobLine(JobIdentity):
+    """One job in list_jobs: what tells jobs apart (check_job has the rest: files, links, next step)."""
+
+    created_at: str
+    progress: float | None = None
+    status_detail: str | None = None
+    error_kind: str | None = None
+    video_path: str | None = None
+    files_deleted: bool | None = None
+    cost: CostLine
 
 
 class JobList(BaseModel):
-    jobs: list[JobResult]
+    jobs: list[JobLine]
 
 
 def _iso(ts: float) -> str:
@@ -147,12 +172,55 @@ def next_step(row: JobRow, *, shell: bool = False) -> str:
     return f"{waiting}Call check_job with job_id '{row.id}' and wait_seconds 30 to wait for it (this usually takes {hint})."
 
 
+FILES_DELETED_STEP = (
+    "Its files were deleted to keep the outputs under STILLMOTION_MAX_OUTPUT_GB (the record stays); "
+    "run the job again for a new video."
+)
+
+
+def job_line(row: JobRow) -> JobLine:
+    video = ((row.result or {}).get("video") or {}).get("path") if row.status == "succeeded" else None
+    return JobLine(
+        job_id=row.id, tool=row.tool, model=row.model, route=row.route, status=row.status,
+        created_at=_iso(row.created_at),
+        progress=row.progress if not row.terminal else None,
+        status_detail=status_detail(row),
+        error_kind=(row.error or {}).get("kind") if row.error else None,
+        video_path=None if row.files_deleted else video,
+        files_deleted=True if row.files_deleted else None,
+        cost=CostLine(estimated_usd=row.estimated_usd, actual_usd=row.actual_usd),
+    )
+
+
+def job_list_text(lines: list[JobLine], *, shell: bool = False) -> str:
+    """One line per job, and how to see one in full."""
+    if not lines:
+        return "No jobs."
+    out = []
+    for j in lines:
+        parts = [j.job_id, j.status, j.tool, j.model, j.created_at[:16].replace("T", " ")]
+        if j.progress is not None:
+            parts.append(f"{j.progress:.0%}")
+        if j.status_detail:
+            parts.append(j.status_detail)
+        if j.error_kind:
+            parts.append(f"error {j.error_kind}")
+        if j.files_deleted:
+            parts.append("files deleted")
+        elif j.video_path:
+            parts.append(j.video_path)
+        out.append("  ".join(parts))
+    how = "stillmotion run check_job '{\"job_id\": \"...\"}'" if shell else "check_job with its job_id"
+    out.append(f"{len(lines)} job(s), newest first; {how} gives one job's files, links and next step.")
+    return "\n".join(out)
+
+
 def job_result(row: JobRow, *, shell: bool = False, file_links: FileLinks | None = None) -> JobResult:
     """`file_links` (the HTTP transport's) adds signed `http_url`s to the files of a succeeded job."""
     result = row.result or {}
-    if file_links is not None and row.status == "succeeded" and result.get("video"):
+    if file_links is not None and row.status == "succeeded" and result.get("video") and not row.files_deleted:
         result = file_links.add_to_result(row.id, result)
-    video = result.get("video") if row.status == "succeeded" else None
+    video = result.get("video") if row.status == "succeeded" and not row.files_deleted else None
     return JobResult(
         job_id=row.id,
         tool=row.tool,
@@ -167,7 +235,8 @@ def job_result(row: JobRow, *, shell: bool = False, file_links: FileLinks | None
         warnings=[scrub(w) for w in row.warnings],
         error=JobErrorInfo.model_validate(scrub_obj(row.error)) if row.error else None,
         cost=job_cost(row),
-        next_step=next_step(row, shell=shell),
+        next_step=FILES_DELETED_STEP if row.files_deleted else next_step(row, shell=shell),
+        files_deleted=bool(row.files_deleted),
         video=VideoFile.model_validate(video) if video else None,
         poster=ImageFile.model_validate(result["poster"]) if video and result.get("poster") else None,
         last_frame=ImageFile.model_validate(result["last_frame"]) if video and result.get("last_frame") else None,
@@ -192,7 +261,9 @@ def summary_text(res: JobResult) -> str:
             lines.append(f"Download: {v.http_url}")
     if res.error is not None:
         lines.append(f"Error ({res.error.kind}): {res.error.message}")
-    if res.cost.estimated_usd or res.cost.actual_usd is not None:
+    if res.cost.estimated_usd == 0 and res.route == "local":
+        lines.append("Cost: free (rendered on this machine).")
+    elif res.cost.estimated_usd or res.cost.actual_usd is not None:
         c = res.cost
         lines.append(
             "Cost: "
