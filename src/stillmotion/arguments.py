@@ -93,7 +93,7 @@ class InterpolateFramesArgs(GenerationArgs):
     image_argument: ClassVar[str] = "start_image"
 
     start_image: ImageArg
-    end_image: str = Field(min_length=1, description="The last frame; same forms.")
+    end_image: str = Field(min_length=1, description="Last frame; same forms.")
     veo: VeoOptions | None = None
     seedance: SeedanceOptions | None = None
 

@@ -121,7 +121,7 @@ class KlingOptions(_Strict):
     sound: Literal["on", "off"] | None = Field(None, description="Audio (v2.6 pro, v3); default off.")
     voices: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=2)] | None = Field(
         None,
-        description="Voice ids; need sound on; prompt says <<<voice_1>>>.",
+        description="Voice ids (sound on); prompt says <<<voice_1>>>.",
     )
     watermark: bool | None = None
     shots: list[KlingShot] | None = Field(None, description="1-6, summing to duration.")

@@ -42,10 +42,7 @@ from .generation import lean_controls, run_request
 from .join import MAX_CROSSFADE_S, keep_clip
 from .schema import JSON
 
-DESCRIPTION = (
-    "One MP4: the video, then its continuation from its last frame (any animate_image model and its options "
-    "object). Returns a job."
-)
+DESCRIPTION = "The video then its continuation from its last frame, as one MP4 (models and options as animate_image). Returns a job."
 _OTHER_OPTIONS = ("kling", "wan", "veo", "seedance", "local")
 
 
@@ -137,7 +134,7 @@ def _specialise(schema: JSON) -> JSON:
     `xai` shows its one extend-only field."""
     props = schema["properties"]
     lean_controls(props)
-    for name in (*_OTHER_OPTIONS, "idempotency_key"):  # taken, not advertised (the tool list's budget)
+    for name in (*_OTHER_OPTIONS, "idempotency_key", "wait_seconds"):  # taken, not advertised (the list's budget)
         props.pop(name, None)
     xai = next(m for m in props["xai"]["anyOf"] if m.get("type") == "object")
     xai["properties"] = {"native": {"type": "boolean"}}

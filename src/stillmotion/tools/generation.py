@@ -192,7 +192,7 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
     wan = [m for m in models if m.provider == "alibaba"]
     if w is not None and wan:
         audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
-        w["audio"]["description"] = f"Audio ({', '.join(audio)} only); default false."
+        w["audio"]["description"] = f"{', '.join(audio)} only; default false."
         w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
     lo = fields_of("local")
     if lo is not None and tool != "animate_image":

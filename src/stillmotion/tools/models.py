@@ -20,7 +20,7 @@ class ListModelsArgs(Args):
     tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"] | None = Field(
         None, description="Only models serving this tool."
     )
-    model: str | None = Field(None, description="One model's full limits (image rules, options, features).")
+    model: str | None = Field(None, description="One model's full limits.")
 
 
 def public_catalog(settings: Settings, tool: str | None = None) -> list[dict[str, Any]]:
