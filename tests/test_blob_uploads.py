@@ -266,3 +266,45 @@ async def test_the_sweep_covers_every_recorded_upload_not_the_newest_jobs(
     async with connect(make_settings(**env)):
         await _until(lambda: not blob.stored)
     assert len(blob.deleted) == 1
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_upload_records_from_many_writers_are_all_seen(engine: str, tmp_path: Path, request: Any) -> None:
+    """Records opened at once through two store objects (two processes' connections) take distinct
+    slots with no gap; the reader sees every open one, and done ones drop out."""
+    import anyio
+
+    from stillmotion.blob import UploadLedger
+    from stillmotion.jobs.async_store import AsyncJobStore
+    from stillmotion.jobs.store import JobStore
+
+    if engine == "sqlite":
+        opened: list[JobStore] = [SqliteStore(tmp_path / "jobs.sqlite3") for _ in range(2)]
+    else:
+        from stillmotion.jobs.pg_store import PgStore
+
+        url = request.getfixturevalue("pg_url")
+        opened = [PgStore(url, pool_size=4) for _ in range(2)]
+    stores = [AsyncJobStore(s) for s in opened]
+    try:
+        ledgers = [UploadLedger(s) for s in stores]
+        keys: list[str] = []
+
+        async def open_one(i: int) -> None:
+            keys.append(await ledgers[i % 2].open({"job": f"job_{i}", "owner": "x", "prefix": f"stillmotion/{i}/"}))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(open_one, i)
+        assert sorted(keys, key=lambda k: int(k.split(":")[1])) == [f"blob_upload:{n}" for n in range(40)]
+        pending = await ledgers[1].pending()
+        assert sorted(e["job"] for _, e in pending) == sorted(f"job_{i}" for i in range(40))
+        for key, _ in pending[:25]:
+            await ledgers[0].done(key)
+        left = await ledgers[1].pending()
+        assert [k for k, _ in left] == [k for k, _ in pending[25:]]
+        assert await stores[0].meta_get("blob_upload_head") == "25"  # the done prefix is skipped from now on
+        assert (await ledgers[0].open({"job": "late"})) == "blob_upload:40"
+    finally:
+        for s in stores:
+            await s.aclose()

@@ -186,6 +186,10 @@ class Settings:
     """STILLMOTION_HTTP_HEADER_TIMEOUT_S: a request's headers must be complete within this."""
     http_body_timeout_s: float = 30.0
     """STILLMOTION_HTTP_BODY_TIMEOUT_S: each piece of a request body must arrive within this of the last."""
+    fetch_timeout_s: float = 120.0
+    """STILLMOTION_FETCH_TIMEOUT_S: the whole of one fetch (input or result) must end within this."""
+    max_join_seconds: float = 600.0
+    """STILLMOTION_MAX_JOIN_SECONDS: the longest output join_clips accepts to make."""
     file_links: FileLinks | None = field(default=None, compare=False, repr=False)
     """Set by the HTTP transport: signs the `/files/...` links results carry as `http_url`."""
     prices: PriceBook = field(default_factory=PriceBook)
@@ -333,6 +337,8 @@ class Settings:
             public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
             http_header_timeout_s=_seconds(env, "STILLMOTION_HTTP_HEADER_TIMEOUT_S", 10.0),
             http_body_timeout_s=_seconds(env, "STILLMOTION_HTTP_BODY_TIMEOUT_S", 30.0),
+            fetch_timeout_s=_seconds(env, "STILLMOTION_FETCH_TIMEOUT_S", 120.0),
+            max_join_seconds=_seconds(env, "STILLMOTION_MAX_JOIN_SECONDS", 600.0),
             database_url=database_url,
             allowed_hosts=allowed_hosts,
             max_running=max_running,

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
+import av
 import httpx
 
 from .. import logs, metrics
@@ -66,7 +67,7 @@ from ..requests import GenerationRequest
 from ..settings import Settings
 from .async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .batch import StatusBatcher
-from .caps import RunningCap, cap_for
+from .caps import LeaseShort, RunningCap, cap_for
 from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
 from .retry import RetryPolicy
 from .store import JobRow, JobStore
@@ -652,7 +653,10 @@ class JobRunner:
                 if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     await self._set(job, stage="new", status_detail=job.row.status_detail)
-                    raise ProviderError("the lease ran short before the create request went out", retryable=True)
+                    # a local slowdown (a slow store, a paused process) is never a job failure:
+                    # it waits like a cap, with no attempt limit (#21: an xAI job once ended
+                    # failed with no create after five such rounds)
+                    raise LeaseShort("the lease ran short before the create request went out (a slow job store)")
                 try:
                     return await provider.start(ctx)
                 except AmbiguousSubmission:
@@ -832,7 +836,8 @@ class JobRunner:
                 assert url is not None
                 try:
                     fetch = functools.partial(
-                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes
+                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes,
+                        deadline_s=self.settings.fetch_timeout_s,
                     )
                     await self.retry.run(fetch, on_wait=self._waiting(job), until=until)
                     break
@@ -858,6 +863,15 @@ class JobRunner:
     ) -> None:
         job_dir = await anyio.to_thread.run_sync(self.job_dir, job.id)
         final = job_dir / "video.mp4"
+        if job.ctx is not None and job.ctx.request.tool == "extend_video":
+            from ..media.extend import append_continuation
+
+            # the source followed by its continuation (a native extension already is the whole video)
+            try:
+                tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+            except (ValueError, OSError, av.error.FFmpegError) as exc:
+                raise ProviderError(f"the continuation could not be joined to the video: {exc}", retryable=False) from exc
+            samples = None
         try:
             try:
                 # checks before the rename: a broken file never gets the final name

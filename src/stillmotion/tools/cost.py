@@ -26,7 +26,6 @@ from mcp.server.elicitation import (
     AcceptedElicitation,
     CancelledElicitation,
     DeclinedElicitation,
-    elicit_with_validation,
     render_elicitation_schema,
 )
 from mcp.types import (
@@ -134,7 +133,8 @@ def _digest(message: str) -> str:
 
 
 def _answer(result: Any, label: str) -> None:
-    """Raise Cancelled unless the person accepted and said start."""
+    """Raise Cancelled unless the person accepted with `start` the JSON boolean true. The raw answer
+    is read the same way on both protocol eras: no coercion, so "yes", 1 or "true" are not a yes."""
     action: Any
     content: Any
     if isinstance(result, AcceptedElicitation):
@@ -143,10 +143,22 @@ def _answer(result: Any, label: str) -> None:
     elif isinstance(result, DeclinedElicitation | CancelledElicitation):
         action, content = result.action, None
     else:
-        raw = result.model_dump() if isinstance(result, BaseModel) else dict(result or {})
+        raw = result.model_dump() if isinstance(result, BaseModel) else result
+        raw = raw if isinstance(raw, Mapping) else {}
         action, content = raw.get("action"), raw.get("content")
-    if action == "accept" and isinstance(content, Mapping) and content.get("start") is True:
+    if action not in ("accept", "decline", "cancel"):
+        raise ConfirmationRequired(
+            f"The answer about {label} could not be read (no accept, decline or cancel in it); no job was created. "
+            "Ask again, or pass confirm_cost_usd once the person agrees."
+        )
+    start = content.get("start") if isinstance(content, Mapping) else None
+    if action == "accept" and start is True:
         return
+    if action == "accept" and start is not False:
+        raise Cancelled(
+            f"The answer about {label} was not a yes: the form's start must be the boolean true to start the job "
+            f"(got {json.dumps(start)[:40]}); no job was created and nothing was sent."
+        )
     if action == "accept":
         raise Cancelled(f"The person said no to {label}; no job was created and nothing was sent.")
     if action == "decline":
@@ -198,11 +210,17 @@ async def confirm(
         )
         return InputRequiredResult(input_requests={CONFIRM_KEY: request}, request_state=_digest(message))
     try:
-        result = await elicit_with_validation(
-            session=asker.session, message=message, schema=ConfirmCost, related_request_id=asker.request_id
+        # the raw answer, not elicit_with_validation's: its lax model would read "yes" as true
+        result = await asker.session.elicit_form(
+            message=message, requested_schema=render_elicitation_schema(ConfirmCost), related_request_id=asker.request_id
         )
-    except ValueError as exc:  # accepted without content, or content not matching the form
-        raise Cancelled(f"The confirmation answer was not usable ({exc}); no job was created.") from None
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:  # the client's elicitation failed (an error answer, a broken callback)
+        raise ConfirmationRequired(
+            f"{label} is {_about(cost)}, above STILLMOTION_CONFIRM_ABOVE_USD={threshold:g}, and asking the person "
+            f"failed ({type(exc).__name__}); no job was created. Try again, or pass confirm_cost_usd once they agree."
+        ) from None
     _answer(result, label)
     return None
 
