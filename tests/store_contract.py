@@ -30,7 +30,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from stillmotion.errors import BudgetExceeded
 from stillmotion.jobs.async_store import AsyncJobStore
 from stillmotion.jobs.spend import BudgetRule
-from stillmotion.jobs.store import DuplicateIdempotencyKey, JobHead, JobRow, JobStore, new_job_id
+from stillmotion.jobs.store import LOCAL_USER, DuplicateIdempotencyKey, JobHead, JobRow, JobStore, new_job_id
 
 __all__ = [
     "OpenStore",
@@ -47,14 +47,18 @@ __all__ = [
     "test_delete_finished_removes_only_finished_rows",
     "test_duplicate_idempotency_key",
     "test_heads_match_full_rows",
+    "test_idempotency_keys_are_per_user",
     "test_meta_claim_interval_has_one_winner",
     "test_meta_table",
+    "test_reads_are_scoped_to_a_user",
     "test_recent_and_unfinished",
     "test_release",
     "test_renew_reports_what_is_still_held",
     "test_set_progress_is_owned",
+    "test_spend_per_user",
     "test_unknown_column_is_refused",
     "test_update_owned_is_conditional",
+    "test_user_budget_is_atomic_across_processes_beside_the_server_budget",
 ]
 
 OpenStore = Callable[[], JobStore]
@@ -330,11 +334,12 @@ def test_unknown_column_is_refused(store: JobStore) -> None:
 
 
 def _priced(store: JobStore, usd: float | None, *, budget: BudgetRule | None = None, owner: str = "me",
-            route: str = "direct") -> JobRow:
+            route: str = "direct", user: str = LOCAL_USER, user_budget: BudgetRule | None = None) -> JobRow:
     return store.create(
         job_id=new_job_id(), tool="animate_image", model="m", route=route, request={}, args_hash="h",
         idempotency_key=None, warnings=[], owner=owner, lease_s=60,
         cost={"estimated_usd": usd, "basis": "contract test", "estimate": True}, budget=budget,
+        user=user, user_budget=user_budget,
     )
 
 
@@ -397,6 +402,112 @@ def test_budget_reservation_is_atomic_across_processes(face: OpenStore) -> None:
         assert len(stores[0].recent(limit=200)) == 7
         with pytest.raises(BudgetExceeded, match="unknown"):
             _priced(stores[1], None, budget=BudgetRule(100.0, "total"))
+    finally:
+        for s in stores:
+            s.close()
+
+
+# -- users (issue #23) -------------------------------------------------------------------------
+
+
+def _for(store: JobStore, user: str, key: str | None = None, status: str | None = None) -> JobRow:
+    row = store.create(
+        job_id=new_job_id(), tool="animate_image", model="m", route="local", request={"who": user}, args_hash=user,
+        idempotency_key=key, warnings=[], user=user,
+    )
+    return store.update(row.id, status=status) if status else row
+
+
+def test_reads_are_scoped_to_a_user(store: JobStore, open_store: OpenStore) -> None:
+    a1, b1 = _for(store, "alice"), _for(store, "bob")
+    a2 = _for(store, "alice", status="succeeded")
+    legacy = _new(store)
+    other = open_store()  # another process sees the same
+    try:
+        for s in (store, other):
+            assert s.get(a1.id, user="alice") == a1 and s.get(b1.id, user="alice") is None
+            assert s.get(b1.id, user="bob") == b1 and s.get(b1.id) == b1
+            assert [r.id for r in s.recent(user="alice")] == [a2.id, a1.id]
+            assert [r.id for r in s.recent(user="alice", status="succeeded")] == [a2.id]
+            assert [r.id for r in s.recent(user="bob", status="succeeded")] == []
+            assert {r.id for r in s.recent()} == {a1.id, a2.id, b1.id, legacy.id}
+        assert (a1.user_id, b1.user_id, legacy.user_id) == ("alice", "bob", LOCAL_USER)
+        assert [r.id for r in store.recent(user=LOCAL_USER)] == [legacy.id]
+    finally:
+        other.close()
+
+
+def test_idempotency_keys_are_per_user(store: JobStore, open_store: OpenStore) -> None:
+    a = _for(store, "alice", key="same")
+    b = _for(store, "bob", key="same")
+    assert a.id != b.id
+    assert store.by_idempotency_key("same", user="alice") == a
+    assert store.by_idempotency_key("same", user="bob") == b
+    assert store.by_idempotency_key("same") is None  # the local user never used it
+    other = open_store()
+    try:
+        with pytest.raises(DuplicateIdempotencyKey):
+            _for(other, "alice", key="same")
+        # a key that spells another user's stored form is still only its own user's key
+        c = _for(other, "alice", key="bob\x1fsame")
+        assert other.by_idempotency_key("bob\x1fsame", user="alice") == c
+        assert other.by_idempotency_key("same", user="bob") == b
+    finally:
+        other.close()
+
+
+def test_spend_per_user(store: JobStore) -> None:
+    _priced(store, 1.0, user="alice")
+    _priced(store, 2.0, user="alice")
+    _priced(store, 0.5, user="bob")
+    everyone = store.spend(None, "total", user_budget=BudgetRule(10.0, "total"))
+    assert [(u["user"], u["jobs"], u["reserved_usd"], u["left_usd"]) for u in everyone["users"]] == [
+        ("alice", 2, 3.0, 7.0), ("bob", 1, 0.5, 9.5),
+    ]
+    assert everyone["budget"]["reserved_usd"] == pytest.approx(3.5)
+    bob = store.spend(BudgetRule(100.0, "total"), "total", user="bob", user_budget=BudgetRule(1.0, "total", "bob"))
+    assert (bob["budget"]["reserved_usd"], bob["budget"]["left_usd"]) == (0.5, 0.5)
+    assert [r["jobs"] for r in bob["rows"]] == [1] and "users" not in bob
+    assert bob["server_budget"]["left_usd"] == pytest.approx(96.5)
+
+
+def test_user_budget_is_atomic_across_processes_beside_the_server_budget(open_store: OpenStore) -> None:
+    """Three processes, alice and bob submitting $1 jobs at once: alice's own $3, bob's own $3, and
+    the server's $5 all hold: alice 3 and bob 2, or alice 2 and bob 3, never more."""
+    stores = [open_store() for _ in range(3)]
+    server = BudgetRule(5.0, "month")
+    made: dict[str, int] = {"alice": 0, "bob": 0}
+    refusals: list[str] = []
+    lock = threading.Lock()
+
+    def submit(s: JobStore, user: str) -> None:
+        for _ in range(3):
+            try:
+                _priced(s, 1.0, budget=server, user=user, user_budget=BudgetRule(3.0, "month", user))
+            except BudgetExceeded as exc:
+                with lock:
+                    refusals.append(exc.message)
+            else:
+                with lock:
+                    made[user] += 1
+
+    threads = [threading.Thread(target=submit, args=(stores[i % 3], ("alice", "bob")[i % 2])) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sum(made.values()) == 5 and max(made.values()) == 3, made
+        assert len(refusals) == 12 * 3 - 5
+        assert sum(u["jobs"] for u in stores[1].spend(server, "month")["users"]) == 5
+        # a user under their own budget still submits while the other is over theirs
+        solo = open_store()
+        try:
+            with pytest.raises(BudgetExceeded, match=r"your own \$0\.50 budget.*Raise STILLMOTION_USER_BUDGET_USD"):
+                _priced(solo, 1.0, user="carol", user_budget=BudgetRule(0.5, "month", "carol"))
+            _priced(solo, 1.0, user="dave", user_budget=BudgetRule(0.5 + 1.0, "month", "dave"))
+        finally:
+            solo.close()
     finally:
         for s in stores:
             s.close()

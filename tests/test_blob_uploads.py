@@ -163,3 +163,148 @@ async def gateway_started(gateway: GatewayFake) -> None:
     with anyio.fail_after(20):
         while not gateway.calls("POST", START):
             await anyio.sleep(0.02)
+
+
+# -- #21: blobs are recorded before they exist ------------------------------------------------
+
+
+async def _until(cond: Any, timeout: float = 30.0) -> None:
+    import anyio
+
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(0.02)
+
+
+def _records(home: Path) -> dict[str, str]:
+    """The upload records in the store's meta table (slot -> value; '-' once done)."""
+    store = SqliteStore(home / "jobs.sqlite3")
+    try:
+        out: dict[str, str] = {}
+        n = 0
+        while (value := store.meta_get(f"blob_upload:{n}")) is not None:
+            out[f"blob_upload:{n}"] = value
+            n += 1
+        return out
+    finally:
+        store.close()
+
+
+async def test_a_process_killed_during_uploads_leaves_no_blob(
+    gateway: GatewayFake, blob: BlobFake, make_settings: SettingsFactory, img: Path, home: Path
+) -> None:
+    """kill -9 of real stdio servers while their uploads are in flight (the blob exists, its answer
+    never arrives): the next server's sweep finds the records and deletes every blob."""
+    from tests.stdio_client import StdioServer
+
+    env = {"STILLMOTION_HOME": str(home), "STILLMOTION_BACKGROUND": "0", **gw_env(gateway, blob)}
+    blob.inject_hang("PUT /", seconds=60, times=3)  # stored at once, answered never (for the test's life)
+    for i in range(3):
+        srv = StdioServer(env)
+        try:
+            srv.initialize()
+            srv.send_request("tools/call", {"name": "animate_image",
+                                            "arguments": {"model": WAN, "image": str(img), "prompt": f"kill {i}"}})  # fmt: skip
+            await _until(lambda i=i: len(blob.calls("PUT", "/")) == i + 1)  # the upload is in flight
+            await _until(lambda: len(blob.stored) >= 1)  # and its blob exists
+        finally:
+            srv.kill()
+    # each server's start-up sweep deleted what the one killed before it left behind; the last
+    # one's upload is still there, with its record written before the upload began
+    assert len(blob.stored) == 1
+    records = _records(home)
+    assert len(records) == 3 and list(records.values())[-1] != "-"
+    assert gateway.calls("POST", START) == []  # no job was ever stored, so nothing was sent
+
+    async with connect(make_settings(**gw_env(gateway, blob))):
+        await _until(lambda: not blob.stored)
+        await _until(lambda: set(_records(home).values()) == {"-"})
+    uploaded = {f"{blob.base_url}/files/blob/{c.query['pathname']}" for c in blob.calls("PUT", "/")}
+    assert len(uploaded) == 3 and set(blob.deleted) == uploaded and blob.stored == {}
+
+
+async def test_deletes_that_fail_are_retried_while_the_server_runs(
+    gateway: GatewayFake, blob: BlobFake, make_settings: SettingsFactory, img: Path, home: Path
+) -> None:
+    """The delete answers 503 many times in a row (the issue's 10 s, scaled down by the retry base):
+    the server keeps trying with backoff and every blob is gone, with no restart."""
+    gateway.polls_until_done = 2
+    failures = 6
+    blob.inject("POST /delete", status=503, json={"error": {"code": "unavailable", "message": "try later"}},
+                times=failures)  # fmt: skip
+    async with connect(make_settings(**gw_env(gateway, blob))) as client:
+        jobs = [structured(await client.call_tool("animate_image", {"model": WAN, "image": str(img), "prompt": p}))
+                for p in ("one", "two")]  # fmt: skip
+        done = [await wait_done(client, j["job_id"]) for j in jobs]
+        assert [d["status"] for d in done] == ["succeeded"] * 2
+        await _until(lambda: not blob.stored)
+        await _until(lambda: set(_records(home).values()) == {"-"})
+    assert blob.pending_injections() == 0  # every failing answer was used: the deletes were retried
+    assert len(blob.calls("POST", "/delete")) >= failures + 2
+    assert len(set(blob.deleted)) == 2 and blob.stored == {}
+
+
+async def test_the_sweep_covers_every_recorded_upload_not_the_newest_jobs(
+    gateway: GatewayFake, blob: BlobFake, make_settings: SettingsFactory, img: Path, home: Path
+) -> None:
+    """A job with blobs that ended behind 600 newer jobs is still swept at the next start."""
+    gateway.polls_until_done = None
+    env = gw_env(gateway, blob)
+    async with connect(make_settings(**env)) as client:
+        job = structured(await client.call_tool("animate_image", {"model": WAN, "image": str(img), "prompt": "old"}))
+    store = SqliteStore(home / "jobs.sqlite3")
+    try:
+        assert store.cancel(job["job_id"], {"kind": "cancelled", "message": "ended elsewhere", "retryable": False})
+        for i in range(600):  # newer jobs (ended, no blobs) push it out of any window of recent jobs
+            store.create(job_id=f"job_filler{i:04d}", tool="animate_image", model="local/preview", route="local",
+                         request={}, args_hash="x", idempotency_key=None, warnings=[], owner=None, lease_s=1.0,
+                         cost=None, budget=None)  # fmt: skip
+            store.cancel(f"job_filler{i:04d}", {"kind": "cancelled", "message": "filler", "retryable": False})
+    finally:
+        store.close()
+    assert len(blob.stored) == 1
+    async with connect(make_settings(**env)):
+        await _until(lambda: not blob.stored)
+    assert len(blob.deleted) == 1
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+async def test_upload_records_from_many_writers_are_all_seen(engine: str, tmp_path: Path, request: Any) -> None:
+    """Records opened at once through two store objects (two processes' connections) take distinct
+    slots with no gap; the reader sees every open one, and done ones drop out."""
+    import anyio
+
+    from stillmotion.blob import UploadLedger
+    from stillmotion.jobs.async_store import AsyncJobStore
+    from stillmotion.jobs.store import JobStore
+
+    if engine == "sqlite":
+        opened: list[JobStore] = [SqliteStore(tmp_path / "jobs.sqlite3") for _ in range(2)]
+    else:
+        from stillmotion.jobs.pg_store import PgStore
+
+        url = request.getfixturevalue("pg_url")
+        opened = [PgStore(url, pool_size=4) for _ in range(2)]
+    stores = [AsyncJobStore(s) for s in opened]
+    try:
+        ledgers = [UploadLedger(s) for s in stores]
+        keys: list[str] = []
+
+        async def open_one(i: int) -> None:
+            keys.append(await ledgers[i % 2].open({"job": f"job_{i}", "owner": "x", "prefix": f"stillmotion/{i}/"}))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(open_one, i)
+        assert sorted(keys, key=lambda k: int(k.split(":")[1])) == [f"blob_upload:{n}" for n in range(40)]
+        pending = await ledgers[1].pending()
+        assert sorted(e["job"] for _, e in pending) == sorted(f"job_{i}" for i in range(40))
+        for key, _ in pending[:25]:
+            await ledgers[0].done(key)
+        left = await ledgers[1].pending()
+        assert [k for k, _ in left] == [k for k, _ in pending[25:]]
+        assert await stores[0].meta_get("blob_upload_head") == "25"  # the done prefix is skipped from now on
+        assert (await ledgers[0].open({"job": "late"})) == "blob_upload:40"
+    finally:
+        for s in stores:
+            await s.aclose()

@@ -45,9 +45,12 @@ class ListingProvider:
     def task_id(operation: dict[str, Any]) -> str | None:
         return str(operation["task_id"])
 
+    def list_external_id(self, ctx: Any) -> str | None:
+        return None
+
     async def status(self, ctx: Any, operation: dict[str, Any]) -> Status:
         self.singles.append(operation["task_id"])
-        return Status("pending")
+        return Status("completed" if operation["task_id"] == "t0" else "pending")
 
     async def status_page(self, page: int, size: int) -> list[ListedTask]:
         self.pages.append((page, size))
@@ -88,11 +91,13 @@ async def test_many_polls_share_one_list_request_per_round() -> None:
     p = ListingProvider(40)
     batcher = StatusBatcher()
     got = await _poll_all(batcher, p, p.all, rounds=3)
-    assert len(got) == 120 and p.singles == []
+    assert len(got) == 120
     assert 3 <= len(p.pages) <= 6  # one list a round (a late poll may start its own)
     assert all(size == 80 for _, size in p.pages)  # sized to the jobs polling, twice over
     assert sum(1 for s in got if s.state == "completed") == 3  # t0's answer reached t0, each round
-    assert batcher.stats.batched_polls == 120
+    # the list said t0 had ended: t0 asked its own task each time before acting on it (#21)
+    assert p.singles == ["t0"] * 3 and batcher.stats.confirmed == 3
+    assert batcher.stats.batched_polls == 117
 
 
 async def test_a_task_missing_from_the_list_is_polled_on_its_own() -> None:
@@ -110,31 +115,21 @@ async def test_pages_are_walked_only_while_tasks_are_missing() -> None:
     p.all = [f"t{i}" for i in range(10)] + [f"other{i}" for i in range(100)]
     p.listed = set(p.all)
     await _poll_all(batcher, p, [f"t{i}" for i in range(10)], rounds=1)
-    assert p.singles == []
+    assert p.singles == ["t0"]  # only to confirm the end the list showed for t0
     assert [page for page, _ in p.pages] == [1, 2, 3, 4, 5, 6][: len(p.pages)]
     assert p.pages[-1][0] >= 4 or len(p.pages) == 4  # pages of 30 until the ten were found, at most MAX_PAGES
 
 
-async def test_a_list_error_reaches_every_poll_of_the_batch_as_its_own_copy() -> None:
+async def test_a_list_error_sends_the_round_to_single_polls() -> None:
+    """A failing list never reaches a job as its error (#21): its round polls singly, and the list
+    rests a while before it is tried again."""
     p = ListingProvider(10)
     p.fail_next = RateLimited("Kling: too many requests (code 1302)", provider_code="1302", retry_after=1.0)
     batcher = StatusBatcher()
-    errors: list[BaseException] = []
-
-    async def job(task_id: str) -> None:
-        with batcher.polling(p):
-            await anyio.sleep(0.02)
-            try:
-                await batcher.status(p, None, {"task_id": task_id}, interval=0.2, submitted_at=NOW)
-            except RateLimited as exc:
-                errors.append(exc)
-
-    async with anyio.create_task_group() as tg:
-        for t in p.all:
-            tg.start_soon(job, t)
-    assert len(errors) == 10 and len({id(e) for e in errors}) == 10
-    assert all(e.retry_after == 1.0 and e.provider_code == "1302" for e in errors if isinstance(e, RateLimited))
-    assert p.singles == []
+    got = await _poll_all(batcher, p, p.all, rounds=2, interval=0.1)
+    assert len(got) == 20 and len(p.pages) == 1  # the list failed once and was left alone after
+    assert sorted(p.singles) == sorted(p.all * 2)
+    assert batcher.stats.list_errors == 1 and batcher.stats.batched_polls == 0
 
 
 async def test_a_cancelled_gatherer_leaves_nobody_waiting() -> None:
@@ -178,7 +173,8 @@ async def test_polls_due_during_a_slow_list_gather_the_next_batch() -> None:
     async with anyio.create_task_group() as tg:
         for i in range(30):
             tg.start_soon(job, i)
-    assert len(got) == 30 and p.singles == [] and batcher.stats.batched_polls == 30
+    # every poll was answered by a list but t0's, whose end the list showed (confirmed singly)
+    assert len(got) == 30 and p.singles == ["t0"] and batcher.stats.batched_polls == 29
     assert 2 <= len(p.pages) <= 8
 
 
@@ -235,6 +231,20 @@ async def test_kling_list_errors_map_like_single_polls(make_settings: SettingsFa
 # -- end to end: many Kling jobs in one server -------------------------------------------
 
 
+async def submit_kling_jobs(client: Any, img: Path, n: int) -> list[str]:
+    """`n` Kling animate_image jobs submitted at once; their ids."""
+    ids: list[str] = []
+
+    async def submit(i: int) -> None:
+        args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
+        ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(submit, i)
+    return ids
+
+
 async def test_many_kling_jobs_are_polled_through_the_task_list(make_settings: SettingsFactory, tmp_path: Path) -> None:
     img = write_image(tmp_path / "in.png", 640, 480, seed=3)
     n = MIN_BATCH + 4
@@ -242,22 +252,15 @@ async def test_many_kling_jobs_are_polled_through_the_task_list(make_settings: S
         fake.polls_until_done = 5
         env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "200"}
         async with connect(make_settings(**env)) as client:
-            ids: list[str] = []
-
-            async def submit(i: int) -> None:
-                args = {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": f"clip {i}"}
-                ids.append(structured(await client.call_tool("animate_image", args))["job_id"])
-
-            async with anyio.create_task_group() as tg:
-                for i in range(n):
-                    tg.start_soon(submit, i)
+            ids = await submit_kling_jobs(client, img, n)
             done = [await wait_done(client, j) for j in ids]
         assert [d["status"] for d in done] == ["succeeded"] * n
         lists = [c for c in fake.calls("GET", PATH) if c.path == PATH]
         singles = [c for c in fake.calls("GET", PATH) if c.path.startswith(PATH + "/")]
         assert fake.list_requests == len(lists) > 0
-        # every poll of a job that polled alongside MIN_BATCH - 1 others went through a list
-        assert len(singles) < n, (len(singles), len(lists))
+        # every poll of a job that polled alongside MIN_BATCH - 1 others went through a list, but
+        # for the one that confirms the end the list showed (#21: a job acts on its own task's answer)
+        assert len(singles) < 2 * n, (len(singles), len(lists))
         for c in lists:
             q = dict(c.query)
             assert q["pageNum"] == "1" and 30 <= int(q["pageSize"]) <= 500, q
@@ -271,3 +274,34 @@ async def test_a_list_that_does_not_show_our_tasks_is_left_alone_for_a_while() -
     await _poll_all(batcher, p, p.all, rounds=3)
     assert len(p.pages) == 1  # one list, found nothing: every later poll is a single GET
     assert len(p.singles) == 60 and batcher.stats.batched_polls == 0
+
+
+# -- the list is only a hint (#21) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", KlingFake.LIST_FAULTS)
+async def test_a_misbehaving_task_list_never_gives_a_job_the_wrong_result(
+    make_settings: SettingsFactory, tmp_path: Path, fault: str
+) -> None:
+    """12 batched Kling jobs against a list that lies (another job's row, every task twice with a
+    failed or processing row first, a frozen status, 500 for good, 1203) while single task queries
+    tell the truth: every job succeeds with the bytes of its OWN task's video."""
+    img = write_image(tmp_path / "in.png", 640, 480, seed=3)
+    n = 12
+    with KlingFake(api_key=KEY) as fake:
+        fake.polls_until_done = 5
+        fake.distinct_videos = True
+        fake.list_fault = fault
+        env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "150"}
+        async with connect(make_settings(**env)) as client:
+            ids = await submit_kling_jobs(client, img, n)
+            done = {j: await wait_done(client, j) for j in ids}
+        assert [d["status"] for d in done.values()] == ["succeeded"] * n, [d.get("error") for d in done.values()]
+        videos = set()
+        for job_id, d in done.items():
+            own = fake.video_of(fake.external_ids[job_id])
+            assert Path(d["video"]["path"]).read_bytes() == own, f"job {job_id} saved another task's video"
+            videos.add(own)
+        assert len(videos) == n  # every task's video differs, so the check above could catch a swap
+        assert fake.list_requests > 0  # the jobs were batched: the list was read (and distrusted)
+        fake.assert_clean()

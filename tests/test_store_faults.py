@@ -563,3 +563,50 @@ def test_every_store_method_has_an_async_face() -> None:
     public = {n for n, v in vars(JobStore).items() if callable(v) and not n.startswith("_")} - {"close"}
     missing = sorted(n for n in public if not inspect.iscoroutinefunction(getattr(AsyncJobStore, n, None)))
     assert not missing, f"add to AsyncJobStore: {missing}"
+
+
+class SlowSubmittingStore(SqliteStore):
+    """A real SQLite store whose writes marking a job `submitting` take longer than half the lease
+    (a store slowed by another process, a paused machine) the first `slow` times."""
+
+    slow: ClassVar[int] = 0
+    delay_s: ClassVar[float] = 0.0
+
+    def _maybe_slow(self, values: Any) -> None:
+        if values.get("stage") == "submitting" and SlowSubmittingStore.slow > 0:
+            SlowSubmittingStore.slow -= 1
+            time.sleep(SlowSubmittingStore.delay_s)  # (on the store's own thread, never the event loop)
+
+    def update_owned(self, job_id: str, owner: str, values: Any, *, lease_s: float | None = None) -> Any:
+        self._maybe_slow(values)
+        return super().update_owned(job_id, owner, values, lease_s=lease_s)
+
+    def update_owned_capped(self, job_id: str, owner: str, values: Any, *, cap: Any, lease_s: float | None = None) -> Any:
+        self._maybe_slow(values)
+        return super().update_owned_capped(job_id, owner, values, cap=cap, lease_s=lease_s)
+
+
+def test_a_slow_store_before_the_create_never_fails_the_job(
+    make_settings: Any, monkeypatch: pytest.MonkeyPatch, img: Path, xai: XaiFake
+) -> None:
+    """More slow `submitting` writes than the create's retry count: the job waits (queued) and is
+    created once; before, five such rounds ended it `failed` without a create."""
+    from stillmotion import service as service_mod
+
+    settings = make_settings(STILLMOTION_LEASE_MS="600", STILLMOTION_MAX_RETRIES="2",
+                             XAI_API_KEY=KEY, XAI_BASE_URL=xai.api_base)
+    monkeypatch.setattr(service_mod, "open_for_settings", lambda s: SlowSubmittingStore(s.db_path))
+    SlowSubmittingStore.slow, SlowSubmittingStore.delay_s = 5, 0.4  # > lease / 2, more rounds than retries
+
+    async def main() -> dict[str, Any]:
+        async with connect(settings) as client:
+            job = await client.call_tool("animate_image", {**xai_args(img), "wait_seconds": 45})
+            assert job.structured_content is not None, job.content
+            return dict(job.structured_content)
+
+    try:
+        done = anyio.run(main)
+    finally:
+        SlowSubmittingStore.slow = 0
+    assert done["status"] == "succeeded", done
+    assert len(xai.calls("POST", XAI_CREATE)) == 1

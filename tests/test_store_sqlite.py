@@ -61,3 +61,25 @@ def test_first_release_database_is_migrated_in_place(tmp_path: Path) -> None:
             assert store.meta_get("schema_version") == str(SCHEMA_VERSION)
         finally:
             store.close()
+
+
+def test_keys_made_before_users_become_the_local_users(tmp_path: Path) -> None:
+    """Issue #23: an upgraded database's jobs and idempotency keys are the local user's."""
+    path = tmp_path / "jobs.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.execute(
+        "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request, args_hash,"
+        " idempotency_key) VALUES ('job_withkey00','animate_image','m','local','succeeded','done',NULL,1,2,'{}','h','k')"
+    )
+    db.commit()
+    db.close()
+    for _ in range(2):
+        store = SqliteStore(path)
+        try:
+            row = store.by_idempotency_key("k")
+            assert row is not None and row.id == "job_withkey00" and row.user_id == "local"
+            assert store.by_idempotency_key("k", user="alice") is None
+            assert store.get("job_withkey00", user="alice") is None
+        finally:
+            store.close()

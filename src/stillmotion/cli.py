@@ -162,11 +162,11 @@ def _asks_run_help(argv: list[str]) -> bool:
 TOOL_INDEX: tuple[tuple[str, str], ...] = (
     ("animate_image", "Animate a still image: the image becomes the first frame and the prompt describes the motion"),
     ("interpolate_frames", "Make a clip that starts on start_image and ends on end_image (first/last-frame)"),
-    ("camera_move", "Move the camera over the still scene: one axis in [-10, 10] (type simple) or a preset "
-                    "(down_back, forward_up, right_turn_forward, left_turn_forward)"),
+    ("camera_move", "Move the camera over the still scene: one axis in [-10, 10] (type simple) or a preset type"),
     ("motion_brush", "Move 1-6 masked regions along trajectories (input-image pixels, origin BOTTOM-LEFT, 2-77 points "
                      "per 5 s) while static_mask holds still"),
     ("join_clips", "Join clips (job ids or videos) into one MP4 (free, local; the first clip's size and fps)"),
+    ("extend_video", "The video then its continuation from its last frame, as one MP4 (models and options as animate_image)"),
     ("check_job", "Status of a job"),
     ("list_jobs", "Recent jobs, newest first, optionally filtered by status"),
     ("cancel_job", "Stop a job"),
@@ -230,7 +230,7 @@ def _worker(background: bool, verbose: bool) -> int:
         print(f"stillmotion: {exc}", file=sys.stderr)
         return 2
     if background:
-        log_to_file(settings.home, verbose)
+        log_to_file(settings.home, verbose, max_bytes=settings.worker_log_bytes)
     else:
         logging.getLogger("stillmotion").setLevel(logging.DEBUG if verbose else logging.INFO)
     import anyio
@@ -286,7 +286,7 @@ def _jobs(status: str | None, limit: int) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created_at))
         path = (r.result or {}).get("video", {}).get("path", "") if r.status == "succeeded" else ""
         err = (r.error or {}).get("kind", "")
-        line = f"{r.id}  {when}  {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}"
+        line = f"{r.id}  {when}  {r.user_id:<12} {r.status:<11} {r.tool:<18} {r.model:<32} {err or path}"
         if not r.terminal:
             alive = owner_is_alive(r.owner)
             state = {True: "alive", False: "gone", None: "another host"}[alive] if r.owner else ""
@@ -310,6 +310,23 @@ def _money(x: float | None) -> str:
     return "-" if x is None else f"${x:,.2f}"
 
 
+def _spend_users(report: dict[str, Any]) -> None:
+    """Spend per user in the period (issue #23), with what is left of each one's own budget."""
+    users = report.get("users") or []
+    if not users:
+        return
+    own = report.get("user_budget_usd")
+    print("Per user this period" + (f" (each may spend {_money(own)}):" if own is not None else ":"))
+    head = ("user", "jobs", "committed", "in flight", "left")
+    rows = [head] + [
+        (u["user"], str(u["jobs"]), _money(u["committed_usd"]), _money(u["reserved_usd"]), _money(u["left_usd"]))
+        for u in users
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+
+
 def _spend(as_json: bool) -> int:
     from .tools.cost import read_spend
 
@@ -328,6 +345,7 @@ def _spend(as_json: bool) -> int:
               f"{_money(b['left_usd'])} left.")
     if report["confirm_above_usd"] is not None:
         print(f"Jobs above {_money(report['confirm_above_usd'])} need confirmation.")
+    _spend_users(report)
     if not report["rows"]:
         print("no jobs yet")
         return 0

@@ -86,7 +86,9 @@ class FileLinks:
 
     def check(self, job_id: str, name: str, exp: str, sig: str, *, now: float | None = None) -> bool:
         """True when the signature is ours and has not expired (constant-time comparison)."""
-        if not exp.isdigit() or len(exp) > 12:
+        if not (exp.isascii() and exp.isdigit()) or len(exp) > 12:  # "²" is a digit to isdigit, not to int
+            return False
+        if not sig.isascii():  # compare_digest refuses non-ASCII text with a TypeError
             return False
         good = hmac.compare_digest(_sig(self.secret, job_id, name, int(exp)), sig)
         return good and int(exp) >= (time.time() if now is None else now)

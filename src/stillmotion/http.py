@@ -21,6 +21,7 @@ from .http_team import Probes, replicated, team_hosts
 from .jobs.backends import open_for_settings
 from .server import build_server
 from .settings import Settings
+from .signin import signin_required, wrap_signin
 
 log = logging.getLogger(__name__)
 
@@ -37,32 +38,14 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class BearerGate:
-    """Requires `Authorization: Bearer <STILLMOTION_HTTP_TOKEN>` on every request when a token is set."""
-
-    def __init__(self, app: ASGIApp, token: str) -> None:
-        self.app = app
-        self.token = token.encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            auth = headers.get(b"authorization", b"")
-            ok = auth.startswith(b"Bearer ") and hmac.compare_digest(auth[7:].strip(), self.token)
-            if not ok:
-                await send({"type": "http.response.start", "status": 401, "headers": [
-                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-                await send({"type": "http.response.body", "body": b'{"error":"missing or wrong bearer token"}'})
-                return
-        await self.app(scope, receive, send)
-
-
 def build_http_app(settings: Settings, host: str, port: int) -> Any:
-    if not _is_loopback(host) and settings.http_token is None:
+    if not _is_loopback(host) and not signin_required(settings):
         raise SystemExit(
-            f"refusing to serve on {host}: binding off loopback requires STILLMOTION_HTTP_TOKEN (a bearer token)"
+            f"refusing to serve on {host}: binding off loopback requires sign-in: STILLMOTION_HTTP_TOKEN (a bearer "
+            "token), STILLMOTION_HTTP_USERS (a users file) or STILLMOTION_OAUTH_ISSUER (OAuth)"
         )
-    links = FileLinks(_file_base_url(settings, host, port), _link_secret(settings))
+    base_url = _file_base_url(settings, host, port)
+    links = FileLinks(base_url, _link_secret(settings))
     settings = dataclasses.replace(settings, file_links=links)
     server = build_server(settings)
     hosts = [f"127.0.0.1:{port}", f"localhost:{port}", "127.0.0.1", "localhost", f"[::1]:{port}"]
@@ -78,25 +61,28 @@ def build_http_app(settings: Settings, host: str, port: int) -> Any:
         streamable_http_path="/mcp", max_request_body_size=MAX_BODY, transport_security=security,
         stateless_http=replicated(settings),
     )
-    if settings.http_token is not None:
-        app = BearerGate(app, settings.http_token.reveal())
     manager = server.session_manager
 
     def started_store() -> Any:
         # the started service (None before start-up and after shutdown) lives in the manager's lifespan state
         return getattr(getattr(manager, "_lifespan_state", None), "db", None)
 
+    # /metrics: behind STILLMOTION_METRICS_TOKEN alone when it is set (outside the sign-in), else
+    # behind the same sign-in as /mcp (inside it)
+    if settings.metrics_token is None:
+        app = MetricsRoute(app, None, started_store)
+    app = wrap_signin(app, settings, base_url)  # who is asking (users.py): a shared token, a users file, OAuth
     # signed file links carry their own authorisation, so the route sits outside the token gate
     # (a deleted job's files are gone from the shared folder: its links answer 404 on every replica)
     app = FileRoute(app, links, settings.output_dir)
-    metrics_token = settings.metrics_token or settings.http_token
-    app = MetricsRoute(app, metrics_token.reveal() if metrics_token is not None else None, started_store)
+    if settings.metrics_token is not None:
+        app = MetricsRoute(app, settings.metrics_token.reveal(), started_store)
     return Probes(app, started_store)
 
 
 class MetricsRoute:
-    """`GET /metrics`: Prometheus text (metrics.py), behind STILLMOTION_METRICS_TOKEN, else /mcp's
-    bearer token (none on loopback without STILLMOTION_HTTP_TOKEN, like /mcp)."""
+    """`GET /metrics`: Prometheus text (metrics.py). With a token (STILLMOTION_METRICS_TOKEN) it checks
+    that token itself; without one it sits behind /mcp's sign-in (none on loopback without one, like /mcp)."""
 
     def __init__(self, app: ASGIApp, token: str | None, store: Any) -> None:
         self.app = app

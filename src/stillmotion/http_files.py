@@ -26,7 +26,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .file_links import FILE_NAMES, FileLinks
 
 _PATH_RE = re.compile(r"^/files/([a-z0-9][a-z0-9_-]{7,63})/([a-z0-9.-]+)$")
-_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE_RE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")
+"""ASCII digits only, at most 19 (a 5,000-digit number is no offset: 416, not int()'s ValueError)."""
 STREAM_CHUNK = 256 * 1024
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0

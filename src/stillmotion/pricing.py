@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,11 +131,21 @@ class PriceBook:
     kling_usd_per_unit: float | None = KLING_USD_PER_UNIT
     kling_unit_source: str | None = None
     path: Path | None = None
+    _index: dict[str, tuple[tuple[Price, ...], tuple[Price, ...]]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
+
+    def __post_init__(self) -> None:
+        """An index by model (user entries, built-in ones): an estimate looks at one model's few
+        entries, never the whole table."""
+        for model in dict.fromkeys(p.model for p in self.entries):
+            mine = [p for p in self.entries if p.model == model]
+            self._index[model] = (tuple(p for p in mine if p.user), tuple(p for p in mine if not p.user))
 
     def lookup(self, model: str, features: Mapping[str, Any]) -> Price | None:
         """The winning entry: user entries first, then the most specific (most conditions)."""
-        for user in (True, False):
-            found = [p for p in self.entries if p.user is user and p.model == model and p.matches(features)]
+        for group in self._index.get(model, ((), ())):
+            found = [p for p in group if p.matches(features)]
             if found:
                 return max(found, key=lambda p: len(p.when))
         return None
@@ -209,6 +222,56 @@ def describe(model: str, route: str, features: Mapping[str, Any]) -> str:
 # -- the user file ------------------------------------------------------------------------------
 
 _ENTRY_KEYS = frozenset({"model", "usd_per_second", "usd_per_clip", "source", "estimate", "note", *CONDITIONS})
+MAX_FILE_BYTES = 1024 * 1024
+"""The largest price file read (a price table is a few kilobytes)."""
+MAX_NESTING = 8
+"""The deepest nesting of JSON arrays and objects accepted (the format itself needs 3)."""
+MIN_USD, MAX_USD = 0.0001, 10_000.0
+"""A price is 0 (free) or within these bounds (US dollars per second, per clip or per Kling unit):
+smaller would show as free and skip the confirmation; larger overflows an estimate's display."""
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _read_price_file(p: Path, where: str) -> str:
+    """The file's text: a regular file only (opened non-blocking, so a FIFO cannot hang start-up;
+    /dev/zero is a character device), at most MAX_FILE_BYTES, UTF-8."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(p, flags)
+    except FileNotFoundError:
+        raise PriceFileError(f"{where}: no such file.") from None
+    except OSError as exc:
+        raise PriceFileError(f"{where}: cannot be read ({exc.strerror}); it must be a regular JSON file.") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise PriceFileError(f"{where}: not a regular file (a device, FIFO, socket or folder); it must be a JSON file.")
+        if st.st_size > MAX_FILE_BYTES:
+            raise PriceFileError(f"{where}: {st.st_size} bytes; a price file may hold at most {MAX_FILE_BYTES} bytes.")
+        data = os.read(fd, MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise PriceFileError(f"{where}: over {MAX_FILE_BYTES} bytes; a price file may hold at most that.")
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PriceFileError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}).") from None
+    except OSError as exc:
+        raise PriceFileError(f"{where}: cannot be read ({exc.strerror}).") from None
+    finally:
+        os.close(fd)
+
+
+def _check_nesting(text: str, where: str) -> None:
+    depth = 0
+    for m in _JSON_TOKENS.finditer(text):
+        token = m.group()
+        if token in "[{":
+            depth += 1
+            if depth > MAX_NESTING:
+                raise PriceFileError(
+                    f"{where}: nested deeper than {MAX_NESTING} levels of arrays and objects (at character {m.start()})."
+                )
+        elif token in "]}":
+            depth -= 1
 
 
 def load_price_book(path: str | Path | None) -> PriceBook:
@@ -217,12 +280,10 @@ def load_price_book(path: str | Path | None) -> PriceBook:
         return PriceBook()
     p = Path(path).expanduser()
     where = f"STILLMOTION_PRICES={p}"
+    text = _read_price_file(p, where)
+    _check_nesting(text, where)
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PriceFileError(f"{where}: no such file.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PriceFileError(f"{where}: cannot be read ({exc}).") from None
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise PriceFileError(f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}).") from None
     if not isinstance(raw, dict):
@@ -251,8 +312,12 @@ def load_price_book(path: str | Path | None) -> PriceBook:
 
 
 def _usd(value: Any, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise PriceFileError(f"{where} must be a number >= 0 (US dollars), got {json.dumps(value)}.")
+    ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    if not ok or not (value == 0 or MIN_USD <= value <= MAX_USD):
+        raise PriceFileError(
+            f"{where} must be a number >= 0 (US dollars): 0 for free, or from {MIN_USD:g} to {MAX_USD:g}; "
+            f"got {json.dumps(value)}."
+        )
     return float(value)
 
 

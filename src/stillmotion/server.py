@@ -14,7 +14,7 @@ from typing import Any
 
 import anyio
 from mcp.server import MCPServer
-from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated
+from mcp.server.subscriptions import ResourceUpdated
 
 from . import __version__
 from .apps import apps_extension, file_origins, link_player
@@ -25,9 +25,10 @@ from .providers._http import provider_client
 from .service import Service
 from .settings import Settings
 from .tasks import TasksExtension
-from .tools import _sdk, generation, jobs, join, models, resources
+from .tools import _sdk, extend, generation, jobs, join, models, resources
 from .tools.base import Build, ToolCalls, ToolSpec
 from .tools.cost import register_spend_resource
+from .users import asker_middleware
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ check and the price, without a job or any request). confirm_cost_usd is the pric
 approved, for a job above the confirmation threshold when the client cannot ask them itself.
 """
 
-TOOL_MODULES: Sequence[Any] = (generation, join, jobs, models)
+TOOL_MODULES: Sequence[Any] = (generation, join, extend, jobs, models)
 """Modules with `specs(build: Build) -> list[ToolSpec]`, listed in this order."""
 
 
@@ -56,7 +57,7 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
     """The server. `shell=True` (stillmotion run) words next steps as shell commands."""
     settings = settings or Settings.from_env()
     specs = tool_specs(settings, shell=shell)
-    bus = InMemorySubscriptionBus()
+    bus = resources.ScopedBus()
     legacy = resources.LegacySubscriptions()
     running: list[Service] = []
 
@@ -99,6 +100,8 @@ def build_server(settings: Settings | None = None, *, shell: bool = False) -> MC
         tools=[_declared(spec) for spec in specs],
     )
     calls.server = mcp
+    # every request runs as its user (users.py); listen streams skip other users' jobs
+    mcp.middleware.extend([asker_middleware(settings), resources.listen_scope])
     link_player(mcp)  # _meta.ui.resourceUri on every job-returning tool (hosts without Apps ignore it)
     tasks.bind(mcp)
     if not replicated(settings):

@@ -9,7 +9,8 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,11 @@ from .jobs.store import (
     new_job_id,
     validate_job_id,
 )
-from .media.images import LoadedImage, load_image, off_loop
-from .media.net import UrlGuard
+from .media.images import LoadedImage, admission_limiter, load_image, off_loop
+from .media.net import Fetched, UrlGuard, fetched_temp
 from .media.publish import Samples, publish_video
 from .media.sources import AudioFacts, LoadedMedia, load_media
+from .memory import bound_malloc
 from .pricing import Cost
 from .providers import wan
 from .providers.base import JobContext
@@ -60,6 +62,7 @@ from .requests import (
 )
 from .scrub import install_log_scrubber
 from .settings import Settings
+from .users import Principal, current
 from .validation import (
     LoadedInputs,
     Plan,
@@ -94,6 +97,26 @@ def user_agent(owner: OwnerId | str) -> str:
     return f"stillmotion/{__version__} (instance {owner})"
 
 
+def _drop_join_inputs(
+    db: AsyncJobStore, settings: Settings, on_change: Callable[[str], Coroutine[Any, Any, None]] | None
+) -> Callable[[str], Coroutine[Any, Any, None]]:
+    """The runner's change callback, plus: a join_clips job that ended (succeeded, failed or
+    cancelled, queued or running) has its clip copies deleted (a job's result never reads them)."""
+
+    async def changed(job_id: str) -> None:
+        if on_change is not None:
+            await on_change(job_id)
+        folder = settings.inputs_dir / job_id
+        if not (folder / "clip_0.mp4").exists():  # one stat: only a join's folder has clips
+            return
+        row = await db.get(job_id)
+        if row is not None and row.terminal and row.tool == "join_clips":
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+            log.info("job %s ended: its clip copies were deleted", job_id)
+
+    return changed
+
+
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
 
@@ -125,6 +148,7 @@ class Service:
         owner: OwnerId | None = None,
     ) -> Service:
         install_log_scrubber()
+        bound_malloc()
         settings.home.mkdir(parents=True, exist_ok=True)
         settings.output_dir.mkdir(parents=True, exist_ok=True)
         store = open_for_settings(settings)
@@ -143,7 +167,7 @@ class Service:
             provider_factory=lambda provider, route: make_provider(client, settings, provider, route),
             local_render=local,
             publish=publish_video,
-            on_change=janitor.wrap(on_change),
+            on_change=janitor.wrap(_drop_join_inputs(db, settings, on_change)),
             owner=owner,
             db=db,
         )
@@ -186,7 +210,8 @@ class Service:
     # -- submit --------------------------------------------------------------------------
 
     def estimate(self, plan: Plan, tool: str) -> Cost:
-        """The cost of a planned request before anything is sent."""
+        """The cost of a planned request before anything is sent (extend_video: its continuation's)."""
+        tool = "animate_image" if tool == "extend_video" else tool
         return self.settings.prices.estimate(
             model=plan.spec.id, route=plan.route, tool=tool, duration=plan.duration, options=plan.options
         )
@@ -195,11 +220,38 @@ class Service:
         s = self.settings
         return BudgetRule(s.budget_usd, s.budget_period) if s.budget_usd is not None else None
 
+    def user_budget_rule(self, user: str | None = None) -> BudgetRule | None:
+        """STILLMOTION_USER_BUDGET_USD for `user` (default: the asker)."""
+        s = self.settings
+        if s.user_budget_usd is None:
+            return None
+        return BudgetRule(s.user_budget_usd, s.budget_period, user if user is not None else current().user)
+
+    @property
+    def asker(self) -> Principal:
+        """Who the request being handled is for (users.py)."""
+        return current()
+
+    async def find(self, job_id: str) -> JobRow | None:
+        """THE place a job id (or a `stillmotion://jobs/<id>/...` input) is resolved for the asker:
+        another user's job reads as no job, exactly like an unknown id (admins: every job)."""
+        return await self.db.get(job_id, user=self.asker.scope)
+
+    async def by_key(self, idempotency_key: str) -> JobRow | None:
+        """The asker's own job made with this idempotency key (keys are per user)."""
+        return await self.db.by_idempotency_key(idempotency_key, user=self.asker.user)
+
     async def dry_run(self, args: ToolArgs) -> tuple[Plan, Cost, dict[str, Any]]:
         """Every check, the route, the estimate and the create request that would be sent, without
         creating a job, writing an input, uploading anything or contacting a provider."""
         plan = plan_request(args, self.settings)
-        inputs = await self._load_inputs(args, plan.spec.id)
+        async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
+            return await self._dry_run(args, plan, fetched)
+
+    async def _dry_run(
+        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]
+    ) -> tuple[Plan, Cost, dict[str, Any]]:
+        inputs = await self._load_inputs(args, plan.spec.id, fetched)
         await off_loop(check_images, inputs, plan.spec, args)
         await off_loop(check_masks_and_paths, inputs, plan.spec, args)
         for img in inputs.all():
@@ -211,7 +263,7 @@ class Service:
             held[path] = img.data
             return _stored(img, path)
 
-        audio = await self._load_audio(plan.provider_options)
+        audio = await self._load_audio(plan.provider_options, fetched)
         held_audio = None
         if audio is not None:
             media, facts = audio
@@ -223,54 +275,31 @@ class Service:
         preview = preview_create_request(self.client, self.settings, request, held)
         return plan, self.estimate(plan, args.tool), preview
 
-    async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
+    async def submit(
+        self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
+    ) -> JobRow:
         """Validate everything, store the job (reserving its estimate against the budget), start it.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
         if idempotency_key is not None:
-            existing = await self.db.by_idempotency_key(idempotency_key)
+            existing = await self.by_key(idempotency_key)
             if existing is not None:
                 return self._same_or_error(existing, fingerprint)
         plan = plan or plan_request(args, self.settings)
-        inputs = await self._load_inputs(args, plan.spec.id)
-        # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
-        await off_loop(check_images, inputs, plan.spec, args)
-        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
-        for img in inputs.all():
-            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
-        audio = await self._load_audio(plan.provider_options)
-
-        job_id = new_job_id()
-        folder = self.settings.inputs_dir / job_id
-        kept: dict[str, StoredImage] = {}
-
-        def write_all() -> None:
-            for name, img in inputs.named():
-                path = folder / f"{name}.{img.ext}"
-                path.write_bytes(img.data)
-                kept[name] = StoredImage(
-                    path=str(path), url=img.url, mime=img.mime, width=img.width, height=img.height,
-                    bytes=len(img.data), sha256=img.sha256,
-                )
+        async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
+            job_id, folder, inputs, kept, stored_audio = await self._take_inputs(args, plan, fetched, job_id)
 
         def keep(img: LoadedImage, name: str) -> StoredImage:
             return kept[name]
 
-        try:
-            await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
-            await off_loop(write_all)
-            stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
-        except OSError as exc:  # a full disk: nothing accepted, the caller retries
-            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-            fault = unavailable(exc)
-            if fault is None:
-                raise
-            raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
         request = self._request(args, plan, inputs, keep, stored_audio)
         try:
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
-            await host_inputs(request, self.client, self.settings)
+            await host_inputs(
+                request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
+                job_id=job_id, owner=self.runner.owner,
+            )
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -290,12 +319,14 @@ class Service:
                 lease_s=self.runner.lease_s,
                 cost=cost.to_dict(),
                 budget=self.budget_rule() if plan.route != "local" else None,
+                user=self.asker.user,
+                user_budget=self.user_budget_rule() if plan.route != "local" else None,
             )
         except DuplicateIdempotencyKey:
             # the same key won a race with us: answer with that job
             await self._discard(folder, request)
             assert idempotency_key is not None
-            existing = await self.db.by_idempotency_key(idempotency_key)
+            existing = await self.by_key(idempotency_key)
             assert existing is not None
             return self._same_or_error(existing, fingerprint)
         except BudgetExceeded:
@@ -306,16 +337,82 @@ class Service:
             # (a create that did commit before its answer was lost is a queued job the runner finds)
             await self._discard(folder, request)
             raise Unavailable(f"the job was not accepted: {fault.message}") from fault
-        log.info("job %s created: %s on %s via %s", job_id, args.tool, plan.spec.id, plan.route,
-                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route)})
+        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, args.tool, plan.spec.id, plan.route,
+                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route), "user": row.user_id})
         self.runner.launch_new(row, leased_at=sent)
         return row
 
     async def _discard(self, folder: Path, request: GenerationRequest) -> None:
         """A job that was not created: its input files and uploaded blobs go."""
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-        if request.blobs:
+        if self.janitor is not None:
+            await self.janitor.forget(request)
+        elif request.blobs:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
+
+    async def _take_inputs(
+        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched], job_id: str | None = None
+    ) -> tuple[str, Path, LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
+        """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
+        The images' bytes are dropped once written: what the submission keeps is the files."""
+        inputs = await self._load_inputs(args, plan.spec.id, fetched)
+        # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
+        await off_loop(check_images, inputs, plan.spec, args)
+        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
+        for img in inputs.all():
+            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
+        audio = await self._load_audio(plan.provider_options, fetched)
+
+        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
+        folder = self.settings.inputs_dir / job_id
+        kept: dict[str, StoredImage] = {}
+
+        def write_all() -> None:
+            for name, img in inputs.named():
+                path = folder / f"{name}.{img.ext}"
+                path.write_bytes(img.data)
+                kept[name] = StoredImage(
+                    path=str(path), url=img.url, mime=img.mime, width=img.width, height=img.height,
+                    bytes=len(img.data), sha256=img.sha256,
+                )
+                img.data = b""  # kept as a file now; the submission holds no image bytes past here
+
+        try:
+            await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
+            await off_loop(write_all)
+            stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
+        except OSError as exc:  # a full disk: nothing accepted, the caller retries
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+            fault = unavailable(exc)
+            if fault is None:
+                raise
+            raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
+        return job_id, folder, inputs, kept, stored_audio
+
+    @asynccontextmanager
+    async def _prefetched(self, args: ToolArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
+        """Every http(s) input of the call (images, masks, `wan.audio_url`) fetched to a temporary
+        file before the submission takes an admission slot: a slow URL holds no slot and no bytes.
+        The files are removed when the block ends."""
+        image_cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
+        wanted: list[tuple[str | None, str, int]] = [
+            (args.image, args.image_argument, image_cap),
+            (args.end_image, "end_image", image_cap),
+            (args.static_mask if isinstance(args.static_mask, str) else None, "static_mask", image_cap),
+            *[(m.mask if isinstance(m.mask, str) else None, f"dynamic_masks[{i}].mask", image_cap)
+              for i, m in enumerate(args.dynamic_masks or [])],
+            (args.wan.audio_url if args.wan is not None else None, "wan.audio_url", wan.AUDIO_MAX_BYTES + 1),
+        ]  # fmt: skip
+        guard = UrlGuard(self.settings.allow_private_network, frozenset())
+        async with AsyncExitStack() as stack:
+            fetched: dict[str, Fetched] = {}
+            for value, argument, cap in wanted:
+                if value is None or value in fetched or not value.strip().startswith(("http://", "https://")):
+                    continue
+                fetched[value] = await stack.enter_async_context(
+                    fetched_temp(guard, value.strip(), max_bytes=cap, argument=argument, deadline_s=self.settings.fetch_timeout_s)
+                )
+            yield fetched
 
     def _request(
         self,
@@ -341,6 +438,8 @@ class Service:
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
             audio=audio,
+            clips=[args.source] if args.source is not None else [],
+            crossfade_s=args.crossfade_s,
             **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
@@ -356,11 +455,17 @@ class Service:
             )
         return existing
 
-    async def _load_audio(self, options: BaseModel) -> tuple[LoadedMedia, AudioFacts] | None:
+    async def _load_audio(
+        self, options: BaseModel, fetched: dict[str, Fetched] | None = None
+    ) -> tuple[LoadedMedia, AudioFacts] | None:
         """Wan's driving track (`wan.audio_url`): fetched under the image inputs' rules and checked."""
         value = getattr(options, "audio_url", None) if isinstance(options, WanOptions) else None
         if value is None:
             return None
+        got = (fetched or {}).get(value)
+        if got is not None:
+            data = await anyio.to_thread.run_sync(got.path.read_bytes)
+            return LoadedMedia(data, got.final_url), await anyio.to_thread.run_sync(wan.check_audio, data)
         media = await load_media(
             value,
             argument="wan.audio_url",
@@ -370,11 +475,12 @@ class Service:
             resolve_resource=self.resource_path,
             max_bytes=wan.AUDIO_MAX_BYTES + 1,
             resources="a local wav/mp3 file or an http(s) URL",
+            deadline_s=self.settings.fetch_timeout_s,
         )
         facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
         return media, facts
 
-    async def _load_inputs(self, args: ToolArgs, model: str) -> LoadedInputs:
+    async def _load_inputs(self, args: ToolArgs, model: str, fetched: dict[str, Fetched] | None = None) -> LoadedInputs:
         # the fetch cap is above every model's size rule, so the rule check can name the real size
         cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
         guard = UrlGuard(self.settings.allow_private_network, frozenset())
@@ -391,6 +497,8 @@ class Service:
                 max_bytes=cap,
                 max_pixels=max_pixels,
                 model=model,
+                prefetched=(fetched or {}).get(value),
+                deadline_s=self.settings.fetch_timeout_s,
             )
 
         assert args.image is not None
@@ -417,7 +525,7 @@ class Service:
 
     async def get(self, job_id: str) -> JobRow:
         validate_job_id(job_id)
-        row = await self.db.get(job_id)
+        row = await self.find(job_id)
         if row is None:
             raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
         return row
@@ -447,20 +555,21 @@ class Service:
         row = await self.get(job_id)
         if row.terminal:
             return row, False
+        log.info("job %s (user %s) cancelled by user %s", job_id, row.user_id, self.asker.user)
         await self.runner.cancel(job_id)
         return await self.get(job_id), True
 
     async def delete(self, job_id: str) -> Deletion:
         """A finished job's files, input copies, Blob uploads and row (InvalidInput when unfinished)."""
         try:
-            gone = await delete_job(self.db, self.settings, self.client, job_id)
+            gone = await delete_job(self.db, self.settings, self.client, job_id, user=self.asker.scope)
         except StoreUnavailable as fault:
             raise Unavailable(fault.message) from fault
         self.runner.forget(job_id)
         return gone
 
     async def list(self, status: str | None, limit: int) -> list[JobRow]:
-        return await self.db.recent(status=status, limit=limit)
+        return await self.db.recent(status=status, limit=limit, user=self.asker.scope)
 
     async def resource_path(self, job_id: str, name: str) -> Path | None:
         """Path of a finished job's file; None when the job or file does not exist."""
@@ -470,7 +579,7 @@ class Service:
             validate_job_id(job_id)
         except InvalidInput:
             return None
-        row = await self.db.get(job_id)
+        row = await self.find(job_id)
         if row is None or row.status != "succeeded":
             return None
         path = self.settings.output_dir / job_id / name

@@ -130,6 +130,18 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _auth_url(env: Mapping[str, str], name: str) -> str | None:
+    """An authorization server URL: https, or http on a loopback host (a local test server)."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    parts = urlsplit(raw)
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if not parts.hostname or parts.scheme not in ("https", "http") or (parts.scheme == "http" and not loopback):
+        raise ValueError(f"{name} must be an https:// URL (http:// only on loopback), got {raw!r}")
+    return raw
+
+
 MAX_RUNNING_VARS = {
     "klingai": "STILLMOTION_MAX_RUNNING_KLINGAI",
     "alibaba": "STILLMOTION_MAX_RUNNING_ALIBABA",
@@ -174,6 +186,10 @@ class Settings:
     """STILLMOTION_HTTP_HEADER_TIMEOUT_S: a request's headers must be complete within this."""
     http_body_timeout_s: float = 30.0
     """STILLMOTION_HTTP_BODY_TIMEOUT_S: each piece of a request body must arrive within this of the last."""
+    fetch_timeout_s: float = 120.0
+    """STILLMOTION_FETCH_TIMEOUT_S: the whole of one fetch (input or result) must end within this."""
+    max_join_seconds: float = 600.0
+    """STILLMOTION_MAX_JOIN_SECONDS: the longest output join_clips accepts to make."""
     file_links: FileLinks | None = field(default=None, compare=False, repr=False)
     """Set by the HTTP transport: signs the `/files/...` links results carry as `http_url`."""
     prices: PriceBook = field(default_factory=PriceBook)
@@ -203,6 +219,24 @@ class Settings:
     """A stdio server that stops while owning unfinished jobs hands them to a background worker."""
     worker_idle_ms: int = 120_000
     """The background worker exits after this long with nothing to do."""
+    worker_log_bytes: int = 5_000_000
+    """`worker.log` is rotated at this size (STILLMOTION_WORKER_LOG_BYTES); three old files are kept."""
+    user_budget_usd: float | None = None
+    """STILLMOTION_USER_BUDGET_USD: the most each user's committed + in-flight spend may reach per period."""
+    admins: frozenset[str] = frozenset()
+    """STILLMOTION_ADMINS: users (users-file names or OAuth subjects) who see and act on every user's jobs."""
+    http_users: Path | None = None
+    """STILLMOTION_HTTP_USERS: a JSON file {"users": {name: sha256 hex of that user's token}}."""
+    oauth_issuer: str | None = None
+    """STILLMOTION_OAUTH_ISSUER: the OAuth 2.1 authorization server whose JWT access tokens are accepted."""
+    oauth_jwks_url: str | None = None
+    """STILLMOTION_OAUTH_JWKS_URL: the issuer's keys (default: from its metadata)."""
+    oauth_audience: str | None = None
+    """STILLMOTION_OAUTH_AUDIENCE: the `aud` tokens must carry (default: <STILLMOTION_PUBLIC_URL>/mcp)."""
+    oauth_scopes: tuple[str, ...] = ("stillmotion",)
+    """STILLMOTION_OAUTH_SCOPES: scopes every token must carry (space or comma separated)."""
+    oauth_jwks_refresh_s: float = 10.0
+    """STILLMOTION_OAUTH_JWKS_REFRESH_S: the least time between two key fetches for an unknown key id."""
     retention_days: float | None = None
     """STILLMOTION_RETENTION_DAYS: finished jobs created longer ago are deleted (files and rows)."""
     max_output_bytes: int | None = None
@@ -303,12 +337,23 @@ class Settings:
             public_url=env.get("STILLMOTION_PUBLIC_URL", "").strip().rstrip("/") or None,
             http_header_timeout_s=_seconds(env, "STILLMOTION_HTTP_HEADER_TIMEOUT_S", 10.0),
             http_body_timeout_s=_seconds(env, "STILLMOTION_HTTP_BODY_TIMEOUT_S", 30.0),
+            fetch_timeout_s=_seconds(env, "STILLMOTION_FETCH_TIMEOUT_S", 120.0),
+            max_join_seconds=_seconds(env, "STILLMOTION_MAX_JOIN_SECONDS", 600.0),
             database_url=database_url,
             allowed_hosts=allowed_hosts,
             max_running=max_running,
             lease_ms=max(100, _int(env, "STILLMOTION_LEASE_MS", 30_000)),
             background=_flag(env, "STILLMOTION_BACKGROUND", True),
             worker_idle_ms=max(0, _int(env, "STILLMOTION_WORKER_IDLE_MS", 120_000)),
+            worker_log_bytes=max(1000, _int(env, "STILLMOTION_WORKER_LOG_BYTES", 5_000_000)),
+            user_budget_usd=_usd(env, "STILLMOTION_USER_BUDGET_USD"),
+            admins=frozenset(a.strip() for a in env.get("STILLMOTION_ADMINS", "").split(",") if a.strip()),
+            http_users=Path(users).expanduser() if (users := env.get("STILLMOTION_HTTP_USERS", "").strip()) else None,
+            oauth_issuer=_auth_url(env, "STILLMOTION_OAUTH_ISSUER"),
+            oauth_jwks_url=_auth_url(env, "STILLMOTION_OAUTH_JWKS_URL"),
+            oauth_audience=env.get("STILLMOTION_OAUTH_AUDIENCE", "").strip() or None,
+            oauth_scopes=tuple(x for x in env.get("STILLMOTION_OAUTH_SCOPES", "stillmotion").replace(",", " ").split()),
+            oauth_jwks_refresh_s=_seconds(env, "STILLMOTION_OAUTH_JWKS_REFRESH_S", 10.0),
             retention_days=_positive_number(env, "STILLMOTION_RETENTION_DAYS", "days"),
             max_output_bytes=None if max_gb is None else int(max_gb * 1e9),
             metrics_token=_secret(env, "STILLMOTION_METRICS_TOKEN"),

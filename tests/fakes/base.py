@@ -496,6 +496,10 @@ class FakeServer:
         self.generation_seconds: float | None = None
         #: the bytes served as every new result video (default: media.sample_mp4())
         self.result_video: bytes | None = None
+        #: every task gets a result video of its own (a different frame count each), so a client
+        #: that saved another task's video is caught by its bytes (``video_of``)
+        self.distinct_videos: bool = False
+        self._videos_made = 0
         #: a create body must carry a non-empty prompt (the references say so)
         self.require_prompt: bool = True
         self._port = 0
@@ -731,9 +735,13 @@ class FakeServer:
         with self._lock:
             self._injections.append(_Injection(match, "drop", times, after_effect=after_effect))
 
-    def clear_injections(self) -> None:
+    def clear_injections(self, match: str | None = None) -> None:
+        """Drops every pending injection (or only those injected with exactly this ``match``)."""
         with self._lock:
-            self._injections.clear()
+            if match is None:
+                self._injections.clear()
+            else:
+                self._injections = [i for i in self._injections if i.match != match]
 
     def pending_injections(self) -> int:
         with self._lock:
@@ -850,7 +858,7 @@ class FakeServer:
         self.task_done_at[task.id] = when
         if task.outcome.kind == self.OUTCOMES[0]:
             task.file_name = f"{task.id}.mp4"
-            self._put_file(task.file_name, self.result_bytes())
+            self._put_file(task.file_name, self.task_video(task))
             task.video_url = self.result_url(task)
         return True
 
@@ -903,6 +911,25 @@ class FakeServer:
 
     def result_bytes(self) -> bytes:
         return self.result_video if self.result_video is not None else sample_mp4()
+
+    def task_video(self, task: Task) -> bytes:
+        """The bytes of this task's result (the same sample for every task unless ``distinct_videos``)."""
+        if not self.distinct_videos:
+            return self.result_bytes()
+        with self._lock:
+            self._videos_made += 1
+            frames = 6 + self._videos_made  # distinct for each task: a different frame count
+        return sample_mp4(frames / 24, 160, 120)
+
+    def video_of(self, task_id: str) -> bytes:
+        """The result bytes served for a finished task (KeyError while it has none)."""
+        with self._lock:
+            task = self.tasks[task_id]
+            if task.file_name is None:
+                raise KeyError(task_id)
+            data = self._files[task.file_name].data
+        assert data is not None
+        return data
 
     def result_url(self, task: Task) -> str:
         assert task.file_name is not None

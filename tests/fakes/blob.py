@@ -4,7 +4,9 @@
 ``x-api-version: 12``, ``x-vercel-blob-access: public`` and the raw bytes as the body answers
 ``{url, downloadUrl, pathname, contentType, contentDisposition, etag}``; the blob is then served
 at its URL. ``POST /delete`` with ``{"urls": [...]}`` deletes them (unknown URLs are ignored, as
-by the real service). ``stored`` holds the live blobs, ``deleted`` every URL deleted.
+by the real service). ``GET /?prefix=&limit=&cursor=`` lists the blobs whose pathname starts with
+the prefix: ``{blobs: [{url, downloadUrl, pathname, size, uploadedAt}], cursor, hasMore}``.
+``stored`` holds the live blobs, ``deleted`` every URL deleted.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class BlobFake(FakeServer):
             return Route("put", self._put, self._check_put)
         if req.method == "POST" and req.path == "/delete":
             return Route("delete", self._delete, self._check_delete)
+        if req.method == "GET" and req.path in ("", "/"):
+            return Route("list", self._list, self._check_list)
         return None
 
     def unknown_route(self, req: Recorded) -> Reply:
@@ -90,6 +94,36 @@ class BlobFake(FakeServer):
             "contentDisposition": f'inline; filename="{pathname.rsplit("/", 1)[-1]}"',
             "etag": '"' + hashlib.md5(req.body).hexdigest() + '"',
         })  # fmt: skip
+
+    def _check_list(self, req: Recorded) -> Reply | None:
+        p = Problems("blob list")
+        denied = self._auth(req, p)
+        if denied is not None:
+            return denied
+        extra = set(req.query) - {"prefix", "limit", "cursor", "mode"}
+        if extra:
+            p.add(f"unknown query parameter(s) {sorted(extra)}")
+        limit = req.query.get("limit", "1000")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            p.add(f"query 'limit' must be 1..1000, got {limit!r}")
+        cursor = req.query.get("cursor", "0")
+        if not cursor.isdigit():
+            p.add(f"query 'cursor' must be one this API returned, got {cursor!r}")
+        if p:
+            return self.reject(p, Reply.of_json(400, {"error": {"code": "bad_request", "message": p.first}}))
+        return None
+
+    def _list(self, req: Recorded) -> Reply:
+        prefix = req.query.get("prefix", "")
+        limit = int(req.query.get("limit", "1000"))
+        start = int(req.query.get("cursor", "0"))
+        with self._lock:
+            found = sorted((path, url, len(data)) for url, (path, data, _) in self.stored.items() if path.startswith(prefix))
+        page = found[start : start + limit]
+        more = start + limit < len(found)
+        blobs = [{"url": url, "downloadUrl": url + "?download=1", "pathname": path, "size": size,
+                  "uploadedAt": "2026-01-01T00:00:00.000Z"} for path, url, size in page]  # fmt: skip
+        return Reply.of_json(200, {"blobs": blobs, "cursor": str(start + limit) if more else None, "hasMore": more})
 
     def _check_delete(self, req: Recorded) -> Reply | None:
         p = Problems("blob delete")

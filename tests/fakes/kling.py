@@ -163,8 +163,20 @@ class KlingFake(FakeServer):
 
     Knobs: ``max_concurrent`` (a create while that many tasks are unfinished answers HTTP 429
     code 1303), ``enforce_capabilities`` (the 1.4 capability map is checked), the base-class
-    ``polls_until_done`` / ``generation_seconds`` / ``script_outcome("succeed"|"failed")``.
+    ``polls_until_done`` / ``generation_seconds`` / ``script_outcome("succeed"|"failed")``, and
+    ``list_fault`` (the task list misbehaves, single task queries keep telling the truth):
+
+    - ``"foreign"``: each row carries our task_id but another task's external_task_id, status and video;
+    - ``"duplicate_failed"`` / ``"duplicate_processing"``: every task is shown twice, first as
+      failed / processing, then as it is;
+    - ``"frozen"``: a task's row never changes after the list first showed it;
+    - ``"error_500"``: the list answers HTTP 500 (code 5000), for good;
+    - ``"not_found"``: the list answers 404 code 1203 ("task not found").
     """
+
+    LIST_FAULTS: ClassVar[tuple[str, ...]] = (
+        "foreign", "duplicate_failed", "duplicate_processing", "frozen", "error_500", "not_found",
+    )
 
     OUTCOMES: ClassVar[tuple[str, ...]] = ("succeed", "failed")
     MODELS: ClassVar[tuple[str, ...]] = MODELS
@@ -198,6 +210,9 @@ class KlingFake(FakeServer):
         self.concurrency_rejections = 0
         #: task-list requests answered
         self.list_requests = 0
+        #: how the task list misbehaves (one of LIST_FAULTS; None: it tells the truth)
+        self.list_fault: str | None = None
+        self._frozen_rows: dict[str, dict[str, Any]] = {}
         self._next_id = random.randrange(800_000_000_000_000_000, 850_000_000_000_000_000)
 
     # ---- helpers for tests ----------------------------------------------------------------
@@ -550,9 +565,34 @@ class KlingFake(FakeServer):
             tasks = sorted(self.tasks.values(), key=lambda t: t.created_at, reverse=True)
         tasks = [t for t in tasks if not t.expired][(page - 1) * size : page * size]
         self.list_requests += 1
+        fault = self.list_fault
+        if fault == "error_500":
+            return self._error(500, 5000)
+        if fault == "not_found":
+            return self._error(404, 1203, "task not found")
         # a listed task is observed as a poll would observe it (a task set to finish after N polls
         # finishes after N observations, single or listed)
-        return self._ok([self.task_object(t, self.poll_task(t)) for t in tasks])
+        rows = [self.task_object(t, self.poll_task(t)) for t in tasks]
+        return self._ok(self._misbehave(fault, rows))
+
+    def _misbehave(self, fault: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if fault == "foreign" and len(rows) > 1:
+            # row i: our task_id, everything else (external id, status, video) from the next task
+            return [{**rows[(i + 1) % len(rows)], "task_id": row["task_id"]} for i, row in enumerate(rows)]
+        if fault in ("duplicate_failed", "duplicate_processing"):
+            out: list[dict[str, Any]] = []
+            for row in rows:
+                early = {k: v for k, v in row.items() if k not in ("task_result", "final_unit_deduction", "watermark_info")}
+                if fault == "duplicate_failed":
+                    early.update(task_status="failed", task_status_msg="Task failed (list replica)")
+                else:
+                    early.update(task_status="processing", task_status_msg="")
+                out += [early, row]
+            return out
+        if fault == "frozen":
+            with self._lock:
+                return [dict(self._frozen_rows.setdefault(row["task_id"], row)) for row in rows]
+        return rows
 
     def _single(self, key: str) -> Reply:
         task = self._lookup(key)

@@ -9,16 +9,22 @@ and further pages (at most MAX_PAGES) only while some task is still missing and 
 not gone past the oldest task asked about. A task the pages do not show is polled on its own;
 a list that shows fewer than half of the tasks asked about is not used for OFF_S.
 
+The list is only a hint: a row is used only when its task id and external id both match the job,
+it is the task's only row on the pages read, it says the task is still running, and it has not
+shown the same thing for more than FROZEN_ROUNDS list answers in a row. Everything else (a task
+the list says ended, a row of another job, a task shown twice, a frozen row, a list that answers
+an error) is answered by a single task query, so a job acts only on what its own task says.
+
 Each job keeps its own schedule (a poll every interval, start to start), so a task's end is seen
-at most one interval plus the window after it happens. An error of the list request reaches
-every poll of the batch, which retries through the runner's one retry policy as a single poll's
-error would. Nothing here sleeps except the gathering window, and a cancelled poll never leaves
-the others waiting: whatever it was gathering falls back to single polls.
+at most one interval plus the window after it happens. A list request that fails sends its round
+to single polls and keeps the list unused for a while (ERROR_OFF_S, doubling while it keeps
+failing, at most OFF_S); it never reaches a job as that job's error. Nothing here sleeps except
+the gathering window, and a cancelled poll never leaves the others waiting: whatever it was
+gathering falls back to single polls.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -29,8 +35,7 @@ from typing import Any
 
 import anyio
 
-from ..errors import StillmotionError
-from ..providers.base import JobContext, Provider, Status
+from ..providers.base import JobContext, ListedTask, Provider, Status
 
 log = logging.getLogger("stillmotion.jobs")
 
@@ -45,6 +50,11 @@ OFF_S = 600.0
 """A list that showed fewer than half of the tasks asked about is not used for this long: the
 provider's list does not serve our tasks (other filters, a slow index), and a list request plus
 single polls would cost more than single polls alone."""
+ERROR_OFF_S = 5.0
+"""After a list request fails, the list is not used for this long (doubling per failure in a row, at most OFF_S)."""
+FROZEN_ROUNDS = 3
+"""A running task's row that shows the same progress and update time in more list answers in a
+row than this is queried singly (the list may be stale)."""
 
 
 def _list_key(provider: Provider) -> str | None:
@@ -52,12 +62,14 @@ def _list_key(provider: Provider) -> str | None:
 
 
 class _Pending:
-    __slots__ = ("done", "error", "status")
+    __slots__ = ("done", "expected", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, expected: str | None) -> None:
         self.done = anyio.Event()
+        self.expected = expected
+        """The external id the task's row must carry (None: the provider's rows carry none)."""
         self.status: Status | None = None
-        self.error: StillmotionError | None = None
+        """The list's answer, when it is usable; None = poll singly."""
 
 
 @dataclass
@@ -67,7 +79,11 @@ class _Group:
     batch: dict[str, list[_Pending]] = field(default_factory=dict)
     oldest: float = math.inf
     off_until: float = 0.0
-    """Monotonic time until which this list is not used (it showed too few of the tasks asked about)."""
+    """Monotonic time until which this list is not used (it failed, or showed too few of the tasks asked about)."""
+    errors: int = 0
+    """List requests that failed in a row."""
+    marks: dict[str, tuple[tuple[float | None, float | None], int, float]] = field(default_factory=dict)
+    """task id -> (what its row showed last, in how many answers in a row, monotonic time seen)."""
 
 
 @dataclass
@@ -75,6 +91,12 @@ class BatchStats:
     list_requests: int = 0
     batched_polls: int = 0
     single_polls: int = 0
+    list_errors: int = 0
+    """List requests that failed (their rounds polled singly)."""
+    confirmed: int = 0
+    """Tasks the list said had ended, asked singly before the job acts."""
+    distrusted: int = 0
+    """Rows not used: another job's row, a task shown twice, a frozen row."""
 
 
 class StatusBatcher:
@@ -109,15 +131,13 @@ class StatusBatcher:
         if group is None or task_id is None or group.polling < self.min_batch or time.monotonic() < group.off_until:
             self.stats.single_polls += 1
             return await provider.status(ctx, operation)
-        pending = _Pending()
+        pending = _Pending(provider.list_external_id(ctx))
         group.batch.setdefault(task_id, []).append(pending)
         group.oldest = min(group.oldest, submitted_at)
         if not group.gathering:
             await self._lead(provider, group, min(self.window_cap_s, interval / 4))
         await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        if pending.status is None:  # not on the pages read (or the batch was abandoned)
+        if pending.status is None:  # not on the pages read, not to be trusted, or the batch was abandoned
             self.stats.single_polls += 1
             return await provider.status(ctx, operation)
         self.stats.batched_polls += 1
@@ -144,35 +164,76 @@ class StatusBatcher:
                     p.done.set()
 
     async def _answer(self, provider: Provider, group: _Group, batch: dict[str, list[_Pending]], oldest: float) -> None:
+        """Read the list and give each poll the row it can trust; the rest (status None) poll singly."""
         size = min(provider.list_page_max, max(MIN_PAGE, 2 * group.polling))
         asked = len(batch)
+        seen: dict[str, list[ListedTask]] = {}
         try:
             for page in range(1, MAX_PAGES + 1):
                 rows = await provider.status_page(page, size)
                 self.stats.list_requests += 1
                 for row in rows:
-                    for p in batch.pop(row.task_id, ()):
-                        p.status = row.status
-                        p.done.set()
-                if not batch or len(rows) < size:
+                    if row.task_id in batch:
+                        seen.setdefault(row.task_id, []).append(row)
+                if len(seen) == asked or len(rows) < size:
                     break
                 created = [r.created_at for r in rows if r.created_at is not None]
                 if created and min(created) < oldest - CLOCK_MARGIN_S:
                     break  # past the oldest task asked about: the rest are not on any later page
-            if len(batch) * 2 > asked:
-                group.off_until = time.monotonic() + OFF_S
-                log.warning(
-                    "the task list showed %d of %d tasks asked about; polling them singly for %.0f s",
-                    asked - len(batch), asked, OFF_S,
-                )
-        except StillmotionError as exc:
-            for waiting in batch.values():
-                for p in waiting:
-                    p.error = copy.copy(exc)  # each poll raises (and retries) its own copy
-                    p.done.set()
-            batch.clear()
-        except Exception:  # a list answer we cannot read must not fail the jobs: poll them singly
-            log.warning("task list request failed; polling singly", exc_info=True)
+        except Exception as exc:  # any failure of the list: this round polls singly, the list rests a while
+            self.stats.list_errors += 1
+            group.errors += 1
+            pause = min(OFF_S, ERROR_OFF_S * 2.0 ** (group.errors - 1))
+            group.off_until = time.monotonic() + pause
+            log.warning("task list request failed (%s: %s); polling singly for %.0f s", type(exc).__name__, exc, pause)
+            return
+        group.errors = 0
+        now = time.monotonic()
+        for task_id, waiting in batch.items():
+            status = self._trusted(group, task_id, seen.get(task_id, ()), waiting[0].expected, now)
+            for p in waiting:
+                p.status = status
+        if len(group.marks) > 4 * asked + 100:
+            group.marks = {k: v for k, v in group.marks.items() if v[2] > now - OFF_S}
+        if (asked - len(seen)) * 2 > asked:
+            group.off_until = time.monotonic() + OFF_S
+            log.warning(
+                "the task list showed %d of %d tasks asked about; polling them singly for %.0f s",
+                len(seen), asked, OFF_S,
+            )
+
+    def _trusted(
+        self, group: _Group, task_id: str, rows: list[ListedTask] | tuple[()], expected: str | None, now: float
+    ) -> Status | None:
+        """The listed status a poll may act on, or None: the poll asks its task singly."""
+        if not rows:
+            return None
+        if len(rows) > 1:
+            self.stats.distrusted += 1
+            log.info("the task list shows task %s %d times; asking it singly", task_id, len(rows))
+            group.marks.pop(task_id, None)
+            return None
+        row = rows[0]
+        if expected is not None and row.external_id != expected:
+            self.stats.distrusted += 1
+            log.warning(
+                "the task list shows task %s with external id %r, not %r; asking it singly", task_id, row.external_id, expected
+            )
+            return None
+        if row.status.state != "pending":  # an end is acted on only once the task's own query says it
+            self.stats.confirmed += 1
+            group.marks.pop(task_id, None)
+            return None
+        shown = (row.status.progress, row.updated_at)
+        mark = group.marks.get(task_id)
+        rounds = mark[1] + 1 if mark is not None and mark[0] == shown else 1
+        if rounds > FROZEN_ROUNDS:
+            self.stats.distrusted += 1
+            log.info("the task list showed task %s unchanged %d times; asking it singly", task_id, rounds)
+            group.marks[task_id] = (shown, 0, now)
+            return None
+        group.marks[task_id] = (shown, rounds, now)
+        return row.status
 
 
 __all__ = ["MIN_BATCH", "BatchStats", "StatusBatcher"]

@@ -47,6 +47,11 @@ class CapReached(ConcurrencyLimited):
     """Our own cap (not the provider's answer): the job waits in `queued`, without an attempt limit."""
 
 
+class LeaseShort(ConcurrencyLimited):
+    """Marking the job `submitting` took over half its lease (a slow store, a paused process): the
+    create is not sent on a lease that may be gone; the job waits in `queued`, without an attempt limit."""
+
+
 RUNNING_SQL = "stage IN ('submitting','polling') AND provider_done_at IS NULL AND status NOT IN ('succeeded','failed','cancelled')"
 """The rows a cap counts (besides route and model)."""
 

@@ -122,11 +122,14 @@ async def _delete_blobs(settings: Settings, client: httpx.AsyncClient | None, ro
     await delete_quietly(BlobClient(client, settings), urls)
 
 
-async def delete_job(db: AsyncJobStore, settings: Settings, client: httpx.AsyncClient | None, job_id: str) -> Deletion:
+async def delete_job(
+    db: AsyncJobStore, settings: Settings, client: httpx.AsyncClient | None, job_id: str, *, user: str | None = None
+) -> Deletion:
     """`delete_job`: a finished job's files, input copies, Blob uploads and row. Raises InvalidInput
-    for an unknown or unfinished job (nothing is deleted then)."""
+    for an unknown or unfinished job (nothing is deleted then). `user`: the asker's scope (None: every
+    job); another user's job reads as no job, exactly like an unknown id."""
     validate_job_id(job_id)
-    row = await db.get(job_id)
+    row = await db.get(job_id, user=user)
     if row is None:
         raise InvalidInput("job_id", f"no job {job_id} on this server.", "an id returned by a generation tool or list_jobs")
     if not row.terminal:
@@ -149,7 +152,7 @@ async def _delete_finished(
     freed = await anyio.to_thread.run_sync(remove_job_files, settings, row.id)
     await _delete_blobs(settings, client, row, urls)
     await db.delete_finished(row.id)
-    log.info("job %s deleted (%s): %d bytes freed", row.id, reason, freed)
+    log.info("job %s (user %s) deleted (%s): %d bytes freed", row.id, row.user_id, reason, freed)
     return Deletion(row.id, "deleted", reason, row.status, row.created_at, freed)
 
 

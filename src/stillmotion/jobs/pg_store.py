@@ -26,6 +26,7 @@ from .caps import RUNNING_SQL, RunningCap
 from .spend import (
     COMMITTED_SQL,
     RESERVED_SQL,
+    USERS_SQL,
     BudgetRule,
     Period,
     PeriodSpend,
@@ -33,15 +34,18 @@ from .spend import (
     period_start,
     refuse_unless_fits,
     status_of,
+    user_row,
 )
 from .store import (
     JSON_COLS,
+    LOCAL_USER,
     ROW_COLS,
     SCHEMA_VERSION,
     DuplicateIdempotencyKey,
     JobRow,
     JobStore,
     check_columns,
+    scoped_key,
 )
 
 log = logging.getLogger(__name__)
@@ -127,7 +131,15 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER jobs_billed BEFORE UPDATE OF status ON jobs
       FOR EACH ROW EXECUTE FUNCTION stillmotion_jobs_billed();
     """,
-    # -> 4: the disk cap (issue #26) deletes a finished job's files and keeps its row
+    # -> 4: users (issue #23): who asked for each job (earlier jobs: the local user), and
+    # idempotency keys per user (stored as <user>\x1f<key>, so the unique index is per user)
+    f"""
+    ALTER TABLE jobs ADD COLUMN IF NOT EXISTS user_id TEXT NOT NULL DEFAULT '{LOCAL_USER}';
+    UPDATE jobs SET idempotency_key = user_id || chr(31) || idempotency_key
+      WHERE idempotency_key IS NOT NULL AND strpos(idempotency_key, chr(31)) = 0;
+    CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at);
+    """,
+    # -> 5: the disk cap (issue #26) deletes a finished job's files and keeps its row
     """
     ALTER TABLE jobs ADD COLUMN IF NOT EXISTS files_deleted INTEGER NOT NULL DEFAULT 0;
     """,
@@ -243,18 +255,22 @@ class PgStore(JobStore):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def get(self, job_id: str) -> JobRow | None:
-        rows = self._rows("SELECT * FROM jobs WHERE id=%s", (job_id,))
+    def get(self, job_id: str, *, user: str | None = None) -> JobRow | None:
+        if user is not None:
+            rows = self._rows("SELECT * FROM jobs WHERE id=%s AND user_id=%s", (job_id, user))
+        else:
+            rows = self._rows("SELECT * FROM jobs WHERE id=%s", (job_id,))
         return rows[0] if rows else None
 
-    def by_idempotency_key(self, key: str) -> JobRow | None:
-        rows = self._rows("SELECT * FROM jobs WHERE idempotency_key=%s", (key,))
+    def by_idempotency_key(self, key: str, *, user: str = LOCAL_USER) -> JobRow | None:
+        rows = self._rows("SELECT * FROM jobs WHERE idempotency_key=%s", (scoped_key(user, key),))
         return rows[0] if rows else None
 
-    def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
-        if status:
-            return self._rows("SELECT * FROM jobs WHERE status=%s ORDER BY created_at DESC LIMIT %s", (status, limit))
-        return self._rows("SELECT * FROM jobs ORDER BY created_at DESC LIMIT %s", (limit,))
+    def recent(self, *, status: str | None = None, limit: int = 20, user: str | None = None) -> list[JobRow]:
+        conds = [*(["status=%s"] if status else []), *(["user_id=%s"] if user is not None else [])]
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        params = (*([status] if status else []), *([user] if user is not None else []), limit)
+        return self._rows(f"SELECT * FROM jobs{where} ORDER BY created_at DESC LIMIT %s", params)
 
     def unfinished(self) -> list[JobRow]:
         return self._rows(f"SELECT * FROM jobs WHERE {NOT_TERMINAL} ORDER BY created_at")
@@ -286,6 +302,8 @@ class PgStore(JobStore):
         lease_s: float | None = None,
         cost: Mapping[str, Any] | None = None,
         budget: BudgetRule | None = None,
+        user: str = LOCAL_USER,
+        user_budget: BudgetRule | None = None,
     ) -> JobRow:
         from psycopg.types.json import Jsonb
 
@@ -296,19 +314,20 @@ class PgStore(JobStore):
         # never both succeed; the loser gets no row back (and no error to parse).
         insert = (
             "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-            " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost)"
+            " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost, user_id)"
             f" SELECT %(id)s, %(tool)s, %(model)s, %(route)s, 'queued', 'new', NULL, t.now, t.now, %(request)s,"
-            " %(args_hash)s, %(key)s, %(warnings)s, %(owner)s, t.now + %(lease)s, %(estimated)s, %(cost)s"
+            " %(args_hash)s, %(key)s, %(warnings)s, %(owner)s, t.now + %(lease)s, %(estimated)s, %(cost)s, %(user)s"
             f" FROM (SELECT {NOW} AS now) t"
             " ON CONFLICT (idempotency_key) DO NOTHING RETURNING *"
         )
         values = {
             "id": job_id, "tool": tool, "model": model, "route": route, "request": Jsonb(request),
-            "args_hash": args_hash, "key": idempotency_key, "warnings": Jsonb(warnings), "owner": owner,
-            "lease": lease, "estimated": estimated,
+            "args_hash": args_hash, "key": scoped_key(user, idempotency_key) if idempotency_key is not None else None,
+            "warnings": Jsonb(warnings), "owner": owner, "lease": lease, "estimated": estimated, "user": user,
             "cost": Jsonb({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)}),
         }
-        if budget is None:
+        rules = [rule for rule in (budget, user_budget) if rule is not None]
+        if not rules:
             r = self._one(insert, values)
         else:
             # one transaction under an advisory lock: every replica's sum, compare and insert in turn
@@ -316,8 +335,9 @@ class PgStore(JobStore):
                 conn.execute("SELECT pg_advisory_xact_lock(%s)", (BUDGET_LOCK,))
                 now_row = conn.execute(f"SELECT {NOW} AS now").fetchone()
                 now = float(now_row["now"])
-                refuse_unless_fits(self._period_spend(conn, budget.period, now), budget, estimated,
-                                   str(cost.get("basis", "")), now)
+                for rule in rules:
+                    refuse_unless_fits(self._period_spend(conn, rule.period, now, rule.user), rule, estimated,
+                                       str(cost.get("basis", "")), now)
                 r = conn.execute(insert, values).fetchone()
         if r is None:
             raise DuplicateIdempotencyKey(idempotency_key)
@@ -326,11 +346,12 @@ class PgStore(JobStore):
     # -- cost -------------------------------------------------------------------------------
 
     @staticmethod
-    def _period_spend(conn: Any, period: Period, now: float) -> PeriodSpend:
+    def _period_spend(conn: Any, period: Period, now: float, user: str | None = None) -> PeriodSpend:
+        mine = " AND user_id = %s" if user is not None else ""
         row = conn.execute(
             f"SELECT COALESCE(SUM({COMMITTED_SQL}), 0) AS c, COALESCE(SUM({RESERVED_SQL}), 0) AS r"
-            " FROM jobs WHERE created_at >= %s",
-            (period_start(period, now),),
+            f" FROM jobs WHERE created_at >= %s{mine}",
+            (period_start(period, now), *((user,) if user is not None else ())),
         ).fetchone()
         return PeriodSpend(float(row["c"]), float(row["r"]))
 
@@ -346,7 +367,11 @@ class PgStore(JobStore):
             )
             return bool(cur.rowcount)
 
-    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+    def spend(
+        self, budget: BudgetRule | None, period: Period, since: float = 0.0, *, user: str | None = None,
+        user_budget: BudgetRule | None = None,
+    ) -> dict[str, Any]:
+        mine = " AND user_id = %s" if user is not None else ""
         with self._pool.connection() as conn:
             now = float(conn.execute(f"SELECT {NOW} AS now").fetchone()["now"])
             spent = self._period_spend(conn, budget.period if budget else period, now)
@@ -361,14 +386,24 @@ class PgStore(JobStore):
                                          THEN estimated_usd ELSE 0 END), 0) AS estimated,
                        COALESCE(SUM({RESERVED_SQL}), 0) AS reserved,
                        SUM(CASE WHEN estimated_usd IS NULL AND route <> 'local' THEN 1 ELSE 0 END) AS unknown
-                FROM jobs WHERE created_at >= %s
+                FROM jobs WHERE created_at >= %s{mine}
                 GROUP BY 1, model, route ORDER BY 1 DESC, model, route
                 """,
-                (since,),
+                (since, *((user,) if user is not None else ())),
             ).fetchall()
+            if user is not None:
+                mine_spent = self._period_spend(conn, user_budget.period if user_budget else period, now, user)
+            else:
+                start = period_start(budget.period if budget else period, now)
+                users = conn.execute(USERS_SQL.format(mark="%s"), (start,)).fetchall()
+        breakdown = [breakdown_row(tuple(r.values())) for r in rows]
+        if user is not None:
+            return {"budget": status_of(mine_spent, user_budget, period, now),
+                    "server_budget": status_of(spent, budget, period, now), "rows": breakdown}
         return {
             "budget": status_of(spent, budget, period, now),
-            "rows": [breakdown_row(tuple(r.values())) for r in rows],
+            "rows": breakdown,
+            "users": [user_row(tuple(r.values()), user_budget) for r in users],
         }
 
     def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:

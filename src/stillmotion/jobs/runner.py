@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
+import av
 import httpx
 
 from .. import logs, metrics
@@ -66,7 +67,7 @@ from ..requests import GenerationRequest
 from ..settings import Settings
 from .async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .batch import StatusBatcher
-from .caps import RunningCap, cap_for
+from .caps import LeaseShort, RunningCap, cap_for
 from .ownership import OwnerId, new_owner_id, owner_is_gone, register_live, unregister_live
 from .retry import RetryPolicy
 from .store import JobRow, JobStore
@@ -284,7 +285,8 @@ class JobRunner:
                 continue
             if not mine:
                 log.info(
-                    "took over job %s (%s, stage %s) from %s", row.id, claimed.status, claimed.stage, row.owner or "nobody"
+                    "took over job %s (user %s, %s, stage %s) from %s", row.id, claimed.user_id, claimed.status,
+                    claimed.stage, row.owner or "nobody",
                 )
                 if row.owner is not None:
                     metrics.TAKEOVERS.inc()
@@ -300,7 +302,7 @@ class JobRunner:
                 self._lose(job, "its lease went to another process or it ended elsewhere")
 
     def _lose(self, job: Job, why: str) -> None:
-        log.info("stopped driving job %s: %s", job.id, why)
+        log.info("stopped driving job %s (user %s): %s", job.id, job.row.user_id, why)
         job.stop.set()
         job.scope.cancel()
 
@@ -398,7 +400,8 @@ class JobRunner:
                 if job.stop.is_set() or (left <= delay and not until_lost):
                     raise
                 if tries == 1 and not until_lost:
-                    log.warning("job %s: %s; retrying the write for up to %.1f s (its lease)", job.id, fault.why, left)
+                    log.warning("job %s (user %s): %s; retrying the write for up to %.1f s (its lease)", job.id,
+                                job.row.user_id, fault.why, left)
                 await anyio.sleep(delay)
                 delay = min(longest, delay * 2)
 
@@ -436,7 +439,7 @@ class JobRunner:
     async def _fail(self, job: Job, err: StillmotionError) -> None:
         """End the job as failed. Never raises: a store that cannot take the write leaves the job to
         be released and taken over (it is driven again, never lost)."""
-        log.info("job %s failed: %s (%s)", job.id, err.kind, err.message)
+        log.info("job %s (user %s) failed: %s (%s)", job.id, job.row.user_id, err.kind, err.message)
         try:
             await self._set(job, status="failed", stage="done", error=err.to_dict())
         except Lost:
@@ -444,23 +447,25 @@ class JobRunner:
         except StoreUnavailable as fault:
             await self._give_up(job, fault)
         except Exception:
-            log.exception("job %s: could not record its failure", job.id)
+            log.exception("job %s (user %s): could not record its failure", job.id, job.row.user_id)
 
     async def _give_up(self, job: Job, fault: StoreUnavailable) -> None:
         """The store failed for as long as the job's lease allowed: stop driving it and release it
         (best effort: if the store still cannot be written, the lease lapses on its own), so whichever
         process reaches the store first, this one included, takes it over where it stopped."""
-        log.warning("job %s: %s for as long as its lease allowed; released for takeover", job.id, fault.why)
+        log.warning("job %s (user %s): %s for as long as its lease allowed; released for takeover", job.id,
+                    job.row.user_id, fault.why)
         job.stop.set()
         with anyio.move_on_after(self.lease_s):
             try:
                 await self.db.release(self.owner, [job.id])
             except Exception as exc:
-                log.info("job %s: release failed too (%s); its lease lapses instead", job.id, type(exc).__name__)
+                log.info("job %s (user %s): release failed too (%s); its lease lapses instead", job.id, job.row.user_id,
+                         type(exc).__name__)
 
     def _waiting(self, job: Job, **extra: Any) -> Callable[[StillmotionError, str], Awaitable[None]]:
         async def on_wait(err: StillmotionError, detail: str) -> None:
-            log.info("job %s: %s", job.id, detail)
+            log.info("job %s (user %s): %s", job.id, job.row.user_id, detail)
             await self._set(job, status_detail=detail, **extra)
 
         return on_wait
@@ -495,7 +500,7 @@ class JobRunner:
         try:
             await self._drive_stages(job)
         except Exception:  # pragma: no cover - _drive_stages ends every job itself; this is the last guard
-            log.exception("job %s: unexpected error while ending it", job.id)
+            log.exception("job %s (user %s): unexpected error while ending it", job.id, job.row.user_id)
         finally:
             self._jobs.pop(job.id, None)
             self._progress_mark.pop(job.id, None)
@@ -510,6 +515,7 @@ class JobRunner:
                 self._clean_leftovers(row.id)
                 # this task's log lines and provider requests carry the job and its provider
                 logs.JOB_ID.set(row.id)
+                logs.USER.set(row.user_id)
                 label = metrics.provider_label(row.model, row.route)
                 logs.PROVIDER.set(label)
                 metrics.PROVIDER.set(label)
@@ -528,7 +534,7 @@ class JobRunner:
                 while stage != "done":
                     stage = await handlers[stage](job)
         except Lost:
-            log.debug("job %s: no longer ours", job.id)
+            log.debug("job %s (user %s): no longer ours", job.id, job.row.user_id)
         except StoreUnavailable as fault:
             await self._give_up(job, fault)
         except StillmotionError as err:
@@ -539,7 +545,7 @@ class JobRunner:
             if raw is not None:  # a store fault raised on a thread (render progress), or a full disk
                 await self._give_up(job, raw)
             else:  # a bug must still end the job, with a message
-                log.exception("job %s crashed", job.id)
+                log.exception("job %s (user %s) crashed", job.id, job.row.user_id)
                 if not job.stop.is_set():
                     await self._fail(job, ProviderError(f"internal error: {type(exc).__name__}: {exc}"))
 
@@ -647,7 +653,10 @@ class JobRunner:
                 if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     await self._set(job, stage="new", status_detail=job.row.status_detail)
-                    raise ProviderError("the lease ran short before the create request went out", retryable=True)
+                    # a local slowdown (a slow store, a paused process) is never a job failure:
+                    # it waits like a cap, with no attempt limit (#21: an xAI job once ended
+                    # failed with no create after five such rounds)
+                    raise LeaseShort("the lease ran short before the create request went out (a slow job store)")
                 try:
                     return await provider.start(ctx)
                 except AmbiguousSubmission:
@@ -695,7 +704,7 @@ class JobRunner:
         provider, ctx = job.provider, job.ctx
         kept = await anyio.to_thread.run_sync(self._kept_answer, job.id)
         if kept is not None:  # answered, but the store could not record it in time: no need to ask
-            log.info("job %s: resuming from the create answer kept on disk", job.id)
+            log.info("job %s (user %s): resuming from the create answer kept on disk", job.id, job.row.user_id)
             return await self._started(job, kept)
         started = await self.retry.run(lambda: provider.recover(ctx), on_wait=self._waiting(job))
         if started is None:
@@ -769,7 +778,8 @@ class JobRunner:
                     )
                 await anyio.sleep(max(0.0, next_poll - time.monotonic()))
                 next_poll = max(next_poll, time.monotonic()) + interval
-                st = await self.retry.run(status, on_wait=on_wait)
+                # a poll costs nothing: throttling and 5xx are waited out until the poll timeout (#21)
+                st = await self.retry.run(status, on_wait=on_wait, until=submitted_at + req.poll_timeout_ms / 1000)
                 if st.state == "pending":
                     if st.progress is not None and (st.progress != job.row.progress or job.row.status_detail):
                         await self._set(job, status="running", progress=st.progress)
@@ -798,11 +808,14 @@ class JobRunner:
         assert job.provider is not None and job.ctx is not None
         provider, ctx = job.provider, job.ctx
         op = job.row.operation or {}
+        # the task is paid for: status queries and the download are retried (429, 5xx) for as long
+        # as a poll would be, counted from now (#21)
+        until = time.time() + ctx.request.poll_timeout_ms / 1000
         video = job.video
         if video is None and job.row.video_url:
             video = VideoResult(url=job.row.video_url, url_expires_at=job.row.video_url_expires_at)
         if video is None:  # taken over between "provider done" and the download: ask again
-            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
+            st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job), until=until)
             if st.state != "completed":
                 return await self._on_status(job, st)
             await self._record_cost(job, st)
@@ -823,15 +836,16 @@ class JobRunner:
                 assert url is not None
                 try:
                     fetch = functools.partial(
-                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes
+                        download_to_file, self.client, self.guard, url, tmp, max_bytes=self.settings.max_download_bytes,
+                        deadline_s=self.settings.fetch_timeout_s,
                     )
-                    await self.retry.run(fetch, on_wait=self._waiting(job))
+                    await self.retry.run(fetch, on_wait=self._waiting(job), until=until)
                     break
                 except Expired:
                     if refreshed:
                         raise
                     refreshed = True
-                    st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job))
+                    st = await self.retry.run(lambda: provider.status(ctx, op), on_wait=self._waiting(job), until=until)
                     if st.state != "completed" or st.video is None or not st.video.url:
                         raise
                     video = st.video
@@ -849,6 +863,15 @@ class JobRunner:
     ) -> None:
         job_dir = await anyio.to_thread.run_sync(self.job_dir, job.id)
         final = job_dir / "video.mp4"
+        if job.ctx is not None and job.ctx.request.tool == "extend_video":
+            from ..media.extend import append_continuation
+
+            # the source followed by its continuation (a native extension already is the whole video)
+            try:
+                tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+            except (ValueError, OSError, av.error.FFmpegError) as exc:
+                raise ProviderError(f"the continuation could not be joined to the video: {exc}", retryable=False) from exc
+            samples = None
         try:
             try:
                 # checks before the rename: a broken file never gets the final name

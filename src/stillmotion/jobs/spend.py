@@ -13,6 +13,10 @@ said, when it says) and `billed`. A job's spend:
 (`submitting`, `polling`, `downloading`): a job that fails before its create goes back to stage
 `new` first, so it stays 0. A job cancelled or interrupted while its create was in flight counts
 as possibly billed. Periods are UTC: the current day, the current month, or all time.
+
+Two budgets may hold at once (issue #23): the whole server's (STILLMOTION_BUDGET_USD, every job)
+and each user's (STILLMOTION_USER_BUDGET_USD, that user's jobs: `BudgetRule.user`). Both are
+checked in the same write transaction as the insert.
 """
 
 from __future__ import annotations
@@ -77,6 +81,15 @@ def period_label(period: Period, now: float | None = None) -> str:
 class BudgetRule:
     usd: float
     period: Period
+    user: str | None = None
+    """None: the whole server's budget (every job); else one user's budget (that user's jobs)."""
+
+    @property
+    def variable(self) -> str:
+        return "STILLMOTION_USER_BUDGET_USD" if self.user is not None else "STILLMOTION_BUDGET_USD"
+
+    def for_user(self, user: str) -> BudgetRule:
+        return BudgetRule(self.usd, self.period, user)
 
 
 @dataclass(frozen=True)
@@ -89,10 +102,12 @@ class PeriodSpend:
         return self.committed_usd + self.reserved_usd
 
 
-def period_spend(db: sqlite3.Connection, period: Period, now: float | None = None) -> PeriodSpend:
+def period_spend(db: sqlite3.Connection, period: Period, now: float | None = None, user: str | None = None) -> PeriodSpend:
+    """The period's committed and reserved spend: every job's, or (`user`) one user's."""
+    mine = " AND user_id = ?" if user is not None else ""
     row = db.execute(
-        f"SELECT COALESCE(SUM({COMMITTED_SQL}), 0), COALESCE(SUM({RESERVED_SQL}), 0) FROM jobs WHERE created_at >= ?",
-        (period_start(period, now),),
+        f"SELECT COALESCE(SUM({COMMITTED_SQL}), 0), COALESCE(SUM({RESERVED_SQL}), 0) FROM jobs WHERE created_at >= ?{mine}",
+        (period_start(period, now), *((user,) if user is not None else ())),
     ).fetchone()
     return PeriodSpend(float(row[0]), float(row[1]))
 
@@ -105,7 +120,7 @@ def reserve_or_refuse(
     db: sqlite3.Connection, budget: BudgetRule, estimated_usd: float | None, basis: str, now: float
 ) -> None:
     """Inside the caller's write transaction: refuse (BudgetExceeded) unless the job fits."""
-    refuse_unless_fits(period_spend(db, budget.period, now), budget, estimated_usd, basis, now)
+    refuse_unless_fits(period_spend(db, budget.period, now, budget.user), budget, estimated_usd, basis, now)
 
 
 def refuse_unless_fits(
@@ -114,27 +129,31 @@ def refuse_unless_fits(
     """Raise BudgetExceeded unless `estimated_usd` fits on top of the period's `spent` (any engine)."""
     left = max(0.0, budget.usd - spent.total_usd)
     when = period_label(budget.period, now)
+    whose = "the" if budget.user is None else "your own"
     how = (
-        "Raise STILLMOTION_BUDGET_USD (or set STILLMOTION_BUDGET_PERIOD) and restart the server"
+        f"Raise {budget.variable} (or set STILLMOTION_BUDGET_PERIOD) and restart the server"
         + ("" if budget.period == "total" else ", or wait for the next period")
         + "; `stillmotion spend` shows where the money went."
     )
     if estimated_usd is None:
         raise BudgetExceeded(
             f"Refused before any request: the price of this job is unknown ({basis}), and with a budget "
-            f"(STILLMOTION_BUDGET_USD={budget.usd:g} per {budget.period}) a job of unknown price could break it. "
+            f"({budget.variable}={budget.usd:g} per {budget.period}) a job of unknown price could break it. "
             f"{_usd(left)} is left {when}. Add this model's price to the STILLMOTION_PRICES file to use it under a budget."
         )
     if spent.total_usd + estimated_usd > budget.usd + EPSILON:
         raise BudgetExceeded(
-            f"Refused before any request: this job is estimated at {_usd(estimated_usd)}, and only {_usd(left)} of the "
-            f"{_usd(budget.usd)} budget is left {when} ({_usd(spent.committed_usd)} committed, "
+            f"Refused before any request: this job is estimated at {_usd(estimated_usd)}, and only {_usd(left)} of "
+            f"{whose} {_usd(budget.usd)} budget is left {when} ({_usd(spent.committed_usd)} committed, "
             f"{_usd(spent.reserved_usd)} reserved by jobs in flight). {how}"
         )
 
 
-def budget_status(db: sqlite3.Connection, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
-    return status_of(period_spend(db, budget.period if budget else period, now), budget, period, now)
+def budget_status(
+    db: sqlite3.Connection, budget: BudgetRule | None, period: Period, now: float | None = None, user: str | None = None
+) -> dict[str, Any]:
+    """The standing of `budget` (or, without one, the spend of `period`): every job's, or `user`'s."""
+    return status_of(period_spend(db, budget.period if budget else period, now, user), budget, period, now)
 
 
 def status_of(spent: PeriodSpend, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
@@ -150,8 +169,10 @@ def status_of(spent: PeriodSpend, budget: BudgetRule | None, period: Period, now
     }
 
 
-def spend_breakdown(db: sqlite3.Connection, since: float = 0.0) -> list[dict[str, Any]]:
-    """Spend by UTC day, model and route: committed, actual, estimated, in flight, unknown-price jobs."""
+def spend_breakdown(db: sqlite3.Connection, since: float = 0.0, user: str | None = None) -> list[dict[str, Any]]:
+    """Spend by UTC day, model and route: committed, actual, estimated, in flight, unknown-price jobs
+    (every job's, or `user`'s)."""
+    mine = " AND user_id = ?" if user is not None else ""
     rows = db.execute(
         f"""
         SELECT strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, model, route,
@@ -163,12 +184,36 @@ def spend_breakdown(db: sqlite3.Connection, since: float = 0.0) -> list[dict[str
                                  THEN estimated_usd ELSE 0 END), 0) AS estimated,
                COALESCE(SUM({RESERVED_SQL}), 0) AS reserved,
                SUM(CASE WHEN estimated_usd IS NULL AND route != 'local' THEN 1 ELSE 0 END) AS unknown
-        FROM jobs WHERE created_at >= ?
+        FROM jobs WHERE created_at >= ?{mine}
         GROUP BY day, model, route ORDER BY day DESC, model, route
         """,
-        (since,),
+        (since, *((user,) if user is not None else ())),
     ).fetchall()
     return [breakdown_row(tuple(r)) for r in rows]
+
+
+USERS_SQL = f"""
+SELECT user_id, COUNT(*) AS jobs, COALESCE(SUM({COMMITTED_SQL}), 0) AS committed, COALESCE(SUM({RESERVED_SQL}), 0) AS reserved
+FROM jobs WHERE created_at >= {{mark}} GROUP BY user_id ORDER BY 3 DESC, user_id
+"""
+"""Spend per user since a time; `{mark}` is the engine's placeholder."""
+
+
+def user_row(r: tuple[Any, ...], budget: BudgetRule | None) -> dict[str, Any]:
+    """One user's (user, jobs, committed, reserved) in the period, with what is left of their own budget."""
+    spent = PeriodSpend(float(r[2]), float(r[3]))
+    return {
+        "user": str(r[0]),
+        "jobs": int(r[1]),
+        "committed_usd": round(spent.committed_usd, 6),
+        "reserved_usd": round(spent.reserved_usd, 6),
+        "left_usd": round(max(0.0, budget.usd - spent.total_usd), 6) if budget else None,
+    }
+
+
+def users_breakdown(db: sqlite3.Connection, since: float, budget: BudgetRule | None) -> list[dict[str, Any]]:
+    rows = db.execute(USERS_SQL.format(mark="?"), (since,)).fetchall()
+    return [user_row(tuple(r), budget) for r in rows]
 
 
 def breakdown_row(r: tuple[Any, ...]) -> dict[str, Any]:

@@ -17,6 +17,12 @@ write it makes while driving a job is conditional on still owning it. Anyone may
 
 Resume bookmarks live in their own columns (`submitted_at`, `video_url`, `video_url_expires_at`,
 `provider_done_at`), never inside the provider's opaque `operation` or the published `result`.
+
+Users (issue #23): every job has a `user_id`, the user who asked for it (`local`: a stdio server's
+own user, and every job made before users existed). Reads that answer a person take `user`: a job
+of another user reads as no job at all (None = every user's: admins and the runner). Idempotency
+keys are per user: the key column holds `<user>\x1f<key>` (`scoped_key`), so its unique index is
+one per user.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from .spend import (
     BudgetRule,
     Period,
     budget_status,
+    period_start,
     reserve_or_refuse,
     spend_breakdown,
+    users_breakdown,
 )
 
 Status = Literal["queued", "running", "downloading", "succeeded", "failed", "cancelled"]
@@ -51,8 +59,20 @@ Stage = Literal["new", "submitting", "polling", "downloading", "done"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 UNFINISHED: tuple[str, ...] = ("queued", "running", "downloading")
 JOB_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{7,63}$")
-SCHEMA_VERSION = 4
-"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks. 3: cost columns (estimate, actual, billed; issue #15). 4: `files_deleted` (the disk cap; issue #26)."""
+SCHEMA_VERSION = 5
+"""1: the first release (no ownership, bookmarks inside operation/result); 2: ownership + bookmarks. 3: cost columns (estimate, actual, billed; issue #15). 4: user_id, idempotency keys per user (issue #23). 5: `files_deleted` (the disk cap; issue #26)."""
+LOCAL_USER = "local"
+"""The user of a stdio server, of an HTTP server with one shared token (or none), and of every job
+made before users existed."""
+KEY_SEP = "\x1f"
+"""Between the user and the key in the idempotency_key column (user ids never contain it)."""
+
+
+def scoped_key(user: str, key: str) -> str:
+    """The stored form of `user`'s idempotency key: one namespace per user."""
+    if KEY_SEP in user:
+        raise ValueError("a user id cannot contain the unit separator")
+    return f"{user}{KEY_SEP}{key}"
 
 
 def new_job_id() -> str:
@@ -114,6 +134,8 @@ class JobRow:
     """What the provider's answer said it cost: {usd, units, source}."""
     billed: int = 0
     """1 once the job ended after reaching the provider (set by a trigger; see jobs/spend.py)."""
+    user_id: str = LOCAL_USER
+    """Who asked for the job (issue #23); never a token."""
     files_deleted: int = 0
     """1 once the disk cap (STILLMOTION_MAX_OUTPUT_GB) deleted the finished job's files; the row stays."""
 
@@ -176,14 +198,16 @@ class JobStore(ABC):
     # -- reads ----------------------------------------------------------------------------
 
     @abstractmethod
-    def get(self, job_id: str) -> JobRow | None: ...
+    def get(self, job_id: str, *, user: str | None = None) -> JobRow | None:
+        """The job; with `user`, only if it is that user's (another user's job reads as None)."""
 
     @abstractmethod
-    def by_idempotency_key(self, key: str) -> JobRow | None: ...
+    def by_idempotency_key(self, key: str, *, user: str = LOCAL_USER) -> JobRow | None:
+        """`user`'s job created with this key (keys are per user)."""
 
     @abstractmethod
-    def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
-        """Newest first (created_at), optionally only one status."""
+    def recent(self, *, status: str | None = None, limit: int = 20, user: str | None = None) -> list[JobRow]:
+        """Newest first (created_at), optionally only one status; with `user`, only that user's."""
 
     @abstractmethod
     def unfinished(self) -> list[JobRow]:
@@ -226,23 +250,33 @@ class JobStore(ABC):
         lease_s: float | None = None,
         cost: Mapping[str, Any] | None = None,
         budget: BudgetRule | None = None,
+        user: str = LOCAL_USER,
+        user_budget: BudgetRule | None = None,
     ) -> JobRow:
-        """Insert a queued job at stage `new`, owned by `owner` (leased for `lease_s`) when given.
-        Raises DuplicateIdempotencyKey when the key is taken.
+        """Insert a queued job at stage `new` for `user`, owned by `owner` (leased for `lease_s`) when
+        given. Raises DuplicateIdempotencyKey when `user` already used the key.
 
         `cost` is the estimate ({estimated_usd, basis, estimate}). With `budget`, the period's spend
         is summed, compared and the job inserted in ONE write transaction, so concurrent
         submissions (threads, processes, replicas) can never go over together; raises
-        BudgetExceeded (nothing inserted) when the estimate does not fit or is unknown."""
+        BudgetExceeded (nothing inserted) when the estimate does not fit or is unknown.
+        `user_budget` (a rule with `user` set) is held the same way, in the same transaction,
+        over that user's jobs."""
 
     @abstractmethod
     def set_actual_cost(self, job_id: str, owner: str, usd: float | None, detail: Mapping[str, Any]) -> bool:
         """Owned write of what the provider's answer said the job cost; False when not owned."""
 
     @abstractmethod
-    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+    def spend(
+        self, budget: BudgetRule | None, period: Period, since: float = 0.0, *, user: str | None = None,
+        user_budget: BudgetRule | None = None,
+    ) -> dict[str, Any]:
         """{budget: standing in its period (committed, reserved, left), rows: spend by UTC day,
-        model and route since `since`}; see jobs/spend.py for what counts."""
+        model and route since `since`}; see jobs/spend.py for what counts. Without `user`, also
+        `users`: each user's spend in the period (and what is left of `user_budget`'s amount).
+        With `user`: only that user's rows, `budget` is `user_budget`'s standing (or that user's
+        spend in `period`), and `server_budget` the whole server's standing."""
 
     @abstractmethod
     def claim(self, job_id: str, owner: str, lease_s: float, stale_owners: Collection[str] = ()) -> JobRow | None:
@@ -383,9 +417,15 @@ ADDED_COLUMNS = (
     ("actual_usd", "REAL"),
     ("actual_cost", "TEXT"),
     ("billed", "INTEGER NOT NULL DEFAULT 0"),
+    ("user_id", f"TEXT NOT NULL DEFAULT '{LOCAL_USER}'"),
     ("files_deleted", "INTEGER NOT NULL DEFAULT 0"),
 )
-"""Columns of schemas 2-4, added in place to older databases."""
+"""Columns of schema 2 and later, added in place to older databases."""
+SCOPE_OLD_KEYS = (
+    "UPDATE jobs SET idempotency_key = user_id || char(31) || idempotency_key"
+    " WHERE idempotency_key IS NOT NULL AND instr(idempotency_key, char(31)) = 0"
+)
+"""Schema 4: keys stored before users existed become the local user's (idempotent)."""
 
 _NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
 BUSY_TIMEOUT_S = 30.0
@@ -417,11 +457,14 @@ class SqliteStore(JobStore):
                 if name not in have:
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             self._db.execute("CREATE INDEX IF NOT EXISTS jobs_updated ON jobs(updated_at)")
+            self._db.execute("CREATE INDEX IF NOT EXISTS jobs_user_created ON jobs(user_id, created_at)")
             self._db.execute(BILLED_TRIGGER)
             row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             version = int(row[0]) if row else 1
             if version < 2:
                 self._move_bookmarks()
+            if version < SCHEMA_VERSION:
+                self._db.execute(SCOPE_OLD_KEYS)
             if version < SCHEMA_VERSION:
                 self._db.execute(
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
@@ -488,18 +531,21 @@ class SqliteStore(JobStore):
             rows = self._db.execute(f"SELECT * FROM jobs WHERE {where} {tail}", params).fetchall()
         return [self._row(r) for r in rows]
 
-    def get(self, job_id: str) -> JobRow | None:
-        rows = self._select("id=?", (job_id,))
+    def get(self, job_id: str, *, user: str | None = None) -> JobRow | None:
+        if user is not None:
+            rows = self._select("id=? AND user_id=?", (job_id, user))
+        else:
+            rows = self._select("id=?", (job_id,))
         return rows[0] if rows else None
 
-    def by_idempotency_key(self, key: str) -> JobRow | None:
-        rows = self._select("idempotency_key=?", (key,))
+    def by_idempotency_key(self, key: str, *, user: str = LOCAL_USER) -> JobRow | None:
+        rows = self._select("idempotency_key=?", (scoped_key(user, key),))
         return rows[0] if rows else None
 
-    def recent(self, *, status: str | None = None, limit: int = 20) -> list[JobRow]:
-        if status:
-            return self._select("status=?", (status, limit), "ORDER BY created_at DESC LIMIT ?")
-        return self._select("1", (limit,), "ORDER BY created_at DESC LIMIT ?")
+    def recent(self, *, status: str | None = None, limit: int = 20, user: str | None = None) -> list[JobRow]:
+        where = " AND ".join(["1", *(["status=?"] if status else []), *(["user_id=?"] if user is not None else [])])
+        params = (*([status] if status else []), *([user] if user is not None else []), limit)
+        return self._select(where, params, "ORDER BY created_at DESC LIMIT ?")
 
     def unfinished(self) -> list[JobRow]:
         return self._select(f"{_NOT_TERMINAL}", (), "ORDER BY created_at")
@@ -548,6 +594,8 @@ class SqliteStore(JobStore):
         lease_s: float | None = None,
         cost: Mapping[str, Any] | None = None,
         budget: BudgetRule | None = None,
+        user: str = LOCAL_USER,
+        user_budget: BudgetRule | None = None,
     ) -> JobRow:
         now = self.now()
         lease = now + lease_s if owner is not None and lease_s is not None else None
@@ -555,15 +603,17 @@ class SqliteStore(JobStore):
         estimated = cost.get("estimated_usd")
         try:
             with self._lock, self._write() as db:
-                if budget is not None:  # BEGIN IMMEDIATE holds the write lock: sum, compare, insert
-                    reserve_or_refuse(db, budget, estimated, str(cost.get("basis", "")), now)
+                for rule in (budget, user_budget):  # BEGIN IMMEDIATE holds the write lock: sum, compare, insert
+                    if rule is not None:
+                        reserve_or_refuse(db, rule, estimated, str(cost.get("basis", "")), now)
                 db.execute(
                     "INSERT INTO jobs (id, tool, model, route, status, stage, progress, created_at, updated_at, request,"
-                    " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost)"
-                    " VALUES (?,?,?,?,'queued','new',NULL,?,?,?,?,?,?,?,?,?,?)",
-                    (job_id, tool, model, route, now, now, json.dumps(request), args_hash, idempotency_key,
+                    " args_hash, idempotency_key, warnings, owner, lease_expires_at, estimated_usd, cost, user_id)"
+                    " VALUES (?,?,?,?,'queued','new',NULL,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job_id, tool, model, route, now, now, json.dumps(request), args_hash,
+                     scoped_key(user, idempotency_key) if idempotency_key is not None else None,
                      json.dumps(warnings), owner, lease, estimated,
-                     json.dumps({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)})),
+                     json.dumps({"basis": cost.get("basis", ""), "estimate": cost.get("estimate", True)}), user),
                 )
         except sqlite3.IntegrityError as exc:
             if idempotency_key is not None and "idempotency_key" in str(exc):
@@ -711,9 +761,20 @@ class SqliteStore(JobStore):
                 )
                 return cur.rowcount > 0
 
-    def spend(self, budget: BudgetRule | None, period: Period, since: float = 0.0) -> dict[str, Any]:
+    def spend(
+        self, budget: BudgetRule | None, period: Period, since: float = 0.0, *, user: str | None = None,
+        user_budget: BudgetRule | None = None,
+    ) -> dict[str, Any]:
         with self._lock:
-            return {"budget": budget_status(self._db, budget, period), "rows": spend_breakdown(self._db, since)}
+            if user is None:
+                start = period_start(budget.period if budget else period)
+                return {"budget": budget_status(self._db, budget, period), "rows": spend_breakdown(self._db, since),
+                        "users": users_breakdown(self._db, start, user_budget)}
+            return {
+                "budget": budget_status(self._db, user_budget, period, user=user),
+                "server_budget": budget_status(self._db, budget, period),
+                "rows": spend_breakdown(self._db, since, user),
+            }
 
     # -- deleting ---------------------------------------------------------------------------
 

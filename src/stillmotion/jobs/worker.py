@@ -1,11 +1,14 @@
 """The background worker: finishes a home's jobs after the client that started them went away.
 
 A stdio server that stops (stdin closed, SIGTERM, SIGHUP) while it owns unfinished jobs releases
-them and calls `ensure_worker`: if no worker holds the home's lock file, one is started as a
+them and calls `ensure_worker`: it takes the home's worker lock itself (an exclusive `flock`,
+without waiting) and, only if it got it, starts the worker with the locked descriptor inherited,
+so the worker holds the lock from its first instant and the lock is never free between "no worker
+is running" and "one is starting": a burst of exiting servers starts at most one. It is started as a
 detached process (its own session, so a client killing the server's process group does not
 stop it; stdin, stdout and stderr on /dev/null, so the client still sees the server's stdout
 close). The worker claims every unowned or stale job like any other process, logs to
-`<home>/worker.log`, and exits after `STILLMOTION_WORKER_IDLE_MS` with nothing to do.
+`<home>/worker.log` (rotated at STILLMOTION_WORKER_LOG_BYTES, LOG_BACKUPS old files kept), and exits after `STILLMOTION_WORKER_IDLE_MS` with nothing to do.
 `stillmotion worker` runs the same loop in the foreground (systemd, a container), without the
 idle exit.
 """
@@ -13,6 +16,7 @@ idle exit.
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import signal
 import subprocess
@@ -34,6 +38,9 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "worker.lock"
 LOG_NAME = "worker.log"
+LOG_BACKUPS = 3
+LOCK_FD_ENV = "STILLMOTION_WORKER_LOCK_FD"
+"""Set for a worker started by `ensure_worker`: the inherited descriptor of the home's lock, already held."""
 META_KEY = "worker"
 """meta key holding the running worker's owner id (for `stillmotion jobs`)."""
 
@@ -71,30 +78,58 @@ def ensure_worker(settings: Settings) -> bool:
     """Start a detached background worker for this home unless one is alive. True if one was started."""
     if not settings.background or sys.platform == "win32":
         return False
-    if worker_alive(settings.home):
+    # Deciding and starting under one lock: the lock taken here is handed to the worker (the
+    # inherited descriptor shares it), so no other server can see "no worker" until it exits.
+    lock = take_lock(settings.home)
+    if lock is None:
         log.info("a background worker is already running for %s; it takes the released jobs", settings.home)
         return False
-    env = dict(os.environ)
-    env["STILLMOTION_HOME"] = str(settings.home)
-    env["STILLMOTION_OUTPUT_DIR"] = str(settings.output_dir)
-    cmd = [sys.executable, "-m", "stillmotion", "worker", "--background"]
-    proc = subprocess.Popen(
-        cmd,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        close_fds=True,
-        env=env,
-        cwd=str(settings.home),
-    )
+    try:
+        env = dict(os.environ)
+        env["STILLMOTION_HOME"] = str(settings.home)
+        env["STILLMOTION_OUTPUT_DIR"] = str(settings.output_dir)
+        env[LOCK_FD_ENV] = str(lock.fileno())
+        cmd = [sys.executable, "-m", "stillmotion", "worker", "--background"]
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(lock.fileno(),),
+            env=env,
+            cwd=str(settings.home),
+        )
+    finally:
+        lock.close()  # the worker's copy of the descriptor keeps the lock
     log.info("started background worker pid %d for %s (log: %s)", proc.pid, settings.home, settings.home / LOG_NAME)
     return True
 
 
-def log_to_file(home: Path, verbose: bool = False) -> None:
+def inherited_lock() -> IO[bytes] | None:
+    """The lock `ensure_worker` handed to this process (None when started otherwise, or not held)."""
+    raw = os.environ.pop(LOCK_FD_ENV, None)
+    if raw is None or sys.platform == "win32" or not raw.isdigit():
+        return None
+    try:
+        fh = os.fdopen(int(raw), "ab")
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: succeeds at once
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def log_to_file(home: Path, verbose: bool = False, max_bytes: int = 5_000_000) -> None:
+    """The background worker's log: `<home>/worker.log`, rotated at `max_bytes` (LOG_BACKUPS old files kept)."""
     home.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(home / LOG_NAME, encoding="utf-8")
+    handler = logging.handlers.RotatingFileHandler(
+        home / LOG_NAME, maxBytes=max_bytes, backupCount=LOG_BACKUPS, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -107,7 +142,7 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
     """Drive every unowned or stale job of the home until stopped (or, with idle_exit, idle)."""
     from ..service import Service
 
-    lock = take_lock(settings.home)
+    lock = inherited_lock() or take_lock(settings.home)
     if lock is None and idle_exit:
         log.info("another worker holds %s; exiting", lock_path(settings.home))
         return 0

@@ -16,7 +16,7 @@ import io
 import os
 import re
 import stat
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..catalog import ImageRules
 from ..errors import InvalidInput
-from .net import UrlGuard, fetch_bytes
+from .net import FETCH_DEADLINE_S, Fetched, UrlGuard, fetched_temp
 
 Image.MAX_IMAGE_PIXELS = None
 """Pillow's own bomb guard is off: it would refuse (or warn about) a big image before its header can
@@ -47,6 +47,20 @@ def image_work_limiter() -> anyio.CapacityLimiter:
     if not _IMAGE_WORK:
         _IMAGE_WORK.append(anyio.CapacityLimiter(2))
     return _IMAGE_WORK[0]
+
+
+_ADMISSION: list[anyio.CapacityLimiter] = []
+ADMITTED = 2
+"""Submissions whose image pipeline (read, decode, checks, hashing, writing) runs at once."""
+
+
+def admission_limiter() -> anyio.CapacityLimiter:
+    """One slot per submission for its whole image pipeline: a request queued behind it has read
+    nothing yet, so memory follows the work in progress (ADMITTED submissions), not the queue. URL
+    inputs are fetched to temporary files before a slot is taken (a slow URL holds no slot)."""
+    if not _ADMISSION:
+        _ADMISSION.append(anyio.CapacityLimiter(ADMITTED))
+    return _ADMISSION[0]
 
 
 async def off_loop(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -196,10 +210,12 @@ _KIND = {
 }
 
 
-def _read_local(path: Path, argument: str, roots: tuple[Path, ...] | None, max_bytes: int) -> bytes:
-    """Read a local image file: a regular file only (checked on the opened descriptor, which is
-    opened non-blocking so a FIFO cannot hang), at most max_bytes + 1 bytes. Blocking: call it on a
-    worker thread."""
+def open_regular(path: Path, argument: str, roots: tuple[Path, ...] | None, max_bytes: int) -> int:
+    """Open a local input file for reading: inside `roots` (when given), a regular file only
+    (checked on the opened descriptor, which is opened non-blocking so a FIFO cannot hang), at most
+    max_bytes by its size. Returns the descriptor (the caller closes it). Blocking: a worker thread."""
+    if "\x00" in str(path):
+        raise InvalidInput(argument, "holds a NUL byte; no file name can.", "a file path without NUL bytes")
     if roots is not None:
         if not roots:
             raise InvalidInput(
@@ -232,19 +248,34 @@ def _read_local(path: Path, argument: str, roots: tuple[Path, ...] | None, max_b
             raise InvalidInput(argument, f"{path} is a {kind}, not a regular file; only image files are read.", "a regular image file")
         if st.st_size > max_bytes:
             raise InvalidInput(argument, f"{path} is {st.st_size} bytes, over the {max_bytes}-byte read cap.")
-        chunks: list[bytes] = []
-        got = 0
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_chunks(fd: int, path: Path, argument: str, max_bytes: int) -> Iterator[bytes]:
+    """An opened file's bytes in 1 MiB chunks, at most max_bytes (a file that grows past it while
+    being read is refused)."""
+    got = 0
+    try:
         while got <= max_bytes:
             chunk = os.read(fd, min(1024 * 1024, max_bytes + 1 - got))
             if not chunk:
-                break
-            chunks.append(chunk)
+                return
             got += len(chunk)
-        if got > max_bytes:
-            raise InvalidInput(argument, f"{path} is over the {max_bytes}-byte read cap (it grew while being read).")
-        return b"".join(chunks)
+            if got > max_bytes:
+                raise InvalidInput(argument, f"{path} is over the {max_bytes}-byte read cap (it grew while being read).")
+            yield chunk
     except OSError as exc:
         raise InvalidInput(argument, f"cannot read {path}: {exc.strerror}.") from exc
+
+
+def _read_local(path: Path, argument: str, roots: tuple[Path, ...] | None, max_bytes: int) -> bytes:
+    """Read a local input file (see `open_regular`), at most max_bytes. Blocking: a worker thread."""
+    fd = open_regular(path, argument, roots, max_bytes)
+    try:
+        return b"".join(read_chunks(fd, path, argument, max_bytes))
     finally:
         os.close(fd)
 
@@ -279,17 +310,24 @@ async def load_image(
     max_bytes: int,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     model: str | None = None,
+    prefetched: Fetched | None = None,
+    deadline_s: float = FETCH_DEADLINE_S,
 ) -> LoadedImage:
     """Turn any accepted image form into bytes + facts: read (capped, off the event loop), the pixel
     cap checked from the header, then decoded completely and made upright on a worker thread. Does
-    not apply a model's other rules (see check_image)."""
+    not apply a model's other rules (see check_image). A URL already fetched to a file comes as
+    `prefetched`; its final URL (after redirects, each hop checked) is the one kept."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(argument, "must be a non-empty string (path, file:// or http(s) URL, data: URI, base64).")
     s = value.strip()
     url: str | None = None
-    if s.startswith(("http://", "https://")):
-        data, _ = await fetch_bytes(client, guard, s, max_bytes=max_bytes, argument=argument)
-        url = s
+    if prefetched is not None:
+        data = await anyio.to_thread.run_sync(prefetched.path.read_bytes)
+        url = prefetched.final_url
+    elif s.startswith(("http://", "https://")):
+        async with fetched_temp(guard, s, max_bytes=max_bytes, argument=argument, deadline_s=deadline_s) as got:
+            data = await anyio.to_thread.run_sync(got.path.read_bytes)
+            url = got.final_url
     elif s.startswith("stillmotion://"):
         path = await _resource(s, argument, resolve_resource)  # a store lookup (on the store's threads)
         data = await anyio.to_thread.run_sync(functools.partial(_read_local, path, argument, None, max_bytes))

@@ -15,6 +15,7 @@ Two paths:
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ class ClipFacts:
     fps: Fraction
     frame_count: int
     has_audio: bool
+    rotation: int = 0
+    """Display rotation applied when joining (0, 90, 180 or 270 degrees counterclockwise); width and
+    height are the displayed (rotated) size."""
 
     @property
     def duration(self) -> Fraction:
@@ -65,7 +69,7 @@ class JoinReport:
 
 
 def clip_facts(path: Path) -> ClipFacts:
-    """Size, exact frame rate and frame count (by counting packets: no decoding)."""
+    """Size, exact frame rate and frame count (by counting packets, not the header's count: no decoding)."""
     with av.open(str(path), "r") as c:
         if not c.streams.video:
             raise ValueError(f"{path.name} has no video stream")
@@ -73,12 +77,179 @@ def clip_facts(path: Path) -> ClipFacts:
         rate = v.average_rate or v.guessed_rate or v.base_rate
         if not rate:
             raise ValueError(f"{path.name} has no frame rate")
-        declared = int(v.frames or 0)
-        count = declared or sum(1 for p in c.demux(v) if p.size > 0)
+        count = sum(1 for p in c.demux(v) if p.size > 0)
         return ClipFacts(
             Path(path), int(v.codec_context.width), int(v.codec_context.height),
             Fraction(rate).limit_denominator(1001 * 1000), count, bool(c.streams.audio),
         )  # fmt: skip
+
+
+MIN_FPS, MAX_FPS = 1, 120
+"""The frame rates a clip may have, declared and as its packets' timestamps measure it."""
+CROSSFADE_MEMORY_BYTES = 384 * 1024 * 1024
+"""A crossfade holds `crossfade_s x fps` output frames (RGB) of the first clip's size at once."""
+
+
+class ClipRefused(ValueError):
+    """A clip that cannot be joined safely; the message says why (for `invalid_input`)."""
+
+
+def measure_clip(path: Path, *, max_pixels: int, decode: bool = True) -> ClipFacts:
+    """A clip measured, not believed (CPU: a worker thread). Checked in this order, each failure a
+    ClipRefused: an MP4/MOV container with a video stream; the frame size from the stream header
+    against `max_pixels`, before any decode; the declared frame rate within MIN_FPS-MAX_FPS; the
+    packets counted and their timestamps' span giving a measured rate in that range too. With
+    `decode`, every frame is then decoded (one at a time): each must fit `max_pixels`, none may be
+    missing, and the count and the display rotation come from the decoded frames. Without it (a video
+    this server made), the count is the packets'."""
+    try:
+        c = _open_capped(path, max_pixels)
+    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+        raise ClipRefused(f"not a video file ({str(exc)[:120]})") from None
+    try:
+        fmt = str(getattr(c.format, "name", ""))
+        if "mp4" not in fmt and "mov" not in fmt:
+            raise ClipRefused(f"not an MP4/MOV video (its content is {fmt or 'unknown'})")
+        if not c.streams.video:
+            raise ClipRefused("has no video stream")
+        v = c.streams.video[0]
+        w, h = int(v.codec_context.width), int(v.codec_context.height)
+        if w <= 0 or h <= 0:
+            raise ClipRefused(
+                f"has no frame size that can be read within {max_pixels / 1e6:.1f} megapixels (larger frames, or none)"
+            )
+        if w * h > max_pixels:
+            raise ClipRefused(
+                f"is {w}x{h} ({w * h / 1e6:.1f} megapixels) by its header; at most {max_pixels / 1e6:.1f} megapixels "
+                "can be joined (checked before decoding)"
+            )
+        rate = v.average_rate or v.guessed_rate or v.base_rate
+        if not rate or not MIN_FPS <= float(rate) <= MAX_FPS:
+            shown = f"{float(rate):.6g} fps" if rate else "no frame rate"
+            raise ClipRefused(f"declares {shown}; clips of {MIN_FPS}-{MAX_FPS} fps can be joined")
+        fps = Fraction(rate).limit_denominator(1001 * 1000)
+        count, first, last = _count_packets(c, v)
+        if count == 0:
+            raise ClipRefused("has no video frames")
+        if count >= 2 and v.time_base is not None:
+            span = float((last - first) * v.time_base)
+            measured = (count - 1) / span if span > 0 else math.inf
+            if not MIN_FPS * 0.99 <= measured <= MAX_FPS * 1.01:
+                raise ClipRefused(
+                    f"has {count} frames whose timestamps span {span:.6g} s ({measured:.6g} fps); "
+                    f"clips of {MIN_FPS}-{MAX_FPS} fps can be joined"
+                )
+        has_audio = bool(c.streams.audio)
+    finally:
+        c.close()
+    facts = ClipFacts(Path(path), w, h, fps, count, has_audio)
+    return decoded(facts, max_pixels) if decode else facts
+
+
+def decoded(facts: ClipFacts, max_pixels: int) -> ClipFacts:
+    """`facts` after decoding every frame (one at a time): the count is the decoded frames', the
+    display rotation the first frame's (width and height turned to match). ClipRefused when a frame
+    is over `max_pixels`, fails to decode, or is missing."""
+    count, rotation = _decode_all(facts.path, max_pixels, facts.frame_count)
+    w, h = (facts.height, facts.width) if rotation in (90, 270) else (facts.width, facts.height)
+    return ClipFacts(facts.path, w, h, facts.fps, count, facts.has_audio, rotation)
+
+
+def _open_capped(path: Path, max_pixels: int) -> Any:
+    """Open with FFmpeg's own `max_pixels`: probing the stream (which may decode a frame to learn its
+    size) refuses a bigger frame instead of allocating it."""
+    return av.open(str(path), "r", options={"max_pixels": str(max_pixels)})
+
+
+def _count_packets(c: Any, v: Any) -> tuple[int, int, int]:
+    count, first, last = 0, 0, 0
+    try:
+        for p in c.demux(v):
+            if p.size <= 0:
+                continue
+            if p.pts is not None:
+                first, last = (p.pts, p.pts) if count == 0 else (min(first, p.pts), max(last, p.pts))
+            count += 1
+    except av.error.FFmpegError as exc:
+        raise ClipRefused(f"cannot be read to the end ({str(exc)[:120]})") from None
+    return count, first, last
+
+
+def _decode_all(path: Path, max_pixels: int, packets: int) -> tuple[int, int]:
+    """(frames decoded, display rotation), one frame at a time."""
+    count, rotation = 0, 0
+    with _open_capped(path, max_pixels) as c:
+        v = c.streams.video[0]
+        v.codec_context.options = {"max_pixels": str(max_pixels)}  # the decoder refuses bigger frames
+        try:
+            for frame in c.decode(v):
+                if frame.width * frame.height > max_pixels:
+                    raise ClipRefused(f"has a {frame.width}x{frame.height} frame, over {max_pixels / 1e6:.1f} megapixels")
+                if count == 0:
+                    rotation = _rotation(frame)
+                count += 1
+        except av.error.FFmpegError as exc:
+            raise ClipRefused(f"does not decode ({str(exc)[:120]})") from None
+    if count == 0:
+        raise ClipRefused("no frame decodes")
+    if count < packets:
+        raise ClipRefused(f"is truncated or corrupt ({count} of {packets} frames decode)")
+    _check_audio(path)
+    return count, rotation
+
+
+def _check_audio(path: Path) -> None:
+    """The audio track, when there is one, decodes (the join reads it later), frame by frame."""
+    with av.open(str(path), "r") as c:
+        if not c.streams.audio:
+            return
+        try:
+            for _ in c.decode(audio=0):
+                pass
+        except av.error.FFmpegError as exc:
+            raise ClipRefused(f"has an audio track that does not decode ({str(exc)[:120]})") from None
+
+
+def _rotation(frame: VideoFrame) -> int:
+    raw = float(getattr(frame, "rotation", 0) or 0)
+    quarter = round(raw / 90)
+    if abs(raw - quarter * 90) > 0.5:
+        raise ClipRefused(
+            f"has a display rotation of {raw:g} degrees; only multiples of 90 can be applied (re-export it upright)"
+        )
+    return (quarter * 90) % 360
+
+
+def crossfade_problem(clips: list[ClipFacts], crossfade_s: float) -> str | None:
+    """Why the re-encode path would refuse `crossfade_s` for these clips (None when it will not):
+    the overlap, in output frames, must be shorter than every clip's section, and the frames it holds
+    must fit CROSSFADE_MEMORY_BYTES."""
+    if crossfade_s <= 0 or not clips:
+        return None
+    fps = clips[0].fps
+    overlap = round(crossfade_s * fps)
+    lengths = [_section_length(c, fps) for c in clips]
+    shortest = min(range(len(clips)), key=lambda i: lengths[i])
+    if overlap >= lengths[shortest]:
+        return (
+            f"is {crossfade_s:g} s, {overlap} frames at {float(fps):g} fps, not shorter than clip {shortest + 1} "
+            f"({lengths[shortest]} frames, {float(lengths[shortest] / fps):.3f} s)"
+        )
+    frame_bytes = clips[0].width * clips[0].height * 3
+    if overlap * frame_bytes > CROSSFADE_MEMORY_BYTES:
+        most = CROSSFADE_MEMORY_BYTES // frame_bytes
+        return (
+            f"is {crossfade_s:g} s, {overlap} frames of {clips[0].width}x{clips[0].height} held at once; at most "
+            f"{most} frames ({most / float(fps):.2f} s) fit the join's memory"
+        )
+    return None
+
+
+def planned_seconds(clips: list[ClipFacts], crossfade_s: float) -> float:
+    """The joined video's length in seconds (either path)."""
+    if can_stream_copy(clips, crossfade_s):
+        return float(sum(c.duration for c in clips))
+    return float(planned_frames(clips, crossfade_s) / clips[0].fps)
 
 
 def _signature(path: Path) -> tuple[Any, ...]:
@@ -99,8 +270,8 @@ def _signature(path: Path) -> tuple[Any, ...]:
 
 
 def can_stream_copy(clips: list[ClipFacts], crossfade_s: float) -> bool:
-    if crossfade_s > 0:
-        return False
+    if crossfade_s > 0 or any(c.rotation for c in clips):
+        return False  # a rotated clip is turned upright by the re-encode
     try:
         first = _signature(clips[0].path)
         return all(_signature(c.path) == first for c in clips[1:])
@@ -196,6 +367,7 @@ def _retimed(clip: ClipFacts, m: int, width: int, height: int) -> Iterator[np.nd
     last frames are the clip's own first and last."""
     n = clip.frame_count
     src = iter_frames(clip.path)
+    quarter = clip.rotation // 90
     idx = -1
     current: np.ndarray | None = None
     for k in range(m):
@@ -205,6 +377,8 @@ def _retimed(clip: ClipFacts, m: int, width: int, height: int) -> Iterator[np.nd
                 current = next(src)
             except StopIteration:
                 break  # fewer frames than declared: hold the last
+            if quarter:  # counterclockwise by the display rotation, as a player shows it
+                current = np.ascontiguousarray(np.rot90(current, quarter))
             idx += 1
         assert current is not None
         yield fit_pad(current, width, height)
@@ -218,12 +392,17 @@ def _audio_of(clip: ClipFacts, seconds: float) -> np.ndarray:
         return out
     resampler = av.AudioResampler(format="fltp", layout="stereo", rate=AUDIO_RATE)
     chunks: list[np.ndarray] = []
+    got = 0
     with av.open(str(clip.path), "r") as c:
         for frame in c.decode(audio=0):
             for rf in resampler.resample(frame):
                 chunks.append(rf.to_ndarray())
-        for rf in resampler.resample(None):
-            chunks.append(rf.to_ndarray())
+                got += chunks[-1].shape[1]
+            if got >= want:
+                break  # an audio track longer than the video is not read (nor held) past what is used
+        else:
+            for rf in resampler.resample(None):
+                chunks.append(rf.to_ndarray())
     if chunks:
         data = np.concatenate(chunks, axis=1)[:, :want]
         out[:, : data.shape[1]] = data

@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import ssl
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -29,9 +30,13 @@ import anyio.to_thread
 import httpcore
 import httpx
 
-from ..errors import Expired, InvalidInput, ProviderError, StillmotionError
+from ..errors import Expired, InvalidInput, ProviderError, RateLimited, StillmotionError
+from ..providers._http import retry_after_seconds
 
 FETCH_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+FETCH_DEADLINE_S = 120.0
+"""The whole of one fetch (every redirect hop and the body) must end within this
+(STILLMOTION_FETCH_TIMEOUT_S); the per-read timeout alone lets a URL drip one byte a minute."""
 CHUNK = 1024 * 1024
 MAX_REDIRECTS = 5
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
@@ -43,6 +48,25 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 class BlockedURL(StillmotionError):
     kind = "invalid_input"
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` is not a well-formed http(s) URL (bad port, unclosed IPv6 bracket, no host, a
+    control character), or None when it is one."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in url):
+        return "it holds a control character (NUL, newline or the like)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for "12ab" and for 99999
+    except ValueError as exc:
+        return f"it is malformed ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return f"only http(s) URLs can be fetched, got {parts.scheme or 'no'} scheme"
+    if not parts.hostname:
+        return "it has no host name"
+    if port == 0:
+        return "port 0 is not a port"
+    return None
 
 
 def path_segment(value: object) -> str:
@@ -116,10 +140,10 @@ class UrlGuard:
         return [str(ip) for ip in dict.fromkeys(addrs)]
 
     async def check(self, url: str) -> None:
-        """Pre-flight check of one URL (scheme, host); the connect runs the address check again."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BlockedURL(f"only http(s) URLs can be fetched, got {parts.scheme or 'no'} scheme")
+        """Pre-flight check of one URL (form, scheme, host); the connect runs the address check again."""
+        problem = url_problem(url)
+        if problem is not None:
+            raise BlockedURL(f"{url[:200]!r} cannot be fetched: {problem}")
         if self.allow_private or _origin(url) in self.trusted_origins:
             return
         host, port = _host_port(url)
@@ -190,10 +214,15 @@ class TooManyRedirects(StillmotionError):
     kind = "provider_error"
 
 
+FINAL_URL = "stillmotion_final_url"
+"""The key in a response's `extensions` naming the URL (after redirects) that was checked and fetched."""
+
+
 @asynccontextmanager
 async def open_url(guard: UrlGuard, url: str, *, timeout: httpx.Timeout = FETCH_TIMEOUT) -> AsyncIterator[httpx.Response]:
     """GET `url`, following at most MAX_REDIRECTS redirects by hand, the guard on every hop (before
-    the request and again inside the connect). Yields the final answer, body not yet read.
+    the request and again inside the connect). Yields the final answer, body not yet read, with the
+    final URL (as given or as joined from the last Location) in `resp.extensions[FINAL_URL]`.
     Raises BlockedURL, TooManyRedirects or httpx.HTTPError."""
     if not _SSL:
         await anyio.to_thread.run_sync(_ssl_context)  # loading the CA bundle: once, off the loop
@@ -201,14 +230,22 @@ async def open_url(guard: UrlGuard, url: str, *, timeout: httpx.Timeout = FETCH_
         current = url
         for hop in range(MAX_REDIRECTS + 1):
             await guard.check(current)
-            resp = await client.send(client.build_request("GET", current), stream=True)
+            try:
+                request = client.build_request("GET", current)
+            except httpx.InvalidURL as exc:
+                raise BlockedURL(f"{current[:200]!r} cannot be fetched: it is malformed ({exc})") from exc
+            resp = await client.send(request, stream=True)
             location = resp.headers.get("location")
             if resp.status_code in REDIRECT_CODES and location:
                 await resp.aclose()
                 if hop == MAX_REDIRECTS:
                     raise TooManyRedirects(f"{url} redirected more than {MAX_REDIRECTS} times")
-                current = urljoin(current, location)
+                try:
+                    current = urljoin(current, location)
+                except ValueError as exc:
+                    raise BlockedURL(f"a redirect of {url[:200]!r} is malformed ({exc})") from exc
                 continue
+            resp.extensions[FINAL_URL] = current
             try:
                 yield resp
             finally:
@@ -216,30 +253,95 @@ async def open_url(guard: UrlGuard, url: str, *, timeout: httpx.Timeout = FETCH_
             return
 
 
-async def fetch_bytes(
-    client: httpx.AsyncClient | None, guard: UrlGuard, url: str, *, max_bytes: int, argument: str
-) -> tuple[bytes, str | None]:
-    """GET a user-supplied URL into memory (capped at max_bytes; one byte more ends the read).
-    Errors are InvalidInput naming the argument. `client` is unused (fetches use the guard's own
-    connections); it stays for callers that pass the shared one."""
-    buf = bytearray()
+def _check_form(url: str, argument: str) -> None:
+    problem = url_problem(url)
+    if problem is not None:
+        raise InvalidInput(argument, f"is not a usable URL: {problem}.", "an http(s) URL such as https://example.com/clip.mp4")
+
+
+@dataclass
+class Fetched:
+    path: Path
+    bytes: int
+    sha256: str
+    content_type: str | None
+    final_url: str
+    """The URL the body came from, after redirects: every hop was checked by the guard."""
+
+
+async def fetch_to_file(
+    guard: UrlGuard, url: str, dest: Path, *, max_bytes: int, argument: str, deadline_s: float = FETCH_DEADLINE_S
+) -> Fetched:
+    """GET a user-supplied URL into `dest`, streamed (never whole in memory), capped at max_bytes
+    (one byte more ends the read), the whole fetch within `deadline_s`. Errors are InvalidInput
+    naming the argument; `dest` is removed on every failure, cancellation included."""
+    _check_form(url, argument)
+    total = 0
     try:
-        async with open_url(guard, url) as resp:
-            if resp.status_code != 200:
-                raise InvalidInput(argument, f"fetching {url} answered HTTP {resp.status_code}.")
-            declared = resp.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > max_bytes:
-                raise InvalidInput(argument, f"the URL's file is {int(declared)} bytes, over the {max_bytes}-byte cap.")
-            async for chunk in resp.aiter_bytes():
-                buf.extend(chunk)
-                if len(buf) > max_bytes:
-                    raise InvalidInput(argument, f"the URL's file is over the {max_bytes}-byte cap.")
-            ctype = resp.headers.get("content-type")
-    except (BlockedURL, TooManyRedirects) as exc:
-        raise InvalidInput(argument, exc.message) from exc
-    except httpx.HTTPError as exc:
-        raise InvalidInput(argument, f"could not fetch {url}: {type(exc).__name__}.") from exc
-    return bytes(buf), ctype
+        with anyio.fail_after(deadline_s):
+            async with open_url(guard, url) as resp:
+                if resp.status_code != 200:
+                    raise InvalidInput(argument, f"fetching {url} answered HTTP {resp.status_code}.")
+                declared = resp.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > max_bytes:
+                    raise InvalidInput(argument, f"the URL's file is {int(declared)} bytes, over the {max_bytes}-byte cap.")
+                fh = await anyio.to_thread.run_sync(open, dest, "wb")
+                sink = _FileSink(fh)
+                try:
+                    async for chunk in resp.aiter_raw():
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise InvalidInput(argument, f"the URL's file is over the {max_bytes}-byte cap.")
+                        await sink.add(chunk)
+                    sha256 = await sink.finish()
+                finally:
+                    sink.close()
+                    fh.close()
+                return Fetched(dest, total, sha256, resp.headers.get("content-type"), str(resp.extensions[FINAL_URL]))
+    except BaseException as exc:
+        dest.unlink(missing_ok=True)
+        if isinstance(exc, TimeoutError):
+            raise InvalidInput(
+                argument,
+                f"fetching {url} did not finish within {deadline_s:g} s (STILLMOTION_FETCH_TIMEOUT_S); "
+                f"{total} bytes had arrived.",
+            ) from None
+        if isinstance(exc, BlockedURL | TooManyRedirects):
+            raise InvalidInput(argument, exc.message) from exc
+        if isinstance(exc, httpx.HTTPError):
+            raise InvalidInput(argument, f"could not fetch {url}: {type(exc).__name__}.") from exc
+        raise
+
+
+@asynccontextmanager
+async def fetched_temp(
+    guard: UrlGuard, url: str, *, max_bytes: int, argument: str, deadline_s: float = FETCH_DEADLINE_S
+) -> AsyncIterator[Fetched]:
+    """`fetch_to_file` into a temporary file that is removed when the block ends."""
+    fd, name = await anyio.to_thread.run_sync(lambda: tempfile.mkstemp(prefix="stillmotion-fetch-"))
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield await fetch_to_file(guard, url, tmp, max_bytes=max_bytes, argument=argument, deadline_s=deadline_s)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+
+
+async def fetch_bytes(
+    client: httpx.AsyncClient | None,
+    guard: UrlGuard,
+    url: str,
+    *,
+    max_bytes: int,
+    argument: str,
+    deadline_s: float = FETCH_DEADLINE_S,
+) -> tuple[bytes, str | None]:
+    """A user-supplied URL's bytes (capped at max_bytes), streamed to a temporary file first.
+    `client` is unused (fetches use the guard's own connections); it stays for existing callers."""
+    async with fetched_temp(guard, url, max_bytes=max_bytes, argument=argument, deadline_s=deadline_s) as got:
+        data = await anyio.to_thread.run_sync(got.path.read_bytes)
+    return data, got.content_type
 
 
 @dataclass
@@ -327,6 +429,7 @@ async def download_to_file(
     *,
     max_bytes: int,
     on_progress: Callable[[int, int | None], None] | None = None,
+    deadline_s: float | None = None,
 ) -> Downloaded:
     """Stream a result URL to `dest` (a temp path the caller renames). Never holds the body in memory.
 
@@ -335,41 +438,54 @@ async def download_to_file(
     on a signed URL is Expired; over `max_bytes` (declared or streamed) is a ProviderError. On every
     failure, cancellation included, `dest` is removed: no partial file stays behind.
     `client` is unused (the guard's own connections are); it stays for existing callers.
+    With `deadline_s`, the whole download must end within it (a non-retryable ProviderError).
     """
     total = 0
     try:
-        async with open_url(guard, url) as resp:
-            if resp.status_code in (403, 404, 410):
-                raise Expired(f"the result URL answered HTTP {resp.status_code}; it has probably expired")
-            if resp.status_code != 200:
-                raise ProviderError(f"result download answered HTTP {resp.status_code}", retryable=resp.status_code >= 500)
-            declared_raw = resp.headers.get("content-length")
-            declared = int(declared_raw) if declared_raw and declared_raw.isdigit() else None
-            if declared is not None and declared > max_bytes:
-                raise ProviderError(
-                    f"result is {declared} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
-                )
-            with open(dest, "wb") as fh:
-                sink = _FileSink(fh)
-                try:
-                    # the transport's own chunks (<= 64 KiB): re-chunking them costs copies, and small
-                    # chunks stay in the CPU cache from the socket read to the hash and the write
-                    async for chunk in resp.aiter_raw():
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise ProviderError(
-                                f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
-                            )
-                        await sink.add(chunk)
-                        if on_progress is not None:
-                            on_progress(total, declared)
-                    sha256 = await sink.finish()
-                finally:
-                    sink.close()
-            if declared is not None and total != declared:
-                raise ProviderError(f"result download truncated: {total} of {declared} bytes", retryable=True)
+        with anyio.fail_after(deadline_s):
+            async with open_url(guard, url) as resp:
+                if resp.status_code in (403, 404, 410):
+                    raise Expired(f"the result URL answered HTTP {resp.status_code}; it has probably expired")
+                if resp.status_code == 429:
+                    raise RateLimited("result download answered HTTP 429", provider_code="429", retry_after=retry_after_seconds(resp))
+                if resp.status_code != 200:
+                    raise ProviderError(
+                        f"result download answered HTTP {resp.status_code}",
+                        provider_code=str(resp.status_code),
+                        retryable=resp.status_code >= 500 or resp.status_code == 408,
+                        retry_after=retry_after_seconds(resp) if resp.status_code >= 500 else None,
+                    )
+                declared_raw = resp.headers.get("content-length")
+                declared = int(declared_raw) if declared_raw and declared_raw.isdigit() else None
+                if declared is not None and declared > max_bytes:
+                    raise ProviderError(
+                        f"result is {declared} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+                    )
+                with open(dest, "wb") as fh:
+                    sink = _FileSink(fh)
+                    try:
+                        # the transport's own chunks (<= 64 KiB): re-chunking them costs copies, and small
+                        # chunks stay in the CPU cache from the socket read to the hash and the write
+                        async for chunk in resp.aiter_raw():
+                            total += len(chunk)
+                            if total > max_bytes:
+                                raise ProviderError(
+                                    f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+                                )
+                            await sink.add(chunk)
+                            if on_progress is not None:
+                                on_progress(total, declared)
+                        sha256 = await sink.finish()
+                    finally:
+                        sink.close()
+                if declared is not None and total != declared:
+                    raise ProviderError(f"result download truncated: {total} of {declared} bytes", retryable=True)
     except BaseException as exc:
         dest.unlink(missing_ok=True)
+        if isinstance(exc, TimeoutError):
+            raise ProviderError(
+                f"result download did not finish within {deadline_s:g} s (STILLMOTION_FETCH_TIMEOUT_S); {total} bytes arrived"
+            ) from None
         if isinstance(exc, BlockedURL):
             raise ProviderError(f"result download refused: {exc.message}") from exc
         if isinstance(exc, httpx.HTTPError):

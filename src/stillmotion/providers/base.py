@@ -25,7 +25,7 @@ import httpx
 from ..catalog import CAMERA_AXES
 from ..errors import StillmotionError
 from ..pricing import ActualCost
-from ..requests import CameraControl, GenerationRequest, StoredImage
+from ..requests import CameraControl, GenerationRequest, StoredClip, StoredImage
 from ..settings import Settings
 
 
@@ -56,6 +56,10 @@ class ListedTask:
     created_at: float | None
     """Epoch seconds, when the list says."""
     status: Status
+    external_id: str | None = None
+    """The caller's own id for the task (Kling's `external_task_id`), when the list shows one."""
+    updated_at: float | None = None
+    """Epoch seconds of the task's last change, when the list says (a row that never changes is frozen)."""
 
 
 @dataclass
@@ -88,6 +92,12 @@ class JobContext:
     def url_or_data_uri(self, image: StoredImage) -> str:
         """Wan's and xAI's form: the original URL if there was one, else a data: URI."""
         return image.url or self.data_uri(image)
+
+    def video_url_or_data_uri(self, clip: StoredClip) -> str:
+        """A source video as xAI's extension takes it: its http(s) URL, else the MP4 as a data: URI."""
+        if clip.source.startswith(("http://", "https://")):
+            return clip.source
+        return "data:video/mp4;base64," + base64.b64encode(Path(clip.path).read_bytes()).decode("ascii")
 
 
 def camera_payload(camera: CameraControl) -> dict[str, Any]:
@@ -143,6 +153,11 @@ class Provider(ABC):
         """The provider's task id in an operation (what a list page names)."""
         tid = operation.get("task_id")
         return str(tid) if tid else None
+
+    def list_external_id(self, job: JobContext) -> str | None:
+        """The external id a listed row of this job's task must carry to be used (None: rows carry
+        none and the task id alone identifies them)."""
+        return None
 
     async def status_page(self, page: int, size: int) -> list[ListedTask]:
         """One page (1-based) of the account's tasks, newest first."""

@@ -353,6 +353,9 @@ class KlingProvider(Provider):
         # one account per settings object (the credentials come from it)
         return f"{self.name} {self._base}{PATH} {id(self.settings)}"
 
+    def list_external_id(self, job: JobContext) -> str | None:
+        return job.job_id  # every create carries external_task_id = the job id
+
     async def status_page(self, page: int, size: int) -> list[ListedTask]:
         url = f"{self._base}{PATH}?pageNum={int(page)}&pageSize={int(size)}"
         resp = await send(self.client, "GET", url, headers=self._headers())
@@ -368,7 +371,18 @@ class KlingProvider(Provider):
                 continue
             created = item.get("created_at")
             created_s = created / 1000 if isinstance(created, int | float) else None
-            out.append(ListedTask(str(item["task_id"]), created_s, self._status(item)))
+            updated = item.get("updated_at")
+            info = item.get("task_info")
+            ext = info.get("external_task_id") if isinstance(info, dict) else None
+            out.append(
+                ListedTask(
+                    str(item["task_id"]),
+                    created_s,
+                    self._status(item),
+                    external_id=str(ext) if ext else None,
+                    updated_at=updated / 1000 if isinstance(updated, int | float) else None,
+                )
+            )
         return out
 
     async def recover(self, job: JobContext) -> StartResult | None:

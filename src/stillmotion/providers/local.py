@@ -5,6 +5,7 @@ Runs on a worker thread. Frames stream from the engine into the encoder; nothing
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
@@ -13,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..errors import InvalidInput
+from ..errors import Cancelled, InvalidInput
 from ..media.images import decode_mask, decode_rgb
 from ..media.join import ClipFacts, can_stream_copy, join, planned_frames
 from ..media.publish import Samples
@@ -137,16 +138,36 @@ def _shot_frames(start: np.ndarray, shots: list[KlingShot], fps: int) -> tuple[I
 
 
 def _join(req: GenerationRequest, out: Path, progress: Callable[[float], None]) -> tuple[list[str], Samples]:
-    """join_clips: stream copy when it can (the publisher then samples the file), else re-encode."""
+    """join_clips: stream copy when it can (the publisher then samples the file), else re-encode.
+    The clip copies are deleted once the join has ended here, done or failed; a render handed over
+    (Cancelled: a shutdown or a lost lease) keeps them for the process that takes the job."""
     clips = [
-        ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio) for c in req.clips
+        ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio, c.rotation)
+        for c in req.clips
     ]
-    if can_stream_copy(clips, req.crossfade_s):
-        report = join(clips, out, 0.0, progress)
-        return report.warnings, Samples(report.frames)
-    samples = Samples(planned_frames(clips, req.crossfade_s))
-    report = join(clips, out, req.crossfade_s, progress, on_frame=samples.offer)
-    return report.warnings, samples
+    handed_over = False
+    try:
+        if can_stream_copy(clips, req.crossfade_s):
+            report = join(clips, out, 0.0, progress)
+            return report.warnings, Samples(report.frames)
+        samples = Samples(planned_frames(clips, req.crossfade_s))
+        report = join(clips, out, req.crossfade_s, progress, on_frame=samples.offer)
+        return report.warnings, samples
+    except Cancelled:
+        handed_over = True
+        raise
+    finally:
+        if not handed_over:
+            _drop_copies([c.path for c in clips])
+
+
+def _drop_copies(paths: list[Path]) -> None:
+    """Delete the job's clip copies, then their folder if that left it empty."""
+    for path in paths:
+        path.unlink(missing_ok=True)
+    for folder in {p.parent for p in paths}:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _watch(

@@ -85,7 +85,7 @@ def _extend_at_borders(flow: Flow) -> Flow:
 
 def _confidence(f1: Flow, f2: Flow, grid: Flow) -> NDArray[np.float32]:
     """exp(-|f1(p) + f2(p + f1(p))|^2 / 4): 1 where the two flows agree."""
-    f2_at = cv2.remap(f2, grid + f1, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+    f2_at = cv2.remap(f2, grid + f1, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload, unused-ignore]
     err = f1 + f2_at
     sq = err[..., 0] * err[..., 0] + err[..., 1] * err[..., 1]
     conf: NDArray[np.float32] = np.exp(-sq / np.float32(4.0)).astype(np.float32)
@@ -150,8 +150,8 @@ def _interpolate(a: Frame, b: Frame, n_frames: int) -> Iterator[Frame]:
         cv2.add(map_a, grid, dst=map_a)
         cv2.addWeighted(fab, (1.0 - t) ** 2, fba, -t * (1.0 - t), 0.0, dst=map_b)
         cv2.add(map_b, grid, dst=map_b)
-        cv2.remap(a4, map_a, None, cv2.INTER_LINEAR, dst=warped_a4, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
-        cv2.remap(b4, map_b, None, cv2.INTER_LINEAR, dst=warped_b4, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload]
+        cv2.remap(a4, map_a, None, cv2.INTER_LINEAR, dst=warped_a4, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload, unused-ignore]
+        cv2.remap(b4, map_b, None, cv2.INTER_LINEAR, dst=warped_b4, borderMode=cv2.BORDER_REPLICATE)  # type: ignore[call-overload, unused-ignore]
         # Weights (1-t)(c_A + eps) and t(c_B + eps), normalised; eps keeps a plain
         # cross-fade where both confidences vanish.
         cv2.extractChannel(warped_a4, 3, conf8)

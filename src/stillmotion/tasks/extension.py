@@ -41,7 +41,6 @@ from mcp_types.jsonrpc import HEADER_MISMATCH
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import StillmotionError
 from ..jobs.store import JobRow
 from ..tools import _sdk
 from .store import TaskRow, TaskStore
@@ -136,7 +135,7 @@ class TasksExtension(Extension):
             return result
         svc = ctx.lifespan_context
         task = await svc.db.run(self._store(svc).create, job_id, TTL_MS)
-        log.info("task created for job %s", job_id)  # the task id is a bearer: never logged
+        log.info("task created for job %s (user %s)", job_id, svc.asker.user)  # the task id is a bearer: never logged
         return {"resultType": "task", **self._task(task, await svc.get(job_id))}
 
     @staticmethod
@@ -174,10 +173,9 @@ class TasksExtension(Extension):
             raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task not found")
         if task.expired():
             raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task has expired")
-        try:
-            row: JobRow = await svc.get(task.job_id)
-        except StillmotionError as exc:  # the job was deleted under the task
-            raise MCPError(code=INVALID_PARAMS, message=f"Failed to retrieve task: {exc.message}") from exc
+        row = await svc.find(task.job_id)
+        if row is None:  # another user's task (or its job was deleted): exactly as an unknown task id
+            raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task not found")
         return task, row
 
     @staticmethod

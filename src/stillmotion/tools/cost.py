@@ -26,7 +26,6 @@ from mcp.server.elicitation import (
     AcceptedElicitation,
     CancelledElicitation,
     DeclinedElicitation,
-    elicit_with_validation,
     render_elicitation_schema,
 )
 from mcp.types import (
@@ -43,6 +42,8 @@ from pydantic import BaseModel, Field, RootModel
 from ..catalog import MODELS
 from ..errors import Cancelled, ConfirmationRequired
 from ..pricing import Cost
+from ..users import Principal
+from ..users import current as current_asker
 from ..validation import ToolArgs, plan_request
 from .results import CostInfo, JobResult
 
@@ -132,7 +133,8 @@ def _digest(message: str) -> str:
 
 
 def _answer(result: Any, label: str) -> None:
-    """Raise Cancelled unless the person accepted and said start."""
+    """Raise Cancelled unless the person accepted with `start` the JSON boolean true. The raw answer
+    is read the same way on both protocol eras: no coercion, so "yes", 1 or "true" are not a yes."""
     action: Any
     content: Any
     if isinstance(result, AcceptedElicitation):
@@ -141,10 +143,22 @@ def _answer(result: Any, label: str) -> None:
     elif isinstance(result, DeclinedElicitation | CancelledElicitation):
         action, content = result.action, None
     else:
-        raw = result.model_dump() if isinstance(result, BaseModel) else dict(result or {})
+        raw = result.model_dump() if isinstance(result, BaseModel) else result
+        raw = raw if isinstance(raw, Mapping) else {}
         action, content = raw.get("action"), raw.get("content")
-    if action == "accept" and isinstance(content, Mapping) and content.get("start") is True:
+    if action not in ("accept", "decline", "cancel"):
+        raise ConfirmationRequired(
+            f"The answer about {label} could not be read (no accept, decline or cancel in it); no job was created. "
+            "Ask again, or pass confirm_cost_usd once the person agrees."
+        )
+    start = content.get("start") if isinstance(content, Mapping) else None
+    if action == "accept" and start is True:
         return
+    if action == "accept" and start is not False:
+        raise Cancelled(
+            f"The answer about {label} was not a yes: the form's start must be the boolean true to start the job "
+            f"(got {json.dumps(start)[:40]}); no job was created and nothing was sent."
+        )
     if action == "accept":
         raise Cancelled(f"The person said no to {label}; no job was created and nothing was sent.")
     if action == "decline":
@@ -170,11 +184,15 @@ async def confirm(
     cost = svc.estimate(plan, args.tool)
     if not needs_confirmation(threshold, cost):
         return None
-    if idempotency_key is not None and await svc.db.by_idempotency_key(idempotency_key) is not None:
+    if idempotency_key is not None and await svc.by_key(idempotency_key) is not None:
         return None  # a replay answers with the existing job: nothing new to pay for
-    rule = svc.budget_rule()
-    if rule is not None and cost.estimated_usd is not None:
-        left = (await svc.db.spend(rule, rule.period))["budget"]["left_usd"]
+    for rule in (svc.budget_rule(), svc.user_budget_rule()):
+        if rule is None or cost.estimated_usd is None:
+            continue
+        if rule.user is None:
+            left = (await svc.db.spend(rule, rule.period))["budget"]["left_usd"]
+        else:
+            left = (await svc.db.spend(None, rule.period, user=rule.user, user_budget=rule))["budget"]["left_usd"]
         if left is not None and cost.estimated_usd > left:
             return None  # the budget refuses it anyway: do not ask the person for nothing
     label = job_label(plan.spec.id, plan.options, plan.duration)
@@ -192,11 +210,17 @@ async def confirm(
         )
         return InputRequiredResult(input_requests={CONFIRM_KEY: request}, request_state=_digest(message))
     try:
-        result = await elicit_with_validation(
-            session=asker.session, message=message, schema=ConfirmCost, related_request_id=asker.request_id
+        # the raw answer, not elicit_with_validation's: its lax model would read "yes" as true
+        result = await asker.session.elicit_form(
+            message=message, requested_schema=render_elicitation_schema(ConfirmCost), related_request_id=asker.request_id
         )
-    except ValueError as exc:  # accepted without content, or content not matching the form
-        raise Cancelled(f"The confirmation answer was not usable ({exc}); no job was created.") from None
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:  # the client's elicitation failed (an error answer, a broken callback)
+        raise ConfirmationRequired(
+            f"{label} is {_about(cost)}, above STILLMOTION_CONFIRM_ABOVE_USD={threshold:g}, and asking the person "
+            f"failed ({type(exc).__name__}); no job was created. Try again, or pass confirm_cost_usd once they agree."
+        ) from None
     _answer(result, label)
     return None
 
@@ -249,12 +273,26 @@ def fix_output_schema(schema: dict[str, Any] | None) -> None:
         schema.setdefault("type", "object")
 
 
-def spend_report(store: Any, settings: Any) -> dict[str, Any]:
-    """Budget standing and spend by UTC day, model and route (the resource and `stillmotion spend`)."""
+def spend_report(store: Any, settings: Any, principal: Principal | None = None) -> dict[str, Any]:
+    """Budget standing and spend by UTC day, model and route (the resource and `stillmotion spend`).
+
+    For everyone (`stillmotion spend`, an admin): the server's budget, every job, and `users` (each
+    user's spend in the period). For one user: their own jobs, their own budget, and only what is
+    left of the server's (never the other users' spend)."""
     from ..jobs.spend import BudgetRule
 
     rule = BudgetRule(settings.budget_usd, settings.budget_period) if settings.budget_usd is not None else None
-    report: dict[str, Any] = store.spend(rule, settings.budget_period)
+    user_usd = settings.user_budget_usd
+    if principal is None or principal.admin:
+        per_user = BudgetRule(user_usd, settings.budget_period) if user_usd is not None else None
+        report: dict[str, Any] = store.spend(rule, settings.budget_period, user_budget=per_user)
+    else:
+        mine = BudgetRule(user_usd, settings.budget_period, principal.user) if user_usd is not None else None
+        report = store.spend(rule, settings.budget_period, user=principal.user, user_budget=mine)
+        server = report.pop("server_budget")
+        report["user"] = principal.user
+        report["server_budget"] = {k: server[k] for k in ("budget_usd", "period", "left_usd")}
+    report["user_budget_usd"] = user_usd
     report["confirm_above_usd"] = settings.confirm_above_usd
     report["prices_file"] = str(settings.prices.path) if settings.prices.path else None
     report["prices"] = settings.prices.table()
@@ -269,24 +307,25 @@ def register_spend_resource(mcp: Any, settings: Any, current: Callable[[], Servi
         "stillmotion://spend",
         name="spend",
         mime_type="application/json",
-        description="Committed and estimated spend by UTC day, model and route, and the budget left.",
+        description="Your committed and estimated spend by UTC day, model and route, and the budget left.",
     )
     async def spend_resource() -> str:
-        # the server's own store, read on the store's threads, never on the loop
-        svc = current()
+        # the server's own store, read on the store's threads, never on the loop; as the asker sees it
+        svc, asker = current(), current_asker()
         if svc is None:
-            report = await anyio.to_thread.run_sync(read_spend, settings)
+            report = await anyio.to_thread.run_sync(read_spend, settings, asker)
         else:
-            report = await svc.db.run(spend_report, svc.db.sync, settings)
+            report = await svc.db.run(spend_report, svc.db.sync, settings, asker)
         return json.dumps(report, indent=1)
 
 
-def read_spend(settings: Any) -> dict[str, Any]:
-    """The spend report from the store the settings name (`stillmotion spend`: any process)."""
+def read_spend(settings: Any, principal: Principal | None = None) -> dict[str, Any]:
+    """The spend report from the store the settings name (`stillmotion spend`: any process); with a
+    principal, as that user sees it."""
     from ..jobs.backends import open_for_settings
 
     store = open_for_settings(settings, serving=False)
     try:
-        return spend_report(store, settings)
+        return spend_report(store, settings, principal)
     finally:
         store.close()

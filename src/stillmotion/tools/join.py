@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import shutil
 import time
 from fractions import Fraction
@@ -20,14 +21,15 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..arguments import WAIT_MAX_S
+from ..catalog import MODELS
 from ..errors import InvalidInput, Unavailable
 from ..jobs.async_store import unavailable
 from ..jobs.store import DuplicateIdempotencyKey, JobRow, args_fingerprint, new_job_id, validate_job_id
-from ..media.join import ClipFacts, clip_facts, planned_frames
+from ..media.images import off_loop
+from ..media.join import ClipFacts, ClipRefused, crossfade_problem, decoded, measure_clip, planned_seconds
 from ..media.net import UrlGuard
 from ..media.publish import sha256_file
-from ..media.sources import load_media
-from ..media.video import probe_video
+from ..media.sources import save_media
 from ..requests import GenerationRequest, LocalOptions, StoredClip
 from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .results import JobResult, call_result
@@ -46,14 +48,18 @@ DESCRIPTION = "Join clips (job ids or videos) into one MP4 (free, local; the fir
 
 
 async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempotency_key: str | None) -> JobRow:
-    """Check every clip (readable, decodable, under the size cap), keep copies, store and start the job."""
+    """Measure every clip (see `_keep_clip`), check every rule the join would fail on later, keep
+    copies, store and start the job. Every refusal is `invalid_input` naming the clip or argument."""
     if not MIN_CLIPS <= len(clips) <= MAX_CLIPS:
         raise InvalidInput("clips", f"has {len(clips)} items.", f"{MIN_CLIPS} to {MAX_CLIPS} clips")
     if not 0 <= crossfade_s <= MAX_CROSSFADE_S:
         raise InvalidInput("crossfade_s", f"is {crossfade_s}.", f"0 to {MAX_CROSSFADE_S} seconds")
+    for i, value in enumerate(clips):
+        if "\x00" in value:
+            raise InvalidInput(f"clips[{i}]", "holds a NUL byte; no job id, path or URL can.", CLIP_FORMS)
     fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
     if idempotency_key is not None:
-        existing = await svc.db.by_idempotency_key(idempotency_key)
+        existing = await svc.by_key(idempotency_key)
         if existing is not None:
             return _same_or_error(existing, fingerprint)
 
@@ -62,15 +68,15 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
     sent = time.monotonic()
     try:
         await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
-        stored = [await _keep_clip(svc, value, i, folder) for i, value in enumerate(clips)]
-        facts = [ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio) for c in stored]
-        shortest = min(f.duration for f in facts)
-        if crossfade_s > 0 and crossfade_s >= shortest:
-            raise InvalidInput(
-                "crossfade_s", f"is {crossfade_s} s, not shorter than the shortest clip ({float(shortest):.2f} s).",
-                f"0 to {min(MAX_CROSSFADE_S, float(shortest)):.2f} seconds (less than the shortest clip)",
-            )
-        total_s = planned_frames(facts, crossfade_s) / facts[0].fps
+        stored: list[StoredClip] = []
+        for i, value in enumerate(clips):
+            stored.append(await _keep_clip(svc, value, i, folder, stored, crossfade_s))
+        facts = [_facts(c) for c in stored]
+        problem = crossfade_problem(facts, crossfade_s)
+        if problem is not None:
+            raise InvalidInput("crossfade_s", f"{problem}.", "0 up to less than the shortest clip (see the message)")
+        total_s = planned_seconds(facts, crossfade_s)
+        _check_length(svc, total_s, len(clips) - 1)
         request = GenerationRequest(
             tool="join_clips",
             model="local/preview",
@@ -91,23 +97,45 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
             warnings=[],
             owner=svc.runner.owner,
             lease_s=svc.runner.lease_s,
+            user=svc.asker.user,
             cost={"estimated_usd": 0.0, "basis": "join_clips: joined on this machine, free", "estimate": False},
         )
     except DuplicateIdempotencyKey:
-        shutil.rmtree(folder, ignore_errors=True)
+        await _remove(folder)
         assert idempotency_key is not None
-        existing = await svc.db.by_idempotency_key(idempotency_key)
+        existing = await svc.by_key(idempotency_key)
         assert existing is not None
         return _same_or_error(existing, fingerprint)
     except BaseException as exc:
-        shutil.rmtree(folder, ignore_errors=True)
+        await _remove(folder)
         fault = unavailable(exc) if isinstance(exc, Exception) else None
         if fault is not None:  # the store or the disk cannot take the job: nothing accepted, retry
             raise Unavailable(f"the job was not accepted: {fault.message}") from exc
         raise
-    log.info("job %s created: join_clips of %d clips", job_id, len(clips))
+    log.info("job %s created for user %s: join_clips of %d clips", job_id, row.user_id, len(clips))
     svc.runner.launch_new(row, leased_at=sent)
     return row
+
+
+async def _remove(folder: Path) -> None:
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+
+
+def _facts(c: StoredClip) -> ClipFacts:
+    return ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio, c.rotation)
+
+
+def _check_length(svc: Service, seconds: float, index: int, partial: bool = False) -> None:
+    limit = svc.settings.max_join_seconds
+    if seconds > limit + 1e-9:
+        upto = f"clips[0..{index}] already make" if partial else "the joined video would be"
+        raise InvalidInput(
+            f"clips[{index}]",
+            f"makes the join too long: {upto} {seconds:.2f} s; this server joins at most {limit:g} s "
+            "(STILLMOTION_MAX_JOIN_SECONDS).",
+            f"clips adding up to at most {limit:g} s",
+        )
 
 
 def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
@@ -121,49 +149,67 @@ def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
     return existing
 
 
-async def _keep_clip(svc: Service, value: str, i: int, folder: Path) -> StoredClip:
-    argument = f"clips[{i}]"
-    dest = folder / f"clip_{i}.mp4"
+async def _keep_clip(
+    svc: Service, value: str, i: int, folder: Path, before: list[StoredClip], crossfade_s: float
+) -> StoredClip:
+    return await keep_clip(svc, value, f"clips[{i}]", folder / f"clip_{i}.mp4", before, crossfade_s)
+
+
+async def keep_clip(
+    svc: Service, value: str, argument: str, dest: Path, before: list[StoredClip] | None = None, crossfade_s: float = 0.0
+) -> StoredClip:
+    """A video argument (a succeeded job's id, a path, a URL or a stillmotion:// video) kept at `dest`:
+    join_clips' clips and extend_video's video. Copy (a job's video: hard-linked where the file system
+    allows) or fetch the clip, streamed and capped, then measure it: header checks first (size, frame
+    rate, packet timing), then the running length against STILLMOTION_MAX_JOIN_SECONDS, and only then
+    (for a video this server did not make) a decode of every frame, on the image work threads (two at a time)."""
+    before = before or []
+    i = len(before)
     source_path = await _job_video(svc, value.strip(), argument)
     if source_path is not None:
-        await anyio.to_thread.run_sync(shutil.copyfile, source_path, dest)
+        await anyio.to_thread.run_sync(_link_or_copy, source_path, dest)
         own = True
     else:
-        media = await load_media(
+        await save_media(
             value,
+            dest,
             argument=argument,
-            client=svc.client,
             guard=UrlGuard(svc.settings.allow_private_network, frozenset()),
             input_roots=svc.settings.input_roots,
             resolve_resource=svc.resource_path,
             max_bytes=svc.settings.max_download_bytes,
             resources="stillmotion://jobs/<id>/video.mp4 of a succeeded job",
+            names=frozenset({"video.mp4"}),
+            deadline_s=svc.settings.fetch_timeout_s,
         )
-        await anyio.to_thread.run_sync(dest.write_bytes, media.data)
         own = value.strip().startswith("stillmotion://")
+    max_pixels = MODELS["local/preview"].image_rules.max_pixels
     try:
-        facts, has_audio = await anyio.to_thread.run_sync(_check_clip, dest, own)
-    except ValueError as exc:
-        raise InvalidInput(argument, f"is not a decodable video: {exc}.", CLIP_FORMS) from None
-    size = dest.stat().st_size
-    if size > svc.settings.max_download_bytes:
-        raise InvalidInput(argument, f"is {size} bytes, over the {svc.settings.max_download_bytes}-byte cap.")
+        facts = await off_loop(measure_clip, dest, max_pixels=max_pixels, decode=False)
+        so_far = float(sum(_facts(c).duration for c in before) + facts.duration) - crossfade_s * len(before)
+        _check_length(svc, so_far, i, partial=True)
+        if not own:
+            facts = await off_loop(decoded, facts, max_pixels)
+    except ClipRefused as exc:
+        raise InvalidInput(argument, f"cannot be joined: it {exc}.", CLIP_FORMS) from None
+    size, sha256 = await anyio.to_thread.run_sync(_size_and_hash, dest)
     return StoredClip(
-        path=str(dest), source=value, bytes=size, sha256=await anyio.to_thread.run_sync(sha256_file, dest),
-        width=facts.width, height=facts.height, fps=str(facts.fps), frame_count=facts.frame_count, has_audio=has_audio,
+        path=str(dest), source=value, bytes=size, sha256=sha256, width=facts.width, height=facts.height,
+        fps=str(facts.fps), frame_count=facts.frame_count, has_audio=facts.has_audio, rotation=facts.rotation,
     )  # fmt: skip
 
 
-def _check_clip(path: Path, own: bool) -> tuple[ClipFacts, bool]:
-    """Header facts; a video from outside this server is also decoded in full (the decodability check)."""
+def _size_and_hash(path: Path) -> tuple[int, str]:
+    return path.stat().st_size, sha256_file(path)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    """A job's video is immutable once published: a hard link costs no disk (a copy where the
+    output folder is on another file system)."""
     try:
-        facts = clip_facts(path)
-        if not own:
-            info = probe_video(path)
-            facts = ClipFacts(path, info.width, info.height, facts.fps, info.frame_count, info.has_audio)
-    except Exception as exc:  # PyAV raises many kinds for a file that is not a video
-        raise ValueError(str(exc)[:200]) from None
-    return facts, facts.has_audio
+        os.link(source, dest)
+    except OSError:
+        shutil.copyfile(source, dest)
 
 
 async def _job_video(svc: Service, value: str, argument: str) -> Path | None:
@@ -172,11 +218,11 @@ async def _job_video(svc: Service, value: str, argument: str) -> Path | None:
         validate_job_id(value)
     except InvalidInput:
         return None
-    row = await svc.db.get(value)
+    row = await svc.find(value)  # another user's job id is no job here: it is tried as a path, and refused as one
     if row is None:
         return None
     if row.status != "succeeded":
-        raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be joined.", CLIP_FORMS)
+        raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be used.", CLIP_FORMS)
     path = await svc.resource_path(value, "video.mp4")
     if path is None:
         raise InvalidInput(argument, f"job {value} has no video file any more.", CLIP_FORMS)

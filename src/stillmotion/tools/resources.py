@@ -1,19 +1,29 @@
 """Resources: the model catalog, each job as JSON, and a finished job's files; plus the 2025-era
-`resources/subscribe` for clients that do not speak `subscriptions/listen`."""
+`resources/subscribe` for clients that do not speak `subscriptions/listen`.
+
+Users (issue #23): reads go through `Service.get`/`resource_path` (the asker's jobs only), and a
+subscription to another user's job is acknowledged exactly like one to an unknown job, and never
+fires (`ScopedBus`, `listen_scope`, `LegacySubscriptions`)."""
 
 from __future__ import annotations
 
+import contextvars
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, ServerEvent
 from mcp.types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from ..errors import StillmotionError
 from ..service import Service
 from ..settings import Settings
+from ..users import current
 from . import _sdk
 from .models import public_catalog
 from .resource_files import read_resource_file
@@ -60,6 +70,56 @@ def register(mcp: MCPServer[Service], settings: Settings) -> None:
         return await _file(job_id, "last-frame.png", ctx)
 
 
+JOB_URI = re.compile(r"^stillmotion://jobs/([^/]+)(?:/.*)?$")
+_LISTEN_HIDDEN: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("listen_hidden", default=frozenset())
+
+
+def _job_ids(uris: list[str]) -> set[str]:
+    return {m.group(1) for u in uris if (m := JOB_URI.match(u))}
+
+
+async def hidden_jobs(svc: Service, uris: list[str]) -> frozenset[str]:
+    """The job ids among `uris` the asker may not follow: unknown, or another user's (off the loop)."""
+    ids = _job_ids(uris)
+    if not ids or current().admin:
+        return frozenset()
+    scope = current().scope
+    found = await svc.db.run(lambda: {i for i in ids if svc.store.get(i, user=scope) is not None})
+    return frozenset(ids - found)
+
+
+async def listen_scope(ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+    """`subscriptions/listen`: note which requested jobs are not the asker's, for `ScopedBus`."""
+    if ctx.method != "subscriptions/listen" or ctx.request_id is None:
+        return await call_next(ctx)
+    notifications = (ctx.params or {}).get("notifications")
+    uris = notifications.get("resourceSubscriptions") if isinstance(notifications, dict) else None
+    if not isinstance(uris, list) or not uris:
+        return await call_next(ctx)
+    token = _LISTEN_HIDDEN.set(await hidden_jobs(ctx.lifespan_context, [str(u) for u in uris]))
+    try:
+        return await call_next(ctx)
+    finally:
+        _LISTEN_HIDDEN.reset(token)
+
+
+class ScopedBus(InMemorySubscriptionBus):
+    """A listen stream subscribed (under `listen_scope`) to jobs that are not its user's never gets
+    their updates: the subscription is acknowledged as asked, like one to a job that does not exist."""
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        hidden = _LISTEN_HIDDEN.get()
+        if not hidden:
+            return super().subscribe(listener)
+
+        def scoped(event: ServerEvent) -> None:
+            if isinstance(event, ResourceUpdated) and _job_ids([event.uri]) & hidden:
+                return
+            listener(event)
+
+        return super().subscribe(scoped)
+
+
 class LegacySubscriptions:
     """2025-era `resources/subscribe`: each subscribed session gets `notifications/resources/updated`."""
 
@@ -68,6 +128,8 @@ class LegacySubscriptions:
 
     def register(self, mcp: MCPServer[Any]) -> None:
         async def subscribe(ctx: Any, params: SubscribeRequestParams) -> EmptyResult:
+            if await hidden_jobs(ctx.lifespan_context, [str(params.uri)]):
+                return EmptyResult()  # another user's job: answered as for an unknown one, never notified
             self.subscribers.setdefault(str(params.uri), set()).add(ctx.session)
             return EmptyResult()
 
