@@ -20,9 +20,9 @@ from tests.conftest import SettingsFactory
 class CountingStore(SqliteStore):
     gets = 0
 
-    def get(self, job_id: str) -> JobRow | None:
+    def get(self, job_id: str, *, user: str | None = None) -> JobRow | None:
         self.gets += 1
-        return super().get(job_id)
+        return super().get(job_id, user=user)
 
 
 def _job(store: JobStore, owner: str) -> JobRow:

@@ -145,8 +145,9 @@ class AsyncJobStore:
             self._threads.shutdown(wait=False)
 
     def close_now(self) -> None:
-        """Close from a thread that may block (after the loop stopped using the store)."""
-        self._threads.shutdown(wait=True)
+        """Close from a thread that may block (after the loop stopped using the store): calls not
+        started yet are dropped (their tasks are gone), one running finishes first (the store's lock)."""
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self.sync.close()
 
     now = exposed(JobStore.now)

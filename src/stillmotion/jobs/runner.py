@@ -365,6 +365,8 @@ class JobRunner:
             for job_id in batch:
                 try:
                     await self.on_change(job_id)
+                except StoreUnavailable as fault:  # (the store watch notices the change again later)
+                    log.warning("change notification for job %s: %s", job_id, fault.why)
                 except Exception:  # a notification (or blob cleanup) must never end this task
                     log.warning("change notification for job %s failed", job_id, exc_info=True)
 

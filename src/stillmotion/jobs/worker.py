@@ -24,7 +24,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import anyio
 
@@ -33,6 +33,9 @@ from ..settings import Settings
 
 if sys.platform != "win32":
     import fcntl
+
+if TYPE_CHECKING:  # (service imports the runner; the worker imports the service lazily)
+    from ..service import Service
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +154,7 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
         async with provider_client() as client:
             svc = Service.create(settings, client)
             log.info("worker %s started for %s", svc.runner.owner, settings.home)
-            svc.store.meta_set(META_KEY, svc.runner.owner)
+            await _say_who(svc, svc.runner.owner)
             try:
                 async with anyio.create_task_group() as tg:
                     # the signal receiver first: a SIGTERM right after start-up claimed jobs must still
@@ -180,13 +183,27 @@ async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
                     tg.cancel_scope.cancel()
             finally:
                 svc.stop()
-                if svc.store.meta_get(META_KEY) == svc.runner.owner:
-                    svc.store.meta_set(META_KEY, None)
-                svc.close()
+                with anyio.CancelScope(shield=True):  # off the loop: the store may be slow or down
+                    await _say_who(svc, None)
+                    await svc.aclose()
     finally:
         if lock is not None:
             lock.close()
     return 0
+
+
+async def _say_who(svc: Service, owner: str | None) -> None:
+    """Record (or, at exit, clear if still ours) which worker runs, for `stillmotion jobs`; through the
+    store's own threads, and never fatal: a store that cannot be written only leaves the note stale."""
+    from .async_store import StoreUnavailable
+
+    try:
+        if owner is not None:
+            await svc.db.meta_set(META_KEY, owner)
+        elif await svc.db.meta_get(META_KEY) == svc.runner.owner:
+            await svc.db.meta_set(META_KEY, None)
+    except StoreUnavailable as fault:
+        log.warning("could not note the worker in the job store: %s", fault.why)
 
 
 async def _stop_on_signal(signals: AsyncIterator[signal.Signals], scope: anyio.CancelScope) -> None:
