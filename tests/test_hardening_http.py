@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psutil
 import pytest
@@ -418,4 +419,4 @@ async def test_resource_cap_on_in_process_transport(make_settings: Any, tmp_path
         with pytest.raises(MCPError) as info:
             await client.read_resource(done["video"]["uri"])
     path = Path(done["video"]["path"])
-    assert str(path) in str(info.value) and path.resolve().as_uri() in str(info.value)
+    assert str(path) in str(info.value) and (await anyio.Path(path).resolve()).as_uri() in str(info.value)

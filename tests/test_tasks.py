@@ -265,7 +265,7 @@ def test_over_http_the_mcp_name_header_must_name_the_task(home: Path, image_480:
 
         async def talk() -> tuple[str, str]:
             async with Client(url, extensions=[TasksClient()]) as client:
-                data_uri = "data:image/png;base64," + base64.b64encode(image_480.read_bytes()).decode()
+                data_uri = "data:image/png;base64," + base64.b64encode(await anyio.Path(image_480).read_bytes()).decode()
                 task = await _start(client, data_uri)  # HTTP takes no local paths
                 view = await get_task(client.session, task.task_id)  # the SDK sets Mcp-Name = taskId
                 assert view.task_id == task.task_id

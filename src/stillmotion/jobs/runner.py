@@ -58,7 +58,7 @@ from ..errors import (
     ProviderError,
     StillmotionError,
 )
-from ..media.net import UrlGuard, download_to_file, write_base64_file
+from ..media.net import UrlGuard, download_to_file, remove_file, write_base64_file
 from ..media.publish import Samples
 from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
@@ -873,7 +873,7 @@ class JobRunner:
             await self._set(job)  # still ours (a store fault is waited out), so the file may take its name
             await anyio.to_thread.run_sync(os.replace, tmp, final)
         finally:
-            tmp.unlink(missing_ok=True)
+            await remove_file(tmp)
         result["video"]["path"] = str(final)
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires
