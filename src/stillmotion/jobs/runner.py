@@ -376,11 +376,6 @@ class JobRunner:
             ev = self._events[job_id] = anyio.Event()
         return ev
 
-    async def wait_change(self, job_id: str, timeout: float) -> None:
-        ev = self.change_event(job_id)
-        with anyio.move_on_after(max(0.0, timeout)):
-            await ev.wait()
-
     async def _owned_write(self, job: Job, write: Callable[[], Awaitable[T]], *, until_lost: bool = False) -> T:
         """A store write made while driving `job`, waited out through store faults (locked, connection
         lost, disk full) with backoff while the job's lease lasts. Raises StoreUnavailable when the

@@ -112,7 +112,6 @@ class JobRow:
     warnings: list[str]
     error: dict[str, Any] | None
     result: dict[str, Any] | None
-    attempts: int
     provider_done_at: float | None
     owner: str | None = None
     """The process instance driving this job (None: nobody; any process may claim it)."""
@@ -524,7 +523,7 @@ class SqliteStore(JobStore):
         for col in JSON_COLS:
             if d[col] is not None:
                 d[col] = json.loads(d[col])
-        return JobRow(**d)
+        return JobRow(**{k: d[k] for k in ROW_COLS})  # (the schema's `attempts` column is unused)
 
     def _select(self, where: str, params: tuple[Any, ...] = (), tail: str = "") -> list[JobRow]:
         with self._lock:
