@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from stillmotion.file_links import FileLinks
-from stillmotion.jobs.store import open_store
+from stillmotion.jobs.backends import open_store
 from tests.conftest import write_image
 from tests.fakes import KlingFake
 from tests.test_hardening_images import _huge_png

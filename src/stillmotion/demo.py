@@ -11,13 +11,18 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from .cli import sample_image_path
 from .media.video import VideoInfo, probe_video
+
+
+def sample_image_path() -> Path:
+    """The bundled sample still (stillmotion/assets/sample.jpg)."""
+    return Path(str(resources.files("stillmotion") / "assets" / "sample.jpg"))
 
 
 def _measure(path: Path) -> tuple[VideoInfo, int]:
