@@ -39,7 +39,7 @@ def combinations() -> list[tuple[Any, ...]]:
     """One request per model, route and option combination that changes the price."""
     out = []
     for m in MODELS.values():
-        routes = ["local"] if m.is_local else ["direct", *(["gateway"] if m.gateway_id else [])]
+        routes = ["local"] if m.is_local else [*(["direct"] if m.direct_name else []), *(["gateway"] if m.gateway_id else [])]
         modes: list[str | None] = list(m.modes) or [None]
         for route, mode in itertools.product(routes, modes):
             sounds: list[str | None] = [None]
@@ -58,7 +58,8 @@ CASES = combinations()
 def test_the_table_covers_every_model() -> None:
     assert {c[0] for c in CASES} == set(MODELS)
     # local 3 resolutions + Kling 28 (modes x sound x routes) + Wan 4 + Wan flash 8 + xAI 4
-    assert len(CASES) == 47
+    # + xAI 1.5 6 (routes x 3 resolutions) + Veo 16 (gateway x 2 resolutions x audio) + Seedance 22 (#24)
+    assert len(CASES) == 47 + 6 + 16 + 22
 
 
 @pytest.mark.parametrize("case", CASES, ids=["|".join(str(x) for x in c) for c in CASES])

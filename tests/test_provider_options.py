@@ -38,7 +38,7 @@ def test_registry_routes(tmp_path: Path) -> None:
     assert isinstance(make_provider(client, s, "alibaba", "gateway"), gateway.GatewayProvider)
     with pytest.raises(ValueError):
         make_provider(client, s, "local", "direct")
-    assert {e.field for e in REGISTRY.values()} == {"kling", "wan", "xai", "local"}
+    assert {e.field for e in REGISTRY.values()} == {"kling", "wan", "xai", "veo", "seedance", "local"}
 
 
 def test_kling_check_is_pure_and_resolves(tmp_path: Path) -> None:

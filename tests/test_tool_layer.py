@@ -22,7 +22,7 @@ from tests.conftest import SettingsFactory, connect, error_text, structured
 
 pytestmark = pytest.mark.anyio
 
-TOKEN_BUDGET = 16_000
+TOKEN_BUDGET = 18_000
 """json.dumps([{name, description, inputSchema}]) with default separators, every tool included."""
 
 
@@ -88,7 +88,8 @@ ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
      "[invalid_input] Invalid argument 'camera.config.dolly': unknown field. Allowed: horizontal, vertical, pan, tilt, roll, zoom."),
     ("typo_argument", "animate_image", {"image": X, "duraton": 5},
      "[invalid_input] Invalid argument 'duraton': unknown argument; did you mean 'duration'? Allowed: model, prompt, "
-     "negative_prompt, duration, wait_seconds, idempotency_key, dry_run, confirm_cost_usd, kling, local, image, wan, xai."),
+     "negative_prompt, duration, wait_seconds, idempotency_key, dry_run, confirm_cost_usd, kling, local, image, wan, xai, "
+     "veo, seedance."),
     ("zoom_range", "camera_move", {"image": X, "camera": {"type": "simple", "config": {"zoom": 20}}},
      "[invalid_input] Invalid argument 'camera.config.zoom': must be <= 10; got 20. Allowed: a number from -10 to 10."),
     ("option_typo", "animate_image", {"image": X, "kling": {"mdoe": "pro"}},
@@ -121,8 +122,8 @@ ERRORS: list[tuple[str, str, dict[str, Any], str]] = [
      "[invalid_input] Invalid argument 'job_id': is required. Allowed: The job id a generation tool returned."),
     ("unknown_tool", "camra_move", {},
      "[invalid_input] Invalid argument 'name': unknown tool 'camra_move'; did you mean 'camera_move'? Allowed: "
-     "animate_image, interpolate_frames, camera_move, motion_brush, join_clips, check_job, list_jobs, cancel_job, delete_job, "
-     "list_models."),
+     "animate_image, interpolate_frames, camera_move, motion_brush, join_clips, extend_video, check_job, list_jobs, "
+     "cancel_job, delete_job, list_models."),
     ("resolution", "animate_image", {"image": X, "local": {"resolution": "4k"}},
      "[invalid_input] Invalid argument 'local.resolution': '4k' is not allowed. Allowed: 480p, 720p, 1080p."),
     ("aspect_near", "animate_image", {"image": X, "xai": {"aspect_ratio": "21:9"}},

@@ -26,7 +26,7 @@ async def test_tools_listed_with_schemas_and_annotations(make_settings: Settings
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(tools) == {
         "animate_image", "interpolate_frames", "camera_move", "motion_brush",
-        "check_job", "list_jobs", "cancel_job", "list_models", "join_clips", "delete_job",
+        "check_job", "list_jobs", "cancel_job", "list_models", "join_clips", "delete_job", "extend_video",
     }
     for name in ("animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips"):
         t = tools[name]

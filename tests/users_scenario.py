@@ -101,6 +101,10 @@ async def stranger_cannot_touch(url: str, token: str, theirs: Seen, mine_done: s
         assert "no job" in text
         await same_as_unknown(await tool("check_job", lambda j: {"job_id": j, "wait_seconds": 1}), theirs.held)
         await same_as_unknown(await tool("cancel_job", lambda j: {"job_id": j}), theirs.held)
+        await same_as_unknown(await tool("delete_job", lambda j: {"job_id": j}), theirs.done)  # (#26's tool)
+        for video in (lambda j: j, lambda j: f"stillmotion://jobs/{j}/video.mp4"):  # (#24's tool)
+            text = await same_as_unknown(await tool("extend_video", lambda j, v=video: {**LOCAL, "video": v(j)}), theirs.done)
+            assert theirs.done in text and "video" in text, text  # refused for the video itself, as an unknown one
         await same_as_unknown(await tool("join_clips", lambda j: {"clips": [mine["job_id"], j]}), theirs.done)
         await same_as_unknown(
             await tool("join_clips", lambda j: {"clips": [mine["job_id"], f"stillmotion://jobs/{j}/video.mp4"]}),

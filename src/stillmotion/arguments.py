@@ -28,6 +28,8 @@ from .requests import (
     KlingOptions,
     LocalOptions,
     MaskInput,
+    SeedanceOptions,
+    VeoOptions,
     WanOptions,
     XaiOptions,
 )
@@ -82,6 +84,8 @@ class AnimateImageArgs(GenerationArgs):
     image: ImageArg
     wan: WanOptions | None = None
     xai: XaiOptions | None = None
+    veo: VeoOptions | None = None
+    seedance: SeedanceOptions | None = None
 
 
 class InterpolateFramesArgs(GenerationArgs):
@@ -89,7 +93,9 @@ class InterpolateFramesArgs(GenerationArgs):
     image_argument: ClassVar[str] = "start_image"
 
     start_image: ImageArg
-    end_image: str = Field(min_length=1, description="The last frame; same forms.")
+    end_image: str = Field(min_length=1, description="Last frame; same forms.")
+    veo: VeoOptions | None = None
+    seedance: SeedanceOptions | None = None
 
 
 class CameraMoveArgs(GenerationArgs):
@@ -110,4 +116,4 @@ class MotionBrushArgs(GenerationArgs):
 ARGS_BY_TOOL: dict[str, type[GenerationArgs]] = {
     cls.tool: cls for cls in (AnimateImageArgs, InterpolateFramesArgs, CameraMoveArgs, MotionBrushArgs)
 }
-OPTION_ARGUMENTS = ("kling", "wan", "xai", "local")
+OPTION_ARGUMENTS = ("kling", "wan", "xai", "veo", "seedance", "local")

@@ -381,7 +381,7 @@ class BlobJanitor:
             row = await self.store.get(job_id) if isinstance(job_id, str) else None
             if row is not None:
                 if row.terminal:
-                    await self._clean(row.id)
+                    self._spawn(self._clean, row.id, name=f"blob cleanup {row.id}")
                 continue  # a job still running needs its blobs: deleted when it ends
             owner = entry.get("owner")
             at = entry.get("at")
@@ -391,7 +391,7 @@ class BlobJanitor:
                 self._spawn(self._retire, key, entry, name=f"blob cleanup {key}")
         for row in rows:
             if row.terminal and row.request.get("blobs") and not row.request.get("blob_intent"):
-                await self._clean(row.id)
+                self._spawn(self._clean, row.id, name=f"blob cleanup {row.id}")
 
     async def forget(self, req: GenerationRequest) -> None:
         """A job that was not stored after all (budget, duplicate key, store down): its blobs go,

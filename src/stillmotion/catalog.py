@@ -5,7 +5,11 @@ Tool schemas (model enums, descriptions), validation, `list_models`, the
 
 Sources: the seed (`seed-image-to-video.txt`) for Kling's image rules and prompt lengths;
 Kling's published capability map (provider-apis.md 1.4) for which model serves which feature;
-DashScope (2.2) and xAI (3.2) for Wan and Grok; SPEC section 6 for the offline engine.
+DashScope (2.2) and xAI (3.2) for Wan and Grok; SPEC section 6 for the offline engine. Veo and
+Seedance (Gateway only): Google's Vertex model cards, the Gateway's model pages and the AI SDK's
+provider option schemas, each limit with its source in docs/decisions.md (issue #24); a limit no
+primary source publishes is listed in the model's `unpublished` (shown by list_models) and gets
+stillmotion's own bound, never a guessed provider value.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Provider = Literal["klingai", "alibaba", "xai", "local"]
+Provider = Literal["klingai", "alibaba", "xai", "google", "bytedance", "local"]
 ToolName = Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"]
 GENERATION_TOOLS: tuple[ToolName, ...] = ("animate_image", "interpolate_frames", "camera_move", "motion_brush")
 CAMERA_TYPES = ("simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward")
@@ -98,6 +102,10 @@ class ModelSpec:
     elements: bool = False
     """Kling element references (`element_list`)."""
     notes: tuple[str, ...] = field(default_factory=tuple)
+    image_urls: bool = True
+    """False: the provider takes inline image bytes only (Vertex ignores image URLs)."""
+    unpublished: tuple[str, ...] = ()
+    """Limits no primary source publishes: stillmotion's own bound applies (listed by list_models)."""
 
     @property
     def is_local(self) -> bool:
@@ -163,6 +171,8 @@ class ModelSpec:
             },
             "notes": list(self.notes),
         }
+        if self.unpublished:
+            out["unpublished"] = list(self.unpublished)
         if routes is not None:
             out["routes"] = routes
         return out
@@ -341,25 +351,99 @@ WAN_MODELS = (
     ),
 )
 
-XAI_MODEL = ModelSpec(
-    id="xai/grok-imagine-video",
-    provider="xai",
-    title="xAI Grok Imagine Video",
-    summary="Grok Imagine: 1-15 s, 480p or 720p; output keeps the image's aspect unless aspect_ratio is set.",
-    direct_name="grok-imagine-video",
-    gateway_id="spacexai/grok-imagine-video",
-    durations=tuple(range(1, 16)),
-    default_duration=5,
-    modes=(),
-    prompt_max=4096,
-    negative_prompt_max=None,
-    prompt_required=True,
-    image_rules=XAI_IMAGES,
-    features={"animate_image": Feature()},
-    resolutions=("480p", "720p"),
-    default_resolution="480p",
-    aspect_ratios=("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"),
+XAI_ASPECTS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
+
+
+def _grok(name: str, title: str, summary: str, resolutions: tuple[str, ...], notes: tuple[str, ...]) -> ModelSpec:
+    return ModelSpec(
+        id=f"xai/{name}", provider="xai", title=title, summary=summary, direct_name=name,
+        gateway_id=f"spacexai/{name}", durations=tuple(range(1, 16)), default_duration=5, modes=(), prompt_max=4096,
+        negative_prompt_max=None, prompt_required=True, image_rules=XAI_IMAGES, features={"animate_image": Feature()},
+        resolutions=resolutions, default_resolution="480p", aspect_ratios=XAI_ASPECTS, notes=notes,
+    )  # fmt: skip
+
+
+XAI_MODEL = _grok(
+    "grok-imagine-video", "xAI Grok Imagine Video",
+    "Grok Imagine: 1-15 s, 480p or 720p; output keeps the image's aspect unless aspect_ratio is set.",
+    ("480p", "720p"),
+    ("extend_video xai.native: xAI's /v1/videos/extensions (direct route), 2-10 s added to a 2-15 s MP4",),
+)  # fmt: skip
+XAI_15_MODEL = _grok(
+    "grok-imagine-video-1.5", "xAI Grok Imagine Video 1.5",
+    "Grok Imagine 1.5: 1-15 s with generated sound, 480p, 720p or 1080p.",
+    ("480p", "720p", "1080p"),
+    (
+        "no last frame: the AI SDK's xAI model sends none for 1.5 (sources disagree)",
+        "no native extension: xAI answers 'Video extension is not supported for this model'",
+    ),
+)  # fmt: skip
+
+# -- Google Veo, ByteDance Seedance (Vercel AI Gateway only) --------------------------------
+
+VEO_IMAGES = ImageRules(("JPEG", "PNG"), 20 * MB, 64, None, 1 / 8, 8.0)
+SEEDANCE_IMAGES = ImageRules(("JPEG", "PNG", "WEBP", "BMP"), 30 * MB, 300, 6000, 0.4, 2.5)
+_VEO_UNPUBLISHED = (
+    "prompt length (stillmotion caps it at 2500 characters)",
+    "negative prompt length (capped at 2500)",
+    "input image side and aspect limits (stillmotion applies 64 px and 1:8-8:1; output is 16:9 or 9:16)",
 )
+
+
+def _veo(version: str, fast: bool, *, durations: tuple[int, ...], last_frame: bool, summary: str) -> ModelSpec:
+    mid = f"google/veo-{version}-{'fast-' if fast else ''}generate-001"
+    feats = {"animate_image": Feature(), **({"interpolate_frames": Feature()} if last_frame else {})}
+    return ModelSpec(
+        id=mid, provider="google", title=f"Google Veo {version}{' Fast' if fast else ''}", summary=summary,
+        direct_name=None, gateway_id=mid, durations=durations, default_duration=8, modes=(), prompt_max=2500,
+        negative_prompt_max=2500, prompt_required=True, image_rules=VEO_IMAGES, features=feats, audio=True,
+        resolutions=("720p", "1080p"), default_resolution="720p", aspect_ratios=("16:9", "9:16"), seed=True,
+        image_urls=False, unpublished=_VEO_UNPUBLISHED,
+    )  # fmt: skip
+
+
+VEO_MODELS = (
+    _veo("3.1", False, durations=(4, 6, 8), last_frame=True,
+         summary="Veo 3.1: 4/6/8 s, 720p/1080p, 16:9 or 9:16, first and last frame, generated sound."),
+    _veo("3.1", True, durations=(4, 6, 8), last_frame=True,
+         summary="Veo 3.1 Fast: faster Veo 3.1 with first and last frame and sound."),
+    _veo("3.0", False, durations=(4, 6, 8), last_frame=False,
+         summary="Veo 3.0: 4/6/8 s, 720p/1080p, 16:9 or 9:16, generated sound; first frame only."),
+    _veo("3.0", True, durations=(8,), last_frame=False,
+         summary="Veo 3.0 Fast: 8 s only, one input image (no last frame)."),
+)
+
+_SEEDANCE_ASPECTS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9")
+_SEEDANCE_UNPUBLISHED = ("prompt length (stillmotion caps it at 2500 characters)",)
+
+
+def _seedance(
+    name: str, title: str, *, durations: tuple[int, ...], resolutions: tuple[str, ...], last_frame: bool,
+    audio: bool, summary: str,
+) -> ModelSpec:
+    feats = {"animate_image": Feature(), **({"interpolate_frames": Feature()} if last_frame else {})}
+    return ModelSpec(
+        id=f"bytedance/{name}", provider="bytedance", title=f"ByteDance {title}", summary=summary, direct_name=None,
+        gateway_id=f"bytedance/{name}", durations=durations, default_duration=5, modes=(), prompt_max=2500,
+        negative_prompt_max=None, prompt_required=True, image_rules=SEEDANCE_IMAGES, features=feats, audio=audio,
+        resolutions=resolutions, default_resolution="720p", aspect_ratios=_SEEDANCE_ASPECTS, seed=True,
+        unpublished=_SEEDANCE_UNPUBLISHED,
+    )  # fmt: skip
+
+
+_P3 = ("480p", "720p", "1080p")
+SEEDANCE_MODELS = (
+    _seedance("seedance-2.0", "Seedance 2.0", durations=tuple(range(4, 16)), resolutions=_P3, last_frame=True,
+              audio=True, summary="Seedance 2.0: 4-15 s, up to 1080p, first and last frame, generated sound."),
+    _seedance("seedance-2.0-fast", "Seedance 2.0 Fast", durations=tuple(range(4, 16)), resolutions=_P3[:2],
+              last_frame=True, audio=True, summary="Seedance 2.0 Fast: 4-15 s, up to 720p, first and last frame, sound."),
+    _seedance("seedance-v1.5-pro", "Seedance 1.5 Pro", durations=tuple(range(4, 13)), resolutions=_P3,
+              last_frame=True, audio=True, summary="Seedance 1.5 Pro: 4-12 s, up to 1080p, first and last frame, sound."),
+    _seedance("seedance-v1.0-pro", "Seedance 1.0 Pro", durations=tuple(range(3, 13)), resolutions=_P3,
+              last_frame=True, audio=False, summary="Seedance 1.0 Pro: 3-12 s, up to 1080p, first and last frame, silent."),
+    _seedance("seedance-v1.0-pro-fast", "Seedance 1.0 Pro Fast", durations=tuple(range(3, 13)), resolutions=_P3,
+              last_frame=False, audio=False, summary="Seedance 1.0 Pro Fast: 3-12 s, up to 1080p, first frame only, silent."),
+)  # fmt: skip
 
 LOCAL_MODEL = ModelSpec(
     id="local/preview",
@@ -384,9 +468,14 @@ LOCAL_MODEL = ModelSpec(
     default_resolution="720p",
 )
 
-ALL_MODELS: tuple[ModelSpec, ...] = (LOCAL_MODEL, *KLING_MODELS, *WAN_MODELS, XAI_MODEL)
+ALL_MODELS: tuple[ModelSpec, ...] = (
+    LOCAL_MODEL, *KLING_MODELS, *WAN_MODELS, XAI_MODEL, XAI_15_MODEL, *VEO_MODELS, *SEEDANCE_MODELS
+)  # fmt: skip
 MODELS: dict[str, ModelSpec] = {m.id: m for m in ALL_MODELS}
-ALIASES: dict[str, str] = {"spacexai/grok-imagine-video": "xai/grok-imagine-video"}
+ALIASES: dict[str, str] = {
+    "spacexai/" + m.id.removeprefix("xai/"): m.id for m in ALL_MODELS if m.provider == "xai"
+}
+"""xAI's models moved from the Gateway's `xai/` prefix to `spacexai/`: every `xai/` id is taken in both spellings."""
 
 
 def resolve_model_id(model_id: str) -> str | None:
@@ -405,9 +494,7 @@ def models_for_tool(tool: str, *, strict: bool = True) -> list[ModelSpec]:
 
 def model_ids_for_tool(tool: str, *, strict: bool = True) -> list[str]:
     ids = [m.id for m in models_for_tool(tool, strict=strict)]
-    if "xai/grok-imagine-video" in ids:
-        ids.append("spacexai/grok-imagine-video")
-    return ids
+    return ids + [alias for alias, mid in ALIASES.items() if mid in ids]
 
 
 def catalog_table() -> list[dict[str, Any]]:

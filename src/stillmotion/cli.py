@@ -161,11 +161,11 @@ def _asks_run_help(argv: list[str]) -> bool:
 TOOL_INDEX: tuple[tuple[str, str], ...] = (
     ("animate_image", "Animate a still image: the image becomes the first frame and the prompt describes the motion"),
     ("interpolate_frames", "Make a clip that starts on start_image and ends on end_image (first/last-frame)"),
-    ("camera_move", "Move the camera over the still scene: one axis in [-10, 10] (type simple) or a preset "
-                    "(down_back, forward_up, right_turn_forward, left_turn_forward)"),
+    ("camera_move", "Move the camera over the still scene: one axis in [-10, 10] (type simple) or a preset type"),
     ("motion_brush", "Move 1-6 masked regions along trajectories (input-image pixels, origin BOTTOM-LEFT, 2-77 points "
                      "per 5 s) while static_mask holds still"),
     ("join_clips", "Join clips (job ids or videos) into one MP4 (free, local; the first clip's size and fps)"),
+    ("extend_video", "The video then its continuation from its last frame, as one MP4 (models and options as animate_image)"),
     ("check_job", "Status of a job"),
     ("list_jobs", "Recent jobs, newest first, optionally filtered by status"),
     ("cancel_job", "Stop a job"),

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from .providers.base import JobContext
-from .requests import GenerationRequest, StoredImage
+from .requests import GenerationRequest, StoredClip, StoredImage
 from .settings import Settings
 
 JOB_ID = "<job_id>"
@@ -43,6 +43,11 @@ class PreviewContext(JobContext):
 
     def raw_b64(self, image: StoredImage) -> str:
         return image_placeholder(self.image_bytes(image))
+
+    def video_url_or_data_uri(self, clip: StoredClip) -> str:
+        if clip.source.startswith(("http://", "https://")):
+            return clip.source
+        return f"data:video/mp4;base64,<base64 video: {clip.bytes} bytes, sha256 {clip.sha256[:16]}>"
 
 
 def preview_create_request(
@@ -89,8 +94,9 @@ def preview_create_request(
         headers = {"Content-Type": "application/json", "X-DashScope-Async": "enable"}
     else:
         from .providers.xai import CREATE_PATH as XAI_CREATE
+        from .providers.xai import EXTEND_PATH, XaiProvider
 
-        url = base + XAI_CREATE
+        url = base + (EXTEND_PATH if XaiProvider.native(ctx) else XAI_CREATE)
         headers = {"Content-Type": "application/json"}
     out: dict[str, Any] = {"method": "POST", "url": url, "headers": headers, "body": body}
     if note:

@@ -49,7 +49,7 @@ assert set(CameraType.__args__) == set(CAMERA_TYPES)  # type: ignore[attr-define
 
 class CameraControl(_Strict):
     type: CameraType = Field(
-        description="simple: one axis from config; presets: down_back, forward_up, right/left_turn_forward."
+        description="simple: one axis from config; the others are presets."
     )
     config: CameraConfig | None = Field(
         None, description="Type simple only: exactly one non-zero axis."
@@ -121,7 +121,7 @@ class KlingOptions(_Strict):
     sound: Literal["on", "off"] | None = Field(None, description="Audio (v2.6 pro, v3); default off.")
     voices: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(max_length=2)] | None = Field(
         None,
-        description="Voice ids; need sound on; prompt says <<<voice_1>>>.",
+        description="Voice ids (sound on); prompt says <<<voice_1>>>.",
     )
     watermark: bool | None = None
     shots: list[KlingShot] | None = Field(None, description="1-6, summing to duration.")
@@ -146,11 +146,38 @@ class WanOptions(_Strict):
 
 
 class XaiOptions(_Strict):
-    resolution: Literal["480p", "720p"] | None = Field(None, description="Default 480p.")
+    resolution: Literal["480p", "720p", "1080p"] | None = Field(None, description="Default 480p.")
     aspect_ratio: Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3"] | None = Field(
         None,
         description="STRETCHES the image; omit to keep its shape.",
     )
+    native: bool | None = None
+    """extend_video only: xAI's own video extension (the whole video goes in)."""
+    poll_interval_ms: PollInterval | None = None
+    poll_timeout_ms: PollTimeout | None = None
+
+
+Seed = Annotated[int, Field(ge=0, le=2_147_483_647)]
+
+
+class VeoOptions(_Strict):
+    """Google Veo (Gateway only); values per model in the catalog, checked by providers/veo.py."""
+
+    resolution: Literal["720p", "1080p"] | None = None
+    aspect_ratio: Literal["16:9", "9:16"] | None = None
+    audio: bool | None = None
+    seed: Seed | None = None
+    poll_interval_ms: PollInterval | None = None
+    poll_timeout_ms: PollTimeout | None = None
+
+
+class SeedanceOptions(_Strict):
+    """ByteDance Seedance (Gateway only); values per model in the catalog, checked by providers/seedance.py."""
+
+    resolution: Literal["480p", "720p", "1080p"] | None = None
+    aspect_ratio: Literal["16:9", "4:3", "1:1", "3:4", "9:16", "21:9"] | None = None
+    audio: bool | None = None
+    seed: Seed | None = None
     poll_interval_ms: PollInterval | None = None
     poll_timeout_ms: PollTimeout | None = None
 
@@ -162,8 +189,10 @@ class LocalOptions(_Strict):
     fps: Literal[24, 25, 30] = 24
 
 
-ProviderOptionsField = Literal["kling", "wan", "xai", "local"]
-OPTION_FIELDS: dict[str, str] = {"klingai": "kling", "alibaba": "wan", "xai": "xai", "local": "local"}
+ProviderOptionsField = Literal["kling", "wan", "xai", "veo", "seedance", "local"]
+OPTION_FIELDS: dict[str, str] = {
+    "klingai": "kling", "alibaba": "wan", "xai": "xai", "google": "veo", "bytedance": "seedance", "local": "local"
+}  # fmt: skip
 
 
 class StoredImage(BaseModel):
@@ -215,7 +244,7 @@ class StoredMask(BaseModel):
 class GenerationRequest(BaseModel):
     """The normalised, validated request a job stores and a provider maps to its wire format."""
 
-    tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips"]
+    tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips", "extend_video"]
     model: str
     route: Literal["direct", "gateway", "local"]
     prompt: str | None = None
@@ -232,11 +261,13 @@ class GenerationRequest(BaseModel):
     kling: KlingOptions | None = None
     wan: WanOptions | None = None
     xai: XaiOptions | None = None
+    veo: VeoOptions | None = None
+    seedance: SeedanceOptions | None = None
     local: LocalOptions | None = None
     """The model's own options object, resolved by its provider's `check_options` (defaults filled in,
     poll settings moved to the fields below). local/preview also keeps `kling` when it carries shots."""
     clips: list[StoredClip] = Field(default_factory=list)
-    """join_clips: the videos to join, in order."""
+    """join_clips: the videos to join, in order. extend_video: the source video (its last frame is `image`)."""
     crossfade_s: float = 0.0
     blobs: list[str] = Field(default_factory=list)
     """Vercel Blob URLs uploaded for this job (deleted when the job ends)."""

@@ -13,7 +13,10 @@ from .errors import InvalidInput, MissingCredentials, StillmotionError
 from .settings import DIRECT_KEY_VARS, Settings
 
 RouteName = Literal["direct", "gateway", "local"]
-PROVIDER_LABEL = {"klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "local": "the offline engine"}
+PROVIDER_LABEL = {
+    "klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "google": "Google Veo", "bytedance": "ByteDance Seedance",
+    "local": "the offline engine",
+}  # fmt: skip
 SHORT_TOOL = {"animate_image": "animate", "interpolate_frames": "interpolate", "camera_move": "camera", "motion_brush": "brush"}
 
 
@@ -23,6 +26,14 @@ def choose_route(spec: ModelSpec, settings: Settings) -> RouteName:
     direct_ok = settings.has_direct_key(spec.provider)
     gateway_ok = settings.gateway_api_key is not None
     label = PROVIDER_LABEL[spec.provider]
+    if spec.direct_name is None and spec.gateway_id is not None:  # Veo, Seedance: the Gateway only
+        if gateway_ok and settings.route != "direct":
+            return "gateway"
+        raise MissingCredentials(
+            f"{spec.id} is served only through the Vercel AI Gateway: set AI_GATEWAY_API_KEY"
+            + (" and STILLMOTION_ROUTE=gateway or auto." if settings.route == "direct" else ".")
+            + " Or use model local/preview, which needs no key."
+        )
     if settings.route == "direct":
         if direct_ok:
             return "direct"
@@ -71,6 +82,8 @@ def enabled_by(m: ModelSpec) -> str:
     """The environment variables that enable a model's routes."""
     if m.is_local:
         return "nothing (offline)"
+    if m.provider not in DIRECT_KEY_VARS:
+        return "AI_GATEWAY_API_KEY (the Vercel AI Gateway only)"
     direct = DIRECT_KEY_VARS[m.provider]
     return direct + (" or AI_GATEWAY_API_KEY" if m.gateway_id else "")
 

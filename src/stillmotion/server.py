@@ -25,7 +25,7 @@ from .providers._http import provider_client
 from .service import Service
 from .settings import Settings
 from .tasks import TasksExtension
-from .tools import _sdk, generation, jobs, join, models, resources
+from .tools import _sdk, extend, generation, jobs, join, models, resources
 from .tools.base import Build, ToolCalls, ToolSpec
 from .tools.cost import register_spend_resource
 from .users import asker_middleware
@@ -44,7 +44,7 @@ check and the price, without a job or any request). confirm_cost_usd is the pric
 approved, for a job above the confirmation threshold when the client cannot ask them itself.
 """
 
-TOOL_MODULES: Sequence[Any] = (generation, join, jobs, models)
+TOOL_MODULES: Sequence[Any] = (generation, join, extend, jobs, models)
 """Modules with `specs(build: Build) -> list[ToolSpec]`, listed in this order."""
 
 

@@ -210,7 +210,8 @@ class Service:
     # -- submit --------------------------------------------------------------------------
 
     def estimate(self, plan: Plan, tool: str) -> Cost:
-        """The cost of a planned request before anything is sent."""
+        """The cost of a planned request before anything is sent (extend_video: its continuation's)."""
+        tool = "animate_image" if tool == "extend_video" else tool
         return self.settings.prices.estimate(
             model=plan.spec.id, route=plan.route, tool=tool, duration=plan.duration, options=plan.options
         )
@@ -274,7 +275,9 @@ class Service:
         preview = preview_create_request(self.client, self.settings, request, held)
         return plan, self.estimate(plan, args.tool), preview
 
-    async def submit(self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None) -> JobRow:
+    async def submit(
+        self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
+    ) -> JobRow:
         """Validate everything, store the job (reserving its estimate against the budget), start it.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
@@ -285,7 +288,7 @@ class Service:
                 return self._same_or_error(existing, fingerprint)
         plan = plan or plan_request(args, self.settings)
         async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
-            job_id, folder, inputs, kept, stored_audio = await self._take_inputs(args, plan, fetched)
+            job_id, folder, inputs, kept, stored_audio = await self._take_inputs(args, plan, fetched, job_id)
 
         def keep(img: LoadedImage, name: str) -> StoredImage:
             return kept[name]
@@ -348,7 +351,7 @@ class Service:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
 
     async def _take_inputs(
-        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]
+        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched], job_id: str | None = None
     ) -> tuple[str, Path, LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
         """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
         The images' bytes are dropped once written: what the submission keeps is the files."""
@@ -360,7 +363,7 @@ class Service:
             plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
         audio = await self._load_audio(plan.provider_options, fetched)
 
-        job_id = new_job_id()
+        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
         folder = self.settings.inputs_dir / job_id
         kept: dict[str, StoredImage] = {}
 
@@ -435,6 +438,8 @@ class Service:
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
             audio=audio,
+            clips=[args.source] if args.source is not None else [],
+            crossfade_s=args.crossfade_s,
             **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,

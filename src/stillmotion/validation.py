@@ -29,6 +29,9 @@ from .requests import (
     LocalOptions,
     MaskInput,
     PolygonShape,
+    SeedanceOptions,
+    StoredClip,
+    VeoOptions,
     WanOptions,
     XaiOptions,
 )
@@ -51,17 +54,24 @@ class ToolArgs:
     kling: KlingOptions | None = None
     wan: WanOptions | None = None
     xai: XaiOptions | None = None
+    veo: VeoOptions | None = None
+    seedance: SeedanceOptions | None = None
     local: LocalOptions | None = None
     image_argument: str = "image"
+    source: StoredClip | None = None
+    """extend_video: the checked source video (`image` is its last frame)."""
+    crossfade_s: float = 0.0
 
     def fingerprint(self) -> dict[str, Any]:
         """The validated request as JSON data: what "the same arguments" means for an idempotency key."""
         out: dict[str, Any] = {"tool": self.tool}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("tool", "image_argument") or value is None:
+            if f.name in ("tool", "image_argument") or value is None or (f.name == "crossfade_s" and not value):
                 continue
             name = self.image_argument if f.name == "image" else f.name
+            if f.name == "source":  # the checked copy's path differs per call; its content does not
+                value = {"source": value.source, "sha256": value.sha256}
             out[name] = _jsonable(value)
         return out
 
@@ -118,7 +128,7 @@ def _dump(opt: BaseModel | None) -> dict[str, Any]:
 
 
 def plan_request(args: ToolArgs, settings: Settings) -> Plan:
-    tool = args.tool
+    tool = "animate_image" if args.tool == "extend_video" else args.tool  # a continuation is image-to-video
     assert tool in GENERATION_TOOLS
     model_arg = args.model or settings.default_model
     mid = resolve_model_id(model_arg)
@@ -153,7 +163,10 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     # -- options objects: the model's own is used; others are ignored with a warning
     entry = REGISTRY[spec.provider]
     own_field = entry.field
-    given: dict[str, BaseModel | None] = {"kling": args.kling, "wan": args.wan, "xai": args.xai, "local": args.local}
+    given: dict[str, BaseModel | None] = {
+        "kling": args.kling, "wan": args.wan, "xai": args.xai, "veo": args.veo, "seedance": args.seedance,
+        "local": args.local,
+    }  # fmt: skip
     for name, value in given.items():
         if value is not None and name != own_field:
             keys = sorted(_dump(value))
@@ -193,6 +206,7 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
 
     # -- the provider's own option rules (its module owns them)
     ctx = OptionContext(
+        extending=args.tool == "extend_video",
         tool=tool,
         spec=spec,
         route=route,

@@ -16,6 +16,7 @@ import hmac
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .base import (
@@ -32,6 +33,7 @@ from .base import (
     is_http_url,
     is_int,
     is_number,
+    parse_data_uri,
     type_name,
 )
 from .kling import (
@@ -57,6 +59,44 @@ MODEL_PROVIDERS: dict[str, str] = {
     "alibaba/wan-v2.6-i2v": "alibaba",
     "alibaba/wan-v2.6-i2v-flash": "alibaba",
     "spacexai/grok-imagine-video": "xai",
+    "spacexai/grok-imagine-video-1.5": "xai",
+    "google/veo-3.1-generate-001": "vertex",
+    "google/veo-3.1-fast-generate-001": "vertex",
+    "google/veo-3.0-generate-001": "vertex",
+    "google/veo-3.0-fast-generate-001": "vertex",
+    "bytedance/seedance-2.0": "bytedance",
+    "bytedance/seedance-2.0-fast": "bytedance",
+    "bytedance/seedance-v1.5-pro": "bytedance",
+    "bytedance/seedance-v1.0-pro": "bytedance",
+    "bytedance/seedance-v1.0-pro-fast": "bytedance",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the Gateway's backend takes for one Veo / Seedance model (sources: docs/decisions.md, #24)."""
+
+    durations: tuple[int, ...]
+    sizes: tuple[str, ...]
+    """`resolution` values (WxH) the SDK maps to the model's tiers."""
+    ratios: tuple[str, ...]
+    last_frame: bool
+    audio: bool
+
+
+_VEO_SIZES = ("1280x720", "1920x1080")
+_SD_SIZES = ("864x480", "1280x720", "1920x1080")
+_SD_RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")
+LIMITS: dict[str, Limits] = {
+    "google/veo-3.1-generate-001": Limits((4, 6, 8), _VEO_SIZES, ("16:9", "9:16"), True, True),
+    "google/veo-3.1-fast-generate-001": Limits((4, 6, 8), _VEO_SIZES, ("16:9", "9:16"), True, True),
+    "google/veo-3.0-generate-001": Limits((4, 6, 8), _VEO_SIZES, ("16:9", "9:16"), False, True),
+    "google/veo-3.0-fast-generate-001": Limits((8,), _VEO_SIZES, ("16:9", "9:16"), False, True),
+    "bytedance/seedance-2.0": Limits(tuple(range(4, 16)), _SD_SIZES, _SD_RATIOS, True, True),
+    "bytedance/seedance-2.0-fast": Limits(tuple(range(4, 16)), _SD_SIZES[:2], _SD_RATIOS, True, True),
+    "bytedance/seedance-v1.5-pro": Limits(tuple(range(4, 13)), _SD_SIZES, _SD_RATIOS, True, True),
+    "bytedance/seedance-v1.0-pro": Limits(tuple(range(3, 13)), _SD_SIZES, _SD_RATIOS, True, False),
+    "bytedance/seedance-v1.0-pro-fast": Limits(tuple(range(3, 13)), _SD_SIZES, _SD_RATIOS, False, False),
 }
 BODY_KEYS = frozenset(
     {"prompt", "n", "aspectRatio", "resolution", "duration", "fps", "seed", "generateAudio", "providerOptions",
@@ -71,8 +111,17 @@ OPTION_KEYS: dict[str, frozenset[str]] = {
         {"negativePrompt", "audioUrl", "promptExtend", "shotType", "watermark", "audio", "resolution", "seed"}
     ),
     "xai": frozenset({"resolution", "user"}),
+    "vertex": frozenset({"negativePrompt", "personGeneration", "generateAudio", "referenceImages"}),
+    "bytedance": frozenset(
+        {"watermark", "generateAudio", "cameraFixed", "returnLastFrame", "serviceTier", "draft", "lastFrameImage",
+         "referenceImages"}
+    ),
 }  # fmt: skip
 PROMPT_LIMIT = {"klingai": 2500, "alibaba": 1500}
+SEEDANCE_IMAGE: dict[str, Any] = {
+    "allowed": ("image/png", "image/jpeg", "image/webp", "image/bmp"), "max_bytes": 30 << 20, "min_side": 300,
+    "max_side": 6000, "ratio": (0.4, 2.5),
+}  # fmt: skip
 ERROR_STATUS: dict[str, int] = {
     "authentication_error": 401,
     "invalid_request_error": 400,
@@ -351,8 +400,8 @@ class GatewayFake(FakeServer):
                         size = size or s
                     else:
                         has_last = True
-                if has_last and provider != "klingai":
-                    p.add(f"a last_frame frame image is not supported for {provider}")
+                if has_last and provider != "klingai" and not (provider == "vertex" and LIMITS[model_id].last_frame):
+                    p.add(f"a last_frame frame image is not supported for {model_id}")
         if not has_first:
             p.add("an image-to-video model needs 'image' or a first_frame in 'frameImages'")
         opts = body.get("providerOptions", {})
@@ -361,7 +410,7 @@ class GatewayFake(FakeServer):
             return
         for key, val in opts.items():
             if key not in OPTION_KEYS:
-                p.add(f"providerOptions key {key!r} is not one of klingai, alibaba, xai")
+                p.add(f"providerOptions key {key!r} is not one of {', '.join(OPTION_KEYS)}")
             elif key != provider:
                 p.add(f"providerOptions.{key} does not match ai-model-id {model_id!r} (expects {provider!r})")
             elif not isinstance(val, dict):
@@ -382,9 +431,12 @@ class GatewayFake(FakeServer):
             self._check_kling_options(p, body, own, model_id, size, has_last)
         elif provider == "alibaba":
             self._check_alibaba_options(p, own, model_id)
+        elif provider in ("vertex", "bytedance"):
+            self._check_family(p, body, own, model_id, provider)
         else:
-            if "resolution" in own and own["resolution"] not in ("480p", "720p"):
-                p.add(f"providerOptions.xai.resolution must be '480p' or '720p', got {own['resolution']!r}")
+            allowed = ("480p", "720p", "1080p") if model_id.endswith("-1.5") else ("480p", "720p")
+            if "resolution" in own and own["resolution"] not in allowed:
+                p.add(f"providerOptions.xai.resolution must be one of {', '.join(allowed)} for {model_id}, got {own['resolution']!r}")
             if "user" in own and not isinstance(own["user"], str):
                 p.add(f"providerOptions.xai.user must be a string, got {type_name(own['user'])}")
 
@@ -437,6 +489,10 @@ class GatewayFake(FakeServer):
                 p, name, raw, allowed=("image/png", "image/jpeg", "image/webp"), max_bytes=20 << 20, min_side=240,
                 max_side=8000, declared=mt,
             )  # fmt: skip
+        if provider == "vertex":
+            return check_image_bytes(p, name, raw, allowed=("image/png", "image/jpeg"), max_bytes=20 << 20, declared=mt)
+        if provider == "bytedance":
+            return check_image_bytes(p, name, raw, **SEEDANCE_IMAGE, declared=mt)
         return check_image_bytes(
             p, name, raw, allowed=("image/png", "image/jpeg", "image/webp"), max_bytes=20 << 20, declared=mt
         )
@@ -540,6 +596,53 @@ class GatewayFake(FakeServer):
                 snake[s] = o[camel]
         dur = str(int(d)) if is_number(d) else "5"
         check_capabilities(p, snake, kling_model_name(model_id), o.get("mode", "std"), dur)
+
+    def _check_family(self, p: Problems, body: dict[str, Any], o: dict[str, Any], model_id: str, key: str) -> None:
+        """Veo (Vertex) and Seedance (BytePlus) through the Gateway: each model's own limits."""
+        lim = LIMITS[model_id]
+        pre = f"providerOptions.{key}."
+        d = body.get("duration")
+        if d is not None and d not in lim.durations:
+            p.add(f"field 'duration' must be one of {', '.join(map(str, lim.durations))} s for {model_id}, got {d!r}")
+        if "resolution" in body and body["resolution"] not in lim.sizes:
+            p.add(f"field 'resolution' must be one of {', '.join(lim.sizes)} for {model_id}, got {body['resolution']!r}")
+        if "aspectRatio" in body and body["aspectRatio"] not in lim.ratios:
+            p.add(f"field 'aspectRatio' must be one of {', '.join(lim.ratios)} for {model_id}, got {body['aspectRatio']!r}")
+        if "seed" in body and not (is_int(body["seed"]) and 0 <= body["seed"] <= 4294967295):
+            p.add(f"field 'seed' must be an integer in [0, 4294967295], got {body['seed']!r}")
+        images = [body.get("image")] + [f.get("image") for f in body.get("frameImages") or [] if isinstance(f, dict)]
+        if key == "vertex":
+            if "generateAudio" not in body:
+                p.add(f"field 'generateAudio' is required for Veo 3 ({model_id})")
+            if any(isinstance(i, dict) and i.get("type") == "url" for i in images):
+                p.add("Vertex takes no image URLs (the SDK drops them with a warning): send the image inline")
+            if "negativePrompt" in o and not isinstance(o["negativePrompt"], str):
+                p.add(f"{pre}negativePrompt must be a string, got {type_name(o['negativePrompt'])}")
+            frames = body.get("frameImages")
+            if isinstance(frames, list) and frames and frames[0].get("image") != body.get("image"):
+                p.add("frameImages' first_frame differs from 'image'")
+            return
+        if "generateAudio" in body:
+            p.add("Seedance takes generateAudio as providerOptions.bytedance.generateAudio (the SDK's option)")
+        if "generateAudio" in o:
+            if not isinstance(o["generateAudio"], bool):
+                p.add(f"{pre}generateAudio must be a bool, got {type_name(o['generateAudio'])}")
+            elif o["generateAudio"] and not lim.audio:
+                p.add(f"{pre}generateAudio: {model_id} generates no audio")
+        if body.get("frameImages"):
+            p.add("Seedance's last frame is providerOptions.bytedance.lastFrameImage, not frameImages")
+        if "lastFrameImage" in o:
+            last = o["lastFrameImage"]
+            if not lim.last_frame:
+                p.add(f"{pre}lastFrameImage: {model_id} takes no last frame")
+            elif not isinstance(last, str):
+                p.add(f"{pre}lastFrameImage must be a string (URL or data: URI), got {type_name(last)}")
+            elif not is_http_url(last):
+                parsed = parse_data_uri(last) if last.startswith("data:") else None
+                if parsed is None:
+                    p.add(f"{pre}lastFrameImage must be an http(s) URL or a data: URI, got {last[:24]!r}")
+                else:
+                    check_image_bytes(p, pre + "lastFrameImage", parsed[1], **SEEDANCE_IMAGE, declared=parsed[0])
 
     def _check_alibaba_options(self, p: Problems, o: dict[str, Any], model_id: str) -> None:
         pre = "providerOptions.alibaba."

@@ -3,6 +3,11 @@
 ``POST /v1/videos/generations`` -> ``{"request_id"}``; ``GET /v1/videos/{request_id}`` answers
 HTTP 202 ``{"status":"pending","progress":n}`` until done. A client is configured with
 ``api_base`` (= base_url + "/v1").
+
+``POST /v1/videos/extensions`` (docs.x.ai, Video Extension): ``{model, prompt, video: {url},
+duration?}``; the source an MP4 of 2-15 s, 2-10 s added (default 6), no ``aspect_ratio`` or
+``resolution``; only ``grok-imagine-video`` (1.5: 400 "Video extension is not supported for this
+model."). The finished request's video is the whole video (``extension_result`` bytes).
 """
 
 from __future__ import annotations
@@ -28,9 +33,27 @@ from .base import (
 
 __all__ = ["XaiFake"]
 
+
+def mp4_seconds(data: bytes) -> float | None:
+    """An MP4's duration from its frames (None when it does not decode)."""
+    import io
+
+    import av
+
+    try:
+        with av.open(io.BytesIO(data)) as c:
+            stream = c.streams.video[0]
+            n = sum(1 for _ in c.decode(stream))
+            rate = stream.average_rate
+            return n / float(rate) if rate else None
+    except Exception:
+        return None
+
 CREATE_PATH = "/v1/videos/generations"
+EXTEND_PATH = "/v1/videos/extensions"
 STATUS_PREFIX = "/v1/videos/"
 MODEL = "grok-imagine-video"
+MODELS = ("grok-imagine-video", "grok-imagine-video-1.5")
 ALLOWED_KEYS = frozenset({"model", "prompt", "image", "duration", "aspect_ratio", "resolution", "user"})
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
 INVALID_ARGUMENT = "Client specified an invalid argument"
@@ -106,9 +129,11 @@ class XaiFake(FakeServer):
     def route(self, req: Recorded) -> Route | None:
         if req.path == CREATE_PATH and req.method == "POST":
             return Route("create", self._create, self._check_create)
+        if req.path == EXTEND_PATH and req.method == "POST":
+            return Route("extend", self._create, self._check_extend)
         if req.path.startswith(STATUS_PREFIX) and req.method == "GET":
             rest = req.path[len(STATUS_PREFIX) :]
-            if rest and "/" not in rest and rest != "generations":
+            if rest and "/" not in rest and rest not in ("generations", "extensions"):
                 return Route("status", self._status, self._check_auth)
         return None
 
@@ -196,15 +221,60 @@ class XaiFake(FakeServer):
             },
         )
 
-    def validate_values(self, body: dict[str, Any], p: Problems) -> None:
-        if body["model"] != MODEL:
+    def _check_extend(self, req: Recorded) -> Reply | None:
+        denied = self._check_auth(req)
+        if denied is not None:
+            return denied
+        p = Problems("videos/extensions")
+        body = req.json
+        if not isinstance(body, dict):
+            p.add(f"body must be a JSON object, got {type_name(body)}")
+            return self.reject(p, self._unprocessable(p.first))
+        shape = Problems("videos/extensions")
+        check_keys(shape, body, frozenset({"model", "prompt", "video", "duration", "user"}), "")
+        for key in ("model", "prompt", "video"):
+            if key not in body:
+                shape.add(f"missing field `{key}`")
+        video = body.get("video")
+        if not isinstance(video, dict) or set(video) != {"url"} or not isinstance(video.get("url"), str):
+            shape.add(f"field 'video' must be an object {{url}}, got {str(video)[:60]!r}")
+        if "duration" in body and not is_int(body["duration"]):
+            shape.add(f"field 'duration' must be an integer, got {type_name(body['duration'])}")
+        if shape:
+            return self.reject(shape, self._unprocessable(shape.first))
+        if body["model"] == "grok-imagine-video-1.5":
+            p.add("Video extension is not supported for this model.")
+        elif body["model"] != MODEL:
             p.add(f"field 'model' must be {MODEL!r}, got {body['model']!r}")
+        if not str(body["prompt"]).strip():
+            p.add("field 'prompt' must not be empty")
+        if "duration" in body and not 2 <= body["duration"] <= 10:
+            p.add(f"Duration must be between 2 and 10 seconds, got {body['duration']}")
+        url = body["video"]["url"]
+        if not is_http_url(url):
+            parsed = parse_data_uri(url) if url.startswith("data:") else None
+            if parsed is None or parsed[0] != "video/mp4":
+                p.add(f"field 'video.url' must be an http(s) URL or a data:video/mp4;base64, URI, got {url[:24]!r}...")
+            else:
+                seconds = mp4_seconds(parsed[1])
+                if seconds is None:
+                    p.add("field 'video.url' is not a decodable MP4")
+                elif not 2 <= seconds <= 15:
+                    p.add(f"The input video duration must be between 2 and 15 seconds, got {seconds:.2f}")
+        if p:
+            return self.reject(p, Reply.of_json(400, self.error_body(p.first)))
+        return None
+
+    def validate_values(self, body: dict[str, Any], p: Problems) -> None:
+        if body["model"] not in MODELS:
+            p.add(f"field 'model' must be one of {', '.join(MODELS)}, got {body['model']!r}")
         if not body["prompt"].strip():
             p.add("field 'prompt' must not be empty")
         if "duration" in body and not 1 <= body["duration"] <= 15:
             p.add(f"field 'duration' must be in 1..15, got {body['duration']}")
-        if "resolution" in body and body["resolution"] not in ("480p", "720p"):
-            p.add(f"field 'resolution' must be '480p' or '720p', got {body['resolution']!r}")
+        allowed = "'480p', '720p' or '1080p'" if body["model"] == "grok-imagine-video-1.5" else "'480p' or '720p'"
+        if "resolution" in body and f"'{body['resolution']}'" not in allowed:
+            p.add(f"field 'resolution' must be {allowed} for {body['model']}, got {body['resolution']!r}")
         if "aspect_ratio" in body and body["aspect_ratio"] not in ASPECT_RATIOS:
             p.add(
                 f"field 'aspect_ratio' must be one of {', '.join(ASPECT_RATIOS)}, got {body['aspect_ratio']!r}"

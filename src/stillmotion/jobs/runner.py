@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
+import av
 import httpx
 
 from .. import logs, metrics
@@ -857,6 +858,15 @@ class JobRunner:
     ) -> None:
         job_dir = await anyio.to_thread.run_sync(self.job_dir, job.id)
         final = job_dir / "video.mp4"
+        if job.ctx is not None and job.ctx.request.tool == "extend_video":
+            from ..media.extend import append_continuation
+
+            # the source followed by its continuation (a native extension already is the whole video)
+            try:
+                tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+            except (ValueError, OSError, av.error.FFmpegError) as exc:
+                raise ProviderError(f"the continuation could not be joined to the video: {exc}", retryable=False) from exc
+            samples = None
         try:
             try:
                 # checks before the rename: a broken file never gets the final name

@@ -25,7 +25,7 @@ import httpx
 from ..catalog import CAMERA_AXES
 from ..errors import StillmotionError
 from ..pricing import ActualCost
-from ..requests import CameraControl, GenerationRequest, StoredImage
+from ..requests import CameraControl, GenerationRequest, StoredClip, StoredImage
 from ..settings import Settings
 
 
@@ -92,6 +92,12 @@ class JobContext:
     def url_or_data_uri(self, image: StoredImage) -> str:
         """Wan's and xAI's form: the original URL if there was one, else a data: URI."""
         return image.url or self.data_uri(image)
+
+    def video_url_or_data_uri(self, clip: StoredClip) -> str:
+        """A source video as xAI's extension takes it: its http(s) URL, else the MP4 as a data: URI."""
+        if clip.source.startswith(("http://", "https://")):
+            return clip.source
+        return "data:video/mp4;base64," + base64.b64encode(Path(clip.path).read_bytes()).decode("ascii")
 
 
 def camera_payload(camera: CameraControl) -> dict[str, Any]:

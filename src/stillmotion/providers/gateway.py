@@ -55,7 +55,7 @@ from ..errors import (
 from ..pricing import gateway_actual
 from ..requests import StoredImage
 from ..scrub import scrub
-from . import kling, wan, xai
+from . import kling, seedance, veo, wan, xai
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
@@ -205,13 +205,22 @@ class GatewayProvider(Provider):
     def _file(job: JobContext, image: StoredImage) -> dict[str, Any]:
         if image.url:
             return {"type": "url", "url": image.url}
+        return GatewayProvider._inline(job, image)
+
+    @staticmethod
+    def _inline(job: JobContext, image: StoredImage) -> dict[str, Any]:
         return {"type": "file", "mediaType": image.mime, "data": job.raw_b64(image)}
 
     def build_body(self, job: JobContext) -> dict[str, Any]:
-        """The direct provider's own mapping, renamed to the AI SDK's spelling (its module's GATEWAY_FIELDS)."""
+        """The direct provider's own mapping, renamed to the AI SDK's spelling (its module's GATEWAY_FIELDS);
+        the Gateway-only families (Veo, Seedance) build their part in their own module."""
         req = job.request
         spec = MODELS[req.model]
         body: dict[str, Any] = {"prompt": req.prompt or "", "n": 1, "duration": req.duration}
+        if spec.provider == "google":
+            return {**body, **veo.gateway_body(job, lambda img: self._inline(job, img))}
+        if spec.provider == "bytedance":
+            return {**body, **seedance.gateway_body(job, lambda img: self._file(job, img))}
         fields: dict[str, Any]
         if spec.provider == "klingai":
             fields, table, key = kling.wire_options(job), kling.GATEWAY_FIELDS, "klingai"

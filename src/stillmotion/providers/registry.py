@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from ..requests import KlingOptions, LocalOptions, WanOptions, XaiOptions
+from ..requests import KlingOptions, LocalOptions, SeedanceOptions, VeoOptions, WanOptions, XaiOptions
 from ..settings import Settings
-from . import kling, local, wan, xai
+from . import kling, local, seedance, veo, wan, xai
 from .base import Provider
 from .gateway import GatewayProvider
 from .rules import Checked, OptionContext
@@ -27,7 +27,7 @@ class ProviderEntry:
     options: type[BaseModel]
     check: Callable[[Any, OptionContext], Checked[Any]]
     direct: type[Provider] | None
-    """The direct route's class (None: rendered locally)."""
+    """The direct route's class (None: rendered locally, or served by the Gateway only)."""
 
 
 REGISTRY: dict[str, ProviderEntry] = {
@@ -36,6 +36,8 @@ REGISTRY: dict[str, ProviderEntry] = {
         ProviderEntry("klingai", "kling", KlingOptions, kling.check_options, kling.KlingProvider),
         ProviderEntry("alibaba", "wan", WanOptions, wan.check_options, wan.WanProvider),
         ProviderEntry("xai", "xai", XaiOptions, xai.check_options, xai.XaiProvider),
+        ProviderEntry("google", "veo", VeoOptions, veo.check_options, None),
+        ProviderEntry("bytedance", "seedance", SeedanceOptions, seedance.check_options, None),
         ProviderEntry("local", "local", LocalOptions, local.check_options, None),
     )
 }

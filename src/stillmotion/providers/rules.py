@@ -10,7 +10,7 @@ main prompt that shots make unused).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -34,6 +34,8 @@ class OptionContext:
     settings: Settings
     kling: KlingOptions | None = None
     """The `kling` object as given, whatever the model (local/preview reads its shots)."""
+    extending: bool = False
+    """extend_video: the request continues a video (tool is then animate_image, its continuation)."""
 
 
 @dataclass
@@ -48,3 +50,48 @@ class Checked(Generic[OptionsT]):
     poll_timeout_ms: int | None = None
     kling_shots: KlingOptions | None = None
     """local/preview: the Kling shots it honours, stored as the request's `kling` object."""
+
+
+def check_catalog_choices(field_name: str, values: dict[str, object], spec: ModelSpec) -> None:
+    """`resolution`, `aspect_ratio` and `audio` of an options object against the model's catalog
+    entry (one family's object serves models with different limits). Raises InvalidInput."""
+    from ..errors import InvalidInput
+
+    res = values.get("resolution")
+    if res is not None and res not in spec.resolutions:
+        raise InvalidInput(f"{field_name}.resolution", f"{res} is not offered by {spec.id}.", list(spec.resolutions))
+    ratio = values.get("aspect_ratio")
+    if ratio is not None and ratio not in spec.aspect_ratios:
+        raise InvalidInput(f"{field_name}.aspect_ratio", f"{ratio} is not offered by {spec.id}.", list(spec.aspect_ratios))
+    if values.get("audio") is True and not spec.audio:
+        raise InvalidInput(
+            f"{field_name}.audio", f"{spec.id} generates silent video only.", ["false", "(absent)"]
+        )
+
+
+def check_family_options(field_name: str, cls: type[OptionsT], given: OptionsT | None, ctx: OptionContext) -> Checked[OptionsT]:
+    """A Gateway-only family's options object (Veo, Seedance): the catalog's choices checked, the
+    resolution defaulted, `audio` false unless asked on the models with sound (always sent, so the
+    provider's own default never decides what is billed), poll settings taken out."""
+    opts = given if given is not None else cls()
+    values = opts.model_dump(exclude_none=True)
+    check_catalog_choices(field_name, values, ctx.spec)
+    poll_interval_ms = values.pop("poll_interval_ms", None)
+    poll_timeout_ms = values.pop("poll_timeout_ms", None)
+    values.setdefault("resolution", ctx.spec.default_resolution)
+    if ctx.spec.audio:
+        values.setdefault("audio", False)
+    return Checked(cls.model_validate(values), poll_interval_ms=poll_interval_ms, poll_timeout_ms=poll_timeout_ms)
+
+
+def call_options(opts: Any, sizes: dict[str, str]) -> dict[str, Any]:
+    """The AI SDK's top-level call options of a family's object: `aspectRatio`, `resolution` (the
+    tier as the WxH the SDK's provider maps back to it) and `seed`."""
+    body: dict[str, Any] = {}
+    if opts.aspect_ratio:
+        body["aspectRatio"] = opts.aspect_ratio
+    if opts.resolution:
+        body["resolution"] = sizes[opts.resolution]
+    if opts.seed is not None:
+        body["seed"] = opts.seed
+    return body

@@ -18,6 +18,7 @@ from ..errors import (
     AuthError,
     ContentFiltered,
     Expired,
+    InvalidInput,
     MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
@@ -31,9 +32,17 @@ from ..requests import XaiOptions
 from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
-from .rules import Checked, OptionContext
+from .rules import Checked, OptionContext, check_catalog_choices
 
 CREATE_PATH = "/videos/generations"
+EXTEND_PATH = "/videos/extensions"
+#: xAI's Video Extension (docs.x.ai, Model Capabilities > Video > Video Extension): an MP4 of 2-15 s
+#: goes in, 2-10 s are added (default 6), no aspect_ratio or resolution, output capped at 720p; the
+#: answer is the whole video. Only grok-imagine-video (1.5 answers "Video extension is not supported").
+NATIVE_SOURCE_S = (2.0, 15.0)
+NATIVE_DURATIONS = range(2, 11)
+NATIVE_DEFAULT_S = 6
+NATIVE_MODEL = "xai/grok-imagine-video"
 STATUS_PATH = "/videos"
 _CREDIT_WORDS = ("credit", "spending limit", "spend limit", "billing", "payment", "insufficient balance")
 _KEY_WORDS = ("api key", "api-key", "apikey", "authorization header")
@@ -43,12 +52,51 @@ _MODERATION_WORDS = ("moderation", "content policy", "safety")
 def check_options(given: XaiOptions | None, ctx: OptionContext) -> Checked[XaiOptions]:
     opts = given or XaiOptions()
     warnings: list[str] = []
+    if opts.native:
+        return _check_native(opts, ctx)
+    check_catalog_choices("xai", opts.model_dump(exclude_none=True), ctx.spec)
     if opts.aspect_ratio is not None:
         warnings.append(f"aspect_ratio {opts.aspect_ratio} stretches the input image to that shape.")
     resolved = opts.model_copy(
         update={"resolution": opts.resolution or ctx.spec.default_resolution, "poll_interval_ms": None, "poll_timeout_ms": None}
     )
     return Checked(resolved, warnings, poll_interval_ms=opts.poll_interval_ms, poll_timeout_ms=opts.poll_timeout_ms)
+
+
+def _check_native(opts: XaiOptions, ctx: OptionContext) -> Checked[XaiOptions]:
+    if not ctx.extending:
+        raise InvalidInput("xai.native", "is for extend_video only.", ["(absent)"])
+    if ctx.spec.id != NATIVE_MODEL:
+        raise InvalidInput("xai.native", f"xAI's video extension does not take {ctx.spec.id}.", [NATIVE_MODEL])
+    if ctx.route != "direct":
+        raise InvalidInput(
+            "xai.native", "xAI's video extension needs the direct xAI route (XAI_API_KEY, STILLMOTION_ROUTE auto or direct).",
+            ["the direct route", "(absent): the continuation from the last frame works on every route"],
+        )  # fmt: skip
+    for name in ("aspect_ratio", "resolution"):
+        if getattr(opts, name) is not None:
+            raise InvalidInput(
+                f"xai.{name}", "is not taken by xAI's video extension: it keeps the source's shape, at most 720p.",
+                ["(absent)"],
+            )  # fmt: skip
+    if ctx.duration is not None and ctx.duration not in NATIVE_DURATIONS:
+        raise InvalidInput(
+            "duration", f"xAI's video extension adds 2-10 s, not {ctx.duration} s.", [str(d) for d in NATIVE_DURATIONS]
+        )
+    resolved = XaiOptions(native=True)
+    return Checked(
+        resolved, duration=NATIVE_DEFAULT_S, poll_interval_ms=opts.poll_interval_ms, poll_timeout_ms=opts.poll_timeout_ms
+    )
+
+
+def check_native_source(duration_s: float) -> None:
+    """The source video's length against xAI's 2-15 s input rule (InvalidInput on `video`)."""
+    lo, hi = NATIVE_SOURCE_S
+    if not lo <= duration_s <= hi:
+        raise InvalidInput(
+            "video", f"is {duration_s:.2f} s; xAI's video extension takes a {lo:g}-{hi:g} s MP4.",
+            [f"a {lo:g}-{hi:g} s video", "(xai.native absent) any length, continued from its last frame"],
+        )  # fmt: skip
 
 
 def wire_options(job: JobContext) -> dict[str, Any]:
@@ -86,10 +134,21 @@ class XaiProvider(Provider):
 
     # -- request body ----------------------------------------------------------------------
 
+    @staticmethod
+    def native(job: JobContext) -> bool:
+        req = job.request
+        return req.tool == "extend_video" and req.xai is not None and bool(req.xai.native)
+
     def build_body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         body: dict[str, Any] = {"model": spec.direct_name}
+        if self.native(job):  # the documented extension body: the source goes in whole
+            if req.prompt:
+                body["prompt"] = req.prompt
+            body["duration"] = int(req.duration)
+            body["video"] = {"url": job.video_url_or_data_uri(req.clips[0])}
+            return body
         if req.prompt:
             body["prompt"] = req.prompt
         body["duration"] = int(req.duration)
@@ -104,7 +163,7 @@ class XaiProvider(Provider):
         resp = await send(
             self.client,
             "POST",
-            self._base + CREATE_PATH,
+            self._base + (EXTEND_PATH if self.native(job) else CREATE_PATH),
             headers=self._headers(create=True),
             json=body,
             creates=True,

@@ -22,18 +22,21 @@ from ..catalog import (
 )
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
 from ..requests import CameraConfig
-from ..validation import max_trajectory_points
+from ..validation import ToolArgs, max_trajectory_points
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
 from .results import call_result
 from .schema import JSON
 
-UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms"})
-"""Operator knobs the server accepts in every option object but does not advertise to models
-(STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server): they cost every tool's
-schema tokens and a model never needs them."""
+UNPUBLISHED_OPTIONS = frozenset({"poll_interval_ms", "poll_timeout_ms", "watermark", "seed"})
+"""Fields the server accepts in every option object but does not advertise to models: the operator
+knobs (STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server), and `watermark` and
+`seed`, rarely wanted and listed by list_models (options.seed) and the README: they cost every
+tool's schema tokens (the tool list's budget, docs/decisions.md)."""
 
-PROVIDER_NAMES = {"klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "local": "local/preview"}
+PROVIDER_NAMES = {
+    "klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "google": "Veo", "bytedance": "Seedance", "local": "local/preview"
+}  # fmt: skip
 
 
 def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
@@ -59,9 +62,8 @@ def _tool_text(tool: str) -> str:
         return "Make a clip that starts on start_image and ends on end_image (first/last-frame)."
     if tool == "camera_move":
         b = _camera_bound()
-        presets = ", ".join(t for t in CAMERA_TYPES if t != "simple")
         return (
-            f"Move the camera over the still scene: one axis in [-{b:g}, {b:g}] (type simple) or a preset ({presets}). "
+            f"Move the camera over the still scene: one axis in [-{b:g}, {b:g}] (type simple) or a preset type. "
             "Negative = left / down / counter-clockwise / narrower view. On local/preview "
             f"{b:g} = {PAN_TILT_DEG_PER_UNIT * b:g} deg pan/tilt, {ROLL_DEG_PER_UNIT * b:g} deg roll, 2x zoom, "
             f"{TRANSLATION_FRACTION_PER_UNIT * b:g} frame shift."
@@ -92,7 +94,7 @@ def model_rules(tool: str, strict: bool) -> str:
         if feat is None:
             parts.append("off-map")
         groups.setdefault(", ".join(parts), []).append(m.id)
-    rules = "; ".join(f"{_brace(ids)}: {rule}" for rule, ids in groups.items())
+    rules = "; ".join(f"{_brace_each(ids)}: {rule}" for rule, ids in groups.items())
     if any("off-map" in rule for rule in groups):
         rules += " (off-map: outside Kling's capability map, sent with a warning)"
     return rules
@@ -115,18 +117,35 @@ def _brace(ids: list[str]) -> str:
     prefix = prefix[: prefix.rfind("-") + 1] if "-" in prefix else prefix
     suffix = _common_start([i[::-1] for i in ids])[::-1]
     suffix = suffix[suffix.find("-"):] if "-" in suffix else ""
+    if len(prefix) + len(suffix) > min(map(len, ids)):
+        suffix = ""
     middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
-    if not prefix or any(not m for m in middles):
+    if prefix.endswith("-") and any(not m for m in middles):  # `veo-3.1{,-fast}-generate-001`
+        prefix = prefix[:-1]
+        middles = [i[len(prefix) : len(i) - len(suffix)] for i in ids]
+    if not prefix or sum(not m for m in middles) > 1:
         return ", ".join(ids)
     return f"{prefix}{{{','.join(middles)}}}{suffix}"
 
 
+def _brace_each(ids: list[str]) -> str:
+    """`_brace` per provider: `local/preview, xai/grok-imagine-{video,video-1.5}`."""
+    by_provider: dict[str, list[str]] = {}
+    for i in ids:
+        by_provider.setdefault(i.split("/", 1)[0], []).append(i)
+    return ", ".join(_brace(group) for group in by_provider.values())
+
+
 def _prompt_maxima(models: list[ModelSpec]) -> str:
+    """`Kling/Veo/Seedance 2500, Wan 1500, xAI 4096`: providers with the same maximum named together."""
     by_provider: dict[str, int] = {}
     for m in models:
         if m.prompt_required:
             by_provider[PROVIDER_NAMES[m.provider]] = max(by_provider.get(PROVIDER_NAMES[m.provider], 0), m.prompt_max)
-    return ", ".join(f"{p} {n}" for p, n in by_provider.items())
+    by_max: dict[int, list[str]] = {}
+    for p, n in by_provider.items():
+        by_max.setdefault(n, []).append(p)
+    return ", ".join(f"{'/'.join(ps)} {n}" for n, ps in by_max.items())
 
 
 def _short(m: ModelSpec) -> str:
@@ -167,7 +186,7 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
     wan = [m for m in models if m.provider == "alibaba"]
     if w is not None and wan:
         audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
-        w["audio"]["description"] = f"Audio ({', '.join(audio)} only); default false."
+        w["audio"]["description"] = f"{', '.join(audio)} only; default false."
         w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
     lo = fields_of("local")
     if lo is not None and tool != "animate_image":
@@ -175,7 +194,24 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
     x = fields_of("xai")
     xai = [m for m in models if m.provider == "xai"]
     if x is not None and xai:
-        x["resolution"]["description"] = f"Default {xai[0].default_resolution}."
+        x.pop("native", None)  # extend_video only
+    for name, provider in (("veo", "google"), ("seedance", "bytedance")):
+        family = [m for m in models if m.provider == provider]
+        obj = fields_of(name)
+        if obj is not None and family:
+            if tool == "interpolate_frames":
+                obj.pop("aspect_ratio", None)  # the two frames give the shape; still taken
+            if not any(m.audio for m in family):
+                obj.pop("audio", None)
+
+
+def lean_controls(props: JSON) -> None:
+    """The call controls' bounds that no caller trips by accident (a 200-character key, a negative
+    price) stay in the server's check only: the tool list's budget (docs/decisions.md)."""
+    for name, bound in (("idempotency_key", "maxLength"), ("confirm_cost_usd", "minimum")):
+        if name in props:
+            for member in props[name].get("anyOf", [props[name]]):
+                member.pop(bound, None)
 
 
 def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
@@ -196,6 +232,9 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
         props["model"] = model
         durations = sorted({d for m in models for d in _durations(m, tool)})
         props["duration"]["anyOf"][0].update(minimum=durations[0], maximum=durations[-1])
+        others = sorted({(PROVIDER_NAMES[m.provider], m.default_duration) for m in models if m.default_duration != 5})
+        if others:  # Veo's default is 8 s
+            props["duration"]["description"] = "Seconds (default 5, " + ", ".join(f"{p} {d}" for p, d in dict(others).items()) + ")."
         optional = sorted({m.id for m in models if not m.prompt_required})
         props["prompt"]["anyOf"][0]["maxLength"] = max(m.prompt_max for m in models)
         limits = {m.prompt_max for m in models}
@@ -208,6 +247,7 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
             no_negative = sorted({PROVIDER_NAMES[m.provider] for m in models if m.negative_prompt_max is None})
             props["negative_prompt"]["description"] = f"Not on {', '.join(no_negative)}."
         _option_fields(props, tool, models)
+        lean_controls(props)
         for name in OPTION_ARGUMENTS:
             if name in props:
                 obj = next(m for m in props[name]["anyOf"] if m.get("type") == "object")
@@ -219,8 +259,15 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
 
 
 async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | InputRequiredResult:
+    return await run_request(args.to_tool_args(), args, call)
+
+
+async def run_request(
+    request: ToolArgs, args: Any, call: Call, job_id: str | None = None
+) -> CallToolResult | InputRequiredResult:
+    """A validated request through dry run, the cost confirmation, the job and the optional wait
+    (`args` carries dry_run, confirm_cost_usd, idempotency_key and wait_seconds)."""
     svc = call.service
-    request = args.to_tool_args()
     if args.dry_run:
         return await dry_run_result(svc, request)
     if call.request is not None:
@@ -235,7 +282,7 @@ async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | I
         )
         if ask is not None:
             return ask  # 2026-07-28: the client asks the person and calls again with the answer
-    row = await svc.submit(request, idempotency_key=args.idempotency_key)
+    row = await svc.submit(request, idempotency_key=args.idempotency_key, job_id=job_id)
     if args.wait_seconds > 0:
         row = await svc.wait(row.id, args.wait_seconds, call.progress())
     return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)

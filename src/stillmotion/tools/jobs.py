@@ -16,9 +16,7 @@ JobId = Field(description="The job id a generation tool returned.")
 
 class CheckJobArgs(Args):
     job_id: str = JobId
-    wait_seconds: float = Field(
-        0, ge=0, le=WAIT_MAX_S, description="Seconds to wait for the job to end (with progress)."
-    )
+    wait_seconds: float = Field(0, ge=0, le=WAIT_MAX_S)  # the tool's description says what it does
 
 
 class ListJobsArgs(Args):

@@ -152,12 +152,19 @@ def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
 async def _keep_clip(
     svc: Service, value: str, i: int, folder: Path, before: list[StoredClip], crossfade_s: float
 ) -> StoredClip:
-    """Copy (a job's video: hard-linked where the file system allows) or fetch the clip, streamed
-    and capped, then measure it: header checks first (size, frame rate, packet timing), then the
-    running length against STILLMOTION_MAX_JOIN_SECONDS, and only then (for a video this server did
-    not make) a decode of every frame, on the image work threads (two at a time)."""
-    argument = f"clips[{i}]"
-    dest = folder / f"clip_{i}.mp4"
+    return await keep_clip(svc, value, f"clips[{i}]", folder / f"clip_{i}.mp4", before, crossfade_s)
+
+
+async def keep_clip(
+    svc: Service, value: str, argument: str, dest: Path, before: list[StoredClip] | None = None, crossfade_s: float = 0.0
+) -> StoredClip:
+    """A video argument (a succeeded job's id, a path, a URL or a stillmotion:// video) kept at `dest`:
+    join_clips' clips and extend_video's video. Copy (a job's video: hard-linked where the file system
+    allows) or fetch the clip, streamed and capped, then measure it: header checks first (size, frame
+    rate, packet timing), then the running length against STILLMOTION_MAX_JOIN_SECONDS, and only then
+    (for a video this server did not make) a decode of every frame, on the image work threads (two at a time)."""
+    before = before or []
+    i = len(before)
     source_path = await _job_video(svc, value.strip(), argument)
     if source_path is not None:
         await anyio.to_thread.run_sync(_link_or_copy, source_path, dest)
@@ -215,7 +222,7 @@ async def _job_video(svc: Service, value: str, argument: str) -> Path | None:
     if row is None:
         return None
     if row.status != "succeeded":
-        raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be joined.", CLIP_FORMS)
+        raise InvalidInput(argument, f"job {value} is {row.status}; only a succeeded job's video can be used.", CLIP_FORMS)
     path = await svc.resource_path(value, "video.mp4")
     if path is None:
         raise InvalidInput(argument, f"job {value} has no video file any more.", CLIP_FORMS)

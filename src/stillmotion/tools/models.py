@@ -20,7 +20,7 @@ class ListModelsArgs(Args):
     tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"] | None = Field(
         None, description="Only models serving this tool."
     )
-    model: str | None = Field(None, description="One model's full limits (image rules, options, features).")
+    model: str | None = Field(None, description="One model's full limits.")
 
 
 def public_catalog(settings: Settings, tool: str | None = None) -> list[dict[str, Any]]:
@@ -30,7 +30,7 @@ def public_catalog(settings: Settings, tool: str | None = None) -> list[dict[str
         tools = tools_of(m, settings)
         if tool is not None and tool not in tools:
             continue
-        routes = ["local"] if m.is_local else ["direct"] + (["gateway"] if m.gateway_id else [])
+        routes = ["local"] if m.is_local else (["direct"] if m.direct_name else []) + (["gateway"] if m.gateway_id else [])
         entry = m.to_public(routes=routes, tools=tools)
         route, why = route_now(m, settings)
         entry["route_now"] = route

@@ -7,7 +7,7 @@ union. So every schema the server publishes is:
 - inlined: no `$ref`, no `$defs`;
 - flat: at most one `anyOf` per property (a nullable tagged union becomes one `anyOf` with the
   null member last), `oneOf` only where pydantic never emits it (never, today);
-- lean: no `title`s, no `default: null` (a missing optional is null anyway), and
+- lean: no `title`s, no `default` of null, false or 0 (what a missing argument means anyway), and
   `additionalProperties: false` only at the top: nested objects forbid unknown keys in the
   server's check, which names the allowed keys (strict-mode converters add it back anyway);
   likewise `minLength: 1` on strings.
@@ -88,7 +88,7 @@ def lean(node: Any, *, in_properties: bool = False) -> Any:
         return {k: lean(v) for k, v in node.items()}
     out: JSON = {}
     for key, value in node.items():
-        if key == "title" or (key == "default" and value is None):
+        if key == "title" or (key == "default" and _zero(value)):
             continue
         if key == "properties":
             out[key] = lean(value, in_properties=True)
@@ -102,6 +102,11 @@ def lean(node: Any, *, in_properties: bool = False) -> Any:
             else:
                 out["anyOf"] = members
     return out
+
+
+def _zero(value: Any) -> bool:
+    """null, false, 0: a default that goes without saying."""
+    return value is None or value is False or (type(value) in (int, float) and value == 0)
 
 
 def _flat_members(members: list[JSON], parent: JSON) -> list[JSON]:
