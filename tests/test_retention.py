@@ -154,8 +154,8 @@ def test_gc_dry_run_then_retention_and_cap(make_settings: SettingsFactory, home:
     assert checked["files_deleted"] is True and checked["video"] is None, checked
     assert "STILLMOTION_MAX_OUTPUT_GB" in checked["next_step"]
     by_id = {j["job_id"]: j for j in listed["jobs"]}
-    assert by_id[aged]["files_deleted"] is True and "video_path" not in by_id[aged]
-    assert "files_deleted" not in by_id[fresh] and by_id[fresh]["video_path"].endswith("video.mp4")
+    assert by_id[aged]["files_deleted"] is True and "video" not in by_id[aged]
+    assert "files_deleted" not in by_id[fresh] and by_id[fresh]["video"]["path"].endswith("video.mp4")
     assert "no job" in gone
 
 

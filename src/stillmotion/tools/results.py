@@ -104,6 +104,11 @@ class CostLine(BaseModel):
     actual_usd: float | None = None
 
 
+class VideoBrief(BaseModel):
+    path: str
+    bytes: int
+
+
 class JobLine(JobIdentity):
     """One job in list_jobs: what tells jobs apart (check_job has the rest: files, links, next step)."""
 
@@ -111,7 +116,7 @@ class JobLine(JobIdentity):
     progress: float | None = None
     status_detail: str | None = None
     error_kind: str | None = None
-    video_path: str | None = None
+    video: VideoBrief | None = Field(None, description="A succeeded job's MP4 (check_job has its links and details).")
     files_deleted: bool | None = None
     cost: CostLine
 
@@ -179,14 +184,15 @@ FILES_DELETED_STEP = (
 
 
 def job_line(row: JobRow) -> JobLine:
-    video = ((row.result or {}).get("video") or {}).get("path") if row.status == "succeeded" else None
+    video = ((row.result or {}).get("video") or {}) if row.status == "succeeded" else {}
     return JobLine(
         job_id=row.id, tool=row.tool, model=row.model, route=row.route, status=row.status,
         created_at=_iso(row.created_at),
         progress=row.progress if not row.terminal else None,
         status_detail=status_detail(row),
         error_kind=(row.error or {}).get("kind") if row.error else None,
-        video_path=None if row.files_deleted else video,
+        video=VideoBrief(path=video["path"], bytes=video.get("bytes", 0))
+        if video.get("path") and not row.files_deleted else None,
         files_deleted=True if row.files_deleted else None,
         cost=CostLine(estimated_usd=row.estimated_usd, actual_usd=row.actual_usd),
     )
@@ -207,8 +213,8 @@ def job_list_text(lines: list[JobLine], *, shell: bool = False) -> str:
             parts.append(f"error {j.error_kind}")
         if j.files_deleted:
             parts.append("files deleted")
-        elif j.video_path:
-            parts.append(j.video_path)
+        elif j.video is not None:
+            parts.append(j.video.path)
         out.append("  ".join(parts))
     how = "stillmotion run check_job '{\"job_id\": \"...\"}'" if shell else "check_job with its job_id"
     out.append(f"{len(lines)} job(s), newest first; {how} gives one job's files, links and next step.")
