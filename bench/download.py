@@ -35,7 +35,15 @@ def _status() -> dict[str, int]:
     return out
 
 
+def _reset_peak() -> None:
+    """Reset the process's peak RSS (VmHWM) to its current RSS."""
+    with open("/proc/self/clear_refs", "w") as fh:
+        fh.write("5")
+
+
 async def _child(mode: str, url: str, dest: str) -> dict[str, float]:
+    import anyio
+    import anyio.to_thread
     import httpx
 
     from stillmotion.media.net import UrlGuard, download_to_file
@@ -46,24 +54,26 @@ async def _child(mode: str, url: str, dest: str) -> dict[str, float]:
         # warm the connection pool and the code paths with a tiny request
         await client.get(url, headers={"Range": "bytes=0-0"})
         before = _status()["VmRSS"]
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
+        await anyio.to_thread.run_sync(_reset_peak)
         t0 = time.perf_counter()
         if mode == "stillmotion":
             got = await download_to_file(client, guard, url, Path(dest), max_bytes=2 * 1024 * MB)
             n = got.bytes
         else:
             n = 0
-            with open(os.devnull, "wb") as sink:
+            sink = await anyio.to_thread.run_sync(open, os.devnull, "wb")
+            try:
                 async with client.stream("GET", url) as resp:
                     resp.raise_for_status()
                     async for chunk in resp.aiter_raw():
                         n += len(chunk)
-                        sink.write(chunk)
+                        sink.write(chunk)  # (/dev/null: a write that never waits)
+            finally:
+                sink.close()
         dt = time.perf_counter() - t0
         after = _status()["VmHWM"]
     if mode == "stillmotion":
-        Path(dest).unlink(missing_ok=True)
+        await anyio.Path(dest).unlink(missing_ok=True)
     return {"bytes": n, "seconds": dt, "rss_before": before, "hwm_after": after}
 
 

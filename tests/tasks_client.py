@@ -105,7 +105,7 @@ class TasksClient(ClientExtension):
 def open_jobs(path: Any) -> Any:
     """The job store for a test to read or repair (the store interface when it exists)."""
     try:
-        from stillmotion.jobs.store import open_store  # type: ignore[attr-defined]
+        from stillmotion.jobs.backends import open_store
     except ImportError:
         from stillmotion.jobs.store import JobStore
 

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from stillmotion.jobs.store import SqliteStore
@@ -60,7 +61,7 @@ async def test_wan_through_gateway_uploads_once_sends_url_and_deletes(
     done = await run(gw_env(gateway, blob), make_settings, {"model": WAN, "image": str(img), "prompt": "waves"})
     assert done["status"] == "succeeded", done
     (put,) = blob.calls("PUT")
-    assert put.body == img.read_bytes() and put.header("x-content-type") == "image/png"
+    assert put.body == await anyio.Path(img).read_bytes() and put.header("x-content-type") == "image/png"
     assert put.header("authorization") == f"Bearer {blob.token}"
     (start,) = gateway.calls("POST", START)
     url = start.obj["image"]["url"]

@@ -147,7 +147,7 @@ async def test_hostile_clips_refused_at_submit(make_settings: SettingsFactory, t
     fast = write_clip(tmp_path / "c" / "fast.mp4", 3, rate=1_000_000, time_base=Fraction(1, 1_000_000))
     huge = write_huge_mov(tmp_path / "c" / "huge.mov")
     picture = tmp_path / "c" / "still.mp4"
-    picture.write_bytes(image_480.read_bytes())  # a PNG named .mp4: judged by content
+    await anyio.Path(picture).write_bytes(await anyio.Path(image_480).read_bytes())  # a PNG named .mp4: judged by content
     async with connect(make_settings()) as client:
         good = await local_job(client, image_480)
         jid = good["job_id"]
@@ -286,7 +286,7 @@ async def test_copies_of_a_join_cancelled_before_it_ran_are_deleted(
                 await anyio.sleep(0.01)
         hold.unlink()
         assert (await wait_done(client, busy))["status"] == "succeeded"
-        assert Path(structured(await client.call_tool("check_job", {"job_id": jid}))["video"]["path"]).is_file()
+        assert await anyio.Path(structured(await client.call_tool("check_job", {"job_id": jid}))["video"]["path"]).is_file()
 
 
 def test_an_audio_track_longer_than_its_video_is_not_held(tmp_path: Path) -> None:

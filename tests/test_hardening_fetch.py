@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -156,7 +157,7 @@ async def test_result_within_redirects_is_downloaded(make_settings: SettingsFact
         fake.inject("GET /files/hop.mp4", status=301, headers={"Location": real})
         done = await _run_kling_job(fake, make_settings, img)
     assert done["status"] == "succeeded", done
-    assert Path(done["video"]["path"]).read_bytes() == fake.result_bytes()
+    assert await anyio.Path(done["video"]["path"]).read_bytes() == fake.result_bytes()
 
 
 async def test_result_over_the_cap_leaves_no_file(make_settings: SettingsFactory, img: Path) -> None:

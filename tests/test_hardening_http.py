@@ -18,12 +18,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psutil
 import pytest
 
 from stillmotion.file_links import FileLinks
-from stillmotion.jobs.store import open_store
+from stillmotion.jobs.backends import open_store
 from tests.conftest import write_image
 from tests.fakes import KlingFake
 from tests.test_hardening_images import _huge_png
@@ -418,4 +419,4 @@ async def test_resource_cap_on_in_process_transport(make_settings: Any, tmp_path
         with pytest.raises(MCPError) as info:
             await client.read_resource(done["video"]["uri"])
     path = Path(done["video"]["path"])
-    assert str(path) in str(info.value) and path.resolve().as_uri() in str(info.value)
+    assert str(path) in str(info.value) and (await anyio.Path(path).resolve()).as_uri() in str(info.value)

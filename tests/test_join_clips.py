@@ -7,6 +7,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import anyio
 import av
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ async def test_three_local_jobs_one_of_another_size_and_rate(make_settings: Sett
     assert v["duration_s"] == pytest.approx(want_s, abs=1 / 24)
     assert v["frame_count"] == 24 + 24 + 24
     assert any("clip 3 is 480x480 at 30 fps" in w for w in done["warnings"]), done["warnings"]
-    assert done["poster"] and Path(done["last_frame"]["path"]).is_file()
+    assert done["poster"] and await anyio.Path(done["last_frame"]["path"]).is_file()
 
     out = frames(v["path"])
     fa, fb, fc = frames(a["video"]["path"]), frames(b["video"]["path"]), frames(c["video"]["path"])

@@ -289,7 +289,7 @@ def test_over_http_the_player_plays_the_signed_file_link(home: Path, image_480: 
                 time.sleep(0.1)
 
         async def run() -> None:
-            image = "data:image/png;base64," + base64.b64encode(image_480.read_bytes()).decode()
+            image = "data:image/png;base64," + base64.b64encode(await anyio.Path(image_480).read_bytes()).decode()
             async with Client(url) as client, _browser() as browser:
                 job = structured(await client.call_tool("animate_image", {"image": image, **LOCAL}))
                 await wait_done(client, job["job_id"])

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from stillmotion.catalog import MODELS
@@ -89,7 +90,7 @@ async def test_seedance_body_and_last_frame(fake: GatewayFake, make_settings: Se
     }  # fmt: skip
     _done, body = await run(fake, make_settings, "interpolate_frames", args)
     last = body["providerOptions"]["bytedance"].pop("lastFrameImage")
-    assert parse_data_uri(last) == ("image/png", end.read_bytes())
+    assert parse_data_uri(last) == ("image/png", await anyio.Path(end).read_bytes())
     assert body == {
         "prompt": "a bird lands", "n": 1, "duration": 10, "aspectRatio": "21:9", "resolution": "864x480", "seed": 42,
         "providerOptions": {"bytedance": {"generateAudio": True}}, "image": inline(img),

@@ -186,7 +186,7 @@ async def test_kling_v26_headers_body_and_status_flow(fake: GatewayFake, make_se
 async def test_kling_first_last_frame_image_tail(
     fake: GatewayFake, make_settings: SettingsFactory, img: Path, tmp_path: Path
 ) -> None:
-    url = fake.add_file("start.png", img.read_bytes(), "image/png")
+    url = fake.add_file("start.png", await anyio.Path(img).read_bytes(), "image/png")
     end = write_image(tmp_path / "end.jpg", 640, 480, seed=9, fmt="JPEG")
     args = {
         "model": "klingai/kling-v2.6-i2v",
@@ -226,7 +226,7 @@ async def test_wan_flash_audio_body_and_base64_result(
     job, done = await run_job(env_for(fake), make_settings, "animate_image", args)
     assert_video(done)
     assert done["video"]["provider_url"] is None
-    assert Path(done["video"]["path"]).read_bytes() == fake.result_bytes()
+    assert await anyio.Path(done["video"]["path"]).read_bytes() == fake.result_bytes()
     (start,) = fake.calls("POST", START)
     assert_headers(start, headers("alibaba/wan-v2.6-i2v-flash", key=f"stillmotion_{job['job_id']}"))
     assert decoded(start.obj) == {
@@ -241,7 +241,7 @@ async def test_wan_flash_audio_body_and_base64_result(
         "image": {"type": "url", "url": blob.deleted[0]},  # hosted on Vercel Blob, deleted after the job
     }
     assert len(blob.calls("PUT")) == 1 and blob.stored == {}
-    assert blob.calls("PUT")[0].body == img.read_bytes()
+    assert blob.calls("PUT")[0].body == await anyio.Path(img).read_bytes()
     fake.assert_clean()
 
 
@@ -431,7 +431,7 @@ async def test_gateway_warnings_become_job_warnings(make_settings: SettingsFacto
         seen.append(request)
         return httpx.Response(200, json=answer)
 
-    data = img.read_bytes()
+    data = await anyio.Path(img).read_bytes()
     image = StoredImage(path=str(img), mime="image/png", width=640, height=480, bytes=len(data), sha256="-")
     req = GenerationRequest(
         tool="animate_image", model="klingai/kling-v2.6-i2v", route="gateway", prompt="x", duration=5, image=image

@@ -90,7 +90,7 @@ async def test_animate_image_v26_exact_body_local_file(
 async def test_url_image_passed_through_and_interpolation_body(
     fake: KlingFake, kling_env: dict[str, str], make_settings: SettingsFactory, img: Path, tmp_path: Path
 ) -> None:
-    url = fake.add_file("start.png", img.read_bytes(), "image/png")
+    url = fake.add_file("start.png", await anyio.Path(img).read_bytes(), "image/png")
     end = write_image(tmp_path / "end.jpg", 640, 480, seed=9, fmt="JPEG")
     env = {**kling_env, "STILLMOTION_ALLOW_PRIVATE_NETWORK": "1"}
     async with connect(make_settings(**env)) as client:

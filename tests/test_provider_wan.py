@@ -84,7 +84,7 @@ async def test_local_file_defaults_exact_body_and_headers(
     (create,) = creates(fake)
     assert decoded(create.json) == {
         "model": "wan2.6-i2v",
-        "input": {"prompt": "the leaves rustle", "img_url": ("image/png", img.read_bytes())},
+        "input": {"prompt": "the leaves rustle", "img_url": ("image/png", await anyio.Path(img).read_bytes())},
         "parameters": {"resolution": "720P", "duration": 5},
     }
     assert create.header("authorization") == f"Bearer {KEY}"
@@ -105,7 +105,7 @@ async def test_local_file_defaults_exact_body_and_headers(
 async def test_url_input_passed_through_with_every_option(
     fake: WanFake, env: dict[str, str], make_settings: SettingsFactory, img: Path
 ) -> None:
-    url = fake.add_file("still.png", img.read_bytes(), "image/png")
+    url = fake.add_file("still.png", await anyio.Path(img).read_bytes(), "image/png")
     settings = make_settings(STILLMOTION_ALLOW_PRIVATE_NETWORK="1", **env)
     args = {
         "model": WAN,
@@ -155,7 +155,7 @@ async def test_flash_always_sends_audio(
     (create,) = creates(fake)
     assert decoded(create.json) == {
         "model": "wan2.6-i2v-flash",
-        "input": {"prompt": "she sings", "img_url": ("image/png", img.read_bytes())},
+        "input": {"prompt": "she sings", "img_url": ("image/png", await anyio.Path(img).read_bytes())},
         "parameters": {"resolution": "720P", "duration": 3, "audio": audio},
     }
 

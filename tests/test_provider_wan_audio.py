@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
@@ -116,7 +117,7 @@ async def test_rules_refused_before_any_request(
     huge = tmp_path / "in" / "huge.wav"
     huge.write_bytes(sample_wav(29.0, rate=48000) + b"\0" * (13 << 20))  # over 15 MB
     notaudio = tmp_path / "in" / "fake.mp3"
-    notaudio.write_bytes(img.read_bytes())
+    await anyio.Path(notaudio).write_bytes(await anyio.Path(img).read_bytes())
     cases: list[tuple[str, dict[str, Any], str]] = [
         (WAN, {"shot_type": "multi", "prompt_extend": False}, "wan.shot_type"),
         (FLASH, {"audio": False, "audio_url": str(short)}, "wan.audio"),

@@ -84,7 +84,7 @@ async def test_local_file_defaults_exact_body(
         "prompt": "clouds drift",
         "duration": 5,
         "resolution": "480p",
-        "image": {"url": ("image/png", img.read_bytes())},
+        "image": {"url": ("image/png", await anyio.Path(img).read_bytes())},
     }
     assert create.header("authorization") == f"Bearer {KEY}"
     assert create.header("content-type") == "application/json"
@@ -102,7 +102,7 @@ async def test_local_file_defaults_exact_body(
 async def test_url_input_with_aspect_ratio_when_asked(
     fake: XaiFake, env: dict[str, str], make_settings: SettingsFactory, img: Path
 ) -> None:
-    url = fake.add_file("still.png", img.read_bytes(), "image/png")
+    url = fake.add_file("still.png", await anyio.Path(img).read_bytes(), "image/png")
     settings = make_settings(STILLMOTION_ALLOW_PRIVATE_NETWORK="1", **env)
     args = {
         "image": url,

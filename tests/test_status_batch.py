@@ -300,7 +300,7 @@ async def test_a_misbehaving_task_list_never_gives_a_job_the_wrong_result(
         videos = set()
         for job_id, d in done.items():
             own = fake.video_of(fake.external_ids[job_id])
-            assert Path(d["video"]["path"]).read_bytes() == own, f"job {job_id} saved another task's video"
+            assert await anyio.Path(d["video"]["path"]).read_bytes() == own, f"job {job_id} saved another task's video"
             videos.add(own)
         assert len(videos) == n  # every task's video differs, so the check above could catch a swap
         assert fake.list_requests > 0  # the jobs were batched: the list was read (and distrusted)

@@ -265,7 +265,7 @@ def test_over_http_the_mcp_name_header_must_name_the_task(home: Path, image_480:
 
         async def talk() -> tuple[str, str]:
             async with Client(url, extensions=[TasksClient()]) as client:
-                data_uri = "data:image/png;base64," + base64.b64encode(image_480.read_bytes()).decode()
+                data_uri = "data:image/png;base64," + base64.b64encode(await anyio.Path(image_480).read_bytes()).decode()
                 task = await _start(client, data_uri)  # HTTP takes no local paths
                 view = await get_task(client.session, task.task_id)  # the SDK sets Mcp-Name = taskId
                 assert view.task_id == task.task_id
@@ -318,6 +318,32 @@ async def test_an_expired_task_is_refused(make_settings: SettingsFactory, image_
             await get_task(client.session, task.task_id)
         assert err.value.error.code == -32602 and "expired" in err.value.error.message
         assert structured(await _check_job(client, _job_id(task)))["job_id"] == _job_id(task)  # the job stays
+
+
+async def test_an_expired_tasks_mapping_is_deleted(make_settings: SettingsFactory, image_480: Path) -> None:
+    settings = make_settings()
+    async with _task_client(settings) as client:
+        task = await _start(client, image_480)
+        other = await _start(client, image_480)
+        store = open_jobs(settings.db_path)
+        key = "task:" + task.task_id
+        stored = json.loads(store.meta_get(key))
+        store.meta_set(key, json.dumps({**stored, "created_at": stored["created_at"] - 8 * 86400}))
+        store.close()
+        with pytest.raises(MCPError) as err:
+            await get_task(client.session, task.task_id)
+        assert "expired" in err.value.error.message
+        store = open_jobs(settings.db_path)
+        try:
+            assert store.meta_get(key) is None  # the expired mapping is gone from the job store
+            assert store.meta_get("task:" + other.task_id) is not None  # a live task's stays
+            assert store.get(_job_id(task)) is not None  # and the job with it
+        finally:
+            store.close()
+        with pytest.raises(MCPError) as err:
+            await get_task(client.session, task.task_id)
+        assert err.value.error.code == -32602 and "Task not found" in err.value.error.message
+        assert (await get_task(client.session, other.task_id)).task_id == other.task_id
 
 
 async def test_task_notifications_need_the_declaration(make_settings: SettingsFactory) -> None:

@@ -87,7 +87,7 @@ async def test_status_queries_and_downloads_throttled_for_long_every_job_succeed
             done = {j: await wait_done(client, j) for j in ids}
         assert [d["status"] for d in done.values()] == ["succeeded"] * jobs, [d.get("error") for d in done.values()]
         for job_id, d in done.items():
-            assert Path(d["video"]["path"]).read_bytes() == fake.video_of(fake.external_ids[job_id])
+            assert await anyio.Path(d["video"]["path"]).read_bytes() == fake.video_of(fake.external_ids[job_id])
         assert len(fake.calls("POST", PATH)) == jobs  # nothing was created twice
         fake.assert_clean()
 

@@ -7,6 +7,7 @@ import base64
 import json
 from pathlib import Path
 
+import anyio
 import numpy as np
 import pytest
 from mcp.types import ImageContent, ResourceLink
@@ -67,8 +68,8 @@ async def test_animate_image_end_to_end(make_settings: SettingsFactory, image_48
     sim = estimate_similarity(first, last)
     assert sim.scale > 1.05, "prompt 'zoom in' must make the content grow"
     assert any("camera motion" in w for w in done["warnings"])
-    assert Path(done["poster"]["path"]).stat().st_size < 100_000
-    assert Path(done["last_frame"]["path"]).is_file()
+    assert (await anyio.Path(done["poster"]["path"]).stat()).st_size < 100_000
+    assert await anyio.Path(done["last_frame"]["path"]).is_file()
 
 
 async def test_camera_move_zoom_measured(make_settings: SettingsFactory, image_480: Path) -> None:

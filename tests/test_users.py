@@ -66,7 +66,7 @@ async def two_users(reps: list[Replica], tok: dict[str, str], image: str, hold: 
     alice, bob, root = tok["alice"], tok["bob"], tok["root"]
     a_done = await finished(first, alice, image)
     b_done = await finished(first, bob, image)
-    hold.touch()
+    await anyio.Path(hold).touch()
     a_held, a_task = await held_task(first, alice, image)
     b_held, _ = await held_task(first, bob, image)  # queued behind alice's: one render at a time
     seen = Seen(a_done, a_held, a_task)

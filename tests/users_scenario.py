@@ -159,7 +159,7 @@ async def listen_hears_only_own(url: str, token: str, theirs: str, mine: str, ow
     async with as_user(url, token) as c:
         uris = [f"stillmotion://jobs/{theirs}", f"stillmotion://jobs/{mine}"]
         async with c.listen(resource_subscriptions=uris) as sub:
-            hold.unlink()
+            await anyio.Path(hold).unlink()
             async with as_user(owner_url, owner_token) as o:
                 done = structured(await o.call_tool("check_job", {"job_id": theirs, "wait_seconds": 50}))
                 assert done["status"] == "succeeded"
@@ -188,7 +188,7 @@ async def legacy_subscribe_hears_only_own(url: str, token: str, theirs: str, min
             warnings.simplefilter("ignore", MCPDeprecationWarning)  # 2025-era hosts still use it
             for job in (theirs, mine):
                 await c.subscribe_resource(f"stillmotion://jobs/{job}")
-        hold.unlink()
+        await anyio.Path(hold).unlink()
         async with as_user(url, owner_token) as o:
             done = structured(await o.call_tool("check_job", {"job_id": theirs, "wait_seconds": 50}))
             assert done["status"] == "succeeded"

@@ -499,26 +499,3 @@ def model_ids_for_tool(tool: str, *, strict: bool = True) -> list[str]:
 
 def catalog_table() -> list[dict[str, Any]]:
     return [m.to_public() for m in ALL_MODELS]
-
-
-def tool_model_rules(tool: str, *, strict: bool = True) -> str:
-    """Per-model rules of one tool in words, for its description."""
-    lines = []
-    for m in models_for_tool(tool, strict=strict):
-        feat = m.features.get(tool)
-        parts = []
-        if m.modes:
-            modes = feat.modes if feat and feat.modes else m.modes
-            parts.append("mode " + "|".join(modes))
-        durs = feat.durations if feat and feat.durations else m.durations
-        parts.append(
-            "duration " + ("/".join(map(str, durs)) + " s" if len(durs) <= 3 else f"{durs[0]}-{durs[-1]} s")
-        )
-        if tool == "camera_move" and feat is not None and feat.camera_types != CAMERA_TYPES:
-            parts.append("camera types " + "|".join(feat.camera_types))
-        if feat is None:
-            parts.append("outside Kling's capability map (sent with a warning)")
-        if m.prompt_required:
-            parts.append("prompt required")
-        lines.append(f"- {m.id}: " + ", ".join(parts))
-    return "\n".join(lines)

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -422,8 +421,8 @@ def _print_result(result: Any) -> None:
 def _gc(dry_run: bool) -> int:
     import anyio
 
+    from .jobs.backends import open_store
     from .jobs.gc import collect, human_bytes
-    from .jobs.store import open_store
 
     settings = _settings_or_exit()
     if settings.retention_days is None and settings.max_output_bytes is None:
@@ -465,8 +464,4 @@ def _gc(dry_run: bool) -> int:
     return 0
 
 
-def sample_image_path() -> Path:
-    return Path(str(resources.files("stillmotion") / "assets" / "sample.jpg"))
-
-
-__all__ = ["main", "sample_image_path"]
+__all__ = ["main"]

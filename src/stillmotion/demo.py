@@ -11,13 +11,24 @@ import shutil
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from .cli import sample_image_path
-from .media.video import probe_video
+from .media.video import VideoInfo, probe_video
+
+
+def sample_image_path() -> Path:
+    """The bundled sample still (stillmotion/assets/sample.jpg)."""
+    return Path(str(resources.files("stillmotion") / "assets" / "sample.jpg"))
+
+
+def _measure(path: Path) -> tuple[VideoInfo, int]:
+    """The decoded video's measures and its size in bytes (blocking: runs on a worker thread)."""
+    return probe_video(path), path.stat().st_size
+
 
 # Motion-brush trajectory and masks in the sample's pixels (1280x720, origin bottom-left):
 # the sun (upper left) drifts right and down; the foreground hills hold still.
@@ -111,12 +122,12 @@ async def _demo(out: Path) -> int:
             path = Path(sc["video"]["path"])
             label = tool if tool != "camera_move" else f"camera_move ({args['camera']['type']})"
             try:
-                info = probe_video(path)
+                info, size = await anyio.to_thread.run_sync(_measure, path)  # a full decode: off the loop
             except ValueError as exc:
                 say(f"  {label}: {path} does not decode: {exc}")
                 ok = False
                 continue
-            size_kb = path.stat().st_size / 1024
+            size_kb = size / 1024
             say(
                 f"  {label:<32} {path}  {info.duration_s:.2f} s  {info.width}x{info.height}  "
                 f"{info.frame_count} frames  {size_kb:.0f} KB  ({took:.1f} s)"

@@ -195,7 +195,7 @@ class Service:
         finally:
             self.db.close_now()
         if released and self.settings.transport == "stdio" and self.settings.background:
-            from .jobs.worker import ensure_worker
+            from .jobs.worker_lock import ensure_worker
 
             try:
                 ensure_worker(self.settings)

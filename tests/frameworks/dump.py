@@ -22,7 +22,7 @@ from tests.conftest import write_image
 
 
 async def dump(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    await anyio.Path(out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as home:
         env = {"STILLMOTION_HOME": home, "STILLMOTION_RESOURCE_LINKS": "0"}
         settings = Settings.from_env(env)

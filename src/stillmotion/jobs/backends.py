@@ -5,8 +5,21 @@ read the home's SQLite file while the jobs lived in PostgreSQL)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..settings import Settings
-from .store import JobStore, open_store
+from .store import BUSY_TIMEOUT_S, JobStore, SqliteStore
+
+
+def open_store(db_path: Path, database_url: str | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> JobStore:
+    """The store for these settings: PostgreSQL for a postgresql:// URL, else SQLite under the home.
+    (Commands and resources open it through `open_for_settings`, which also checks a replica's shared
+    folders.) It lives here, above both engines, so that neither store module imports the other."""
+    if database_url:
+        from .pg_store import PgStore  # (psycopg is imported only when PostgreSQL is used)
+
+        return PgStore(database_url)
+    return SqliteStore(db_path, busy_timeout_s=busy_timeout_s)
 
 
 def open_for_settings(settings: Settings, *, serving: bool = True) -> JobStore:

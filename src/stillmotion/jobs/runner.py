@@ -59,7 +59,7 @@ from ..errors import (
     ProviderError,
     StillmotionError,
 )
-from ..media.net import UrlGuard, download_to_file, write_base64_file
+from ..media.net import UrlGuard, download_to_file, remove_file, write_base64_file
 from ..media.publish import Samples
 from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
@@ -378,11 +378,6 @@ class JobRunner:
         if ev is None:
             ev = self._events[job_id] = anyio.Event()
         return ev
-
-    async def wait_change(self, job_id: str, timeout: float) -> None:
-        ev = self.change_event(job_id)
-        with anyio.move_on_after(max(0.0, timeout)):
-            await ev.wait()
 
     async def _owned_write(self, job: Job, write: Callable[[], Awaitable[T]], *, until_lost: bool = False) -> T:
         """A store write made while driving `job`, waited out through store faults (locked, connection
@@ -885,7 +880,7 @@ class JobRunner:
             await self._set(job)  # still ours (a store fault is waited out), so the file may take its name
             await anyio.to_thread.run_sync(os.replace, tmp, final)
         finally:
-            tmp.unlink(missing_ok=True)
+            await remove_file(tmp)
         result["video"]["path"] = str(final)
         result["video"]["provider_url"] = provider_url
         result["video"]["provider_url_expires_at"] = expires

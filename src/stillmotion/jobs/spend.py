@@ -45,11 +45,6 @@ BEGIN
 END
 """
 
-SPEND_SQL = """
-CASE WHEN status IN ('succeeded','failed','cancelled')
-     THEN CASE WHEN billed = 1 THEN COALESCE(actual_usd, estimated_usd, 0) ELSE 0 END
-     ELSE COALESCE(estimated_usd, 0) END
-"""
 COMMITTED_SQL = (
     "CASE WHEN status IN ('succeeded','failed','cancelled') AND billed = 1 "
     "THEN COALESCE(actual_usd, estimated_usd, 0) ELSE 0 END"

@@ -112,7 +112,6 @@ class JobRow:
     warnings: list[str]
     error: dict[str, Any] | None
     result: dict[str, Any] | None
-    attempts: int
     provider_done_at: float | None
     owner: str | None = None
     """The process instance driving this job (None: nobody; any process may claim it)."""
@@ -524,7 +523,7 @@ class SqliteStore(JobStore):
         for col in JSON_COLS:
             if d[col] is not None:
                 d[col] = json.loads(d[col])
-        return JobRow(**d)
+        return JobRow(**{k: d[k] for k in ROW_COLS})  # (the schema's `attempts` column is unused)
 
     def _select(self, where: str, params: tuple[Any, ...] = (), tail: str = "") -> list[JobRow]:
         with self._lock:
@@ -839,14 +838,3 @@ class SqliteStore(JobStore):
             db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING", (key, value))
             r = db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return str(r[0])
-
-
-def open_store(db_path: Path, database_url: str | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> JobStore:
-    """The store for these settings: PostgreSQL for a postgresql:// URL, else SQLite under the home.
-    (Commands and resources open it through `jobs.backends.open_for_settings`, which also checks a
-    replica's shared folders.)"""
-    if database_url:
-        from .pg_store import PgStore
-
-        return PgStore(database_url)
-    return SqliteStore(db_path, busy_timeout_s=busy_timeout_s)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote, urljoin, urlsplit
@@ -259,6 +260,13 @@ def _check_form(url: str, argument: str) -> None:
         raise InvalidInput(argument, f"is not a usable URL: {problem}.", "an http(s) URL such as https://example.com/clip.mp4")
 
 
+async def remove_file(path: Path) -> None:
+    """Remove `path` (if there) on a worker thread, shielded: it runs to the end while the caller is
+    being cancelled, so neither an interrupted download nor a temporary file stays on disk."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(partial(path.unlink, missing_ok=True))
+
+
 @dataclass
 class Fetched:
     path: Path
@@ -299,7 +307,7 @@ async def fetch_to_file(
                     fh.close()
                 return Fetched(dest, total, sha256, resp.headers.get("content-type"), str(resp.extensions[FINAL_URL]))
     except BaseException as exc:
-        dest.unlink(missing_ok=True)
+        await remove_file(dest)
         if isinstance(exc, TimeoutError):
             raise InvalidInput(
                 argument,
@@ -324,8 +332,7 @@ async def fetched_temp(
     try:
         yield await fetch_to_file(guard, url, tmp, max_bytes=max_bytes, argument=argument, deadline_s=deadline_s)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+        await remove_file(tmp)
 
 
 async def fetch_bytes(
@@ -461,27 +468,28 @@ async def download_to_file(
                     raise ProviderError(
                         f"result is {declared} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
                     )
-                with open(dest, "wb") as fh:
-                    sink = _FileSink(fh)
-                    try:
-                        # the transport's own chunks (<= 64 KiB): re-chunking them costs copies, and small
-                        # chunks stay in the CPU cache from the socket read to the hash and the write
-                        async for chunk in resp.aiter_raw():
-                            total += len(chunk)
-                            if total > max_bytes:
-                                raise ProviderError(
-                                    f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
-                                )
-                            await sink.add(chunk)
-                            if on_progress is not None:
-                                on_progress(total, declared)
-                        sha256 = await sink.finish()
-                    finally:
-                        sink.close()
+                fh = await anyio.to_thread.run_sync(open, dest, "wb")
+                sink = _FileSink(fh)
+                try:
+                    # the transport's own chunks (<= 64 KiB): re-chunking them costs copies, and small
+                    # chunks stay in the CPU cache from the socket read to the hash and the write
+                    async for chunk in resp.aiter_raw():
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise ProviderError(
+                                f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
+                            )
+                        await sink.add(chunk)
+                        if on_progress is not None:
+                            on_progress(total, declared)
+                    sha256 = await sink.finish()
+                finally:
+                    sink.close()
+                    fh.close()  # (finish() flushed and fsynced it: nothing left to write)
                 if declared is not None and total != declared:
                     raise ProviderError(f"result download truncated: {total} of {declared} bytes", retryable=True)
     except BaseException as exc:
-        dest.unlink(missing_ok=True)
+        await remove_file(dest)
         if isinstance(exc, TimeoutError):
             raise ProviderError(
                 f"result download did not finish within {deadline_s:g} s (STILLMOTION_FETCH_TIMEOUT_S); {total} bytes arrived"

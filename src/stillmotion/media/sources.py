@@ -20,7 +20,7 @@ import httpx
 
 from ..errors import InvalidInput
 from .images import ResourceResolver, open_regular, read_chunks, resolve
-from .net import FETCH_DEADLINE_S, UrlGuard, fetch_to_file
+from .net import FETCH_DEADLINE_S, UrlGuard, fetch_to_file, remove_file
 
 _RESOURCE_RE = re.compile(r"^stillmotion://jobs/([a-z0-9][a-z0-9_-]{7,63})/([a-z0-9.-]+)$")
 
@@ -135,8 +135,7 @@ async def load_media(
         )  # fmt: skip
         data = await anyio.to_thread.run_sync(tmp.read_bytes)
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(lambda: tmp.unlink(missing_ok=True))
+        await remove_file(tmp)
     return LoadedMedia(data, saved.url)
 
 

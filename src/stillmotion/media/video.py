@@ -494,11 +494,6 @@ def probe_header(path: Path) -> VideoInfo:
         container.close()
 
 
-def declared_frame_count(path: Path) -> int:
-    """The frame count from the container header (0 when unknown); no decoding."""
-    return stream_header(path)[0]
-
-
 def stream_header(path: Path) -> tuple[int, int, int]:
     """(declared frame count or 0, width, height) of the first video stream; no decoding."""
     container = _open_input(Path(path))

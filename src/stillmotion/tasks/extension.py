@@ -171,7 +171,8 @@ class TasksExtension(Extension):
         task = await svc.db.run(self._store(svc).get, params.task_id)
         if task is None:
             raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task not found")
-        if task.expired():
+        if task.expired():  # the mapping goes now (the job stays): a later lookup finds no task
+            await svc.db.run(self._store(svc).forget, task.task_id)
             raise MCPError(code=INVALID_PARAMS, message="Failed to retrieve task: Task has expired")
         row = await svc.find(task.job_id)
         if row is None:  # another user's task (or its job was deleted): exactly as an unknown task id

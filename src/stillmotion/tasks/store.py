@@ -56,4 +56,5 @@ class TaskStore:
         return TaskRow(task_id, str(data["job_id"]), float(data["created_at"]), int(data["ttl_ms"]))
 
     def forget(self, task_id: str) -> None:
+        """Delete the mapping (the job is untouched); done when a lookup finds the task expired."""
         self.jobs.meta_set(KEY_PREFIX + task_id, None)

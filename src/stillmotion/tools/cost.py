@@ -267,12 +267,6 @@ async def dry_run_result(svc: Service, args: ToolArgs) -> CallToolResult:
     )
 
 
-def fix_output_schema(schema: dict[str, Any] | None) -> None:
-    """MCP wants `type: object` at the top of an output schema; a union of objects is still one."""
-    if schema is not None and "anyOf" in schema:
-        schema.setdefault("type", "object")
-
-
 def spend_report(store: Any, settings: Any, principal: Principal | None = None) -> dict[str, Any]:
     """Budget standing and spend by UTC day, model and route (the resource and `stillmotion spend`).
 

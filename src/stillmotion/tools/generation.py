@@ -21,7 +21,7 @@ from ..catalog import (
     models_for_tool,
 )
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
-from ..requests import OPTION_FIELDS, CameraConfig
+from ..requests import CameraConfig
 from ..validation import ToolArgs, max_trajectory_points
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
@@ -42,12 +42,6 @@ PROVIDER_NAMES = {
 def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
     feature = model.features.get(tool)
     return feature.durations if feature is not None and feature.durations else model.durations
-
-
-def option_fields_for(tool: str, strict: bool = True) -> list[str]:
-    """The provider option arguments a tool carries: those of the providers whose models serve it."""
-    wanted = {OPTION_FIELDS[m.provider] for m in models_for_tool(tool, strict=strict)}
-    return [name for name in OPTION_ARGUMENTS if name in wanted]
 
 
 def _camera_bound() -> float:
