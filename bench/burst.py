@@ -161,7 +161,9 @@ def run_nothing_lost(tmp: Path, *, quick: bool, log: Callable[[str], None]) -> S
     peaks: list[float] = []
     for i in range(runs):
         log(f"section 10: run {i + 1} of {runs}: {n} animate_image at once on xAI, 0.5 s polls")
-        got = anyio.run(_animate, tmp / f"run{i}", n, log, 500)
+        scratch = tmp / f"run{i}"
+        scratch.mkdir(parents=True, exist_ok=True)
+        got = anyio.run(_animate, scratch, n, log, 500)
         succeeded += got["states"].get("succeeded", 0)
         creates += got["creates"]
         peaks.append(got["peak"] / MB)
