@@ -59,6 +59,9 @@ def log_to_file(home: Path, verbose: bool = False, max_bytes: int = 5_000_000) -
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # the package's own level too: an earlier setting in this process (a command's WARNING) must not
+    # silence the worker's log
+    logging.getLogger("stillmotion").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 async def run_worker(settings: Settings, *, idle_exit: bool) -> int:
