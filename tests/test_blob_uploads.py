@@ -49,16 +49,23 @@ def gw_env(g: GatewayFake, b: BlobFake | None) -> dict[str, str]:
     return env
 
 
-async def run(env: dict[str, str], make_settings: SettingsFactory, args: dict[str, Any]) -> dict[str, Any]:
+async def run(
+    env: dict[str, str], make_settings: SettingsFactory, args: dict[str, Any], blob: BlobFake | None = None
+) -> dict[str, Any]:
+    """One job to its end; with `blob`, also until the janitor (which runs beside the job's
+    end, not before it) has deleted every upload."""
     async with connect(make_settings(**env)) as client:
         job = structured(await client.call_tool("animate_image", args))
-        return await wait_done(client, job["job_id"])
+        done = await wait_done(client, job["job_id"])
+        if blob is not None:
+            await _until(lambda: not blob.stored)
+        return done
 
 
 async def test_wan_through_gateway_uploads_once_sends_url_and_deletes(
     gateway: GatewayFake, blob: BlobFake, make_settings: SettingsFactory, img: Path, home: Path
 ) -> None:
-    done = await run(gw_env(gateway, blob), make_settings, {"model": WAN, "image": str(img), "prompt": "waves"})
+    done = await run(gw_env(gateway, blob), make_settings, {"model": WAN, "image": str(img), "prompt": "waves"}, blob)
     assert done["status"] == "succeeded", done
     (put,) = blob.calls("PUT")
     assert put.body == await anyio.Path(img).read_bytes() and put.header("x-content-type") == "image/png"
@@ -87,7 +94,7 @@ async def test_large_gateway_body_goes_through_blob(
     gateway: GatewayFake, blob: BlobFake, make_settings: SettingsFactory, img: Path
 ) -> None:
     env = gw_env(gateway, blob) | {"STILLMOTION_GATEWAY_MAX_BODY_BYTES": "20000"}
-    done = await run(env, make_settings, {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"})
+    done = await run(env, make_settings, {"model": "klingai/kling-v2.6-i2v", "image": str(img), "prompt": "x"}, blob)
     assert done["status"] == "succeeded", done
     (start,) = gateway.calls("POST", START)
     assert start.obj["image"]["type"] == "url" and len(start.body) < 20000
@@ -125,7 +132,7 @@ async def test_wan_direct_local_audio_uploaded_and_deleted_on_failure(
         async with connect(make_settings(**env)) as client:  # no token: refused, nothing sent
             text = error_text(await client.call_tool("animate_image", args))
         assert "BLOB_READ_WRITE_TOKEN" in text and "wan.audio_url" in text and wan.requests == []
-        done = await run(env | {"BLOB_READ_WRITE_TOKEN": blob.token, "VERCEL_BLOB_API_URL": blob.base_url}, make_settings, args)
+        done = await run(env | {"BLOB_READ_WRITE_TOKEN": blob.token, "VERCEL_BLOB_API_URL": blob.base_url}, make_settings, args, blob)
         assert done["status"] == "failed"
         (create,) = wan.calls("POST", "/api/v1/services/aigc/video-generation/video-synthesis")
         url = create.json["input"]["audio_url"]
@@ -142,6 +149,7 @@ async def test_cancelled_job_and_next_process_delete_blobs(
         job = structured(await client.call_tool("animate_image", {"model": WAN, "image": str(img), "prompt": "x"}))
         await gateway_started(gateway)
         structured(await client.call_tool("cancel_job", {"job_id": job["job_id"]}))
+        await _until(lambda: len(blob.deleted) == 1)  # the janitor deletes beside the answer, not before it
     assert len(blob.deleted) == 1 and blob.stored == {}
 
     # a job that ended while no server could delete (here: its row is ended by hand, as another
