@@ -176,7 +176,7 @@ async def _mcp_runs(
 
 
 def _request(home: Path, job_id: str) -> Any:
-    from stillmotion.requests import GenerationRequest
+    from stillmotion.plan.requests import GenerationRequest
 
     db = sqlite3.connect(f"file:{home / 'jobs.sqlite3'}?mode=ro", uri=True)
     try:

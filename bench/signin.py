@@ -19,7 +19,7 @@ import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from stillmotion.signin import JwtVerifier, UsersFile
+from stillmotion.http.signin import JwtVerifier, UsersFile
 
 ISSUER = "https://idp.example.com/"
 AUDIENCE = "https://mcp.example.com/mcp"

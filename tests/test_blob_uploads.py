@@ -286,9 +286,9 @@ async def test_upload_records_from_many_writers_are_all_seen(engine: str, tmp_pa
     slots with no gap; the reader sees every open one, and done ones drop out."""
     import anyio
 
-    from stillmotion.blob import UploadLedger
     from stillmotion.jobs.async_store import AsyncJobStore
     from stillmotion.jobs.store import JobStore
+    from stillmotion.providers.blob import UploadLedger
 
     if engine == "sqlite":
         opened: list[JobStore] = [SqliteStore(tmp_path / "jobs.sqlite3") for _ in range(2)]

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from stillmotion.file_links import FileLinks
-from stillmotion.http_files import FileRoute
+from stillmotion.http.files import FileRoute
+from stillmotion.http.links import FileLinks
 
 pytestmark = pytest.mark.anyio
 JOB = "job_0123456789abcdef"

@@ -17,7 +17,7 @@ import pytest
 from mcp import Client
 
 from stillmotion.cli import main
-from stillmotion.http import build_http_app
+from stillmotion.http.app import build_http_app
 from tests.conftest import SettingsFactory
 
 EXE = [sys.executable, "-m", "stillmotion"]

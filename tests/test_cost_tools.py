@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp.types import ElicitRequestParams, ElicitResult, InputRequiredResult
 
-from stillmotion.dryrun import elide
+from stillmotion.plan.dryrun import elide
 from stillmotion.server import build_server
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
 from tests.fakes import GatewayFake, KlingFake, WanFake, XaiFake

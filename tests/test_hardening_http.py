@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from stillmotion.file_links import FileLinks
+from stillmotion.http.links import FileLinks
 from stillmotion.jobs.backends import open_store
 from tests.conftest import write_image
 from tests.fakes import KlingFake

@@ -70,7 +70,7 @@ def test_allowed_hosts_setting_is_checked() -> None:
 
 
 def test_team_hosts_forms() -> None:
-    from stillmotion.http_team import team_hosts
+    from stillmotion.http.team import team_hosts
 
     s = Settings.from_env({"STILLMOTION_ALLOWED_HOSTS": "mcp.example.com,10.0.0.5:8443,[fd00::1],[fd00::2]:9000"},
                           transport="http")

@@ -102,7 +102,7 @@ async def test_signed_file_origin_goes_into_the_player_csp(make_settings: Settin
 async def test_over_http_the_player_may_load_the_signed_file_links(make_settings: SettingsFactory) -> None:
     import dataclasses
 
-    from stillmotion.file_links import FileLinks
+    from stillmotion.http.links import FileLinks
     from stillmotion.server import build_server
 
     settings = dataclasses.replace(make_settings("http"), file_links=FileLinks("http://127.0.0.1:8765", b"k" * 32))

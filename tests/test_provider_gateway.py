@@ -24,9 +24,9 @@ from stillmotion.errors import (
 )
 from stillmotion.jobs.store import SqliteStore
 from stillmotion.media.video import probe_video
+from stillmotion.plan.requests import GenerationRequest, StoredImage
 from stillmotion.providers.base import JobContext
 from stillmotion.providers.gateway import GatewayProvider, map_error
-from stillmotion.requests import GenerationRequest, StoredImage
 from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
 from tests.fakes import BlobFake, GatewayFake, KlingFake
 from tests.fakes.base import Recorded

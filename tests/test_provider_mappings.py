@@ -22,11 +22,11 @@ from stillmotion.errors import (
     RateLimited,
     StillmotionError,
 )
+from stillmotion.plan.requests import GenerationRequest, StoredImage
 from stillmotion.providers.base import JobContext, Provider, Status
 from stillmotion.providers.kling import KlingProvider
 from stillmotion.providers.wan import WanProvider
 from stillmotion.providers.xai import XaiProvider
-from stillmotion.requests import GenerationRequest, StoredImage
 from tests.conftest import SettingsFactory, write_image
 
 pytestmark = pytest.mark.anyio

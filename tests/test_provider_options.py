@@ -9,10 +9,10 @@ import pytest
 
 from stillmotion.catalog import MODELS
 from stillmotion.errors import InvalidInput
+from stillmotion.plan.requests import GenerationRequest, KlingOptions, KlingShot, WanOptions
 from stillmotion.providers import gateway, kling, wan, xai
 from stillmotion.providers.registry import REGISTRY, make_provider
 from stillmotion.providers.rules import OptionContext
-from stillmotion.requests import GenerationRequest, KlingOptions, KlingShot, WanOptions
 from stillmotion.settings import Settings
 
 

@@ -14,8 +14,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from stillmotion.http.signin import JwtVerifier, UsersFile, wrap_signin
 from stillmotion.settings import Settings
-from stillmotion.signin import JwtVerifier, UsersFile, wrap_signin
 from tests.users_scenario import digest
 
 pytestmark = pytest.mark.anyio

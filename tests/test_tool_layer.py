@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from mcp.types import ImageContent, ResourceLink
 
-from stillmotion.arguments import ARGS_BY_TOOL, CONTROL_FIELDS, OPTION_ARGUMENTS
 from stillmotion.catalog import GENERATION_TOOLS, MODELS, models_for_tool
-from stillmotion.requests import OPTION_FIELDS
+from stillmotion.plan.arguments import ARGS_BY_TOOL, CONTROL_FIELDS, OPTION_ARGUMENTS
+from stillmotion.plan.requests import OPTION_FIELDS
+from stillmotion.plan.validation import ToolArgs
 from stillmotion.server import tools_list_payload
 from stillmotion.tools.argerrors import MAX_ERROR_CHARS
 from stillmotion.tools.schema import nested_unions, walk
-from stillmotion.validation import ToolArgs
 from tests.conftest import SettingsFactory, connect, error_text, structured
 
 pytestmark = pytest.mark.anyio

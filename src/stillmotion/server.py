@@ -18,9 +18,10 @@ from mcp.server.subscriptions import ResourceUpdated
 
 from . import __version__
 from .apps import apps_extension, file_origins, link_player
-from .arguments import WAIT_MAX_S
 from .catalog import catalog_table
-from .http_team import replicated
+from .http.team import replicated
+from .http.users import asker_middleware
+from .plan.arguments import WAIT_MAX_S
 from .providers._http import provider_client
 from .service import Service
 from .settings import Settings
@@ -28,7 +29,6 @@ from .tasks import TasksExtension
 from .tools import _sdk, extend, generation, jobs, join, models, resources
 from .tools.base import Build, ToolCalls, ToolSpec
 from .tools.cost import register_spend_resource
-from .users import asker_middleware
 
 log = logging.getLogger(__name__)
 

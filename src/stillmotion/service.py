@@ -21,11 +21,10 @@ import anyio.to_thread
 import httpx
 from pydantic import BaseModel
 
-from . import __version__, metrics
-from .blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
+from . import __version__
 from .catalog import MODELS
-from .dryrun import preview_create_request
 from .errors import BudgetExceeded, InvalidInput, Unavailable
+from .http.users import Principal, current
 from .jobs import gc
 from .jobs.async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .jobs.backends import open_for_settings
@@ -45,13 +44,10 @@ from .media.images import LoadedImage, admission_limiter, load_image, off_loop
 from .media.net import Fetched, UrlGuard, fetched_temp
 from .media.publish import Samples, publish_video
 from .media.sources import AudioFacts, LoadedMedia, load_media
-from .memory import bound_malloc
-from .pricing import Cost
-from .providers import wan
-from .providers.base import JobContext
-from .providers.local import render_job
-from .providers.registry import make_provider
-from .requests import (
+from .ops import metrics
+from .ops.memory import bound_malloc
+from .plan.dryrun import preview_create_request
+from .plan.requests import (
     BoxShape,
     GenerationRequest,
     PolygonShape,
@@ -60,10 +56,7 @@ from .requests import (
     StoredMask,
     WanOptions,
 )
-from .scrub import install_log_scrubber
-from .settings import Settings
-from .users import Principal, current
-from .validation import (
+from .plan.validation import (
     LoadedInputs,
     Plan,
     ToolArgs,
@@ -72,6 +65,14 @@ from .validation import (
     plan_request,
     shape_to_image,
 )
+from .pricing import Cost
+from .providers import wan
+from .providers.base import JobContext
+from .providers.blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
+from .providers.local import render_job
+from .providers.registry import make_provider
+from .scrub import install_log_scrubber
+from .settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from .pricing import PriceBook, PriceFileError, load_price_book
 from .scrub import register_secret
 
 if TYPE_CHECKING:
-    from .file_links import FileLinks
+    from .http.links import FileLinks
 
 Route = Literal["auto", "direct", "gateway"]
 BudgetPeriod = Literal["day", "month", "total"]

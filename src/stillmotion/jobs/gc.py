@@ -103,7 +103,7 @@ def remove_job_files(settings: Settings, job_id: str) -> int:
 
 def _blob_urls(settings: Settings, row: JobRow) -> list[str]:
     """The job's Blob uploads still to delete (the janitor marks the ones it already deleted)."""
-    from ..blob import DONE_MARKER
+    from ..providers.blob import DONE_MARKER
 
     urls = [u for u in (row.request.get("blobs") or []) if isinstance(u, str)]
     if not urls or (settings.inputs_dir / row.id / DONE_MARKER).exists():
@@ -117,7 +117,7 @@ async def _delete_blobs(settings: Settings, client: httpx.AsyncClient | None, ro
     if client is None or settings.blob_token is None:
         log.warning("job %s: %d Vercel Blob file(s) left (BLOB_READ_WRITE_TOKEN unset)", row.id, len(urls))
         return
-    from ..blob import BlobClient, delete_quietly
+    from ..providers.blob import BlobClient, delete_quietly
 
     await delete_quietly(BlobClient(client, settings), urls)
 

@@ -49,7 +49,6 @@ import anyio.to_thread
 import av
 import httpx
 
-from .. import logs, metrics
 from ..errors import (
     AmbiguousSubmission,
     Cancelled,
@@ -61,9 +60,10 @@ from ..errors import (
 )
 from ..media.net import UrlGuard, download_to_file, remove_file, write_base64_file
 from ..media.publish import Samples
+from ..ops import logs, metrics
+from ..plan.requests import GenerationRequest
 from ..pricing import actual_usd
 from ..providers.base import JobContext, Provider, StartResult, Status, VideoResult
-from ..requests import GenerationRequest
 from ..settings import Settings
 from .async_store import AsyncJobStore, StoreUnavailable, unavailable
 from .batch import StatusBatcher

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..requests import GenerationRequest, StoredClip
+from ..plan.requests import GenerationRequest, StoredClip
 from .join import ClipFacts, clip_facts, join
 from .video import read_frame
 

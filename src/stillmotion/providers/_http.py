@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from ..errors import AmbiguousSubmission, ProviderError
-from ..metrics import observe_request
+from ..ops.metrics import observe_request
 
 API_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
 

@@ -24,8 +24,8 @@ import httpx
 
 from ..catalog import CAMERA_AXES
 from ..errors import StillmotionError
+from ..plan.requests import CameraControl, GenerationRequest, StoredClip, StoredImage
 from ..pricing import ActualCost
-from ..requests import CameraControl, GenerationRequest, StoredClip, StoredImage
 from ..settings import Settings
 
 

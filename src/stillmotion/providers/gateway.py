@@ -52,8 +52,8 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
+from ..plan.requests import StoredImage
 from ..pricing import gateway_actual
-from ..requests import StoredImage
 from ..scrub import scrub
 from . import kling, seedance, veo, wan, xai
 from ._http import json_body, retry_after_seconds, send

@@ -29,8 +29,8 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..plan.requests import KlingOptions, KlingShot
 from ..pricing import kling_actual
-from ..requests import KlingOptions, KlingShot
 from ..scrub import register_derived
 from ._http import json_body, retry_after_seconds, send
 from .base import (

@@ -19,6 +19,7 @@ from ..media.images import decode_mask, decode_rgb
 from ..media.join import ClipFacts, can_stream_copy, join, planned_frames
 from ..media.publish import Samples
 from ..media.video import encode_frames, frame_size, is_yuv420, yuv420_to_rgb
+from ..plan.requests import GenerationRequest, KlingOptions, KlingShot, LocalOptions
 from ..render import (
     BrushRegion,
     brush_frames,
@@ -28,7 +29,6 @@ from ..render import (
     interpolate_frames,
     working_size,
 )
-from ..requests import GenerationRequest, KlingOptions, KlingShot, LocalOptions
 from .base import JobContext
 from .rules import Checked, OptionContext
 

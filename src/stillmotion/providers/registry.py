@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
-from ..requests import KlingOptions, LocalOptions, SeedanceOptions, VeoOptions, WanOptions, XaiOptions
+from ..plan.requests import KlingOptions, LocalOptions, SeedanceOptions, VeoOptions, WanOptions, XaiOptions
 from ..settings import Settings
 from . import kling, local, seedance, veo, wan, xai
 from .base import Provider

@@ -15,7 +15,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from ..catalog import ModelSpec
-from ..requests import KlingOptions
+from ..plan.requests import KlingOptions
 from ..settings import Settings
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)

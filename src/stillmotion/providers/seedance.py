@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..catalog import MODELS
-from ..requests import SeedanceOptions, StoredImage
+from ..plan.requests import SeedanceOptions, StoredImage
 from .base import JobContext
 from .rules import Checked, OptionContext, call_options, check_family_options
 

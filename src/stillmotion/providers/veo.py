@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..requests import StoredImage, VeoOptions
+from ..plan.requests import StoredImage, VeoOptions
 from .base import JobContext
 from .rules import Checked, OptionContext, call_options, check_family_options
 

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..media.net import path_segment
 from ..media.sources import AudioFacts, audio_facts
-from ..requests import WanOptions
+from ..plan.requests import WanOptions
 from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult

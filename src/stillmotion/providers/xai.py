@@ -27,8 +27,8 @@ from ..errors import (
     StillmotionError,
 )
 from ..media.net import path_segment
+from ..plan.requests import XaiOptions
 from ..pricing import xai_actual
-from ..requests import XaiOptions
 from ..scrub import scrub
 from ._http import json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from ..errors import InvalidInput
-from ..validation import did_you_mean
+from ..plan.validation import did_you_mean
 from .schema import JSON
 
 MAX_ERROR_CHARS = 600

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import InvalidInput, StillmotionError, Unavailable
 from ..jobs.async_store import unavailable
 from ..jobs.store import JobRow
+from ..plan.validation import did_you_mean
 from ..settings import Settings
-from ..validation import did_you_mean
 from .argerrors import argument_error, fit
 from .schema import JSON, published_schema, raw_schema
 

@@ -41,10 +41,10 @@ from pydantic import BaseModel, Field, RootModel
 
 from ..catalog import MODELS
 from ..errors import Cancelled, ConfirmationRequired
+from ..http.users import Principal
+from ..http.users import current as current_asker
+from ..plan.validation import ToolArgs, plan_request
 from ..pricing import Cost
-from ..users import Principal
-from ..users import current as current_asker
-from ..validation import ToolArgs, plan_request
 from .results import CostInfo, JobResult
 
 if TYPE_CHECKING:  # avoids an import cycle with service

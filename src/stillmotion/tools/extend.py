@@ -20,13 +20,12 @@ import anyio.to_thread
 from mcp.types import CallToolResult, InputRequiredResult
 from pydantic import Field
 
-from ..arguments import WAIT_MAX_S
 from ..catalog import MODELS, resolve_model_id
 from ..errors import InvalidInput
 from ..jobs.store import new_job_id
 from ..media.extend import last_frame_png
-from ..providers.xai import check_native_source
-from ..requests import (
+from ..plan.arguments import WAIT_MAX_S
+from ..plan.requests import (
     KlingOptions,
     LocalOptions,
     SeedanceOptions,
@@ -35,7 +34,8 @@ from ..requests import (
     WanOptions,
     XaiOptions,
 )
-from ..validation import ToolArgs, plan_request
+from ..plan.validation import ToolArgs, plan_request
+from ..providers.xai import check_native_source
 from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .cost import GenerationResult
 from .generation import lean_controls, run_request

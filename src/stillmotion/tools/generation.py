@@ -12,7 +12,6 @@ from typing import Any
 
 from mcp.types import CallToolResult, InputRequiredResult
 
-from ..arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
 from ..catalog import (
     CAMERA_TYPES,
     GENERATION_TOOLS,
@@ -20,9 +19,10 @@ from ..catalog import (
     model_ids_for_tool,
     models_for_tool,
 )
+from ..plan.arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
+from ..plan.requests import CameraConfig
+from ..plan.validation import ToolArgs, max_trajectory_points
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
-from ..requests import CameraConfig
-from ..validation import ToolArgs, max_trajectory_points
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
 from .results import call_result

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
-from ..arguments import WAIT_MAX_S
+from ..plan.arguments import WAIT_MAX_S
 from .base import CANCEL_ANNOTATIONS, READ_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .results import JobList, JobResult, call_result, job_line, job_list_text
 

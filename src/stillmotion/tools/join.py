@@ -20,7 +20,6 @@ import anyio.to_thread
 from mcp.types import CallToolResult
 from pydantic import Field
 
-from ..arguments import WAIT_MAX_S
 from ..catalog import MODELS
 from ..errors import InvalidInput, Unavailable
 from ..jobs.async_store import unavailable
@@ -30,7 +29,8 @@ from ..media.join import ClipFacts, ClipRefused, crossfade_problem, decoded, mea
 from ..media.net import UrlGuard
 from ..media.publish import sha256_file
 from ..media.sources import save_media
-from ..requests import GenerationRequest, LocalOptions, StoredClip
+from ..plan.arguments import WAIT_MAX_S
+from ..plan.requests import GenerationRequest, LocalOptions, StoredClip
 from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .results import JobResult, call_result
 

@@ -10,9 +10,9 @@ from pydantic import Field
 
 from ..catalog import MODELS, ModelSpec, resolve_model_id
 from ..errors import InvalidInput
-from ..routes import SHORT_TOOL, enabled_by, route_now, tools_of
+from ..plan.routes import SHORT_TOOL, enabled_by, route_now, tools_of
+from ..plan.validation import did_you_mean
 from ..settings import Settings
-from ..validation import did_you_mean
 from .base import READ_ANNOTATIONS, Args, Build, Call, ToolSpec
 
 

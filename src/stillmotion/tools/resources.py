@@ -21,9 +21,9 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ResourceUpdated, S
 from mcp.types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
 
 from ..errors import StillmotionError
+from ..http.users import current
 from ..service import Service
 from ..settings import Settings
-from ..users import current
 from . import _sdk
 from .models import public_catalog
 from .resource_files import read_resource_file

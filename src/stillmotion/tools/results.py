@@ -11,7 +11,7 @@ from typing import Literal
 from mcp.types import CallToolResult, ContentBlock, ImageContent, ResourceLink, TextContent
 from pydantic import BaseModel, Field
 
-from ..file_links import FileLinks
+from ..http.links import FileLinks
 from ..jobs.store import JobRow
 from ..scrub import scrub, scrub_obj
 

@@ -23,7 +23,7 @@ import h11
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .file_links import FILE_NAMES, FileLinks
+from .links import FILE_NAMES, FileLinks
 
 _PATH_RE = re.compile(r"^/files/([a-z0-9][a-z0-9_-]{7,63})/([a-z0-9.-]+)$")
 _RANGE_RE = re.compile(r"^bytes=([0-9]{0,19})-([0-9]{0,19})$")

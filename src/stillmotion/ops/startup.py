@@ -12,7 +12,7 @@ import errno
 import socket
 from urllib.parse import urlsplit
 
-from .settings import Settings
+from ..settings import Settings
 
 CONNECT_TIMEOUT_S = 4
 
@@ -69,8 +69,8 @@ def _short(reason: str) -> str:
 def check_store(settings: Settings) -> None:
     """Open the store the server will use (the database, the schema, the shared-folder marker), then
     close it. Raises StartupError."""
-    from .jobs.backends import open_for_settings
-    from .jobs.shared_home import NotShared
+    from ..jobs.backends import open_for_settings
+    from ..jobs.shared_home import NotShared
 
     if settings.database_url is not None:
         check_database(settings.database_url.reveal())

@@ -17,9 +17,9 @@ from typing import Any
 
 import httpx
 
-from .providers.base import JobContext
+from ..providers.base import JobContext
+from ..settings import Settings
 from .requests import GenerationRequest, StoredClip, StoredImage
-from .settings import Settings
 
 JOB_ID = "<job_id>"
 _B64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
@@ -54,7 +54,7 @@ def preview_create_request(
     client: httpx.AsyncClient, settings: Settings, request: GenerationRequest, images: dict[str, bytes]
 ) -> dict[str, Any]:
     """{method, url, headers (no credentials), body, note?} of the request that would create the job."""
-    from .providers.registry import make_provider  # the provider classes, exactly as a job would get them
+    from ..providers.registry import make_provider  # the provider classes, exactly as a job would get them
 
     if request.route == "local":
         return {
@@ -64,7 +64,7 @@ def preview_create_request(
             "body": {"tool": request.tool, "duration": request.duration, "options": request.options},
             "note": "local/preview renders on this machine: no request is sent anywhere.",
         }
-    from .catalog import MODELS
+    from ..catalog import MODELS
 
     provider = make_provider(client, settings, MODELS[request.model].provider, request.route)
     ctx = PreviewContext(request, images)
@@ -72,7 +72,7 @@ def preview_create_request(
     base = settings.base_urls[provider.name].rstrip("/")
     note = None
     if request.route == "gateway":
-        from .providers.gateway import PROTOCOL_HEADERS, START_PATH, idempotency_key
+        from ..providers.gateway import PROTOCOL_HEADERS, START_PATH, idempotency_key
 
         url = base + START_PATH
         headers = {
@@ -83,18 +83,18 @@ def preview_create_request(
         }
         note = "If the Gateway has no /video-model/start, the same body goes to /video-model as one streamed call."
     elif provider.name == "klingai":
-        from .providers.kling import PATH
+        from ..providers.kling import PATH
 
         url = base + PATH
         headers = {"Content-Type": "application/json"}
     elif provider.name == "alibaba":
-        from .providers.wan import CREATE_PATH
+        from ..providers.wan import CREATE_PATH
 
         url = base + CREATE_PATH
         headers = {"Content-Type": "application/json", "X-DashScope-Async": "enable"}
     else:
-        from .providers.xai import CREATE_PATH as XAI_CREATE
-        from .providers.xai import EXTEND_PATH, XaiProvider
+        from ..providers.xai import CREATE_PATH as XAI_CREATE
+        from ..providers.xai import EXTEND_PATH, XaiProvider
 
         url = base + (EXTEND_PATH if XaiProvider.native(ctx) else XAI_CREATE)
         headers = {"Content-Type": "application/json"}

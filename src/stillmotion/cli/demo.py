@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from .media.video import VideoInfo, probe_video
+from ..media.video import VideoInfo, probe_video
 
 
 def sample_image_path() -> Path:
@@ -64,7 +64,7 @@ def _end_image(dest: Path) -> Path:
     """The demo's end frame: the sample image at dusk, shifted slightly (so the morph has motion)."""
     import numpy as np
 
-    from .media.images import decode_rgb, to_png_bytes
+    from ..media.images import decode_rgb, to_png_bytes
 
     img = decode_rgb(sample_image_path().read_bytes()).astype(np.float32)
     shifted = np.roll(img, 40, axis=1)
@@ -89,7 +89,7 @@ def run_demo(out: Path) -> int:
 async def _demo(out: Path) -> int:
     from mcp import Client
 
-    from .server import build_server
+    from ..server import build_server
 
     image = str(sample_image_path())
     end = str(_end_image(out / "end-frame.png"))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .. import __version__
 
 DESCRIPTION = """MCP server that animates still images into MP4s.
 
@@ -34,7 +34,7 @@ TTY_NOTICE = (
 
 
 def _setup_logging(verbose: bool = False) -> None:
-    from .logs import setup
+    from ..ops.logs import setup
 
     setup(verbose)
 
@@ -128,8 +128,8 @@ def _main(argv: list[str] | None = None) -> int:
 
 
 def _serve(http: bool, host: str, port: int) -> int:
-    from .settings import Settings
-    from .startup import StartupError, bind, check_store
+    from ..ops.startup import StartupError, bind, check_store
+    from ..settings import Settings
 
     try:
         settings = Settings.from_env(transport="http" if http else "stdio")
@@ -140,7 +140,7 @@ def _serve(http: bool, host: str, port: int) -> int:
         print(f"stillmotion: {exc}", file=sys.stderr)
         return 2
     if not http:
-        from .server import build_server
+        from ..server import build_server
 
         server = build_server(settings)
         _hand_over_on_signal()
@@ -148,7 +148,7 @@ def _serve(http: bool, host: str, port: int) -> int:
             print(TTY_NOTICE, file=sys.stderr, flush=True)
         server.run()
         return 0
-    from .http import serve_http
+    from ..http.app import serve_http
 
     return serve_http(settings, host, port, sock)
 
@@ -199,7 +199,7 @@ def _hand_over_on_signal() -> None:
     can interrupt, so an orderly shutdown would wait for the client's next line forever."""
 
     def handler(signum: int, frame: object) -> None:
-        from .service import ACTIVE
+        from ..service import ACTIVE
 
         logging.getLogger("stillmotion").info("signal %d: handing unfinished jobs over", signum)
         for svc in list(ACTIVE):
@@ -218,9 +218,9 @@ def _hand_over_on_signal() -> None:
 
 
 def _worker(background: bool, verbose: bool) -> int:
-    from .jobs.worker import log_to_file, run_worker
-    from .settings import Settings
-    from .startup import StartupError, check_store
+    from ..jobs.worker import log_to_file, run_worker
+    from ..ops.startup import StartupError, check_store
+    from ..settings import Settings
 
     try:
         settings = Settings.from_env(transport="inproc")
@@ -238,8 +238,8 @@ def _worker(background: bool, verbose: bool) -> int:
 
 
 def _models() -> int:
-    from .catalog import MODELS
-    from .routes import SHORT_TOOL, enabled_by, route_now, tools_of
+    from ..catalog import MODELS
+    from ..plan.routes import SHORT_TOOL, enabled_by, route_now, tools_of
 
     settings = _settings_or_exit()
     rows: list[tuple[str, ...]] = [("model", "tools", "durations", "modes", "route now", "enabled by")]
@@ -259,10 +259,10 @@ def _models() -> int:
 
 
 def _jobs(status: str | None, limit: int) -> int:
-    from .jobs.backends import open_for_settings
-    from .jobs.ownership import owner_is_alive
-    from .jobs.worker import META_KEY, worker_alive
-    from .settings import Settings
+    from ..jobs.backends import open_for_settings
+    from ..jobs.ownership import owner_is_alive
+    from ..jobs.worker import META_KEY, worker_alive
+    from ..settings import Settings
 
     settings = Settings.from_env()
     url = settings.database_url.reveal() if settings.database_url is not None else None
@@ -296,7 +296,7 @@ def _jobs(status: str | None, limit: int) -> int:
 
 
 def _settings_or_exit() -> Any:
-    from .settings import Settings
+    from ..settings import Settings
 
     try:
         return Settings.from_env()
@@ -327,7 +327,7 @@ def _spend_users(report: dict[str, Any]) -> None:
 
 
 def _spend(as_json: bool) -> int:
-    from .tools.cost import read_spend
+    from ..tools.cost import read_spend
 
     settings = _settings_or_exit()
     report = read_spend(settings)
@@ -365,7 +365,7 @@ def _spend(as_json: bool) -> int:
 async def _run_tool(tool: str, raw: str, wait: bool) -> int:
     from mcp import Client
 
-    from .server import build_server
+    from ..server import build_server
 
     try:
         arguments: dict[str, Any] = json.loads(raw)
@@ -376,7 +376,7 @@ async def _run_tool(tool: str, raw: str, wait: bool) -> int:
     async with Client(server) as client:
         names = [t.name for t in (await client.list_tools()).tools]
         if tool not in names:
-            from .validation import did_you_mean
+            from ..plan.validation import did_you_mean
 
             near = did_you_mean(tool, names, cutoff=0.6)
             hint = f"; did you mean '{near}'?" if near else "."
@@ -421,8 +421,8 @@ def _print_result(result: Any) -> None:
 def _gc(dry_run: bool) -> int:
     import anyio
 
-    from .jobs.backends import open_store
-    from .jobs.gc import collect, human_bytes
+    from ..jobs.backends import open_store
+    from ..jobs.gc import collect, human_bytes
 
     settings = _settings_or_exit()
     if settings.retention_days is None and settings.max_output_bytes is None:
@@ -435,7 +435,7 @@ def _gc(dry_run: bool) -> int:
     async def go() -> Any:
         import httpx
 
-        from .jobs.async_store import AsyncJobStore
+        from ..jobs.async_store import AsyncJobStore
 
         db = AsyncJobStore(store)
         try:

@@ -50,8 +50,8 @@ from starlette.middleware.authentication import AuthenticationMiddleware
 from starlette.routing import Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .jobs.store import LOCAL_USER
-from .settings import Settings
+from ..jobs.store import LOCAL_USER
+from ..settings import Settings
 from .users import USER_RE
 
 log = logging.getLogger(__name__)

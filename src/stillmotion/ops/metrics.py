@@ -59,7 +59,7 @@ def provider_label(model: str, route: str) -> str:
     """A bounded provider label: the gateway for gateway routes, else the catalog's provider."""
     if route in ("gateway", "local"):
         return route
-    from .catalog import MODELS
+    from ..catalog import MODELS
 
     spec = MODELS.get(model)
     name = spec.provider if spec is not None else "other"

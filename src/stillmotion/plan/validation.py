@@ -15,12 +15,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
-from .errors import InvalidInput
-from .media.images import LoadedImage, check_image, rasterize_shape
-from .providers.local import IGNORED_WITH_SHOTS
-from .providers.registry import REGISTRY
-from .providers.rules import OptionContext
+from ..catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
+from ..errors import InvalidInput
+from ..media.images import LoadedImage, check_image, rasterize_shape
+from ..providers.local import IGNORED_WITH_SHOTS
+from ..providers.registry import REGISTRY
+from ..providers.rules import OptionContext
+from ..settings import Settings
 from .requests import (
     BoxShape,
     CameraControl,
@@ -36,7 +37,6 @@ from .requests import (
     XaiOptions,
 )
 from .routes import PROVIDER_LABEL, RouteName, choose_route
-from .settings import Settings
 
 
 @dataclass

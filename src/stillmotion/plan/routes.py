@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from .catalog import GENERATION_TOOLS, MODELS, ModelSpec, model_ids_for_tool
-from .errors import InvalidInput, MissingCredentials, StillmotionError
-from .settings import DIRECT_KEY_VARS, Settings
+from ..catalog import GENERATION_TOOLS, MODELS, ModelSpec, model_ids_for_tool
+from ..errors import InvalidInput, MissingCredentials, StillmotionError
+from ..settings import DIRECT_KEY_VARS, Settings
 
 RouteName = Literal["direct", "gateway", "local"]
 PROVIDER_LABEL = {

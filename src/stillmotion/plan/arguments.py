@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .catalog import MODELS, ToolName
+from ..catalog import MODELS, ToolName
 from .requests import (
     CameraControl,
     DynamicMask,

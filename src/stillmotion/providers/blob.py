@@ -38,15 +38,15 @@ import anyio.abc
 import anyio.to_thread
 import httpx
 
-from .catalog import MODELS
-from .errors import MissingCredentials, ProviderError, StillmotionError, Unavailable
-from .jobs.async_store import AsyncJobStore, StoreUnavailable
-from .jobs.ownership import owner_is_gone
-from .providers._http import API_TIMEOUT
-from .providers.base import JobContext
-from .providers.gateway import GatewayProvider
-from .requests import GenerationRequest, StoredAudio, StoredImage
-from .settings import DIRECT_KEY_VARS, Settings
+from ..catalog import MODELS
+from ..errors import MissingCredentials, ProviderError, StillmotionError, Unavailable
+from ..jobs.async_store import AsyncJobStore, StoreUnavailable
+from ..jobs.ownership import owner_is_gone
+from ..plan.requests import GenerationRequest, StoredAudio, StoredImage
+from ..settings import DIRECT_KEY_VARS, Settings
+from ._http import API_TIMEOUT
+from .base import JobContext
+from .gateway import GatewayProvider
 
 log = logging.getLogger(__name__)
 

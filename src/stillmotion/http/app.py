@@ -15,13 +15,13 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .file_links import FileLinks, file_url_secret
-from .http_files import FileRoute, guarded_protocol
-from .http_team import Probes, replicated, team_hosts
-from .jobs.backends import open_for_settings
-from .server import build_server
-from .settings import Settings
+from ..jobs.backends import open_for_settings
+from ..server import build_server
+from ..settings import Settings
+from .files import FileRoute, guarded_protocol
+from .links import FileLinks, file_url_secret
 from .signin import signin_required, wrap_signin
+from .team import Probes, replicated, team_hosts
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class MetricsRoute:
         if scope.get("method") not in ("GET", "HEAD"):
             await _reply(send, 405, b"only GET\n", b"text/plain; charset=utf-8", [(b"allow", b"GET, HEAD")])
             return
-        from .metrics import CONTENT_TYPE, exposition
+        from ..ops.metrics import CONTENT_TYPE, exposition
 
         db = self.store()  # the started service's AsyncJobStore (None while starting)
         try:
@@ -161,7 +161,7 @@ def serve_http(settings: Settings, host: str, port: int, sock: socket.socket | N
     """Serve on `sock` (bound by startup.bind, so a taken port fails in one line before anything
     starts) or, without one, bind here."""
     if sock is None:
-        from .startup import bind
+        from ..ops.startup import bind
 
         sock = bind(host, port)
     app = build_http_app(settings, host, port)

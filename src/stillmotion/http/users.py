@@ -26,9 +26,9 @@ from typing import Any
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 
-from . import logs
-from .jobs.store import LOCAL_USER
-from .settings import Settings
+from ..jobs.store import LOCAL_USER
+from ..ops import logs
+from ..settings import Settings
 
 USER_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
 """A user id: 1-200 characters, no control characters (the key separator among them)."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from .catalog import CAMERA_TYPES
+from ..catalog import CAMERA_TYPES
 
 Strength = Annotated[float, Field(ge=-10, le=10)]
 PollInterval = Annotated[int, Field(ge=50, le=600_000)]
@@ -281,7 +281,7 @@ class GenerationRequest(BaseModel):
     def _legacy_options(cls, data: Any) -> Any:
         """Rows stored before options were typed carry `options: {...}` (the own provider's object)."""
         if isinstance(data, dict) and "options" in data:
-            from .catalog import MODELS
+            from ..catalog import MODELS
 
             data = dict(data)
             legacy = data.pop("options") or {}
@@ -299,7 +299,7 @@ class GenerationRequest(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         """The model's own options as a plain dict (None values left out)."""
-        from .catalog import MODELS
+        from ..catalog import MODELS
 
         own = getattr(self, OPTION_FIELDS[MODELS[self.model].provider])
         return {} if own is None else dict(own.model_dump(exclude_none=True))

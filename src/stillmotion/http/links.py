@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .scrub import register_secret
+from ..scrub import register_secret
 
 SECRET_KEY = "file_url_secret"
 LINK_TTL_S = 24 * 3600

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .settings import Settings
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -57,7 +57,7 @@ def log_format_from_env() -> str:
 
 def setup(verbose: bool = False, fmt: str | None = None) -> None:
     """The root logger writes to stderr in the chosen format; stdout stays the protocol's."""
-    from .scrub import install_log_scrubber
+    from ..scrub import install_log_scrubber
 
     install_log_scrubber()  # no credential in any log line, whichever logger writes it
     root = logging.getLogger()

@@ -1,0 +1,1 @@
+"""Operating the server: logs, metrics, start-up checks, memory bounds."""
