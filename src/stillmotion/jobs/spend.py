@@ -1,4 +1,4 @@
-"""Spend and the budget, on the job rows themselves (SQLite; the same SQL ports to PostgreSQL).
+"""Spend and the budget, on the job rows themselves (the queries are in jobs/sql.py, both engines).
 
 Each job row carries `estimated_usd` (set at submission), `actual_usd` (what the provider's answer
 said, when it says) and `billed`. A job's spend:
@@ -21,7 +21,6 @@ checked in the same write transaction as the insert.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,17 +32,6 @@ Period = Literal["day", "month", "total"]
 COST_COLUMNS = frozenset({"cost", "actual_cost"})
 """JSON columns added to the jobs table."""
 EPSILON = 1e-9
-
-BILLED_TRIGGER = """
-CREATE TRIGGER IF NOT EXISTS jobs_billed AFTER UPDATE OF status ON jobs
-WHEN NEW.status IN ('succeeded','failed','cancelled')
- AND OLD.status NOT IN ('succeeded','failed','cancelled')
- AND OLD.stage IN ('submitting','polling','downloading')
- AND NEW.route != 'local'
-BEGIN
-  UPDATE jobs SET billed = 1 WHERE id = NEW.id;
-END
-"""
 
 COMMITTED_SQL = (
     "CASE WHEN status IN ('succeeded','failed','cancelled') AND billed = 1 "
@@ -97,25 +85,8 @@ class PeriodSpend:
         return self.committed_usd + self.reserved_usd
 
 
-def period_spend(db: sqlite3.Connection, period: Period, now: float | None = None, user: str | None = None) -> PeriodSpend:
-    """The period's committed and reserved spend: every job's, or (`user`) one user's."""
-    mine = " AND user_id = ?" if user is not None else ""
-    row = db.execute(
-        f"SELECT COALESCE(SUM({COMMITTED_SQL}), 0), COALESCE(SUM({RESERVED_SQL}), 0) FROM jobs WHERE created_at >= ?{mine}",
-        (period_start(period, now), *((user,) if user is not None else ())),
-    ).fetchone()
-    return PeriodSpend(float(row[0]), float(row[1]))
-
-
 def _usd(x: float) -> str:
     return f"${x:,.2f}" if x >= 0.1 or x == 0 else f"${x:.4f}"
-
-
-def reserve_or_refuse(
-    db: sqlite3.Connection, budget: BudgetRule, estimated_usd: float | None, basis: str, now: float
-) -> None:
-    """Inside the caller's write transaction: refuse (BudgetExceeded) unless the job fits."""
-    refuse_unless_fits(period_spend(db, budget.period, now, budget.user), budget, estimated_usd, basis, now)
 
 
 def refuse_unless_fits(
@@ -144,13 +115,6 @@ def refuse_unless_fits(
         )
 
 
-def budget_status(
-    db: sqlite3.Connection, budget: BudgetRule | None, period: Period, now: float | None = None, user: str | None = None
-) -> dict[str, Any]:
-    """The standing of `budget` (or, without one, the spend of `period`): every job's, or `user`'s."""
-    return status_of(period_spend(db, budget.period if budget else period, now, user), budget, period, now)
-
-
 def status_of(spent: PeriodSpend, budget: BudgetRule | None, period: Period, now: float | None = None) -> dict[str, Any]:
     return {
         "budget_usd": budget.usd if budget else None,
@@ -164,36 +128,6 @@ def status_of(spent: PeriodSpend, budget: BudgetRule | None, period: Period, now
     }
 
 
-def spend_breakdown(db: sqlite3.Connection, since: float = 0.0, user: str | None = None) -> list[dict[str, Any]]:
-    """Spend by UTC day, model and route: committed, actual, estimated, in flight, unknown-price jobs
-    (every job's, or `user`'s)."""
-    mine = " AND user_id = ?" if user is not None else ""
-    rows = db.execute(
-        f"""
-        SELECT strftime('%Y-%m-%d', created_at, 'unixepoch') AS day, model, route,
-               COUNT(*) AS jobs,
-               SUM(CASE WHEN billed = 1 THEN 1 ELSE 0 END) AS billed_jobs,
-               COALESCE(SUM({COMMITTED_SQL}), 0) AS committed,
-               SUM(CASE WHEN billed = 1 THEN actual_usd END) AS actual,
-               COALESCE(SUM(CASE WHEN billed = 1 OR status NOT IN ('succeeded','failed','cancelled')
-                                 THEN estimated_usd ELSE 0 END), 0) AS estimated,
-               COALESCE(SUM({RESERVED_SQL}), 0) AS reserved,
-               SUM(CASE WHEN estimated_usd IS NULL AND route != 'local' THEN 1 ELSE 0 END) AS unknown
-        FROM jobs WHERE created_at >= ?{mine}
-        GROUP BY day, model, route ORDER BY day DESC, model, route
-        """,
-        (since, *((user,) if user is not None else ())),
-    ).fetchall()
-    return [breakdown_row(tuple(r)) for r in rows]
-
-
-USERS_SQL = f"""
-SELECT user_id, COUNT(*) AS jobs, COALESCE(SUM({COMMITTED_SQL}), 0) AS committed, COALESCE(SUM({RESERVED_SQL}), 0) AS reserved
-FROM jobs WHERE created_at >= {{mark}} GROUP BY user_id ORDER BY 3 DESC, user_id
-"""
-"""Spend per user since a time; `{mark}` is the engine's placeholder."""
-
-
 def user_row(r: tuple[Any, ...], budget: BudgetRule | None) -> dict[str, Any]:
     """One user's (user, jobs, committed, reserved) in the period, with what is left of their own budget."""
     spent = PeriodSpend(float(r[2]), float(r[3]))
@@ -204,11 +138,6 @@ def user_row(r: tuple[Any, ...], budget: BudgetRule | None) -> dict[str, Any]:
         "reserved_usd": round(spent.reserved_usd, 6),
         "left_usd": round(max(0.0, budget.usd - spent.total_usd), 6) if budget else None,
     }
-
-
-def users_breakdown(db: sqlite3.Connection, since: float, budget: BudgetRule | None) -> list[dict[str, Any]]:
-    rows = db.execute(USERS_SQL.format(mark="?"), (since,)).fetchall()
-    return [user_row(tuple(r), budget) for r in rows]
 
 
 def breakdown_row(r: tuple[Any, ...]) -> dict[str, Any]:
