@@ -30,7 +30,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from .store import JobRow, JobStore
+from .job_store import JobStore
+from .rows import JobRow
 
 log = logging.getLogger(__name__)
 
