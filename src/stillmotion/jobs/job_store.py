@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from .caps import RUNNING_SQL, RunningCap
 from .rows import (
@@ -40,6 +40,7 @@ from .sql import (
     NOT_TERMINAL,
     Conn,
     Dialect,
+    Mode,
     StoreClosed,
     breakdown,
     changed_row,
@@ -48,8 +49,6 @@ from .sql import (
     set_clause,
     users_spend,
 )
-
-Mode = Literal["read", "write", "atomic"]
 
 
 class JobStore(ABC):
@@ -80,7 +79,7 @@ class JobStore(ABC):
 
     @abstractmethod
     def _session(self, mode: Mode, *, if_open: bool = False) -> AbstractContextManager[Conn]:
-        """A connection for one operation (see `sql.SESSION_MODES`); with `if_open`, raises
+        """A connection for one operation (see `sql.Mode`); with `if_open`, raises
         StoreClosed (before touching the connection) when the store was closed."""
 
     # -- helpers --------------------------------------------------------------------------
@@ -115,8 +114,9 @@ class JobStore(ABC):
             rows = c.run(f"SELECT {HEAD_COLS} FROM jobs WHERE {where} {tail}", self._params(**params))
         return [JobHead(**r) for r in rows]
 
-    def _one_row(self, sql: str, params: dict[str, Any], job_id: str) -> JobRow | None:
-        with self._session("write") as c:
+    def _write_row(self, sql: str, params: dict[str, Any], job_id: str, *, if_open: bool = False) -> JobRow | None:
+        """One job's write (`sql`, without RETURNING); the row after it, or None when nothing changed."""
+        with self._session("write", if_open=if_open) as c:
             r = changed_row(c, self.dialect, sql, params, job_id)
         return self._row(r) if r is not None else None
 
@@ -280,14 +280,9 @@ class JobStore(ABC):
             + f"){self.dialect.row_lock})"
         )
         try:
-            return self._owned_row(sql, self._params(owner=owner, lease=lease_s, id=job_id, **stale), job_id)
+            return self._write_row(sql, self._params(owner=owner, lease=lease_s, id=job_id, **stale), job_id, if_open=True)
         except StoreClosed:
             return None
-
-    def _owned_row(self, sql: str, params: dict[str, Any], job_id: str) -> JobRow | None:
-        with self._session("write", if_open=True) as c:
-            r = changed_row(c, self.dialect, sql, params, job_id)
-        return self._row(r) if r is not None else None
 
     def renew(self, owner: str, lease_s: float) -> set[str]:
         """Extend the lease of every unfinished job `owner` holds; returns their ids (a job being
@@ -328,7 +323,7 @@ class JobStore(ABC):
         cols, params = self._set(values, lease_s)
         sql = f"UPDATE jobs SET {cols} WHERE id=:id AND owner=:owner AND {NOT_TERMINAL}"
         try:
-            return self._owned_row(sql, {**params, "id": job_id, "owner": owner}, job_id)
+            return self._write_row(sql, {**params, "id": job_id, "owner": owner}, job_id, if_open=True)
         except StoreClosed:
             return None
 
@@ -375,12 +370,12 @@ class JobStore(ABC):
             "UPDATE jobs SET status='cancelled', stage='done', error=:error, status_detail=NULL, lease_expires_at=NULL,"
             f" updated_at={self.dialect.clock} WHERE id=:id AND {NOT_TERMINAL}"
         )
-        return self._one_row(sql, self._params(error=self.dialect.json_param(error), id=job_id), job_id)
+        return self._write_row(sql, self._params(error=self.dialect.json_param(error), id=job_id), job_id)
 
     def update(self, job_id: str, **values: Any) -> JobRow:
         """Unconditional update (tests and repairs only; the runner never uses it)."""
         cols, params = self._set(values, None)
-        row = self._one_row(f"UPDATE jobs SET {cols} WHERE id=:id", {**params, "id": job_id}, job_id)
+        row = self._write_row(f"UPDATE jobs SET {cols} WHERE id=:id", {**params, "id": job_id}, job_id)
         assert row is not None
         return row
 

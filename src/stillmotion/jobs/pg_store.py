@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from .job_store import UPSERT_META, JobStore, Mode
+from .job_store import UPSERT_META, JobStore
 from .rows import LOCAL_USER, SCHEMA_VERSION
-from .sql import Dialect, StoreClosed, pyformat
+from .sql import Dialect, Mode, StoreClosed, pyformat
 
 log = logging.getLogger(__name__)
 

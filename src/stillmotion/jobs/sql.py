@@ -25,16 +25,16 @@ import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from .spend import COMMITTED_SQL, RESERVED_SQL, PeriodSpend
 
 NOT_TERMINAL = "status NOT IN ('succeeded','failed','cancelled')"
 FINISHED = f"NOT ({NOT_TERMINAL})"
-SESSION_MODES = ("read", "write", "atomic")
-"""How a store call uses its connection: `read` (no transaction), `write` (one durable write of one
-statement, or a few that must land together) and `atomic` (statements that read, compare and
-write, serialised with other processes by the dialect's locks)."""
+Mode = Literal["read", "write", "atomic"]
+"""How a store call uses its connection (an engine's `_session`): `read` (no transaction), `write`
+(one durable write: one statement, or a few that must land together) and `atomic` (statements that
+read, compare and write in one transaction, serialised with other processes by the dialect's locks)."""
 
 
 class StoreClosed(Exception):

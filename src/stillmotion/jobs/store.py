@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .job_store import UPSERT_META, JobStore, Mode
+from .job_store import UPSERT_META, JobStore
 from .rows import (
     HEAD_COLS,
     JOB_ID_RE,
@@ -42,7 +42,7 @@ from .rows import (
     scoped_key,
     validate_job_id,
 )
-from .sql import NOT_TERMINAL, SQLITE, StoreClosed
+from .sql import NOT_TERMINAL, SQLITE, Mode, StoreClosed
 
 __all__ = [
     "BUSY_TIMEOUT_S", "HEAD_COLS", "JOB_ID_RE", "JSON_COLS", "KEY_SEP", "LOCAL_USER", "ROW_COLS", "SCHEMA_VERSION",
