@@ -23,12 +23,10 @@ import anyio.to_thread
 
 from ..errors import AmbiguousSubmission, Interrupted, JobTimeout, StillmotionError
 from ..providers.base import StartResult, Status
-from ..settings import Settings
 from .batch import StatusBatcher
 from .caps import LeaseShort, cap_for
 from .delivery import Delivery
 from .owned import Job, OwnedWrites
-from .ownership import OwnerId
 from .retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -42,15 +40,11 @@ ANSWER_FILE = ".create-answer.json"
 
 
 class RemoteStages:
-    def __init__(
-        self, *, settings: Settings, retry: RetryPolicy, writes: OwnedWrites, delivery: Delivery, owner_id: OwnerId
-    ) -> None:
-        self.settings = settings
+    def __init__(self, *, retry: RetryPolicy, writes: OwnedWrites, delivery: Delivery) -> None:
         self.retry = retry
         self.writes = writes
         self.delivery = delivery
-        self.owner_id = owner_id
-        self.lease_s = writes.lease_s
+        self.settings = delivery.settings
         # A create request holds its images in memory three times over (bytes, base64, JSON) until it
         # is answered; hundreds submitted at once would hold them all and crowd out everything else.
         self.create_slots = anyio.CapacityLimiter(CREATE_CONCURRENCY)
@@ -78,12 +72,12 @@ class RemoteStages:
                 t0 = time.monotonic()
                 # (a retry's status_detail stays until the create is answered)
                 if cap is None:
-                    await self.writes.set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s)
+                    await self.writes.set(job, stage="submitting", status_detail=job.row.status_detail, lease_s=self.writes.lease_s)
                 else:  # raises CapReached (a ConcurrencyLimited: the job waits queued, no attempt limit)
                     await self.writes.set_capped(
-                        job, cap, stage="submitting", status_detail=job.row.status_detail, lease_s=self.lease_s
+                        job, cap, stage="submitting", status_detail=job.row.status_detail, lease_s=self.writes.lease_s
                     )
-                if time.monotonic() - t0 > self.lease_s / 2 or job.stop.is_set():
+                if time.monotonic() - t0 > self.writes.lease_s / 2 or job.stop.is_set():
                     # paused or starved while marking: the lease may be gone; never send on a short lease
                     await self.writes.set(job, stage="new", status_detail=job.row.status_detail)
                     # a local slowdown (a slow store, a paused process) is never a job failure:
@@ -164,7 +158,7 @@ class RemoteStages:
         def write() -> None:
             path = self.answer_file(job_id)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{ANSWER_FILE}.{self.owner_id.file_tag}.tmp")
+            tmp = path.with_name(f"{ANSWER_FILE}.{self.delivery.owner_id.file_tag}.tmp")
             with open(tmp, "wb") as fh:
                 fh.write(data)
                 fh.flush()

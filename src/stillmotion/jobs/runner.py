@@ -114,8 +114,7 @@ class JobRunner:
             settings=settings, client=client, retry=self.retry, writes=self.writes, publish=publish, owner_id=self.owner_id,
             guard=UrlGuard(settings.allow_private_network, frozenset(settings.trusted_origins())),
         )
-        self.remote = RemoteStages(settings=settings, retry=self.retry, writes=self.writes, delivery=self.delivery,
-                                   owner_id=self.owner_id)
+        self.remote = RemoteStages(retry=self.retry, writes=self.writes, delivery=self.delivery)
         self._tg: anyio.abc.TaskGroup | None = None
         self._jobs: dict[str, Job] = {}
         self._events: dict[str, anyio.Event] = {}
