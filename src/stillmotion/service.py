@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from . import __version__
 from .catalog import MODELS
-from .errors import BudgetExceeded, InvalidInput, Unavailable
+from .errors import InvalidInput, Unavailable
 from .http.users import Principal, current
 from .jobs import gc
 from .jobs.async_store import AsyncJobStore, StoreUnavailable, unavailable
@@ -117,6 +117,30 @@ def _drop_join_inputs(
 
     return changed
 
+
+def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
+    """An idempotency key's job answers a replay only with the same arguments."""
+    if existing.args_hash != fingerprint:
+        raise InvalidInput(
+            "idempotency_key",
+            f"was already used for job {existing.id} with different arguments; the same key must come with "
+            "the same arguments (use a new key for a new request).",
+            f"the arguments of job {existing.id}, or a new key",
+        )
+    return existing
+
+
+@dataclass
+class NewJob:
+    """What a tool's preparation hands `Service.create_job`: the request to store, its price, its warnings."""
+
+    request: GenerationRequest
+    cost: dict[str, Any]
+    warnings: list[str]
+
+
+Prepare = Callable[[str, Path], Awaitable[NewJob]]
+"""`(job_id, input folder) -> NewJob`: keeps the job's inputs in the folder (see `Service.create_job`)."""
 
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
@@ -242,21 +266,21 @@ class Service:
         """The asker's own job made with this idempotency key (keys are per user)."""
         return await self.db.by_idempotency_key(idempotency_key, user=self.asker.user)
 
-    async def dry_run(self, args: ToolArgs) -> tuple[Plan, Cost, dict[str, Any]]:
+    def plan(self, args: ToolArgs) -> Plan:
+        """Every rule that needs no I/O checked, the route chosen (validation.plan_request): pure."""
+        return plan_request(args, self.settings)
+
+    async def dry_run(self, args: ToolArgs, plan: Plan | None = None) -> tuple[Plan, Cost, dict[str, Any]]:
         """Every check, the route, the estimate and the create request that would be sent, without
         creating a job, writing an input, uploading anything or contacting a provider."""
-        plan = plan_request(args, self.settings)
+        plan = plan or self.plan(args)
         async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
             return await self._dry_run(args, plan, fetched)
 
     async def _dry_run(
         self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]
     ) -> tuple[Plan, Cost, dict[str, Any]]:
-        inputs = await self._load_inputs(args, plan.spec.id, fetched)
-        await off_loop(check_images, inputs, plan.spec, args)
-        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
-        for img in inputs.all():
-            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
+        inputs = await self._checked_inputs(args, plan, fetched)
         held: dict[str, bytes] = {}
 
         def hold(img: LoadedImage, name: str) -> StoredImage:
@@ -279,49 +303,63 @@ class Service:
     async def submit(
         self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
     ) -> JobRow:
-        """Validate everything, store the job (reserving its estimate against the budget), start it.
+        """A generation request through `create_job`: planned (unless `plan` is given), its inputs
+        fetched, checked and kept, hosted where the route needs URLs, priced.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
-        if idempotency_key is not None:
-            existing = await self.by_key(idempotency_key)
-            if existing is not None:
-                return self._same_or_error(existing, fingerprint)
-        plan = plan or plan_request(args, self.settings)
-        async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
-            job_id, folder, inputs, kept, stored_audio = await self._take_inputs(args, plan, fetched, job_id)
 
-        def keep(img: LoadedImage, name: str) -> StoredImage:
-            return kept[name]
-
-        request = self._request(args, plan, inputs, keep, stored_audio)
-        try:
+        async def prepare(job_id: str, folder: Path) -> NewJob:
+            planned = plan or self.plan(args)
+            async with self._prefetched(args, planned.spec.id) as fetched, admission_limiter():
+                inputs, kept, stored_audio = await self._take_inputs(args, planned, fetched, folder)
+            request = self._request(args, planned, inputs, lambda img, name: kept[name], stored_audio)
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
             await host_inputs(
                 request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
                 job_id=job_id, owner=self.runner.owner,
             )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        cost = self.estimate(plan, args.tool)
-        sent = time.monotonic()
+            return NewJob(request, self.estimate(planned, args.tool).to_dict(), planned.warnings)
+
+        return await self.create_job(fingerprint, idempotency_key, prepare, job_id=job_id)
+
+    async def create_job(
+        self, fingerprint: str, idempotency_key: str | None, prepare: Prepare, *, job_id: str | None = None
+    ) -> JobRow:
+        """THE way a job is made, for every tool that makes one. The asker's own job with this key
+        when there is one (the same `fingerprint`, else InvalidInput). Otherwise `prepare(job_id,
+        folder)` keeps the inputs in the job's input folder and returns the request; the job is
+        stored, its estimate reserved against the budgets in the same transaction (not for `local`
+        routes), and started. Whatever refuses or fails before the store has the job (a rule, a
+        cancellation, a lost race for the key, the budget, a store or disk fault) leaves no input
+        file or upload behind; a fault answers `unavailable` ("the job was not accepted")."""
+        if idempotency_key is not None:
+            existing = await self.by_key(idempotency_key)
+            if existing is not None:
+                return _same_or_error(existing, fingerprint)
+        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
+        folder = self.settings.inputs_dir / job_id
+        request: GenerationRequest | None = None
+        asked = False
         try:
+            job = await prepare(job_id, folder)
+            request, local = job.request, job.request.route == "local"
+            sent, asked = time.monotonic(), True
             row = await self.db.create(
                 job_id=job_id,
-                tool=args.tool,
-                model=plan.spec.id,
-                route=plan.route,
+                tool=request.tool,
+                model=request.model,
+                route=request.route,
                 request=request.model_dump(mode="json"),
                 args_hash=fingerprint,
                 idempotency_key=idempotency_key,
-                warnings=plan.warnings,
+                warnings=job.warnings,
                 owner=self.runner.owner,
                 lease_s=self.runner.lease_s,
-                cost=cost.to_dict(),
-                budget=self.budget_rule() if plan.route != "local" else None,
+                cost=job.cost,
+                budget=None if local else self.budget_rule(),
                 user=self.asker.user,
-                user_budget=self.user_budget_rule() if plan.route != "local" else None,
+                user_budget=None if local else self.user_budget_rule(),
             )
         except DuplicateIdempotencyKey:
             # the same key won a race with us: answer with that job
@@ -329,66 +367,69 @@ class Service:
             assert idempotency_key is not None
             existing = await self.by_key(idempotency_key)
             assert existing is not None
-            return self._same_or_error(existing, fingerprint)
-        except BudgetExceeded:
-            await self._discard(folder, request)
+            return _same_or_error(existing, fingerprint)
+        except BaseException as exc:
+            # A cancellation while the store answers keeps the inputs: the row may have been committed.
+            if not asked or isinstance(exc, Exception):
+                with anyio.CancelScope(shield=True):
+                    await self._discard(folder, request)
+            # a store or disk fault: nothing recorded, so nothing accepted, and the caller retries (a
+            # create that did commit before its answer was lost is a queued job the runner finds)
+            fault = unavailable(exc) if isinstance(exc, Exception) else None
+            if fault is not None:
+                raise Unavailable(f"the job was not accepted: {fault.message}") from exc
             raise
-        except StoreUnavailable as fault:
-            # nothing recorded, so nothing accepted: the inputs go, and the caller is told to retry
-            # (a create that did commit before its answer was lost is a queued job the runner finds)
-            await self._discard(folder, request)
-            raise Unavailable(f"the job was not accepted: {fault.message}") from fault
-        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, args.tool, plan.spec.id, plan.route,
-                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route), "user": row.user_id})
+        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, request.tool, request.model,
+                 request.route, extra={"job_id": job_id, "provider": metrics.provider_label(request.model, request.route),
+                                       "user": row.user_id})  # fmt: skip
         self.runner.launch_new(row, leased_at=sent)
         return row
 
-    async def _discard(self, folder: Path, request: GenerationRequest) -> None:
+    async def _discard(self, folder: Path, request: GenerationRequest | None) -> None:
         """A job that was not created: its input files and uploaded blobs go."""
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+        if request is None:
+            return
         if self.janitor is not None:
             await self.janitor.forget(request)
         elif request.blobs:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
 
     async def _take_inputs(
-        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched], job_id: str | None = None
-    ) -> tuple[str, Path, LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
+        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched], folder: Path
+    ) -> tuple[LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
         """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
         The images' bytes are dropped once written: what the submission keeps is the files."""
-        inputs = await self._load_inputs(args, plan.spec.id, fetched)
-        # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
-        await off_loop(check_images, inputs, plan.spec, args)
-        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
-        for img in inputs.all():
-            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
+        inputs = await self._checked_inputs(args, plan, fetched)
         audio = await self._load_audio(plan.provider_options, fetched)
-
-        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
-        folder = self.settings.inputs_dir / job_id
         kept: dict[str, StoredImage] = {}
 
         def write_all() -> None:
             for name, img in inputs.named():
                 path = folder / f"{name}.{img.ext}"
                 path.write_bytes(img.data)
-                kept[name] = StoredImage(
-                    path=str(path), url=img.url, mime=img.mime, width=img.width, height=img.height,
-                    bytes=len(img.data), sha256=img.sha256,
-                )
+                kept[name] = _stored(img, str(path))
                 img.data = b""  # kept as a file now; the submission holds no image bytes past here
 
         try:
             await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
             await off_loop(write_all)
             stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
-        except OSError as exc:  # a full disk: nothing accepted, the caller retries
-            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+        except OSError as exc:  # a full disk: nothing accepted (create_job removes the folder), the caller retries
             fault = unavailable(exc)
             if fault is None:
                 raise
             raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
-        return job_id, folder, inputs, kept, stored_audio
+        return inputs, kept, stored_audio
+
+    async def _checked_inputs(self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]) -> LoadedInputs:
+        """The images and masks loaded and checked by content (on worker threads); their warnings join the plan's."""
+        inputs = await self._load_inputs(args, plan.spec.id, fetched)
+        await off_loop(check_images, inputs, plan.spec, args)
+        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
+        for img in inputs.all():
+            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
+        return inputs
 
     @asynccontextmanager
     async def _prefetched(self, args: ToolArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
@@ -445,16 +486,6 @@ class Service:
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
         )
-
-    def _same_or_error(self, existing: JobRow, fingerprint: str) -> JobRow:
-        if existing.args_hash != fingerprint:
-            raise InvalidInput(
-                "idempotency_key",
-                f"was already used for job {existing.id} with different arguments; the same key must come with "
-                "the same arguments (use a new key for a new request).",
-                f"the arguments of job {existing.id}, or a new key",
-            )
-        return existing
 
     async def _load_audio(
         self, options: BaseModel, fetched: dict[str, Fetched] | None = None

@@ -43,7 +43,7 @@ from ..catalog import MODELS
 from ..errors import Cancelled, ConfirmationRequired
 from ..http.users import Principal
 from ..http.users import current as current_asker
-from ..plan.validation import ToolArgs, plan_request
+from ..plan.validation import Plan, ToolArgs
 from ..pricing import Cost
 from .results import CostInfo, JobResult
 
@@ -168,20 +168,21 @@ def _answer(result: Any, label: str) -> None:
 
 async def confirm(
     svc: Service,
-    args: ToolArgs,
+    tool: str,
+    plan: Plan,
     *,
     confirm_cost_usd: float | None,
     idempotency_key: str | None,
     asker: Asker,
 ) -> InputRequiredResult | None:
-    """None when the job may start. On a 2026-07-28 connection whose question is not answered yet,
-    the InputRequiredResult to return; on a 2025-era connection the person is asked right here.
-    Raises Cancelled (declined) or ConfirmationRequired (a client that cannot ask, unconfirmed)."""
+    """None when the job `plan` describes may start (the same plan is then submitted: planned once).
+    On a 2026-07-28 connection whose question is not answered yet, the InputRequiredResult to
+    return; on a 2025-era connection the person is asked right here. Raises Cancelled (declined)
+    or ConfirmationRequired (a client that cannot ask, unconfirmed)."""
     threshold = svc.settings.confirm_above_usd
     if threshold is None:
         return None
-    plan = plan_request(args, svc.settings)
-    cost = svc.estimate(plan, args.tool)
+    cost = svc.estimate(plan, tool)
     if not needs_confirmation(threshold, cost):
         return None
     if idempotency_key is not None and await svc.by_key(idempotency_key) is not None:
@@ -242,8 +243,8 @@ def _confirmed_by_argument(label: str, cost: Cost, confirm_cost_usd: float | Non
         )
 
 
-async def dry_run_result(svc: Service, args: ToolArgs) -> CallToolResult:
-    plan, cost, preview = await svc.dry_run(args)
+async def dry_run_result(svc: Service, args: ToolArgs, plan: Plan | None = None) -> CallToolResult:
+    plan, cost, preview = await svc.dry_run(args, plan)
     info = CostInfo(estimated_usd=cost.estimated_usd, basis=cost.basis, estimate=cost.estimate, actual_usd=None)
     confirm = needs_confirmation(svc.settings.confirm_above_usd, cost)
     res = DryRunResult(

@@ -34,7 +34,7 @@ from ..plan.requests import (
     WanOptions,
     XaiOptions,
 )
-from ..plan.validation import ToolArgs, plan_request
+from ..plan.validation import Plan, ToolArgs
 from ..providers.xai import check_native_source
 from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .cost import GenerationResult
@@ -72,7 +72,7 @@ def _local_defaults(clip: StoredClip) -> LocalOptions:
     return LocalOptions.model_validate({"resolution": resolution, "fps": fps})
 
 
-async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> ToolArgs:
+async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> tuple[ToolArgs, Plan]:
     """The continuation as an image-to-video request from the source's last frame (checked, not sent)."""
     settings = call.service.settings
     duration_s = clip.frame_count / float(eval_fps(clip.fps))
@@ -97,13 +97,13 @@ async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> 
         kling=args.kling, wan=args.wan, xai=args.xai, veo=args.veo, seedance=args.seedance, local=local,
         source=clip, crossfade_s=args.crossfade_s,
     )  # fmt: skip
-    plan = plan_request(request, settings)  # pure: the continuation's rules before anything is kept
+    plan = call.service.plan(request)  # pure: the continuation's rules before anything is kept
     if args.crossfade_s and args.crossfade_s >= plan.duration:
         raise InvalidInput(
             "crossfade_s", f"is {args.crossfade_s} s, not shorter than the {plan.duration} s continuation.",
             f"0 to {min(MAX_CROSSFADE_S, plan.duration)} seconds (less than the continuation)",
         )  # fmt: skip
-    return request
+    return request, plan
 
 
 def eval_fps(fps: str) -> float:
@@ -119,8 +119,8 @@ async def extend_video(args: ExtendVideoArgs, call: Call) -> CallToolResult | In
     keep = False
     try:
         clip = await keep_clip(svc, args.video, "video", folder / "source.mp4")
-        request = await build_request(args, call, clip)
-        result = await run_request(request, args, call, job_id=job_id)
+        request, plan = await build_request(args, call, clip)
+        result = await run_request(request, args, call, job_id=job_id, plan=plan)
         made = result.structured_content if isinstance(result, CallToolResult) else None
         keep = not args.dry_run and isinstance(made, dict) and made.get("job_id") == job_id
         return result
