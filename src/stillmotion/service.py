@@ -46,9 +46,11 @@ from .media.publish import Samples, publish_video
 from .media.sources import AudioFacts, LoadedMedia, load_media
 from .ops import metrics
 from .ops.memory import bound_malloc
+from .plan.arguments import RequestArgs
 from .plan.dryrun import preview_create_request
 from .plan.requests import (
     BoxShape,
+    DynamicMask,
     GenerationRequest,
     PolygonShape,
     StoredAudio,
@@ -59,7 +61,6 @@ from .plan.requests import (
 from .plan.validation import (
     LoadedInputs,
     Plan,
-    ToolArgs,
     check_images,
     check_masks_and_paths,
     plan_request,
@@ -266,11 +267,11 @@ class Service:
         """The asker's own job made with this idempotency key (keys are per user)."""
         return await self.db.by_idempotency_key(idempotency_key, user=self.asker.user)
 
-    def plan(self, args: ToolArgs) -> Plan:
+    def plan(self, args: RequestArgs) -> Plan:
         """Every rule that needs no I/O checked, the route chosen (validation.plan_request): pure."""
         return plan_request(args, self.settings)
 
-    async def dry_run(self, args: ToolArgs, plan: Plan | None = None) -> tuple[Plan, Cost, dict[str, Any]]:
+    async def dry_run(self, args: RequestArgs, plan: Plan | None = None) -> tuple[Plan, Cost, dict[str, Any]]:
         """Every check, the route, the estimate and the create request that would be sent, without
         creating a job, writing an input, uploading anything or contacting a provider."""
         plan = plan or self.plan(args)
@@ -278,7 +279,7 @@ class Service:
             return await self._dry_run(args, plan, fetched)
 
     async def _dry_run(
-        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]
+        self, args: RequestArgs, plan: Plan, fetched: dict[str, Fetched]
     ) -> tuple[Plan, Cost, dict[str, Any]]:
         inputs = await self._checked_inputs(args, plan, fetched)
         held: dict[str, bytes] = {}
@@ -301,7 +302,7 @@ class Service:
         return plan, self.estimate(plan, args.tool), preview
 
     async def submit(
-        self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
+        self, args: RequestArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
     ) -> JobRow:
         """A generation request through `create_job`: planned (unless `plan` is given), its inputs
         fetched, checked and kept, hosted where the route needs URLs, priced.
@@ -396,7 +397,7 @@ class Service:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
 
     async def _take_inputs(
-        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched], folder: Path
+        self, args: RequestArgs, plan: Plan, fetched: dict[str, Fetched], folder: Path
     ) -> tuple[LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
         """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
         The images' bytes are dropped once written: what the submission keeps is the files."""
@@ -422,7 +423,7 @@ class Service:
             raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
         return inputs, kept, stored_audio
 
-    async def _checked_inputs(self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]) -> LoadedInputs:
+    async def _checked_inputs(self, args: RequestArgs, plan: Plan, fetched: dict[str, Fetched]) -> LoadedInputs:
         """The images and masks loaded and checked by content (on worker threads); their warnings join the plan's."""
         inputs = await self._load_inputs(args, plan.spec.id, fetched)
         await off_loop(check_images, inputs, plan.spec, args)
@@ -432,18 +433,19 @@ class Service:
         return inputs
 
     @asynccontextmanager
-    async def _prefetched(self, args: ToolArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
+    async def _prefetched(self, args: RequestArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
         """Every http(s) input of the call (images, masks, `wan.audio_url`) fetched to a temporary
         file before the submission takes an admission slot: a slow URL holds no slot and no bytes.
         The files are removed when the block ends."""
         image_cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
+        static, wan_options = args.argument("static_mask"), args.argument("wan")
         wanted: list[tuple[str | None, str, int]] = [
-            (args.image, args.image_argument, image_cap),
-            (args.end_image, "end_image", image_cap),
-            (args.static_mask if isinstance(args.static_mask, str) else None, "static_mask", image_cap),
+            (args.start_frame(), args.image_argument, image_cap),
+            (args.argument("end_image"), "end_image", image_cap),
+            (static if isinstance(static, str) else None, "static_mask", image_cap),
             *[(m.mask if isinstance(m.mask, str) else None, f"dynamic_masks[{i}].mask", image_cap)
-              for i, m in enumerate(args.dynamic_masks or [])],
-            (args.wan.audio_url if args.wan is not None else None, "wan.audio_url", wan.AUDIO_MAX_BYTES + 1),
+              for i, m in enumerate(args.argument("dynamic_masks") or [])],
+            (wan_options.audio_url if wan_options is not None else None, "wan.audio_url", wan.AUDIO_MAX_BYTES + 1),
         ]  # fmt: skip
         guard = UrlGuard(self.settings.allow_private_network, frozenset())
         async with AsyncExitStack() as stack:
@@ -458,7 +460,7 @@ class Service:
 
     def _request(
         self,
-        args: ToolArgs,
+        args: RequestArgs,
         plan: Plan,
         inputs: LoadedInputs,
         keep: Callable[[LoadedImage, str], StoredImage],
@@ -469,19 +471,19 @@ class Service:
             model=plan.spec.id,
             route=plan.route,
             prompt=plan.prompt,
-            negative_prompt=args.negative_prompt or None,
+            negative_prompt=args.argument("negative_prompt") or None,
             duration=plan.duration,
             image=keep(inputs.image, "image"),
             end_image=keep(inputs.end_image, "end_image") if inputs.end_image else None,
-            camera=args.camera,
+            camera=args.argument("camera"),
             dynamic_masks=[
                 StoredMask(image=keep(m, f"dynamic_mask_{i}"), trajectory=traj)
                 for i, (m, traj) in enumerate(inputs.dynamic)
             ],
             static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
             audio=audio,
-            clips=[args.source] if args.source is not None else [],
-            crossfade_s=args.crossfade_s,
+            clips=[source] if (source := args.source()) is not None else [],
+            crossfade_s=args.argument("crossfade_s") or 0.0,
             **plan.option_fields,
             poll_interval_ms=plan.poll_interval_ms,
             poll_timeout_ms=plan.poll_timeout_ms,
@@ -512,7 +514,7 @@ class Service:
         facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
         return media, facts
 
-    async def _load_inputs(self, args: ToolArgs, model: str, fetched: dict[str, Fetched] | None = None) -> LoadedInputs:
+    async def _load_inputs(self, args: RequestArgs, model: str, fetched: dict[str, Fetched] | None = None) -> LoadedInputs:
         # the fetch cap is above every model's size rule, so the rule check can name the real size
         cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
         guard = UrlGuard(self.settings.allow_private_network, frozenset())
@@ -533,20 +535,21 @@ class Service:
                 deadline_s=self.settings.fetch_timeout_s,
             )
 
-        assert args.image is not None
-        image = await load(args.image, args.image_argument)
+        image = await load(args.start_frame(), args.image_argument)
         inputs = LoadedInputs(image=image)
-        if args.end_image is not None:
-            inputs.end_image = await load(args.end_image, "end_image")
-        for i, dm in enumerate(args.dynamic_masks or []):
+        end_image = args.argument("end_image")
+        if end_image is not None:
+            inputs.end_image = await load(end_image, "end_image")
+        dynamic_masks: list[DynamicMask] = args.argument("dynamic_masks") or []
+        for i, dm in enumerate(dynamic_masks):
             name = f"dynamic_masks[{i}].mask"
             if isinstance(dm.mask, BoxShape | PolygonShape):
                 mask = await off_loop(shape_to_image, dm.mask, image.width, image.height, name)
             else:
                 mask = await load(dm.mask, name)
             inputs.dynamic.append((mask, [(p.x, p.y) for p in dm.trajectory]))
-        if args.static_mask is not None:
-            sm = args.static_mask
+        sm = args.argument("static_mask")
+        if sm is not None:
             if isinstance(sm, BoxShape | PolygonShape):
                 inputs.static_mask = await off_loop(shape_to_image, sm, image.width, image.height, "static_mask")
             else:

@@ -43,7 +43,8 @@ from ..catalog import MODELS
 from ..errors import Cancelled, ConfirmationRequired
 from ..http.users import Principal
 from ..http.users import current as current_asker
-from ..plan.validation import Plan, ToolArgs
+from ..plan.arguments import RequestArgs
+from ..plan.validation import Plan
 from ..pricing import Cost
 from .results import CostInfo, JobResult
 
@@ -243,7 +244,7 @@ def _confirmed_by_argument(label: str, cost: Cost, confirm_cost_usd: float | Non
         )
 
 
-async def dry_run_result(svc: Service, args: ToolArgs, plan: Plan | None = None) -> CallToolResult:
+async def dry_run_result(svc: Service, args: RequestArgs, plan: Plan | None = None) -> CallToolResult:
     plan, cost, preview = await svc.dry_run(args, plan)
     info = CostInfo(estimated_usd=cost.estimated_usd, basis=cost.basis, estimate=cost.estimate, actual_usd=None)
     confirm = needs_confirmation(svc.settings.confirm_above_usd, cost)
