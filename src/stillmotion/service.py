@@ -9,8 +9,7 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,8 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import httpx
-from pydantic import BaseModel
 
 from . import __version__
-from .catalog import MODELS
 from .errors import InvalidInput, Unavailable
 from .http.users import Principal, current
 from .jobs import gc
@@ -40,34 +37,21 @@ from .jobs.store import (
     new_job_id,
     validate_job_id,
 )
-from .media.images import LoadedImage, admission_limiter, load_image, off_loop
-from .media.net import Fetched, UrlGuard, fetched_temp
+from .media.images import admission_limiter
 from .media.publish import Samples, publish_video
-from .media.sources import AudioFacts, LoadedMedia, load_media
 from .ops import metrics
 from .ops.memory import bound_malloc
 from .plan.arguments import RequestArgs
 from .plan.dryrun import preview_create_request
+from .plan.intake import Intake
 from .plan.requests import (
-    BoxShape,
-    DynamicMask,
     GenerationRequest,
-    PolygonShape,
-    StoredAudio,
-    StoredImage,
-    StoredMask,
-    WanOptions,
 )
 from .plan.validation import (
-    LoadedInputs,
     Plan,
-    check_images,
-    check_masks_and_paths,
     plan_request,
-    shape_to_image,
 )
 from .pricing import Cost
-from .providers import wan
 from .providers.base import JobContext
 from .providers.blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .providers.local import render_job
@@ -82,16 +66,6 @@ WAIT_RECHECK_S = 10.0
 """A waiting check_job re-reads its job at least this often even without a change event (a safety
 net only: every change wakes it; before, it re-read every second, 500 reads/s with 500 waiters)."""
 RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
-
-
-def keep_audio(loaded: tuple[LoadedMedia, AudioFacts], folder: Path) -> StoredAudio:
-    media, facts = loaded
-    path = folder / f"audio.{facts.format}"
-    path.write_bytes(media.data)
-    return StoredAudio(
-        path=str(path), url=media.url, mime=facts.mime, bytes=len(media.data), sha256=media.sha256,
-        duration_s=round(facts.duration_s, 3),
-    )
 
 
 def user_agent(owner: OwnerId | str) -> str:
@@ -145,13 +119,6 @@ Prepare = Callable[[str, Path], Awaitable[NewJob]]
 
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
-
-
-def _stored(img: LoadedImage, path: str) -> StoredImage:
-    return StoredImage(
-        path=path, url=img.url, mime=img.mime, width=img.width, height=img.height,
-        bytes=len(img.data), sha256=img.sha256,
-    )
 
 
 @dataclass
@@ -271,34 +238,19 @@ class Service:
         """Every rule that needs no I/O checked, the route chosen (validation.plan_request): pure."""
         return plan_request(args, self.settings)
 
+    @property
+    def intake(self) -> Intake:
+        """Where a request's inputs are fetched, checked and kept (plan/intake.py)."""
+        return Intake(self.settings, self.client, self.resource_path)
+
     async def dry_run(self, args: RequestArgs, plan: Plan | None = None) -> tuple[Plan, Cost, dict[str, Any]]:
         """Every check, the route, the estimate and the create request that would be sent, without
         creating a job, writing an input, uploading anything or contacting a provider."""
         plan = plan or self.plan(args)
-        async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
-            return await self._dry_run(args, plan, fetched)
-
-    async def _dry_run(
-        self, args: RequestArgs, plan: Plan, fetched: dict[str, Fetched]
-    ) -> tuple[Plan, Cost, dict[str, Any]]:
-        inputs = await self._checked_inputs(args, plan, fetched)
-        held: dict[str, bytes] = {}
-
-        def hold(img: LoadedImage, name: str) -> StoredImage:
-            path = f"<dry-run>/{name}.{img.ext}"
-            held[path] = img.data
-            return _stored(img, path)
-
-        audio = await self._load_audio(plan.provider_options, fetched)
-        held_audio = None
-        if audio is not None:
-            media, facts = audio
-            held_audio = StoredAudio(
-                path=f"<dry-run>/audio.{facts.format}", url=media.url, mime=facts.mime, bytes=len(media.data),
-                sha256=media.sha256, duration_s=round(facts.duration_s, 3),
-            )
-        request = self._request(args, plan, inputs, hold, held_audio)
-        preview = preview_create_request(self.client, self.settings, request, held)
+        intake = self.intake
+        async with intake.prefetched(args, plan.spec.id) as fetched, admission_limiter():
+            request, held = await intake.held_request(args, plan, fetched)
+            preview = preview_create_request(self.client, self.settings, request, held)
         return plan, self.estimate(plan, args.tool), preview
 
     async def submit(
@@ -311,10 +263,9 @@ class Service:
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
 
         async def prepare(job_id: str, folder: Path) -> NewJob:
-            planned = plan or self.plan(args)
-            async with self._prefetched(args, planned.spec.id) as fetched, admission_limiter():
-                inputs, kept, stored_audio = await self._take_inputs(args, planned, fetched, folder)
-            request = self._request(args, planned, inputs, lambda img, name: kept[name], stored_audio)
+            planned, intake = plan or self.plan(args), self.intake
+            async with intake.prefetched(args, planned.spec.id) as fetched, admission_limiter():
+                request = await intake.kept_request(args, planned, fetched, folder)
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
             await host_inputs(
                 request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
@@ -395,166 +346,6 @@ class Service:
             await self.janitor.forget(request)
         elif request.blobs:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
-
-    async def _take_inputs(
-        self, args: RequestArgs, plan: Plan, fetched: dict[str, Fetched], folder: Path
-    ) -> tuple[LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
-        """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
-        The images' bytes are dropped once written: what the submission keeps is the files."""
-        inputs = await self._checked_inputs(args, plan, fetched)
-        audio = await self._load_audio(plan.provider_options, fetched)
-        kept: dict[str, StoredImage] = {}
-
-        def write_all() -> None:
-            for name, img in inputs.named():
-                path = folder / f"{name}.{img.ext}"
-                path.write_bytes(img.data)
-                kept[name] = _stored(img, str(path))
-                img.data = b""  # kept as a file now; the submission holds no image bytes past here
-
-        try:
-            await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
-            await off_loop(write_all)
-            stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
-        except OSError as exc:  # a full disk: nothing accepted (create_job removes the folder), the caller retries
-            fault = unavailable(exc)
-            if fault is None:
-                raise
-            raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
-        return inputs, kept, stored_audio
-
-    async def _checked_inputs(self, args: RequestArgs, plan: Plan, fetched: dict[str, Fetched]) -> LoadedInputs:
-        """The images and masks loaded and checked by content (on worker threads); their warnings join the plan's."""
-        inputs = await self._load_inputs(args, plan.spec.id, fetched)
-        await off_loop(check_images, inputs, plan.spec, args)
-        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
-        for img in inputs.all():
-            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
-        return inputs
-
-    @asynccontextmanager
-    async def _prefetched(self, args: RequestArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
-        """Every http(s) input of the call (images, masks, `wan.audio_url`) fetched to a temporary
-        file before the submission takes an admission slot: a slow URL holds no slot and no bytes.
-        The files are removed when the block ends."""
-        image_cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
-        static, wan_options = args.argument("static_mask"), args.argument("wan")
-        wanted: list[tuple[str | None, str, int]] = [
-            (args.start_frame(), args.image_argument, image_cap),
-            (args.argument("end_image"), "end_image", image_cap),
-            (static if isinstance(static, str) else None, "static_mask", image_cap),
-            *[(m.mask if isinstance(m.mask, str) else None, f"dynamic_masks[{i}].mask", image_cap)
-              for i, m in enumerate(args.argument("dynamic_masks") or [])],
-            (wan_options.audio_url if wan_options is not None else None, "wan.audio_url", wan.AUDIO_MAX_BYTES + 1),
-        ]  # fmt: skip
-        guard = UrlGuard(self.settings.allow_private_network, frozenset())
-        async with AsyncExitStack() as stack:
-            fetched: dict[str, Fetched] = {}
-            for value, argument, cap in wanted:
-                if value is None or value in fetched or not value.strip().startswith(("http://", "https://")):
-                    continue
-                fetched[value] = await stack.enter_async_context(
-                    fetched_temp(guard, value.strip(), max_bytes=cap, argument=argument, deadline_s=self.settings.fetch_timeout_s)
-                )
-            yield fetched
-
-    def _request(
-        self,
-        args: RequestArgs,
-        plan: Plan,
-        inputs: LoadedInputs,
-        keep: Callable[[LoadedImage, str], StoredImage],
-        audio: StoredAudio | None = None,
-    ) -> GenerationRequest:
-        return GenerationRequest(
-            tool=args.tool,
-            model=plan.spec.id,
-            route=plan.route,
-            prompt=plan.prompt,
-            negative_prompt=args.argument("negative_prompt") or None,
-            duration=plan.duration,
-            image=keep(inputs.image, "image"),
-            end_image=keep(inputs.end_image, "end_image") if inputs.end_image else None,
-            camera=args.argument("camera"),
-            dynamic_masks=[
-                StoredMask(image=keep(m, f"dynamic_mask_{i}"), trajectory=traj)
-                for i, (m, traj) in enumerate(inputs.dynamic)
-            ],
-            static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
-            audio=audio,
-            clips=[source] if (source := args.source()) is not None else [],
-            crossfade_s=args.argument("crossfade_s") or 0.0,
-            **plan.option_fields,
-            poll_interval_ms=plan.poll_interval_ms,
-            poll_timeout_ms=plan.poll_timeout_ms,
-        )
-
-    async def _load_audio(
-        self, options: BaseModel, fetched: dict[str, Fetched] | None = None
-    ) -> tuple[LoadedMedia, AudioFacts] | None:
-        """Wan's driving track (`wan.audio_url`): fetched under the image inputs' rules and checked."""
-        value = getattr(options, "audio_url", None) if isinstance(options, WanOptions) else None
-        if value is None:
-            return None
-        got = (fetched or {}).get(value)
-        if got is not None:
-            data = await anyio.to_thread.run_sync(got.path.read_bytes)
-            return LoadedMedia(data, got.final_url), await anyio.to_thread.run_sync(wan.check_audio, data)
-        media = await load_media(
-            value,
-            argument="wan.audio_url",
-            client=self.client,
-            guard=UrlGuard(self.settings.allow_private_network, frozenset()),
-            input_roots=self.settings.input_roots,
-            resolve_resource=self.resource_path,
-            max_bytes=wan.AUDIO_MAX_BYTES + 1,
-            resources="a local wav/mp3 file or an http(s) URL",
-            deadline_s=self.settings.fetch_timeout_s,
-        )
-        facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
-        return media, facts
-
-    async def _load_inputs(self, args: RequestArgs, model: str, fetched: dict[str, Fetched] | None = None) -> LoadedInputs:
-        # the fetch cap is above every model's size rule, so the rule check can name the real size
-        cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
-        guard = UrlGuard(self.settings.allow_private_network, frozenset())
-        max_pixels = MODELS[model].image_rules.max_pixels
-
-        async def load(value: str, argument: str) -> LoadedImage:
-            return await load_image(
-                value,
-                argument=argument,
-                client=self.client,
-                guard=guard,
-                input_roots=self.settings.input_roots,
-                resolve_resource=self.resource_path,
-                max_bytes=cap,
-                max_pixels=max_pixels,
-                model=model,
-                prefetched=(fetched or {}).get(value),
-                deadline_s=self.settings.fetch_timeout_s,
-            )
-
-        image = await load(args.start_frame(), args.image_argument)
-        inputs = LoadedInputs(image=image)
-        end_image = args.argument("end_image")
-        if end_image is not None:
-            inputs.end_image = await load(end_image, "end_image")
-        dynamic_masks: list[DynamicMask] = args.argument("dynamic_masks") or []
-        for i, dm in enumerate(dynamic_masks):
-            name = f"dynamic_masks[{i}].mask"
-            if isinstance(dm.mask, BoxShape | PolygonShape):
-                mask = await off_loop(shape_to_image, dm.mask, image.width, image.height, name)
-            else:
-                mask = await load(dm.mask, name)
-            inputs.dynamic.append((mask, [(p.x, p.y) for p in dm.trajectory]))
-        sm = args.argument("static_mask")
-        if sm is not None:
-            if isinstance(sm, BoxShape | PolygonShape):
-                inputs.static_mask = await off_loop(shape_to_image, sm, image.width, image.height, "static_mask")
-            else:
-                inputs.static_mask = await load(sm, "static_mask")
-        return inputs
 
     # -- read / wait / cancel ------------------------------------------------------------
 

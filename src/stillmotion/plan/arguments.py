@@ -48,11 +48,13 @@ CONTROL_FIELDS = frozenset({"wait_seconds", "idempotency_key", "dry_run", "confi
 """Arguments that steer the call, not the job: never part of the request or its fingerprint."""
 
 
-class _Args(BaseModel):
+class Args(BaseModel):
+    """Base of every tool's argument model: unknown names are mistakes, never silently dropped."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class RequestArgs(_Args):
+class RequestArgs(Args):
     """A validated call of a tool that makes a generation job: the request until it is stored."""
 
     tool: ClassVar[str]

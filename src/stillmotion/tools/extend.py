@@ -164,15 +164,5 @@ def _specialise(schema: JSON) -> JSON:
 
 
 def specs(build: Build) -> list[ToolSpec[Any]]:
-    return [
-        ToolSpec(
-            name="extend_video",
-            title="Extend video",
-            description=DESCRIPTION,
-            args=ExtendVideoArgs,
-            handler=extend_video,
-            annotations=GEN_ANNOTATIONS,
-            output=GenerationResult,
-            specialise=_specialise,
-        )
-    ]
+    return [ToolSpec(name="extend_video", title="Extend video", description=DESCRIPTION, args=ExtendVideoArgs,
+                     handler=extend_video, annotations=GEN_ANNOTATIONS, output=GenerationResult, specialise=_specialise)]

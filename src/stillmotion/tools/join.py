@@ -176,14 +176,5 @@ async def join_clips(args: JoinClipsArgs, call: Call) -> CallToolResult:
 
 
 def specs(build: Build) -> list[ToolSpec[Any]]:
-    return [
-        ToolSpec(
-            name="join_clips",
-            title="Join clips",
-            description=DESCRIPTION,
-            args=JoinClipsArgs,
-            handler=join_clips,
-            annotations=GEN_ANNOTATIONS,
-            output=JobResult,
-        )
-    ]
+    return [ToolSpec(name="join_clips", title="Join clips", description=DESCRIPTION, args=JoinClipsArgs,
+                     handler=join_clips, annotations=GEN_ANNOTATIONS, output=JobResult)]
