@@ -220,6 +220,19 @@ class Service:
             return None
         return BudgetRule(s.user_budget_usd, s.budget_period, user if user is not None else current().user)
 
+    async def over_budget(self, estimated_usd: float) -> bool:
+        """Whether a job of this estimate would pass what is left of the server's or the asker's budget."""
+        for rule in (self.budget_rule(), self.user_budget_rule()):
+            if rule is None:
+                continue
+            if rule.user is None:
+                left = (await self.db.spend(rule, rule.period))["budget"]["left_usd"]
+            else:
+                left = (await self.db.spend(None, rule.period, user=rule.user, user_budget=rule))["budget"]["left_usd"]
+            if left is not None and estimated_usd > left:
+                return True
+        return False
+
     @property
     def asker(self) -> Principal:
         """Who the request being handled is for (users.py)."""

@@ -188,15 +188,8 @@ async def confirm(
         return None
     if idempotency_key is not None and await svc.by_key(idempotency_key) is not None:
         return None  # a replay answers with the existing job: nothing new to pay for
-    for rule in (svc.budget_rule(), svc.user_budget_rule()):
-        if rule is None or cost.estimated_usd is None:
-            continue
-        if rule.user is None:
-            left = (await svc.db.spend(rule, rule.period))["budget"]["left_usd"]
-        else:
-            left = (await svc.db.spend(None, rule.period, user=rule.user, user_budget=rule))["budget"]["left_usd"]
-        if left is not None and cost.estimated_usd > left:
-            return None  # the budget refuses it anyway: do not ask the person for nothing
+    if cost.estimated_usd is not None and await svc.over_budget(cost.estimated_usd):
+        return None  # the budget refuses it anyway: do not ask the person for nothing
     label = job_label(plan.spec.id, plan.options, plan.duration)
     if not asker.can_elicit:
         _confirmed_by_argument(label, cost, confirm_cost_usd, threshold)
