@@ -1,7 +1,8 @@
 """Every rule of the seed and the capability map, checked before anything is sent.
 
 `plan_request` checks what needs no I/O (model, route, credentials, lengths, durations, modes,
-options, camera); `load_inputs` fetches and checks the images, masks and trajectories. A failed
+options, camera) on the tool's validated arguments (`arguments.RequestArgs`); `check_images` and
+`check_masks_and_paths` check the loaded images, masks and trajectories (plan/intake.py). A failed
 rule raises InvalidInput (or MissingCredentials) naming the argument, the rule and the allowed
 values. Options a model ignores become warnings, never silent drops.
 """
