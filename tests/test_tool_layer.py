@@ -3,7 +3,6 @@ for every mistake (exact texts), compact list_models, resource links that can be
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -13,8 +12,7 @@ from mcp.types import ImageContent, ResourceLink
 
 from stillmotion.catalog import GENERATION_TOOLS, MODELS, models_for_tool
 from stillmotion.plan.arguments import ARGS_BY_TOOL, CONTROL_FIELDS, OPTION_ARGUMENTS
-from stillmotion.plan.requests import OPTION_FIELDS
-from stillmotion.plan.validation import ToolArgs
+from stillmotion.plan.requests import OPTION_FIELDS, GenerationRequest
 from stillmotion.server import tools_list_payload
 from stillmotion.tools.argerrors import MAX_ERROR_CHARS
 from stillmotion.tools.schema import nested_unions, walk
@@ -71,7 +69,7 @@ async def test_each_tool_carries_only_the_options_of_its_providers(make_settings
 
 
 def test_every_argument_reaches_the_request() -> None:
-    request_fields = {f.name for f in dataclasses.fields(ToolArgs)}
+    request_fields = set(GenerationRequest.model_fields)  # the stored request each argument fills
     for tool, cls in ARGS_BY_TOOL.items():
         for name in cls.model_fields:
             if name in CONTROL_FIELDS:

@@ -9,8 +9,7 @@ import functools
 import logging
 import shutil
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,9 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 import httpx
-from pydantic import BaseModel
 
 from . import __version__
-from .catalog import MODELS
-from .errors import BudgetExceeded, InvalidInput, Unavailable
+from .errors import InvalidInput, Unavailable
 from .http.users import Principal, current
 from .jobs import gc
 from .jobs.async_store import AsyncJobStore, StoreUnavailable, unavailable
@@ -40,33 +37,21 @@ from .jobs.store import (
     new_job_id,
     validate_job_id,
 )
-from .media.images import LoadedImage, admission_limiter, load_image, off_loop
-from .media.net import Fetched, UrlGuard, fetched_temp
+from .media.images import admission_limiter
 from .media.publish import Samples, publish_video
-from .media.sources import AudioFacts, LoadedMedia, load_media
 from .ops import metrics
 from .ops.memory import bound_malloc
+from .plan.arguments import RequestArgs
 from .plan.dryrun import preview_create_request
+from .plan.intake import Intake
 from .plan.requests import (
-    BoxShape,
     GenerationRequest,
-    PolygonShape,
-    StoredAudio,
-    StoredImage,
-    StoredMask,
-    WanOptions,
 )
 from .plan.validation import (
-    LoadedInputs,
     Plan,
-    ToolArgs,
-    check_images,
-    check_masks_and_paths,
     plan_request,
-    shape_to_image,
 )
 from .pricing import Cost
-from .providers import wan
 from .providers.base import JobContext
 from .providers.blob import BlobClient, BlobJanitor, delete_quietly, host_inputs
 from .providers.local import render_job
@@ -81,16 +66,6 @@ WAIT_RECHECK_S = 10.0
 """A waiting check_job re-reads its job at least this often even without a change event (a safety
 net only: every change wakes it; before, it re-read every second, 500 reads/s with 500 waiters)."""
 RESOURCE_FILES = {"video.mp4", "poster.png", "last-frame.png"}
-
-
-def keep_audio(loaded: tuple[LoadedMedia, AudioFacts], folder: Path) -> StoredAudio:
-    media, facts = loaded
-    path = folder / f"audio.{facts.format}"
-    path.write_bytes(media.data)
-    return StoredAudio(
-        path=str(path), url=media.url, mime=facts.mime, bytes=len(media.data), sha256=media.sha256,
-        duration_s=round(facts.duration_s, 3),
-    )
 
 
 def user_agent(owner: OwnerId | str) -> str:
@@ -118,15 +93,32 @@ def _drop_join_inputs(
     return changed
 
 
+def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
+    """An idempotency key's job answers a replay only with the same arguments."""
+    if existing.args_hash != fingerprint:
+        raise InvalidInput(
+            "idempotency_key",
+            f"was already used for job {existing.id} with different arguments; the same key must come with "
+            "the same arguments (use a new key for a new request).",
+            f"the arguments of job {existing.id}, or a new key",
+        )
+    return existing
+
+
+@dataclass
+class NewJob:
+    """What a tool's preparation hands `Service.create_job`: the request to store, its price, its warnings."""
+
+    request: GenerationRequest
+    cost: dict[str, Any]
+    warnings: list[str]
+
+
+Prepare = Callable[[str, Path], Awaitable[NewJob]]
+"""`(job_id, input folder) -> NewJob`: keeps the job's inputs in the folder (see `Service.create_job`)."""
+
 ACTIVE: list[Service] = []
 """Services running in this process (a SIGTERM hands their jobs over, see cli._serve)."""
-
-
-def _stored(img: LoadedImage, path: str) -> StoredImage:
-    return StoredImage(
-        path=path, url=img.url, mime=img.mime, width=img.width, height=img.height,
-        bytes=len(img.data), sha256=img.sha256,
-    )
 
 
 @dataclass
@@ -228,6 +220,19 @@ class Service:
             return None
         return BudgetRule(s.user_budget_usd, s.budget_period, user if user is not None else current().user)
 
+    async def over_budget(self, estimated_usd: float) -> bool:
+        """Whether a job of this estimate would pass what is left of the server's or the asker's budget."""
+        for rule in (self.budget_rule(), self.user_budget_rule()):
+            if rule is None:
+                continue
+            if rule.user is None:
+                left = (await self.db.spend(rule, rule.period))["budget"]["left_usd"]
+            else:
+                left = (await self.db.spend(None, rule.period, user=rule.user, user_budget=rule))["budget"]["left_usd"]
+            if left is not None and estimated_usd > left:
+                return True
+        return False
+
     @property
     def asker(self) -> Principal:
         """Who the request being handled is for (users.py)."""
@@ -242,86 +247,84 @@ class Service:
         """The asker's own job made with this idempotency key (keys are per user)."""
         return await self.db.by_idempotency_key(idempotency_key, user=self.asker.user)
 
-    async def dry_run(self, args: ToolArgs) -> tuple[Plan, Cost, dict[str, Any]]:
+    def plan(self, args: RequestArgs) -> Plan:
+        """Every rule that needs no I/O checked, the route chosen (validation.plan_request): pure."""
+        return plan_request(args, self.settings)
+
+    @property
+    def intake(self) -> Intake:
+        """Where a request's inputs are fetched, checked and kept (plan/intake.py)."""
+        return Intake(self.settings, self.client, self.resource_path)
+
+    async def dry_run(self, args: RequestArgs, plan: Plan | None = None) -> tuple[Plan, Cost, dict[str, Any]]:
         """Every check, the route, the estimate and the create request that would be sent, without
         creating a job, writing an input, uploading anything or contacting a provider."""
-        plan = plan_request(args, self.settings)
-        async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
-            return await self._dry_run(args, plan, fetched)
-
-    async def _dry_run(
-        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched]
-    ) -> tuple[Plan, Cost, dict[str, Any]]:
-        inputs = await self._load_inputs(args, plan.spec.id, fetched)
-        await off_loop(check_images, inputs, plan.spec, args)
-        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
-        for img in inputs.all():
-            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
-        held: dict[str, bytes] = {}
-
-        def hold(img: LoadedImage, name: str) -> StoredImage:
-            path = f"<dry-run>/{name}.{img.ext}"
-            held[path] = img.data
-            return _stored(img, path)
-
-        audio = await self._load_audio(plan.provider_options, fetched)
-        held_audio = None
-        if audio is not None:
-            media, facts = audio
-            held_audio = StoredAudio(
-                path=f"<dry-run>/audio.{facts.format}", url=media.url, mime=facts.mime, bytes=len(media.data),
-                sha256=media.sha256, duration_s=round(facts.duration_s, 3),
-            )
-        request = self._request(args, plan, inputs, hold, held_audio)
-        preview = preview_create_request(self.client, self.settings, request, held)
+        plan = plan or self.plan(args)
+        intake = self.intake
+        async with intake.prefetched(args, plan.spec.id) as fetched, admission_limiter():
+            request, held = await intake.held_request(args, plan, fetched)
+            preview = preview_create_request(self.client, self.settings, request, held)
         return plan, self.estimate(plan, args.tool), preview
 
     async def submit(
-        self, args: ToolArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
+        self, args: RequestArgs, *, idempotency_key: str | None, plan: Plan | None = None, job_id: str | None = None
     ) -> JobRow:
-        """Validate everything, store the job (reserving its estimate against the budget), start it.
+        """A generation request through `create_job`: planned (unless `plan` is given), its inputs
+        fetched, checked and kept, hosted where the route needs URLs, priced.
         Raises InvalidInput/MissingCredentials/BudgetExceeded."""
         # JSON + SHA-256 of arguments that may hold megabytes of base64: on a worker thread
         fingerprint = await anyio.to_thread.run_sync(lambda: args_fingerprint(args.fingerprint()))
-        if idempotency_key is not None:
-            existing = await self.by_key(idempotency_key)
-            if existing is not None:
-                return self._same_or_error(existing, fingerprint)
-        plan = plan or plan_request(args, self.settings)
-        async with self._prefetched(args, plan.spec.id) as fetched, admission_limiter():
-            job_id, folder, inputs, kept, stored_audio = await self._take_inputs(args, plan, fetched, job_id)
 
-        def keep(img: LoadedImage, name: str) -> StoredImage:
-            return kept[name]
-
-        request = self._request(args, plan, inputs, keep, stored_audio)
-        try:
+        async def prepare(job_id: str, folder: Path) -> NewJob:
+            planned, intake = plan or self.plan(args), self.intake
+            async with intake.prefetched(args, planned.spec.id) as fetched, admission_limiter():
+                request = await intake.kept_request(args, planned, fetched, folder)
             # routes that need public URLs get Vercel Blob ones (refused here, before any spending, without a token)
             await host_inputs(
                 request, self.client, self.settings, ledger=self.janitor.ledger if self.janitor else None,
                 job_id=job_id, owner=self.runner.owner,
             )
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        cost = self.estimate(plan, args.tool)
-        sent = time.monotonic()
+            return NewJob(request, self.estimate(planned, args.tool).to_dict(), planned.warnings)
+
+        return await self.create_job(fingerprint, idempotency_key, prepare, job_id=job_id)
+
+    async def create_job(
+        self, fingerprint: str, idempotency_key: str | None, prepare: Prepare, *, job_id: str | None = None
+    ) -> JobRow:
+        """THE way a job is made, for every tool that makes one. The asker's own job with this key
+        when there is one (the same `fingerprint`, else InvalidInput). Otherwise `prepare(job_id,
+        folder)` keeps the inputs in the job's input folder and returns the request; the job is
+        stored, its estimate reserved against the budgets in the same transaction (not for `local`
+        routes), and started. Whatever refuses or fails before the store has the job (a rule, a
+        cancellation, a lost race for the key, the budget, a store or disk fault) leaves no input
+        file or upload behind; a fault answers `unavailable` ("the job was not accepted")."""
+        if idempotency_key is not None:
+            existing = await self.by_key(idempotency_key)
+            if existing is not None:
+                return _same_or_error(existing, fingerprint)
+        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
+        folder = self.settings.inputs_dir / job_id
+        request: GenerationRequest | None = None
+        asked = False
         try:
+            job = await prepare(job_id, folder)
+            request, local = job.request, job.request.route == "local"
+            sent, asked = time.monotonic(), True
             row = await self.db.create(
                 job_id=job_id,
-                tool=args.tool,
-                model=plan.spec.id,
-                route=plan.route,
+                tool=request.tool,
+                model=request.model,
+                route=request.route,
                 request=request.model_dump(mode="json"),
                 args_hash=fingerprint,
                 idempotency_key=idempotency_key,
-                warnings=plan.warnings,
+                warnings=job.warnings,
                 owner=self.runner.owner,
                 lease_s=self.runner.lease_s,
-                cost=cost.to_dict(),
-                budget=self.budget_rule() if plan.route != "local" else None,
+                cost=job.cost,
+                budget=None if local else self.budget_rule(),
                 user=self.asker.user,
-                user_budget=self.user_budget_rule() if plan.route != "local" else None,
+                user_budget=None if local else self.user_budget_rule(),
             )
         except DuplicateIdempotencyKey:
             # the same key won a race with us: answer with that job
@@ -329,198 +332,33 @@ class Service:
             assert idempotency_key is not None
             existing = await self.by_key(idempotency_key)
             assert existing is not None
-            return self._same_or_error(existing, fingerprint)
-        except BudgetExceeded:
-            await self._discard(folder, request)
+            return _same_or_error(existing, fingerprint)
+        except BaseException as exc:
+            # A cancellation while the store answers keeps the inputs: the row may have been committed.
+            if not asked or isinstance(exc, Exception):
+                with anyio.CancelScope(shield=True):
+                    await self._discard(folder, request)
+            # a store or disk fault: nothing recorded, so nothing accepted, and the caller retries (a
+            # create that did commit before its answer was lost is a queued job the runner finds)
+            fault = unavailable(exc) if isinstance(exc, Exception) else None
+            if fault is not None:
+                raise Unavailable(f"the job was not accepted: {fault.message}") from exc
             raise
-        except StoreUnavailable as fault:
-            # nothing recorded, so nothing accepted: the inputs go, and the caller is told to retry
-            # (a create that did commit before its answer was lost is a queued job the runner finds)
-            await self._discard(folder, request)
-            raise Unavailable(f"the job was not accepted: {fault.message}") from fault
-        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, args.tool, plan.spec.id, plan.route,
-                 extra={"job_id": job_id, "provider": metrics.provider_label(plan.spec.id, plan.route), "user": row.user_id})
+        log.info("job %s created for user %s: %s on %s via %s", job_id, row.user_id, request.tool, request.model,
+                 request.route, extra={"job_id": job_id, "provider": metrics.provider_label(request.model, request.route),
+                                       "user": row.user_id})  # fmt: skip
         self.runner.launch_new(row, leased_at=sent)
         return row
 
-    async def _discard(self, folder: Path, request: GenerationRequest) -> None:
+    async def _discard(self, folder: Path, request: GenerationRequest | None) -> None:
         """A job that was not created: its input files and uploaded blobs go."""
         await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
+        if request is None:
+            return
         if self.janitor is not None:
             await self.janitor.forget(request)
         elif request.blobs:
             await delete_quietly(BlobClient(self.client, self.settings), request.blobs)
-
-    async def _take_inputs(
-        self, args: ToolArgs, plan: Plan, fetched: dict[str, Fetched], job_id: str | None = None
-    ) -> tuple[str, Path, LoadedInputs, dict[str, StoredImage], StoredAudio | None]:
-        """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
-        The images' bytes are dropped once written: what the submission keeps is the files."""
-        inputs = await self._load_inputs(args, plan.spec.id, fetched)
-        # checks, hashing and file writes run on a worker thread: nothing heavy on the event loop
-        await off_loop(check_images, inputs, plan.spec, args)
-        await off_loop(check_masks_and_paths, inputs, plan.spec, args)
-        for img in inputs.all():
-            plan.warnings.extend(w for w in img.warnings if w not in plan.warnings)
-        audio = await self._load_audio(plan.provider_options, fetched)
-
-        job_id = job_id or new_job_id()  # given: the caller already keeps an input in inputs/<job_id> (extend_video)
-        folder = self.settings.inputs_dir / job_id
-        kept: dict[str, StoredImage] = {}
-
-        def write_all() -> None:
-            for name, img in inputs.named():
-                path = folder / f"{name}.{img.ext}"
-                path.write_bytes(img.data)
-                kept[name] = StoredImage(
-                    path=str(path), url=img.url, mime=img.mime, width=img.width, height=img.height,
-                    bytes=len(img.data), sha256=img.sha256,
-                )
-                img.data = b""  # kept as a file now; the submission holds no image bytes past here
-
-        try:
-            await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
-            await off_loop(write_all)
-            stored_audio = await off_loop(keep_audio, audio, folder) if audio is not None else None
-        except OSError as exc:  # a full disk: nothing accepted, the caller retries
-            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-            fault = unavailable(exc)
-            if fault is None:
-                raise
-            raise Unavailable(f"could not keep the job's inputs: {fault.message}") from exc
-        return job_id, folder, inputs, kept, stored_audio
-
-    @asynccontextmanager
-    async def _prefetched(self, args: ToolArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
-        """Every http(s) input of the call (images, masks, `wan.audio_url`) fetched to a temporary
-        file before the submission takes an admission slot: a slow URL holds no slot and no bytes.
-        The files are removed when the block ends."""
-        image_cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
-        wanted: list[tuple[str | None, str, int]] = [
-            (args.image, args.image_argument, image_cap),
-            (args.end_image, "end_image", image_cap),
-            (args.static_mask if isinstance(args.static_mask, str) else None, "static_mask", image_cap),
-            *[(m.mask if isinstance(m.mask, str) else None, f"dynamic_masks[{i}].mask", image_cap)
-              for i, m in enumerate(args.dynamic_masks or [])],
-            (args.wan.audio_url if args.wan is not None else None, "wan.audio_url", wan.AUDIO_MAX_BYTES + 1),
-        ]  # fmt: skip
-        guard = UrlGuard(self.settings.allow_private_network, frozenset())
-        async with AsyncExitStack() as stack:
-            fetched: dict[str, Fetched] = {}
-            for value, argument, cap in wanted:
-                if value is None or value in fetched or not value.strip().startswith(("http://", "https://")):
-                    continue
-                fetched[value] = await stack.enter_async_context(
-                    fetched_temp(guard, value.strip(), max_bytes=cap, argument=argument, deadline_s=self.settings.fetch_timeout_s)
-                )
-            yield fetched
-
-    def _request(
-        self,
-        args: ToolArgs,
-        plan: Plan,
-        inputs: LoadedInputs,
-        keep: Callable[[LoadedImage, str], StoredImage],
-        audio: StoredAudio | None = None,
-    ) -> GenerationRequest:
-        return GenerationRequest(
-            tool=args.tool,
-            model=plan.spec.id,
-            route=plan.route,
-            prompt=plan.prompt,
-            negative_prompt=args.negative_prompt or None,
-            duration=plan.duration,
-            image=keep(inputs.image, "image"),
-            end_image=keep(inputs.end_image, "end_image") if inputs.end_image else None,
-            camera=args.camera,
-            dynamic_masks=[
-                StoredMask(image=keep(m, f"dynamic_mask_{i}"), trajectory=traj)
-                for i, (m, traj) in enumerate(inputs.dynamic)
-            ],
-            static_mask=keep(inputs.static_mask, "static_mask") if inputs.static_mask else None,
-            audio=audio,
-            clips=[args.source] if args.source is not None else [],
-            crossfade_s=args.crossfade_s,
-            **plan.option_fields,
-            poll_interval_ms=plan.poll_interval_ms,
-            poll_timeout_ms=plan.poll_timeout_ms,
-        )
-
-    def _same_or_error(self, existing: JobRow, fingerprint: str) -> JobRow:
-        if existing.args_hash != fingerprint:
-            raise InvalidInput(
-                "idempotency_key",
-                f"was already used for job {existing.id} with different arguments; the same key must come with "
-                "the same arguments (use a new key for a new request).",
-                f"the arguments of job {existing.id}, or a new key",
-            )
-        return existing
-
-    async def _load_audio(
-        self, options: BaseModel, fetched: dict[str, Fetched] | None = None
-    ) -> tuple[LoadedMedia, AudioFacts] | None:
-        """Wan's driving track (`wan.audio_url`): fetched under the image inputs' rules and checked."""
-        value = getattr(options, "audio_url", None) if isinstance(options, WanOptions) else None
-        if value is None:
-            return None
-        got = (fetched or {}).get(value)
-        if got is not None:
-            data = await anyio.to_thread.run_sync(got.path.read_bytes)
-            return LoadedMedia(data, got.final_url), await anyio.to_thread.run_sync(wan.check_audio, data)
-        media = await load_media(
-            value,
-            argument="wan.audio_url",
-            client=self.client,
-            guard=UrlGuard(self.settings.allow_private_network, frozenset()),
-            input_roots=self.settings.input_roots,
-            resolve_resource=self.resource_path,
-            max_bytes=wan.AUDIO_MAX_BYTES + 1,
-            resources="a local wav/mp3 file or an http(s) URL",
-            deadline_s=self.settings.fetch_timeout_s,
-        )
-        facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
-        return media, facts
-
-    async def _load_inputs(self, args: ToolArgs, model: str, fetched: dict[str, Fetched] | None = None) -> LoadedInputs:
-        # the fetch cap is above every model's size rule, so the rule check can name the real size
-        cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
-        guard = UrlGuard(self.settings.allow_private_network, frozenset())
-        max_pixels = MODELS[model].image_rules.max_pixels
-
-        async def load(value: str, argument: str) -> LoadedImage:
-            return await load_image(
-                value,
-                argument=argument,
-                client=self.client,
-                guard=guard,
-                input_roots=self.settings.input_roots,
-                resolve_resource=self.resource_path,
-                max_bytes=cap,
-                max_pixels=max_pixels,
-                model=model,
-                prefetched=(fetched or {}).get(value),
-                deadline_s=self.settings.fetch_timeout_s,
-            )
-
-        assert args.image is not None
-        image = await load(args.image, args.image_argument)
-        inputs = LoadedInputs(image=image)
-        if args.end_image is not None:
-            inputs.end_image = await load(args.end_image, "end_image")
-        for i, dm in enumerate(args.dynamic_masks or []):
-            name = f"dynamic_masks[{i}].mask"
-            if isinstance(dm.mask, BoxShape | PolygonShape):
-                mask = await off_loop(shape_to_image, dm.mask, image.width, image.height, name)
-            else:
-                mask = await load(dm.mask, name)
-            inputs.dynamic.append((mask, [(p.x, p.y) for p in dm.trajectory]))
-        if args.static_mask is not None:
-            sm = args.static_mask
-            if isinstance(sm, BoxShape | PolygonShape):
-                inputs.static_mask = await off_loop(shape_to_image, sm, image.width, image.height, "static_mask")
-            else:
-                inputs.static_mask = await load(sm, "static_mask")
-        return inputs
 
     # -- read / wait / cancel ------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Every rule of the seed and the capability map, checked before anything is sent.
 
 `plan_request` checks what needs no I/O (model, route, credentials, lengths, durations, modes,
-options, camera); `load_inputs` fetches and checks the images, masks and trajectories. A failed
+options, camera) on the tool's validated arguments (`arguments.RequestArgs`); `check_images` and
+`check_masks_and_paths` check the loaded images, masks and trajectories (plan/intake.py). A failed
 rule raises InvalidInput (or MissingCredentials) naming the argument, the rule and the allowed
 values. Options a model ignores become warnings, never silent drops.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
@@ -22,66 +23,9 @@ from ..providers.local import IGNORED_WITH_SHOTS
 from ..providers.registry import REGISTRY
 from ..providers.rules import OptionContext
 from ..settings import Settings
-from .requests import (
-    BoxShape,
-    CameraControl,
-    DynamicMask,
-    KlingOptions,
-    LocalOptions,
-    MaskInput,
-    PolygonShape,
-    SeedanceOptions,
-    StoredClip,
-    VeoOptions,
-    WanOptions,
-    XaiOptions,
-)
+from .arguments import RequestArgs
+from .requests import BoxShape, CameraControl, DynamicMask, KlingOptions, PolygonShape
 from .routes import PROVIDER_LABEL, RouteName, choose_route
-
-
-@dataclass
-class ToolArgs:
-    tool: str
-    model: str | None = None
-    prompt: str | None = None
-    negative_prompt: str | None = None
-    duration: int | None = None
-    image: str | None = None
-    end_image: str | None = None
-    camera: CameraControl | None = None
-    dynamic_masks: list[DynamicMask] | None = None
-    static_mask: MaskInput | None = None
-    kling: KlingOptions | None = None
-    wan: WanOptions | None = None
-    xai: XaiOptions | None = None
-    veo: VeoOptions | None = None
-    seedance: SeedanceOptions | None = None
-    local: LocalOptions | None = None
-    image_argument: str = "image"
-    source: StoredClip | None = None
-    """extend_video: the checked source video (`image` is its last frame)."""
-    crossfade_s: float = 0.0
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The validated request as JSON data: what "the same arguments" means for an idempotency key."""
-        out: dict[str, Any] = {"tool": self.tool}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name in ("tool", "image_argument") or value is None or (f.name == "crossfade_s" and not value):
-                continue
-            name = self.image_argument if f.name == "image" else f.name
-            if f.name == "source":  # the checked copy's path differs per call; its content does not
-                value = {"source": value.source, "sha256": value.sha256}
-            out[name] = _jsonable(value)
-        return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", exclude_none=True)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def did_you_mean(given: str, choices: Iterable[str], cutoff: float = 0.75) -> str | None:
@@ -127,7 +71,7 @@ def _dump(opt: BaseModel | None) -> dict[str, Any]:
     return {} if opt is None else opt.model_dump(exclude_none=True)
 
 
-def plan_request(args: ToolArgs, settings: Settings) -> Plan:
+def plan_request(args: RequestArgs, settings: Settings) -> Plan:
     tool = "animate_image" if args.tool == "extend_video" else args.tool  # a continuation is image-to-video
     assert tool in GENERATION_TOOLS
     model_arg = args.model or settings.default_model
@@ -163,10 +107,7 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     # -- options objects: the model's own is used; others are ignored with a warning
     entry = REGISTRY[spec.provider]
     own_field = entry.field
-    given: dict[str, BaseModel | None] = {
-        "kling": args.kling, "wan": args.wan, "xai": args.xai, "veo": args.veo, "seedance": args.seedance,
-        "local": args.local,
-    }  # fmt: skip
+    given = args.options_given()
     for name, value in given.items():
         if value is not None and name != own_field:
             keys = sorted(_dump(value))
@@ -190,13 +131,14 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
         raise InvalidInput(
             "prompt", f"is {len(prompt)} characters; {spec.id} accepts at most {spec.prompt_max}.", f"<= {spec.prompt_max} characters"
         )
-    if args.negative_prompt:
+    negative_prompt: str | None = args.argument("negative_prompt")
+    if negative_prompt:
         if spec.negative_prompt_max is None:
             warnings.append(f"negative_prompt is ignored: {spec.id} has no negative prompt.")
-        elif len(args.negative_prompt) > spec.negative_prompt_max:
+        elif len(negative_prompt) > spec.negative_prompt_max:
             raise InvalidInput(
                 "negative_prompt",
-                f"is {len(args.negative_prompt)} characters; {spec.id} accepts at most {spec.negative_prompt_max}.",
+                f"is {len(negative_prompt)} characters; {spec.id} accepts at most {spec.negative_prompt_max}.",
                 f"<= {spec.negative_prompt_max} characters",
             )
         elif spec.is_local:
@@ -212,9 +154,9 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
         route=route,
         prompt=prompt,
         duration=args.duration,
-        has_end_image=args.end_image is not None,
+        has_end_image=args.argument("end_image") is not None,
         settings=settings,
-        kling=args.kling,
+        kling=args.argument("kling"),
     )
     checked = entry.check(given[own_field], ctx)
     warnings.extend(checked.warnings)
@@ -235,9 +177,9 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
 
     # -- camera
     if tool == "camera_move":
-        _check_camera(args.camera, spec, feature)
+        _check_camera(args.argument("camera"), spec, feature)
     if tool == "motion_brush":
-        masks = args.dynamic_masks or []
+        masks: list[DynamicMask] = args.argument("dynamic_masks") or []
         if not 1 <= len(masks) <= 6:
             raise InvalidInput("dynamic_masks", f"has {len(masks)} entries.", "1 to 6 dynamic masks")
         hi = max_trajectory_points(duration)
@@ -318,7 +260,7 @@ class LoadedInputs:
         return [img for _, img in self.named()]
 
 
-def check_masks_and_paths(inputs: LoadedInputs, spec: ModelSpec, args: ToolArgs) -> None:
+def check_masks_and_paths(inputs: LoadedInputs, spec: ModelSpec, args: RequestArgs) -> None:
     img = inputs.image
     masks: list[tuple[str, LoadedImage]] = [
         (f"dynamic_masks[{i}].mask", m) for i, (m, _) in enumerate(inputs.dynamic)
@@ -355,7 +297,7 @@ def check_masks_and_paths(inputs: LoadedInputs, spec: ModelSpec, args: ToolArgs)
                 )
 
 
-def check_images(inputs: LoadedInputs, spec: ModelSpec, args: ToolArgs) -> None:
+def check_images(inputs: LoadedInputs, spec: ModelSpec, args: RequestArgs) -> None:
     check_image(inputs.image, spec.image_rules, argument=args.image_argument, model=spec.id)
     if inputs.end_image is not None:
         check_image(inputs.end_image, spec.image_rules, argument="end_image", model=spec.id)

@@ -22,11 +22,12 @@ from mcp.server import MCPServer
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.extension import Extension
 from mcp.types import CallToolRequestParams, CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import InvalidInput, StillmotionError, Unavailable
 from ..jobs.async_store import unavailable
 from ..jobs.store import JobRow
+from ..plan.arguments import Args as Args  # every tool module's argument base (re-exported)
 from ..plan.validation import did_you_mean
 from ..settings import Settings
 from .argerrors import argument_error, fit
@@ -42,12 +43,6 @@ A = TypeVar("A", bound=BaseModel)
 GEN_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=True)
 READ_ANNOTATIONS = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 CANCEL_ANNOTATIONS = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
-
-
-class Args(BaseModel):
-    """Base of every tool's argument model: unknown names are mistakes, never silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from ..catalog import MODELS
 from ..errors import Cancelled, ConfirmationRequired
 from ..http.users import Principal
 from ..http.users import current as current_asker
-from ..plan.validation import ToolArgs, plan_request
+from ..plan.arguments import RequestArgs
+from ..plan.validation import Plan
 from ..pricing import Cost
 from .results import CostInfo, JobResult
 
@@ -168,33 +169,27 @@ def _answer(result: Any, label: str) -> None:
 
 async def confirm(
     svc: Service,
-    args: ToolArgs,
+    tool: str,
+    plan: Plan,
     *,
     confirm_cost_usd: float | None,
     idempotency_key: str | None,
     asker: Asker,
 ) -> InputRequiredResult | None:
-    """None when the job may start. On a 2026-07-28 connection whose question is not answered yet,
-    the InputRequiredResult to return; on a 2025-era connection the person is asked right here.
-    Raises Cancelled (declined) or ConfirmationRequired (a client that cannot ask, unconfirmed)."""
+    """None when the job `plan` describes may start (the same plan is then submitted: planned once).
+    On a 2026-07-28 connection whose question is not answered yet, the InputRequiredResult to
+    return; on a 2025-era connection the person is asked right here. Raises Cancelled (declined)
+    or ConfirmationRequired (a client that cannot ask, unconfirmed)."""
     threshold = svc.settings.confirm_above_usd
     if threshold is None:
         return None
-    plan = plan_request(args, svc.settings)
-    cost = svc.estimate(plan, args.tool)
+    cost = svc.estimate(plan, tool)
     if not needs_confirmation(threshold, cost):
         return None
     if idempotency_key is not None and await svc.by_key(idempotency_key) is not None:
         return None  # a replay answers with the existing job: nothing new to pay for
-    for rule in (svc.budget_rule(), svc.user_budget_rule()):
-        if rule is None or cost.estimated_usd is None:
-            continue
-        if rule.user is None:
-            left = (await svc.db.spend(rule, rule.period))["budget"]["left_usd"]
-        else:
-            left = (await svc.db.spend(None, rule.period, user=rule.user, user_budget=rule))["budget"]["left_usd"]
-        if left is not None and cost.estimated_usd > left:
-            return None  # the budget refuses it anyway: do not ask the person for nothing
+    if cost.estimated_usd is not None and await svc.over_budget(cost.estimated_usd):
+        return None  # the budget refuses it anyway: do not ask the person for nothing
     label = job_label(plan.spec.id, plan.options, plan.duration)
     if not asker.can_elicit:
         _confirmed_by_argument(label, cost, confirm_cost_usd, threshold)
@@ -242,8 +237,8 @@ def _confirmed_by_argument(label: str, cost: Cost, confirm_cost_usd: float | Non
         )
 
 
-async def dry_run_result(svc: Service, args: ToolArgs) -> CallToolResult:
-    plan, cost, preview = await svc.dry_run(args)
+async def dry_run_result(svc: Service, args: RequestArgs, plan: Plan | None = None) -> CallToolResult:
+    plan, cost, preview = await svc.dry_run(args, plan)
     info = CostInfo(estimated_usd=cost.estimated_usd, basis=cost.basis, estimate=cost.estimate, actual_usd=None)
     confirm = needs_confirmation(svc.settings.confirm_above_usd, cost)
     res = DryRunResult(

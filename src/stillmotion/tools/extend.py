@@ -13,18 +13,18 @@ from __future__ import annotations
 import base64
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.to_thread
 from mcp.types import CallToolResult, InputRequiredResult
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ..catalog import MODELS, resolve_model_id
 from ..errors import InvalidInput
 from ..jobs.store import new_job_id
-from ..media.extend import last_frame_png
-from ..plan.arguments import WAIT_MAX_S
+from ..media.extend import facts_of, last_frame_png
+from ..plan.arguments import WAIT_MAX_S, RequestArgs
 from ..plan.requests import (
     KlingOptions,
     LocalOptions,
@@ -34,9 +34,9 @@ from ..plan.requests import (
     WanOptions,
     XaiOptions,
 )
-from ..plan.validation import ToolArgs, plan_request
+from ..plan.validation import Plan
 from ..providers.xai import check_native_source
-from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
+from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import GenerationResult
 from .generation import lean_controls, run_request
 from .join import MAX_CROSSFADE_S, keep_clip
@@ -46,7 +46,14 @@ DESCRIPTION = "The video then its continuation from its last frame, as one MP4 (
 _OTHER_OPTIONS = ("kling", "wan", "veo", "seedance", "local")
 
 
-class ExtendVideoArgs(Args):
+class ExtendVideoArgs(RequestArgs):
+    # The call's arguments, and (`continuing`) the continuation's request: the image-to-video of the
+    # kept source's last frame, planned and submitted like any generation tool's. (No docstring: it
+    # would become the schema's description.)
+
+    tool: ClassVar[str] = "extend_video"
+    image_argument: ClassVar[str] = "video"
+
     video: str = Field(min_length=1, description="Job id, path, URL or stillmotion:// video.")
     prompt: str | None = None
     model: str | None = None
@@ -63,6 +70,31 @@ class ExtendVideoArgs(Args):
     dry_run: bool = False
     confirm_cost_usd: float | None = Field(None, ge=0)
 
+    _source: StoredClip | None = PrivateAttr(None)
+    _frame: str | None = PrivateAttr(None)
+
+    def continuing(self, clip: StoredClip, frame_png: bytes, local: LocalOptions | None) -> ExtendVideoArgs:
+        """This request continuing `clip` (checked and kept) from its last frame, with `local`'s options."""
+        out = self.model_copy(update={"local": local})
+        out._source, out._frame = clip, "data:image/png;base64," + base64.b64encode(frame_png).decode("ascii")
+        return out
+
+    def start_frame(self) -> str:
+        assert self._frame is not None, "continuing() gives the start frame"
+        return self._frame
+
+    def source(self) -> StoredClip | None:
+        return self._source
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The source by its content (its kept copy's path differs per call), the frame under `video`."""
+        out = super().fingerprint()
+        if not self.crossfade_s:
+            out.pop("crossfade_s")
+        assert self._source is not None
+        out.update(video=self._frame, source={"source": self._source.source, "sha256": self._source.sha256})
+        return out
+
 
 def _local_defaults(clip: StoredClip) -> LocalOptions:
     """local/preview renders the continuation at the source's size class and rate, so the two join by stream copy."""
@@ -72,10 +104,10 @@ def _local_defaults(clip: StoredClip) -> LocalOptions:
     return LocalOptions.model_validate({"resolution": resolution, "fps": fps})
 
 
-async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> ToolArgs:
+async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> tuple[ExtendVideoArgs, Plan]:
     """The continuation as an image-to-video request from the source's last frame (checked, not sent)."""
     settings = call.service.settings
-    duration_s = clip.frame_count / float(eval_fps(clip.fps))
+    duration_s = float(facts_of(clip).duration)
     native = args.xai is not None and bool(args.xai.native)
     if native:
         check_native_source(duration_s)
@@ -91,24 +123,14 @@ async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> 
     mid = resolve_model_id(args.model or settings.default_model)
     if local is None and mid is not None and MODELS[mid].is_local:
         local = _local_defaults(clip)
-    request = ToolArgs(
-        tool="extend_video", model=args.model, prompt=args.prompt, duration=args.duration,
-        image="data:image/png;base64," + base64.b64encode(png).decode("ascii"), image_argument="video",
-        kling=args.kling, wan=args.wan, xai=args.xai, veo=args.veo, seedance=args.seedance, local=local,
-        source=clip, crossfade_s=args.crossfade_s,
-    )  # fmt: skip
-    plan = plan_request(request, settings)  # pure: the continuation's rules before anything is kept
+    request = args.continuing(clip, png, local)
+    plan = call.service.plan(request)  # pure: the continuation's rules before anything is kept
     if args.crossfade_s and args.crossfade_s >= plan.duration:
         raise InvalidInput(
             "crossfade_s", f"is {args.crossfade_s} s, not shorter than the {plan.duration} s continuation.",
             f"0 to {min(MAX_CROSSFADE_S, plan.duration)} seconds (less than the continuation)",
         )  # fmt: skip
-    return request
-
-
-def eval_fps(fps: str) -> float:
-    num, _, den = fps.partition("/")
-    return float(num) / float(den or 1)
+    return request, plan
 
 
 async def extend_video(args: ExtendVideoArgs, call: Call) -> CallToolResult | InputRequiredResult:
@@ -119,8 +141,8 @@ async def extend_video(args: ExtendVideoArgs, call: Call) -> CallToolResult | In
     keep = False
     try:
         clip = await keep_clip(svc, args.video, "video", folder / "source.mp4")
-        request = await build_request(args, call, clip)
-        result = await run_request(request, args, call, job_id=job_id)
+        request, plan = await build_request(args, call, clip)
+        result = await run_request(request, call, job_id=job_id, plan=plan)
         made = result.structured_content if isinstance(result, CallToolResult) else None
         keep = not args.dry_run and isinstance(made, dict) and made.get("job_id") == job_id
         return result
@@ -142,15 +164,5 @@ def _specialise(schema: JSON) -> JSON:
 
 
 def specs(build: Build) -> list[ToolSpec[Any]]:
-    return [
-        ToolSpec(
-            name="extend_video",
-            title="Extend video",
-            description=DESCRIPTION,
-            args=ExtendVideoArgs,
-            handler=extend_video,
-            annotations=GEN_ANNOTATIONS,
-            output=GenerationResult,
-            specialise=_specialise,
-        )
-    ]
+    return [ToolSpec(name="extend_video", title="Extend video", description=DESCRIPTION, args=ExtendVideoArgs,
+                     handler=extend_video, annotations=GEN_ANNOTATIONS, output=GenerationResult, specialise=_specialise)]

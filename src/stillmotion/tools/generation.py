@@ -19,9 +19,9 @@ from ..catalog import (
     model_ids_for_tool,
     models_for_tool,
 )
-from ..plan.arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
+from ..plan.arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs, RequestArgs
 from ..plan.requests import CameraConfig
-from ..plan.validation import ToolArgs, max_trajectory_points
+from ..plan.validation import Plan, max_trajectory_points
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
@@ -259,30 +259,32 @@ def specialise(tool: str, build: Build) -> Callable[[JSON], JSON]:
 
 
 async def run_generation(args: GenerationArgs, call: Call) -> CallToolResult | InputRequiredResult:
-    return await run_request(args.to_tool_args(), args, call)
+    return await run_request(args, call)
 
 
 async def run_request(
-    request: ToolArgs, args: Any, call: Call, job_id: str | None = None
+    args: RequestArgs, call: Call, job_id: str | None = None, plan: Plan | None = None
 ) -> CallToolResult | InputRequiredResult:
-    """A validated request through dry run, the cost confirmation, the job and the optional wait
-    (`args` carries dry_run, confirm_cost_usd, idempotency_key and wait_seconds)."""
+    """A validated request through dry run, the cost confirmation, the job and the optional wait.
+    It is planned once (`plan`, when the caller already planned it), for the confirmation and the job."""
     svc = call.service
     if args.dry_run:
-        return await dry_run_result(svc, request)
-    if call.request is not None:
+        return await dry_run_result(svc, args, plan)
+    if call.request is not None and svc.settings.confirm_above_usd is not None:
         ctx, params = call.request, call.params
         asker = Asker(
             ctx.protocol_version, ctx.session.client_capabilities, ctx.session, ctx.request_id,
             params.input_responses if params is not None else None,
             params.request_state if params is not None else None,
         )
+        plan = plan or svc.plan(args)
         ask = await confirm(
-            svc, request, confirm_cost_usd=args.confirm_cost_usd, idempotency_key=args.idempotency_key, asker=asker
-        )
+            svc, args.tool, plan, confirm_cost_usd=args.confirm_cost_usd, idempotency_key=args.idempotency_key,
+            asker=asker,
+        )  # fmt: skip
         if ask is not None:
             return ask  # 2026-07-28: the client asks the person and calls again with the answer
-    row = await svc.submit(request, idempotency_key=args.idempotency_key, job_id=job_id)
+    row = await svc.submit(args, idempotency_key=args.idempotency_key, plan=plan, job_id=job_id)
     if args.wait_seconds > 0:
         row = await svc.wait(row.id, args.wait_seconds, call.progress())
     return call_result(row, links=call.settings.resource_links, shell=call.shell, file_links=call.settings.file_links)

@@ -7,11 +7,8 @@ and last frame. The engine is `media/join.py` (stream copy when it can, re-encod
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import shutil
-import time
-from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,23 +18,22 @@ from mcp.types import CallToolResult
 from pydantic import Field
 
 from ..catalog import MODELS
-from ..errors import InvalidInput, Unavailable
-from ..jobs.async_store import unavailable
-from ..jobs.store import DuplicateIdempotencyKey, JobRow, args_fingerprint, new_job_id, validate_job_id
+from ..errors import InvalidInput
+from ..jobs.store import JobRow, args_fingerprint, validate_job_id
+from ..media.extend import facts_of
 from ..media.images import off_loop
-from ..media.join import ClipFacts, ClipRefused, crossfade_problem, decoded, measure_clip, planned_seconds
+from ..media.join import ClipRefused, crossfade_problem, decoded, measure_clip, planned_seconds
 from ..media.net import UrlGuard
 from ..media.publish import sha256_file
 from ..media.sources import save_media
 from ..plan.arguments import WAIT_MAX_S
 from ..plan.requests import GenerationRequest, LocalOptions, StoredClip
+from ..service import NewJob
 from .base import GEN_ANNOTATIONS, Args, Build, Call, ToolSpec
 from .results import JobResult, call_result
 
 if TYPE_CHECKING:
     from ..service import Service
-
-log = logging.getLogger(__name__)
 
 MIN_CLIPS, MAX_CLIPS = 2, 20
 MAX_CROSSFADE_S = 2.0
@@ -48,8 +44,9 @@ DESCRIPTION = "Join clips (job ids or videos) into one MP4 (free, local; the fir
 
 
 async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempotency_key: str | None) -> JobRow:
-    """Measure every clip (see `_keep_clip`), check every rule the join would fail on later, keep
-    copies, store and start the job. Every refusal is `invalid_input` naming the clip or argument."""
+    """Measure every clip (see `keep_clip`), check every rule the join would fail on later, keep
+    copies, store and start the job (`Service.create_job`). Every refusal is `invalid_input` naming
+    the clip or argument."""
     if not MIN_CLIPS <= len(clips) <= MAX_CLIPS:
         raise InvalidInput("clips", f"has {len(clips)} items.", f"{MIN_CLIPS} to {MAX_CLIPS} clips")
     if not 0 <= crossfade_s <= MAX_CROSSFADE_S:
@@ -57,73 +54,26 @@ async def submit_join(svc: Service, clips: list[str], crossfade_s: float, idempo
     for i, value in enumerate(clips):
         if "\x00" in value:
             raise InvalidInput(f"clips[{i}]", "holds a NUL byte; no job id, path or URL can.", CLIP_FORMS)
-    fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
-    if idempotency_key is not None:
-        existing = await svc.by_key(idempotency_key)
-        if existing is not None:
-            return _same_or_error(existing, fingerprint)
 
-    job_id = new_job_id()
-    folder = svc.settings.inputs_dir / job_id
-    sent = time.monotonic()
-    try:
+    async def prepare(job_id: str, folder: Path) -> NewJob:
         await anyio.to_thread.run_sync(functools.partial(folder.mkdir, parents=True, exist_ok=True))
         stored: list[StoredClip] = []
         for i, value in enumerate(clips):
-            stored.append(await _keep_clip(svc, value, i, folder, stored, crossfade_s))
-        facts = [_facts(c) for c in stored]
+            stored.append(await keep_clip(svc, value, f"clips[{i}]", folder / f"clip_{i}.mp4", stored, crossfade_s))
+        facts = [facts_of(c) for c in stored]
         problem = crossfade_problem(facts, crossfade_s)
         if problem is not None:
             raise InvalidInput("crossfade_s", f"{problem}.", "0 up to less than the shortest clip (see the message)")
         total_s = planned_seconds(facts, crossfade_s)
         _check_length(svc, total_s, len(clips) - 1)
         request = GenerationRequest(
-            tool="join_clips",
-            model="local/preview",
-            route="local",
-            duration=max(1, round(total_s)),
-            clips=stored,
-            crossfade_s=crossfade_s,
-            local=LocalOptions(),
-        )
-        row = await svc.db.create(
-            job_id=job_id,
-            tool="join_clips",
-            model="local/preview",
-            route="local",
-            request=request.model_dump(mode="json"),
-            args_hash=fingerprint,
-            idempotency_key=idempotency_key,
-            warnings=[],
-            owner=svc.runner.owner,
-            lease_s=svc.runner.lease_s,
-            user=svc.asker.user,
-            cost={"estimated_usd": 0.0, "basis": "join_clips: joined on this machine, free", "estimate": False},
-        )
-    except DuplicateIdempotencyKey:
-        await _remove(folder)
-        assert idempotency_key is not None
-        existing = await svc.by_key(idempotency_key)
-        assert existing is not None
-        return _same_or_error(existing, fingerprint)
-    except BaseException as exc:
-        await _remove(folder)
-        fault = unavailable(exc) if isinstance(exc, Exception) else None
-        if fault is not None:  # the store or the disk cannot take the job: nothing accepted, retry
-            raise Unavailable(f"the job was not accepted: {fault.message}") from exc
-        raise
-    log.info("job %s created for user %s: join_clips of %d clips", job_id, row.user_id, len(clips))
-    svc.runner.launch_new(row, leased_at=sent)
-    return row
+            tool="join_clips", model="local/preview", route="local", duration=max(1, round(total_s)), clips=stored,
+            crossfade_s=crossfade_s, local=LocalOptions(),
+        )  # fmt: skip
+        return NewJob(request, {"estimated_usd": 0.0, "basis": "join_clips: joined on this machine, free", "estimate": False}, [])
 
-
-async def _remove(folder: Path) -> None:
-    with anyio.CancelScope(shield=True):
-        await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, folder, ignore_errors=True))
-
-
-def _facts(c: StoredClip) -> ClipFacts:
-    return ClipFacts(Path(c.path), c.width, c.height, Fraction(c.fps), c.frame_count, c.has_audio, c.rotation)
+    fingerprint = args_fingerprint({"tool": "join_clips", "clips": clips, "crossfade_s": crossfade_s})
+    return await svc.create_job(fingerprint, idempotency_key, prepare)
 
 
 def _check_length(svc: Service, seconds: float, index: int, partial: bool = False) -> None:
@@ -136,23 +86,6 @@ def _check_length(svc: Service, seconds: float, index: int, partial: bool = Fals
             "(STILLMOTION_MAX_JOIN_SECONDS).",
             f"clips adding up to at most {limit:g} s",
         )
-
-
-def _same_or_error(existing: JobRow, fingerprint: str) -> JobRow:
-    if existing.args_hash != fingerprint:
-        raise InvalidInput(
-            "idempotency_key",
-            f"was already used for job {existing.id} with different arguments; the same key must come with "
-            "the same arguments (use a new key for a new request).",
-            f"the arguments of job {existing.id}, or a new key",
-        )
-    return existing
-
-
-async def _keep_clip(
-    svc: Service, value: str, i: int, folder: Path, before: list[StoredClip], crossfade_s: float
-) -> StoredClip:
-    return await keep_clip(svc, value, f"clips[{i}]", folder / f"clip_{i}.mp4", before, crossfade_s)
 
 
 async def keep_clip(
@@ -186,7 +119,7 @@ async def keep_clip(
     max_pixels = MODELS["local/preview"].image_rules.max_pixels
     try:
         facts = await off_loop(measure_clip, dest, max_pixels=max_pixels, decode=False)
-        so_far = float(sum(_facts(c).duration for c in before) + facts.duration) - crossfade_s * len(before)
+        so_far = float(sum(facts_of(c).duration for c in before) + facts.duration) - crossfade_s * len(before)
         _check_length(svc, so_far, i, partial=True)
         if not own:
             facts = await off_loop(decoded, facts, max_pixels)
@@ -243,14 +176,5 @@ async def join_clips(args: JoinClipsArgs, call: Call) -> CallToolResult:
 
 
 def specs(build: Build) -> list[ToolSpec[Any]]:
-    return [
-        ToolSpec(
-            name="join_clips",
-            title="Join clips",
-            description=DESCRIPTION,
-            args=JoinClipsArgs,
-            handler=join_clips,
-            annotations=GEN_ANNOTATIONS,
-            output=JobResult,
-        )
-    ]
+    return [ToolSpec(name="join_clips", title="Join clips", description=DESCRIPTION, args=JoinClipsArgs,
+                     handler=join_clips, annotations=GEN_ANNOTATIONS, output=JobResult)]
