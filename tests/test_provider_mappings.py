@@ -23,7 +23,9 @@ from stillmotion.errors import (
     StillmotionError,
 )
 from stillmotion.plan.requests import GenerationRequest, StoredImage
+from stillmotion.providers._http import http_error
 from stillmotion.providers.base import JobContext, Provider, Status
+from stillmotion.providers.gateway import map_error
 from stillmotion.providers.kling import KlingProvider
 from stillmotion.providers.wan import WanProvider
 from stillmotion.providers.xai import XaiProvider
@@ -218,3 +220,37 @@ async def test_xai_error_table(
                            lambda _r: httpx.Response(http, json=body))
     assert type(err) is kind, (body, err)
     assert "x-unit" not in str(err)
+
+
+# -- the one HTTP fallback (after each provider's own table) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [(401, AuthError, False), (403, AuthError, False), (429, RateLimited, True), (503, ProviderError, True),
+     (418, ProviderError, False), (400, ProviderRejectedInput, False)],
+)
+def test_shared_http_fallback(status: int, kind: type[StillmotionError], retryable: bool) -> None:
+    err = http_error(status, "P: m", str(status), 4.0)
+    assert type(err) is kind and err.retryable is retryable and err.provider_code == str(status)
+    assert err.message == "P: m"
+    if kind is RateLimited or retryable:
+        assert err.retry_after == 4.0
+
+
+@pytest.mark.parametrize(("status", "kind", "retryable"),
+                         [(401, AuthError, False), (429, RateLimited, True), (503, ProviderError, True), (418, ProviderError, False)])
+async def test_every_route_falls_back_on_the_status_alone(
+    kling: Callable[[httpx.AsyncClient], Provider], wan: Callable[[httpx.AsyncClient], Provider],
+    xai: Callable[[httpx.AsyncClient], Provider], img: Path, status: int, kind: type[StillmotionError], retryable: bool,
+) -> None:
+    """An answer no provider table recognises (no code, a plain text body) reads the same on every route."""
+    bare: Answer = lambda _r: httpx.Response(status, text="nope", headers={"Retry-After": "3"})  # noqa: E731
+    for make, model, op in ((kling, "klingai/kling-v2.6-i2v", {"task_id": "t"}), (wan, "alibaba/wan-v2.6-i2v", {"task_id": "t"}),
+                            (xai, "xai/grok-imagine-video", {"request_id": "r"})):
+        err = await poll_error(make, job(model, img), op, bare)
+        assert type(err) is kind and err.retryable is retryable, (model, err)
+        if kind is RateLimited:
+            assert err.retry_after == 3.0
+    gw = map_error("nope", None, status, retry_after=3.0)
+    assert type(gw) is kind and gw.retryable is retryable

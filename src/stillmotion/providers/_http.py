@@ -14,7 +14,14 @@ from typing import Any
 
 import httpx
 
-from ..errors import AmbiguousSubmission, ProviderError
+from ..errors import (
+    AmbiguousSubmission,
+    AuthError,
+    ProviderError,
+    ProviderRejectedInput,
+    RateLimited,
+    StillmotionError,
+)
 from ..ops.metrics import observe_request
 
 API_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
@@ -154,6 +161,23 @@ async def _send(
         raise ProviderError(f"{method} {httpx.URL(url).path} failed: {type(exc).__name__}", retryable=True) from exc
     except httpx.HTTPError as exc:
         raise ProviderError(f"{method} {httpx.URL(url).path} failed: {type(exc).__name__}", retryable=True) from exc
+
+
+def http_error(status: int | None, text: str, code: str | None, retry_after: float | None = None) -> StillmotionError:
+    """The one fallback after a provider's own code table: what the HTTP status alone says.
+
+    401/403 -> AuthError, 429 -> RateLimited (honouring Retry-After), 408 and 5xx -> a retryable
+    ProviderError, 400/413/415/422 -> ProviderRejectedInput, anything else (or no status, as in a
+    streamed error event) -> a ProviderError that is not retried."""
+    if status in (401, 403):
+        return AuthError(text, provider_code=code)
+    if status == 429:
+        return RateLimited(text, provider_code=code, retry_after=retry_after)
+    if status is not None and (status >= 500 or status == 408):
+        return ProviderError(text, provider_code=code, retryable=True, retry_after=retry_after)
+    if status in (400, 413, 415, 422):
+        return ProviderRejectedInput(text, provider_code=code)
+    return ProviderError(text, provider_code=code)
 
 
 def json_body(resp: httpx.Response) -> Any:

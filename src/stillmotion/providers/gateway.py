@@ -56,7 +56,7 @@ from ..plan.requests import StoredImage
 from ..pricing import gateway_actual
 from ..scrub import scrub
 from . import kling, seedance, veo, wan, xai
-from ._http import json_body, retry_after_seconds, send
+from ._http import http_error, json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 
 SSE_PATH = "/video-model"
@@ -113,28 +113,26 @@ def map_error(
         text += f" [param: {param}]"
     code = etype or (str(status) if status else None)
     quota = any(w in low for w in _QUOTA_WORDS)
-    filtered = any(w in low for w in _FILTER_WORDS)
     if etype in ("insufficient_funds", "payment_required") or status == 402:
         return QuotaError(text, provider_code=code)
-    if etype == "authentication_error" or (etype is None and status == 401):
+    forbidden = etype == "forbidden" or (etype is None and status == 403)
+    limited = etype == "rate_limit_exceeded" or (etype is None and status == 429)
+    if (forbidden or limited) and quota:
+        return QuotaError(text, provider_code=code)  # a 403/429 that says the credits are gone
+    if etype in ("authentication_error", "forbidden"):
         return AuthError(text, provider_code=code)
-    if etype == "forbidden" or (etype is None and status == 403):
-        return QuotaError(text, provider_code=code) if quota else AuthError(text, provider_code=code)
-    if etype == "rate_limit_exceeded" or (etype is None and status == 429):
-        if quota:
-            return QuotaError(text, provider_code=code)
+    if etype == "rate_limit_exceeded":
         return RateLimited(text, provider_code=code, retry_after=retry_after)
-    if filtered:
+    identity = etype is None and status in (401, 403, 429)  # the fallback's auth / rate limit, before words
+    if not identity and any(w in low for w in _FILTER_WORDS):
         return ContentFiltered(text, provider_code=code)
-    if etype == "invalid_request_error" or (etype is None and status in (400, 422)):
+    if etype == "invalid_request_error":
         return ProviderRejectedInput(text, provider_code=code)
     if etype in ("model_not_found", "not_found"):
         return ProviderError(text, provider_code=code)
-    if etype in ("internal_server_error", "failed_dependency") or (
-        status is not None and (status >= 500 or status == 408)
-    ):
+    if etype in ("internal_server_error", "failed_dependency"):
         return ProviderError(text, provider_code=code, retryable=True, retry_after=retry_after)
-    return ProviderError(text, provider_code=code)
+    return http_error(status, text, code, retry_after)
 
 
 def describe_warning(w: Any) -> str:

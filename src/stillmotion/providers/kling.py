@@ -32,7 +32,7 @@ from ..media.net import path_segment
 from ..plan.requests import KlingOptions, KlingShot
 from ..pricing import kling_actual
 from ..scrub import register_derived
-from ._http import json_body, retry_after_seconds, send
+from ._http import http_error, json_body, retry_after_seconds, send
 from .base import (
     JobContext,
     ListedTask,
@@ -446,13 +446,7 @@ class KlingProvider(Provider):
                 return ConcurrencyLimited(text, provider_code=pcode, retry_after=max(1.0, retry_after or 1.0))
             if 5000 <= code <= 5002:
                 return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
-        if resp.status_code == 401:
-            return AuthError(text, provider_code=pcode)
-        if resp.status_code == 429:
-            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
-        if resp.status_code >= 500 or resp.status_code == 408:
-            return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
-        return ProviderError(text, provider_code=pcode)
+        return http_error(resp.status_code, text, pcode, retry_after)
 
     def _status(self, data: dict[str, Any]) -> Status:
         st = data.get("task_status")

@@ -31,8 +31,7 @@ from ..errors import (
 from ..media.net import path_segment
 from ..media.sources import AudioFacts, audio_facts
 from ..plan.requests import WanOptions
-from ..scrub import scrub
-from ._http import json_body, retry_after_seconds, send
+from ._http import http_error, json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 from .rules import Checked, OptionContext
 
@@ -213,19 +212,15 @@ class WanProvider(Provider):
             )
         raise self._error(resp, body)
 
-    def _scrub(self, text: str) -> str:
-        return scrub(text)  # the one scrubber: every credential and derived token
-
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         code = str(body.get("code") or "") if isinstance(body, dict) else ""
         message = str(body.get("message") or "") if isinstance(body, dict) else ""
-        message = self._scrub(message or resp.reason_phrase or f"HTTP {resp.status_code}")
+        message = message or resp.reason_phrase or f"HTTP {resp.status_code}"
         rid = body.get("request_id") if isinstance(body, dict) else None
         text = f"DashScope: {message} ({code or 'HTTP'} {resp.status_code}" + (
             f", request_id {rid})" if rid else ")"
         )
         pcode = code or str(resp.status_code)
-        status = resp.status_code
         retry_after = retry_after_seconds(resp)
         if code == "InvalidApiKey" or code.startswith("AccessDenied") or code.endswith(".AccessDenied"):
             return AuthError(text, provider_code=pcode)
@@ -239,15 +234,9 @@ class WanProvider(Provider):
             return ProviderRejectedInput(text, provider_code=pcode)
         if code == "ModelNotFound":
             return ProviderError(text, provider_code=pcode)
-        if code in RETRY_CODES or status >= 500 or status == 408:
+        if code in RETRY_CODES:
             return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
-        if status in (401, 403):
-            return AuthError(text, provider_code=pcode)
-        if status == 429:
-            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
-        if status == 400:
-            return ProviderRejectedInput(text, provider_code=pcode)
-        return ProviderError(text, provider_code=pcode)
+        return http_error(resp.status_code, text, pcode, retry_after)
 
     def _status(self, task_id: str, output: dict[str, Any]) -> Status:
         st = str(output.get("task_status") or "").upper()
@@ -264,12 +253,7 @@ class WanProvider(Provider):
             )
         if st in ("FAILED", "CANCELED"):
             code = str(output.get("code") or "")
-            message = self._scrub(
-                str(
-                    output.get("message")
-                    or ("the task was canceled" if st == "CANCELED" else "no reason given")
-                )
-            )
+            message = str(output.get("message") or ("the task was canceled" if st == "CANCELED" else "no reason given"))
             text = f"DashScope task {st.lower()}: {message}" + (f" ({code})" if code else "")
             err: StillmotionError
             if code in FILTER_CODES:

@@ -21,16 +21,13 @@ from ..errors import (
     InvalidInput,
     MissingCredentials,
     ProviderError,
-    ProviderRejectedInput,
     QuotaError,
-    RateLimited,
     StillmotionError,
 )
 from ..media.net import path_segment
 from ..plan.requests import XaiOptions
 from ..pricing import xai_actual
-from ..scrub import scrub
-from ._http import json_body, retry_after_seconds, send
+from ._http import http_error, json_body, retry_after_seconds, send
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 from .rules import Checked, OptionContext, check_catalog_choices
 
@@ -200,32 +197,22 @@ class XaiProvider(Provider):
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        return scrub(text)  # the one scrubber: every credential and derived token
-
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         message, code = _error_fields(body)
-        message = self._scrub(message or resp.reason_phrase or f"HTTP {resp.status_code}")
+        message = message or resp.reason_phrase or f"HTTP {resp.status_code}"
         status = resp.status_code
         text = f"xAI: {message} (HTTP {status})"
         pcode = code or str(status)
         lower = f"{message} {code or ''}".lower()
-        retry_after = retry_after_seconds(resp)
         if status in (402, 403, 429) and any(w in lower for w in _CREDIT_WORDS):
             return QuotaError(text, provider_code=pcode)
-        if status in (401, 403) or (status == 400 and any(w in lower for w in _KEY_WORDS)):
+        if status == 400 and any(w in lower for w in _KEY_WORDS):  # xAI answers a bad key with 400
             return AuthError(text, provider_code=pcode)
-        if status == 429:
-            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
         if status in (400, 422) and any(w in lower for w in _MODERATION_WORDS):
             return ContentFiltered(text, provider_code=pcode)
-        if status in (400, 413, 415, 422):
-            return ProviderRejectedInput(text, provider_code=pcode)
-        if status >= 500 or status == 408:
-            return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
         if status == 200:
             return ProviderError(f"xAI answered with an unreadable body: {resp.text[:200]!r}")
-        return ProviderError(text, provider_code=pcode)
+        return http_error(status, text, pcode, retry_after_seconds(resp))
 
     def _status(self, request_id: str, data: dict[str, Any]) -> Status:
         st = str(data.get("status") or "").lower()
@@ -238,7 +225,7 @@ class XaiProvider(Provider):
             )
         if st == "failed":
             message, code = _error_fields(data)
-            text = f"xAI video generation failed: {self._scrub(message or code or 'no reason given')}"
+            text = f"xAI video generation failed: {message or code or 'no reason given'}"
             err: StillmotionError
             if any(w in (message or "").lower() for w in _MODERATION_WORDS):
                 err = ContentFiltered(text, provider_code=code or "failed")
