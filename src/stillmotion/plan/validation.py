@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from ..catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
 from ..errors import InvalidInput
 from ..media.images import LoadedImage, check_image, rasterize_shape
+from ..providers.families import FAMILIES, OPTION_FIELDS
 from ..providers.local import IGNORED_WITH_SHOTS
 from ..providers.registry import REGISTRY
 from ..providers.rules import OptionContext
@@ -141,7 +142,7 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     warnings: list[str] = []
     feature = spec.features.get(tool)
     if feature is None:
-        if spec.provider == "klingai" and not settings.strict_capabilities:
+        if FAMILIES[spec.provider].capability_map and not settings.strict_capabilities:
             warnings.append(
                 f"{spec.id} is not listed for {tool} in Kling's capability map; sent anyway because "
                 "STILLMOTION_STRICT_CAPABILITIES=0. Kling may reject or ignore it."
@@ -153,7 +154,7 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
                 f"{spec.id} cannot serve {tool} (Kling's published capability map"
                 + (
                     "; set STILLMOTION_STRICT_CAPABILITIES=0 to send it anyway)."
-                    if spec.provider == "klingai"
+                    if FAMILIES[spec.provider].capability_map
                     else ")."
                 ),
                 capable,
@@ -163,10 +164,7 @@ def plan_request(args: ToolArgs, settings: Settings) -> Plan:
     # -- options objects: the model's own is used; others are ignored with a warning
     entry = REGISTRY[spec.provider]
     own_field = entry.field
-    given: dict[str, BaseModel | None] = {
-        "kling": args.kling, "wan": args.wan, "xai": args.xai, "veo": args.veo, "seedance": args.seedance,
-        "local": args.local,
-    }  # fmt: skip
+    given: dict[str, BaseModel | None] = {name: getattr(args, name) for name in OPTION_FIELDS.values()}
     for name, value in given.items():
         if value is not None and name != own_field:
             keys = sorted(_dump(value))

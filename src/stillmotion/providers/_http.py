@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -32,6 +32,16 @@ MAX_CONNECTIONS = 208
 #: (a socket probe of each idle one, a count of idle ones per idle one), so one pool of 200
 #: costs 1-4 ms of CPU per request once it is full; a shard of 8 costs a small part of that.
 SHARD_CONNECTIONS = 8
+
+
+class WireRequest(NamedTuple):
+    """One HTTP request as a provider sends it: what `Provider.create_request` returns, what its
+    `start` sends (`send_request`) and what the dry run shows (credential headers dropped)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
 
 
 class _Released(httpx.AsyncByteStream):
@@ -142,6 +152,11 @@ async def send(
         raise
     observe_request(kind, time.monotonic() - started, resp.status_code)
     return resp
+
+
+async def send_request(client: httpx.AsyncClient, request: WireRequest, *, creates: bool = True) -> httpx.Response:
+    """Send a `WireRequest` exactly as it is (a create, unless told otherwise)."""
+    return await send(client, request.method, request.url, headers=request.headers, json=request.body, creates=creates)
 
 
 async def _send(

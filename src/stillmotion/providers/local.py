@@ -30,6 +30,7 @@ from ..render import (
     working_size,
 )
 from .base import JobContext
+from .families import FAMILIES
 from .rules import Checked, OptionContext
 
 FPS = 24
@@ -37,6 +38,7 @@ SHOTS_WARNING = (
     "local/preview renders kling.shots as one camera move per shot with a cut between them: it shows the "
     "structure of the paid request, not its content (nothing is generated)."
 )
+FAMILY = FAMILIES["local"]
 IGNORED_WITH_SHOTS = frozenset({"shots", "shot_type"})
 
 

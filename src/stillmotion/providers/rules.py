@@ -84,6 +84,26 @@ def check_family_options(field_name: str, cls: type[OptionsT], given: OptionsT |
     return Checked(cls.model_validate(values), poll_interval_ms=poll_interval_ms, poll_timeout_ms=poll_timeout_ms)
 
 
+GatewayFields = dict[str, tuple[str, str, Any]]
+"""A direct family's wire field -> (where on the Gateway body: "top" or "po", its AI SDK name, conversion or None)."""
+
+
+def provider_options(**names: str) -> GatewayFields:
+    """Wire fields that go to `providerOptions.<key>` under another name, unconverted."""
+    return {ours: ("po", theirs, None) for ours, theirs in names.items()}
+
+
+def gateway_part(key: str, fields: dict[str, Any], table: GatewayFields, image: dict[str, Any]) -> dict[str, Any]:
+    """A direct family's own option fields renamed to the AI SDK's spelling: the top-level call options,
+    `providerOptions.<key>` and the start image."""
+    top: dict[str, Any] = {}
+    po: dict[str, Any] = {}
+    for name, value in fields.items():
+        where, theirs, convert = table[name]
+        (top if where == "top" else po)[theirs] = convert(value) if convert is not None else value
+    return {**top, "providerOptions": {key: po} if po else {}, "image": image}
+
+
 def call_options(opts: Any, sizes: dict[str, str]) -> dict[str, Any]:
     """The AI SDK's top-level call options of a family's object: `aspectRatio`, `resolution` (the
     tier as the WxH the SDK's provider maps back to it) and `seed`."""

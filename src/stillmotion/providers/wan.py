@@ -11,7 +11,7 @@ the job `interrupted` rather than risk paying twice.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
@@ -21,7 +21,6 @@ from ..errors import (
     ContentFiltered,
     Expired,
     InvalidInput,
-    MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
     QuotaError,
@@ -31,10 +30,12 @@ from ..errors import (
 from ..media.net import path_segment
 from ..media.sources import AudioFacts, audio_facts
 from ..plan.requests import WanOptions
-from ._http import http_error, json_body, retry_after_seconds, send
+from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
-from .rules import Checked, OptionContext
+from .families import FAMILIES
+from .rules import Checked, GatewayFields, OptionContext, gateway_part, provider_options
 
+FAMILY = FAMILIES["alibaba"]
 CREATE_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
 TASKS_PATH = "/api/v1/tasks"
 RESULT_TTL_S = 24 * 3600
@@ -126,38 +127,34 @@ def wire_options(job: JobContext) -> tuple[dict[str, Any], dict[str, Any]]:
 WAN_RESOLUTIONS = {"480P": "832x480", "720P": "1280x720", "1080P": "1920x1080"}
 """Wan tiers as the AI SDK's `resolution: "WxH"` (its Alibaba provider maps these back to the tier);
 the SDK's Alibaba provider drops unknown providerOptions keys, so seed and resolution go top-level."""
-#: direct field (input.* / parameters.*) -> (where on the Gateway body, its name there, conversion)
-GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
-    "negative_prompt": ("po", "negativePrompt", None),
-    "audio_url": ("po", "audioUrl", None),
-    "audio": ("po", "audio", None),
-    "prompt_extend": ("po", "promptExtend", None),
-    "watermark": ("po", "watermark", None),
-    "shot_type": ("po", "shotType", None),
+GATEWAY_FIELDS: GatewayFields = {
+    **provider_options(
+        negative_prompt="negativePrompt", audio_url="audioUrl", audio="audio", prompt_extend="promptExtend",
+        watermark="watermark", shot_type="shotType",
+    ),
     "seed": ("top", "seed", None),
     "resolution": ("top", "resolution", lambda v: WAN_RESOLUTIONS.get(v, v)),
 }
 
 
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """Wan's part of a Gateway body: `input.*` and `parameters.*` in the AI SDK's spelling."""
+    inputs, params = wire_options(job)
+    return gateway_part(FAMILY.name, {**inputs, **params}, GATEWAY_FIELDS, job.gateway_file(job.request.start_image))
+
+
 class WanProvider(Provider):
-    name = "alibaba"
+    name = FAMILY.name
     route = "direct"
 
-    def _key(self) -> str:
-        if self.settings.alibaba_api_key is None:
-            raise MissingCredentials("Alibaba Wan needs ALIBABA_API_KEY (or DASHSCOPE_API_KEY).")
-        return self.settings.alibaba_api_key.reveal()
-
-    def _headers(self, *, create: bool = False) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key()}"}
-        if create:
-            headers["Content-Type"] = "application/json"
-            headers["X-DashScope-Async"] = "enable"
-        return headers
+    create_headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json", "X-DashScope-Async": "enable"}
 
     # -- request body ----------------------------------------------------------------------
 
-    def build_body(self, job: JobContext) -> dict[str, Any]:
+    def create_request(self, job: JobContext) -> WireRequest:
+        return WireRequest("POST", self._base + CREATE_PATH, self._headers(create=True), self._body(job))
+
+    def _body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         inputs, params = wire_options(job)
@@ -171,15 +168,7 @@ class WanProvider(Provider):
     # -- interface -------------------------------------------------------------------------
 
     async def start(self, job: JobContext) -> StartResult:
-        body = self.build_body(job)
-        resp = await send(
-            self.client,
-            "POST",
-            self._base + CREATE_PATH,
-            headers=self._headers(create=True),
-            json=body,
-            creates=True,
-        )
+        resp = await send_request(self.client, self.create_request(job))
         output = self._output(resp)
         task_id = str(output.get("task_id") or "")
         if not task_id:

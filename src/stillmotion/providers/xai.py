@@ -19,7 +19,6 @@ from ..errors import (
     ContentFiltered,
     Expired,
     InvalidInput,
-    MissingCredentials,
     ProviderError,
     QuotaError,
     StillmotionError,
@@ -27,10 +26,12 @@ from ..errors import (
 from ..media.net import path_segment
 from ..plan.requests import XaiOptions
 from ..pricing import xai_actual
-from ._http import http_error, json_body, retry_after_seconds, send
+from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
-from .rules import Checked, OptionContext, check_catalog_choices
+from .families import FAMILIES
+from .rules import Checked, GatewayFields, OptionContext, check_catalog_choices, gateway_part
 
+FAMILY = FAMILIES["xai"]
 CREATE_PATH = "/videos/generations"
 EXTEND_PATH = "/videos/extensions"
 #: xAI's Video Extension (docs.x.ai, Model Capabilities > Video > Video Extension): an MP4 of 2-15 s
@@ -51,7 +52,7 @@ def check_options(given: XaiOptions | None, ctx: OptionContext) -> Checked[XaiOp
     warnings: list[str] = []
     if opts.native:
         return _check_native(opts, ctx)
-    check_catalog_choices("xai", opts.model_dump(exclude_none=True), ctx.spec)
+    check_catalog_choices(FAMILY.field, opts.model_dump(exclude_none=True), ctx.spec)
     if opts.aspect_ratio is not None:
         warnings.append(f"aspect_ratio {opts.aspect_ratio} stretches the input image to that shape.")
     resolved = opts.model_copy(
@@ -107,27 +108,20 @@ def wire_options(job: JobContext) -> dict[str, Any]:
     return body
 
 
-#: direct field -> (where on the Gateway body, its name there, conversion)
-GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
+GATEWAY_FIELDS: GatewayFields = {
     "aspect_ratio": ("top", "aspectRatio", None),
     "resolution": ("po", "resolution", None),
 }
 
 
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """xAI's part of a Gateway body: its own fields in the AI SDK's spelling."""
+    return gateway_part(FAMILY.name, wire_options(job), GATEWAY_FIELDS, job.gateway_file(job.request.start_image))
+
+
 class XaiProvider(Provider):
-    name = "xai"
+    name = FAMILY.name
     route = "direct"
-
-    def _key(self) -> str:
-        if self.settings.xai_api_key is None:
-            raise MissingCredentials("xAI needs XAI_API_KEY.")
-        return self.settings.xai_api_key.reveal()
-
-    def _headers(self, *, create: bool = False) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key()}"}
-        if create:
-            headers["Content-Type"] = "application/json"
-        return headers
 
     # -- request body ----------------------------------------------------------------------
 
@@ -136,7 +130,11 @@ class XaiProvider(Provider):
         req = job.request
         return req.tool == "extend_video" and req.xai is not None and bool(req.xai.native)
 
-    def build_body(self, job: JobContext) -> dict[str, Any]:
+    def create_request(self, job: JobContext) -> WireRequest:
+        path = EXTEND_PATH if self.native(job) else CREATE_PATH
+        return WireRequest("POST", self._base + path, self._headers(create=True), self._body(job))
+
+    def _body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         body: dict[str, Any] = {"model": spec.direct_name}
@@ -156,15 +154,7 @@ class XaiProvider(Provider):
     # -- interface -------------------------------------------------------------------------
 
     async def start(self, job: JobContext) -> StartResult:
-        body = self.build_body(job)
-        resp = await send(
-            self.client,
-            "POST",
-            self._base + (EXTEND_PATH if self.native(job) else CREATE_PATH),
-            headers=self._headers(create=True),
-            json=body,
-            creates=True,
-        )
+        resp = await send_request(self.client, self.create_request(job))
         data = json_body(resp)
         if resp.status_code != 200 or not isinstance(data, dict):
             raise self._error(resp, data)

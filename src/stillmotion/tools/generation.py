@@ -22,6 +22,7 @@ from ..catalog import (
 from ..plan.arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs
 from ..plan.requests import CameraConfig
 from ..plan.validation import ToolArgs, max_trajectory_points
+from ..providers.families import FAMILIES, OPTION_FIELDS
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
@@ -34,9 +35,7 @@ knobs (STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server), and 
 `seed`, rarely wanted and listed by list_models (options.seed) and the README: they cost every
 tool's schema tokens (the tool list's budget, docs/decisions.md)."""
 
-PROVIDER_NAMES = {
-    "klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "google": "Veo", "bytedance": "Seedance", "local": "local/preview"
-}  # fmt: skip
+PROVIDER_NAMES = {name: f.short for name, f in FAMILIES.items()}
 
 
 def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
@@ -149,7 +148,8 @@ def _prompt_maxima(models: list[ModelSpec]) -> str:
 
 
 def _short(m: ModelSpec) -> str:
-    return m.id.removeprefix("klingai/kling-").removesuffix("-i2v")
+    """`kling-v2.6-i2v` of family kling -> `v2.6`."""
+    return m.id.partition("/")[2].removeprefix(OPTION_FIELDS[m.provider] + "-").removesuffix("-i2v")
 
 
 def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
@@ -164,7 +164,11 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
         found: JSON = next(m for m in props[name]["anyOf"] if m.get("type") == "object")["properties"]
         return found
 
-    kling = [m for m in models if m.provider == "klingai"]
+    def family(name: str) -> list[ModelSpec]:
+        """This tool's models whose options object is `name`."""
+        return [m for m in models if OPTION_FIELDS[m.provider] == name]
+
+    kling = family("kling")
     k = fields_of("kling")
     if k is not None and kling:
         sound = [m for m in kling if m.sound and not (tool == "interpolate_frames" and m.interpolation_silent_only)]
@@ -183,25 +187,24 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
             if not keep:
                 k.pop(name, None)
     w = fields_of("wan")
-    wan = [m for m in models if m.provider == "alibaba"]
+    wan = family("wan")
     if w is not None and wan:
-        audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
+        audio = [m.id.partition("/")[2] for m in wan if m.audio]
         w["audio"]["description"] = f"{', '.join(audio)} only; default false."
         w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
     lo = fields_of("local")
     if lo is not None and tool != "animate_image":
         lo.pop("fps", None)  # still taken (24/25/30); listed where a frame rate matters most
     x = fields_of("xai")
-    xai = [m for m in models if m.provider == "xai"]
-    if x is not None and xai:
+    if x is not None and family("xai"):
         x.pop("native", None)  # extend_video only
-    for name, provider in (("veo", "google"), ("seedance", "bytedance")):
-        family = [m for m in models if m.provider == provider]
+    for name in ("veo", "seedance"):
+        served = family(name)
         obj = fields_of(name)
-        if obj is not None and family:
+        if obj is not None and served:
             if tool == "interpolate_frames":
                 obj.pop("aspect_ratio", None)  # the two frames give the shape; still taken
-            if not any(m.audio for m in family):
+            if not any(m.audio for m in served):
                 obj.pop("audio", None)
 
 
