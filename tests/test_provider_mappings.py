@@ -11,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from stillmotion.catalog import MODELS
 from stillmotion.errors import (
     AuthError,
     ConcurrencyLimited,
     ContentFiltered,
     Expired,
+    MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
     QuotaError,
@@ -27,8 +30,10 @@ from stillmotion.errors import (
 from stillmotion.plan.requests import GenerationRequest, StoredClip, StoredImage, XaiOptions
 from stillmotion.providers._http import WireRequest, http_error
 from stillmotion.providers.base import JobContext, Provider, Status
+from stillmotion.providers.families import FAMILIES
 from stillmotion.providers.gateway import GatewayProvider, map_error
 from stillmotion.providers.kling import KlingProvider
+from stillmotion.providers.registry import REGISTRY
 from stillmotion.providers.wan import WanProvider
 from stillmotion.providers.xai import XaiProvider
 from tests.conftest import SettingsFactory, write_image
@@ -351,3 +356,31 @@ async def test_gateway_create_request_is_what_start_sends(make_settings: Setting
         {"prompt": "x", "n": 1, "duration": 5, "providerOptions": {},
          "image": {"type": "file", "mediaType": "image/png", "data": _b64(img)}},
     )
+
+
+# -- each family's facts (providers/families.py) -------------------------------------------------
+
+
+def test_families_cover_the_catalog_and_the_registry() -> None:
+    assert {m.provider for m in MODELS.values()} <= set(FAMILIES)
+    assert list(REGISTRY) == list(FAMILIES)
+    assert all(REGISTRY[n].field == f.field for n, f in FAMILIES.items())
+    assert {n for n, e in REGISTRY.items() if e.direct is not None} == {n for n, f in FAMILIES.items() if f.direct}
+
+
+async def test_settings_read_each_familys_variables(make_settings: SettingsFactory) -> None:
+    s = make_settings(DASHSCOPE_API_KEY="d-unit", KLINGAI_ACCESS_KEY="a-unit", XAI_BASE_URL="https://x.test/v1/",
+                      STILLMOTION_MAX_RUNNING_ALIBABA="3", STILLMOTION_MAX_RUNNING_GATEWAY="2")
+    assert s.has_direct_key("alibaba") and s.keys["ALIBABA_API_KEY"].reveal() == "d-unit"
+    assert not s.has_direct_key("klingai")  # the access key alone is not enough
+    assert not s.has_direct_key("xai") and not s.has_direct_key("google") and s.gateway_api_key is None
+    assert s.base_urls["xai"] == "https://x.test/v1" and s.base_urls["klingai"] == "https://api-singapore.klingai.com"
+    assert s.max_running == {"alibaba": 3, "gateway": 2}
+    jwt_settings = make_settings(KLINGAI_ACCESS_KEY="a-unit", KLINGAI_SECRET_KEY="s-unit-0123456789abcdef0123456789abcdef")
+    assert jwt_settings.has_direct_key("klingai")
+    async with httpx.AsyncClient() as client:
+        token = KlingProvider(client, jwt_settings)._headers()["Authorization"].removeprefix("Bearer ")
+        claims = jwt.decode(token, "s-unit-0123456789abcdef0123456789abcdef", algorithms=["HS256"])
+        assert claims["iss"] == "a-unit"
+        with pytest.raises(MissingCredentials, match=r"Alibaba Wan needs ALIBABA_API_KEY \(or DASHSCOPE_API_KEY\)"):
+            WanProvider(client, jwt_settings).create_request(job("alibaba/wan-v2.6-i2v", Path(__file__)))

@@ -16,7 +16,7 @@ import httpx
 import jwt
 
 from .. import errors
-from ..catalog import MODELS
+from ..catalog import MODELS, ModelSpec
 from ..errors import InvalidInput, ProviderError, ProviderRejectedInput, StillmotionError
 from ..media.net import path_segment
 from ..plan.requests import KlingOptions, KlingShot
@@ -148,6 +148,29 @@ def check_options(given: KlingOptions | None, ctx: OptionContext) -> Checked[Kli
         poll_interval_ms=opts.poll_interval_ms,
         poll_timeout_ms=opts.poll_timeout_ms,
     )
+
+
+def _short(m: ModelSpec) -> str:
+    return m.id.removeprefix("klingai/kling-").removesuffix("-i2v")
+
+
+def schema(k: dict[str, Any], tool: str, kling: list[ModelSpec]) -> None:
+    """The `kling` object in a tool's schema: which of this tool's models take sound, cfg_scale, shots."""
+    sound = [m for m in kling if m.sound and not (tool == "interpolate_frames" and m.interpolation_silent_only)]
+    cfg = [m for m in kling if m.cfg_scale]
+    voices = [m for m in sound if m.voices]
+    if sound:
+        k["sound"]["description"] = "Audio on " + ", ".join(
+            _short(m) + ("" if set(m.sound) == set(m.modes) else " " + "|".join(m.sound)) for m in sound
+        ) + "; default off."
+    if cfg:
+        k["cfg_scale"]["description"] = f"Default 0.5; only {', '.join(_short(m) for m in cfg)}."
+    shots = [m for m in kling if m.shots] if tool == "animate_image" else []  # local/preview previews them too
+    elements = shots
+    for name, keep in (("sound", sound), ("voices", voices), ("cfg_scale", cfg), ("mode", any(m.modes for m in kling)),
+                       ("shots", shots), ("shot_type", shots), ("elements", elements)):  # fmt: skip
+        if not keep:
+            k.pop(name, None)
 
 
 def check_voice_refs(argument: str, text: str | None, n_voices: int) -> None:

@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..catalog import ModelSpec
 from ..errors import Cancelled, InvalidInput
 from ..media.images import decode_mask, decode_rgb
 from ..media.join import ClipFacts, can_stream_copy, join, planned_frames
@@ -59,6 +61,11 @@ def check_options(given: LocalOptions | None, ctx: OptionContext) -> Checked[Loc
         duration=total,
         kling_shots=KlingOptions(shots=kl.shots, shot_type="customize"),
     )
+
+
+def schema(lo: dict[str, Any], tool: str, models: list[ModelSpec]) -> None:
+    if tool != "animate_image":
+        lo.pop("fps", None)  # still taken (24/25/30); listed where a frame rate matters most
 
 
 def _fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

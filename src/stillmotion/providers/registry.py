@@ -17,7 +17,7 @@ from . import kling, local, seedance, veo, wan, xai
 from .base import Provider
 from .families import FAMILIES, Family
 from .gateway import GatewayProvider
-from .rules import Checked, OptionContext
+from .rules import Checked, OptionContext, SchemaHook, family_schema
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class ProviderEntry:
     check: Callable[[Any, OptionContext], Checked[Any]]
     direct: type[Provider] | None
     """The direct route's class (None: rendered locally, or served by the Gateway only)."""
+    schema: SchemaHook | None = None
+    """Tailors its options object in a tool's JSON schema to the catalog (`rules.SchemaHook`)."""
 
     @property
     def name(self) -> str:
@@ -43,12 +45,12 @@ class ProviderEntry:
 REGISTRY: dict[str, ProviderEntry] = {
     e.name: e
     for e in (
-        ProviderEntry(kling.FAMILY, KlingOptions, kling.check_options, kling.KlingProvider),
-        ProviderEntry(wan.FAMILY, WanOptions, wan.check_options, wan.WanProvider),
-        ProviderEntry(xai.FAMILY, XaiOptions, xai.check_options, xai.XaiProvider),
-        ProviderEntry(veo.FAMILY, VeoOptions, veo.check_options, None),
-        ProviderEntry(seedance.FAMILY, SeedanceOptions, seedance.check_options, None),
-        ProviderEntry(local.FAMILY, LocalOptions, local.check_options, None),
+        ProviderEntry(kling.FAMILY, KlingOptions, kling.check_options, kling.KlingProvider, kling.schema),
+        ProviderEntry(wan.FAMILY, WanOptions, wan.check_options, wan.WanProvider, wan.schema),
+        ProviderEntry(xai.FAMILY, XaiOptions, xai.check_options, xai.XaiProvider, xai.schema),
+        ProviderEntry(veo.FAMILY, VeoOptions, veo.check_options, None, family_schema),
+        ProviderEntry(seedance.FAMILY, SeedanceOptions, seedance.check_options, None, family_schema),
+        ProviderEntry(local.FAMILY, LocalOptions, local.check_options, None, local.schema),
     )
 }
 assert list(REGISTRY) == list(FAMILIES), "every family in families.py has one entry, in the same order"

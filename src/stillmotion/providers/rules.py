@@ -9,6 +9,7 @@ main prompt that shots make unused).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -50,6 +51,11 @@ class Checked(Generic[OptionsT]):
     poll_timeout_ms: int | None = None
     kling_shots: KlingOptions | None = None
     """local/preview: the Kling shots it honours, stored as the request's `kling` object."""
+
+
+SchemaHook = Callable[[dict[str, Any], str, list[ModelSpec]], None]
+"""(the options object's JSON schema properties, the tool, this tool's models of the family) -> edits
+the properties in place: descriptions from the catalog, fields none of these models can use removed."""
 
 
 def check_catalog_choices(field_name: str, values: dict[str, object], spec: ModelSpec) -> None:
@@ -102,6 +108,15 @@ def gateway_part(key: str, fields: dict[str, Any], table: GatewayFields, image: 
         where, theirs, convert = table[name]
         (top if where == "top" else po)[theirs] = convert(value) if convert is not None else value
     return {**top, "providerOptions": {key: po} if po else {}, "image": image}
+
+
+def family_schema(props: dict[str, Any], tool: str, models: list[ModelSpec]) -> None:
+    """A Gateway-only family's object (Veo, Seedance): no aspect ratio between two frames, no audio
+    field where none of the models has sound (both still taken and checked)."""
+    if tool == "interpolate_frames":
+        props.pop("aspect_ratio", None)  # the two frames give the shape; still taken
+    if not any(m.audio for m in models):
+        props.pop("audio", None)
 
 
 def call_options(opts: Any, sizes: dict[str, str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import httpx
 
-from ..catalog import MODELS
+from ..catalog import MODELS, ModelSpec
 from ..errors import (
     AuthError,
     ContentFiltered,
@@ -86,6 +86,13 @@ def check_options(given: WanOptions | None, ctx: OptionContext) -> Checked[WanOp
         poll_interval_ms=opts.poll_interval_ms,
         poll_timeout_ms=opts.poll_timeout_ms,
     )
+
+
+def schema(w: dict[str, Any], tool: str, wan: list[ModelSpec]) -> None:
+    """The `wan` object in a tool's schema: which models take audio, the default resolution."""
+    audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
+    w["audio"]["description"] = f"{', '.join(audio)} only; default false."
+    w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
 
 
 def check_audio(data: bytes, argument: str = "wan.audio_url") -> AudioFacts:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from ..catalog import MODELS
+from ..catalog import MODELS, ModelSpec
 from ..errors import (
     AuthError,
     ContentFiltered,
@@ -59,6 +59,10 @@ def check_options(given: XaiOptions | None, ctx: OptionContext) -> Checked[XaiOp
         update={"resolution": opts.resolution or ctx.spec.default_resolution, "poll_interval_ms": None, "poll_timeout_ms": None}
     )
     return Checked(resolved, warnings, poll_interval_ms=opts.poll_interval_ms, poll_timeout_ms=opts.poll_timeout_ms)
+
+
+def schema(x: dict[str, Any], tool: str, models: list[ModelSpec]) -> None:
+    x.pop("native", None)  # extend_video only (its own schema keeps it)
 
 
 def _check_native(opts: XaiOptions, ctx: OptionContext) -> Checked[XaiOptions]:
