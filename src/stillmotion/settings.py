@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from .pricing import PriceBook, PriceFileError, load_price_book
-from .providers.families import ENDPOINTS, FAMILIES
+from .providers.families import ENDPOINTS, FAMILIES, GATEWAY
 from .scrub import register_secret
 
 if TYPE_CHECKING:
@@ -350,7 +350,7 @@ class Settings:
 
     @property
     def gateway_api_key(self) -> Secret | None:
-        return self.keys.get("AI_GATEWAY_API_KEY")
+        return self.keys.get(GATEWAY.keys[0][0])
 
     def trusted_origins(self) -> set[str]:
         """Origins of the configured base URLs: result downloads from them are allowed even on loopback."""

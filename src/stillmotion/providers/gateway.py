@@ -57,6 +57,7 @@ from ..scrub import scrub
 from . import kling, seedance, veo, wan, xai
 from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
+from .families import GATEWAY
 
 SSE_PATH = "/video-model"
 START_PATH = "/video-model/start"
@@ -163,7 +164,7 @@ def _video(videos: Any) -> VideoResult | StillmotionError:
 
 
 class GatewayProvider(Provider):
-    name = "gateway"
+    name = GATEWAY.name
     route = "gateway"
     create_note = "If the Gateway has no /video-model/start, the same body goes to /video-model as one streamed call."
 
