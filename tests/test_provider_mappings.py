@@ -4,27 +4,36 @@ one error of the tree out; the end-to-end tests keep what only they can show."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from stillmotion.catalog import MODELS
 from stillmotion.errors import (
     AuthError,
     ConcurrencyLimited,
     ContentFiltered,
     Expired,
+    MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
     QuotaError,
     RateLimited,
     StillmotionError,
 )
-from stillmotion.plan.requests import GenerationRequest, StoredImage
+from stillmotion.plan.requests import GenerationRequest, StoredClip, StoredImage, XaiOptions
+from stillmotion.providers._http import WireRequest, http_error
 from stillmotion.providers.base import JobContext, Provider, Status
+from stillmotion.providers.families import FAMILIES
+from stillmotion.providers.gateway import GatewayProvider, map_error
 from stillmotion.providers.kling import KlingProvider
+from stillmotion.providers.registry import REGISTRY
 from stillmotion.providers.wan import WanProvider
 from stillmotion.providers.xai import XaiProvider
 from tests.conftest import SettingsFactory, write_image
@@ -218,3 +227,160 @@ async def test_xai_error_table(
                            lambda _r: httpx.Response(http, json=body))
     assert type(err) is kind, (body, err)
     assert "x-unit" not in str(err)
+
+
+# -- the one HTTP fallback (after each provider's own table) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable"),
+    [(401, AuthError, False), (403, AuthError, False), (429, RateLimited, True), (503, ProviderError, True),
+     (418, ProviderError, False), (400, ProviderRejectedInput, False)],
+)
+def test_shared_http_fallback(status: int, kind: type[StillmotionError], retryable: bool) -> None:
+    err = http_error(status, "P: m", str(status), 4.0)
+    assert type(err) is kind and err.retryable is retryable and err.provider_code == str(status)
+    assert err.message == "P: m"
+    if kind is RateLimited or retryable:
+        assert err.retry_after == 4.0
+
+
+@pytest.mark.parametrize(("status", "kind", "retryable"),
+                         [(401, AuthError, False), (429, RateLimited, True), (503, ProviderError, True), (418, ProviderError, False)])
+async def test_every_route_falls_back_on_the_status_alone(
+    kling: Callable[[httpx.AsyncClient], Provider], wan: Callable[[httpx.AsyncClient], Provider],
+    xai: Callable[[httpx.AsyncClient], Provider], img: Path, status: int, kind: type[StillmotionError], retryable: bool,
+) -> None:
+    """An answer no provider table recognises (no code, a plain text body) reads the same on every route."""
+    bare: Answer = lambda _r: httpx.Response(status, text="nope", headers={"Retry-After": "3"})  # noqa: E731
+    for make, model, op in ((kling, "klingai/kling-v2.6-i2v", {"task_id": "t"}), (wan, "alibaba/wan-v2.6-i2v", {"task_id": "t"}),
+                            (xai, "xai/grok-imagine-video", {"request_id": "r"})):
+        err = await poll_error(make, job(model, img), op, bare)
+        assert type(err) is kind and err.retryable is retryable, (model, err)
+        if kind is RateLimited:
+            assert err.retry_after == 3.0
+    gw = map_error("nope", None, status, retry_after=3.0)
+    assert type(gw) is kind and gw.retryable is retryable
+
+
+# -- create_request: the one create request, shown by the dry run and sent by start() ------------
+
+
+def _b64(img: Path) -> str:
+    return base64.b64encode(img.read_bytes()).decode("ascii")
+
+
+async def create_and_start(
+    make: Callable[[httpx.AsyncClient], Provider], ctx: JobContext, answer: dict[str, Any]
+) -> tuple[WireRequest, httpx.Request]:
+    """(what create_request returns, what start() then sends) for one job."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=answer)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        provider = make(client)
+        wire = provider.create_request(ctx)
+        assert seen == []  # building the request sends nothing
+        await provider.start(ctx)
+    (request,) = seen
+    assert_sent(request, wire)
+    return wire, request
+
+
+def assert_sent(request: httpx.Request, wire: WireRequest) -> None:
+    assert (request.method, str(request.url)) == (wire.method, wire.url)
+    assert json.loads(request.content) == wire.body
+    for name, value in wire.headers.items():
+        assert request.headers[name] == value, name
+
+
+async def test_kling_create_request_is_what_start_sends(make_settings: SettingsFactory, img: Path) -> None:
+    settings = make_settings(KLINGAI_API_KEY="k-unit", KLINGAI_BASE_URL="https://kling.test/")
+    ctx = job("klingai/kling-v2.6-i2v", img)
+    wire, _ = await create_and_start(lambda c: KlingProvider(c, settings), ctx, {"code": 0, "data": {"task_id": "t1"}})
+    assert wire == WireRequest(
+        "POST", "https://kling.test/v1/videos/image2video",
+        {"Authorization": "Bearer k-unit", "Content-Type": "application/json"},
+        {"model_name": "kling-v2-6", "prompt": "x", "image": _b64(img), "duration": "5",
+         "external_task_id": "job_0123456789abcdef"},
+    )
+
+
+async def test_wan_create_request_is_what_start_sends(make_settings: SettingsFactory, img: Path) -> None:
+    settings = make_settings(ALIBABA_API_KEY="w-unit", ALIBABA_BASE_URL="https://dash.test")
+    ctx = job("alibaba/wan-v2.6-i2v", img)
+    answer = {"output": {"task_id": "t1", "task_status": "PENDING"}}
+    wire, _ = await create_and_start(lambda c: WanProvider(c, settings), ctx, answer)
+    assert wire == WireRequest(
+        "POST", "https://dash.test/api/v1/services/aigc/video-generation/video-synthesis",
+        {"Authorization": "Bearer w-unit", "Content-Type": "application/json", "X-DashScope-Async": "enable"},
+        {"model": "wan2.6-i2v", "input": {"prompt": "x", "img_url": "data:image/png;base64," + _b64(img)},
+         "parameters": {"duration": 5, "resolution": "720P"}},
+    )
+
+
+async def test_xai_create_request_is_what_start_sends_both_paths(make_settings: SettingsFactory, img: Path) -> None:
+    settings = make_settings(XAI_API_KEY="x-unit", XAI_BASE_URL="https://xai.test/v1")
+    ctx = job("xai/grok-imagine-video", img)
+    headers = {"Authorization": "Bearer x-unit", "Content-Type": "application/json"}
+    wire, _ = await create_and_start(lambda c: XaiProvider(c, settings), ctx, {"request_id": "r1"})
+    assert wire == WireRequest(
+        "POST", "https://xai.test/v1/videos/generations", headers,
+        {"model": "grok-imagine-video", "prompt": "x", "duration": 5, "resolution": "480p",
+         "image": {"url": "data:image/png;base64," + _b64(img)}},
+    )
+    clip = StoredClip(path=str(img), source="https://cdn.test/src.mp4", bytes=1, sha256="-", width=64, height=48,
+                      fps="24", frame_count=48, has_audio=False)
+    native = JobContext("job_0123456789abcdef", ctx.request.model_copy(
+        update={"tool": "extend_video", "xai": XaiOptions(native=True), "clips": [clip], "duration": 6}))
+    wire, _ = await create_and_start(lambda c: XaiProvider(c, settings), native, {"request_id": "r2"})
+    assert wire == WireRequest(
+        "POST", "https://xai.test/v1/videos/extensions", headers,
+        {"model": "grok-imagine-video", "prompt": "x", "duration": 6, "video": {"url": "https://cdn.test/src.mp4"}},
+    )
+
+
+async def test_gateway_create_request_is_what_start_sends(make_settings: SettingsFactory, img: Path) -> None:
+    settings = make_settings(AI_GATEWAY_API_KEY="g-unit", AI_GATEWAY_BASE_URL="https://gw.test/v4/ai")
+    ctx = job("klingai/kling-v2.6-i2v", img)
+    ctx.request.route = "gateway"
+    wire, _ = await create_and_start(lambda c: GatewayProvider(c, settings), ctx, {"operation": {"gatewayJobId": "g1"}})
+    assert wire == WireRequest(
+        "POST", "https://gw.test/v4/ai/video-model/start",
+        {"Authorization": "Bearer g-unit", "ai-gateway-protocol-version": "0.0.1", "ai-gateway-auth-method": "api-key",
+         "ai-video-model-specification-version": "4", "ai-model-id": "klingai/kling-v2.6-i2v",
+         "content-type": "application/json", "idempotency-key": "stillmotion_job_0123456789abcdef"},
+        {"prompt": "x", "n": 1, "duration": 5, "providerOptions": {},
+         "image": {"type": "file", "mediaType": "image/png", "data": _b64(img)}},
+    )
+
+
+# -- each family's facts (providers/families.py) -------------------------------------------------
+
+
+def test_families_cover_the_catalog_and_the_registry() -> None:
+    assert {m.provider for m in MODELS.values()} <= set(FAMILIES)
+    assert list(REGISTRY) == list(FAMILIES)
+    assert all(REGISTRY[n].field == f.field for n, f in FAMILIES.items())
+    assert {n for n, e in REGISTRY.items() if e.direct is not None} == {n for n, f in FAMILIES.items() if f.direct}
+
+
+async def test_settings_read_each_familys_variables(make_settings: SettingsFactory) -> None:
+    s = make_settings(DASHSCOPE_API_KEY="d-unit", KLINGAI_ACCESS_KEY="a-unit", XAI_BASE_URL="https://x.test/v1/",
+                      STILLMOTION_MAX_RUNNING_ALIBABA="3", STILLMOTION_MAX_RUNNING_GATEWAY="2")
+    assert s.has_direct_key("alibaba") and s.keys["ALIBABA_API_KEY"].reveal() == "d-unit"
+    assert not s.has_direct_key("klingai")  # the access key alone is not enough
+    assert not s.has_direct_key("xai") and not s.has_direct_key("google") and s.gateway_api_key is None
+    assert s.base_urls["xai"] == "https://x.test/v1" and s.base_urls["klingai"] == "https://api-singapore.klingai.com"
+    assert s.max_running == {"alibaba": 3, "gateway": 2}
+    jwt_settings = make_settings(KLINGAI_ACCESS_KEY="a-unit", KLINGAI_SECRET_KEY="s-unit-0123456789abcdef0123456789abcdef")
+    assert jwt_settings.has_direct_key("klingai")
+    async with httpx.AsyncClient() as client:
+        token = KlingProvider(client, jwt_settings)._headers()["Authorization"].removeprefix("Bearer ")
+        claims = jwt.decode(token, "s-unit-0123456789abcdef0123456789abcdef", algorithms=["HS256"])
+        assert claims["iss"] == "a-unit"
+        with pytest.raises(MissingCredentials, match=r"Alibaba Wan needs ALIBABA_API_KEY \(or DASHSCOPE_API_KEY\)"):
+            WanProvider(client, jwt_settings).create_request(job("alibaba/wan-v2.6-i2v", Path(__file__)))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import MODELS, resolve_model_id
+from .providers.families import FAMILIES
 
 CONDITIONS = ("route", "tool", "mode", "sound", "resolution", "audio", "voices")
 """The keys an entry may match on, in the order they are described."""
@@ -195,10 +196,9 @@ def request_features(model: str, route: str, tool: str, options: Mapping[str, An
     out: dict[str, Any] = {"route": route, "tool": tool}
     if spec is None:
         return out
-    if spec.provider == "klingai":
-        out["mode"] = options.get("mode")
-        out["sound"] = options.get("sound") or "off"
-        out["voices"] = bool(options.get("voices"))
+    basis = FAMILIES[spec.provider].price_basis
+    if basis is not None:
+        out.update(basis(options))
     if options.get("resolution") is not None:
         out["resolution"] = options.get("resolution")
     if spec.audio:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import platformdirs
 
 from .pricing import PriceBook, PriceFileError, load_price_book
+from .providers.families import ENDPOINTS, FAMILIES, GATEWAY
 from .scrub import register_secret
 
 if TYPE_CHECKING:
@@ -21,13 +22,12 @@ Route = Literal["auto", "direct", "gateway"]
 BudgetPeriod = Literal["day", "month", "total"]
 Transport = Literal["stdio", "http", "inproc"]
 
-DEFAULT_BASE_URLS = {
-    "klingai": "https://api-singapore.klingai.com",
-    "alibaba": "https://dashscope-intl.aliyuncs.com",
-    "xai": "https://api.x.ai/v1",
-    "gateway": "https://ai-gateway.vercel.sh/v4/ai",
-    "blob": "https://vercel.com/api/blob",
+BLOB_BASE_URL = ("VERCEL_BLOB_API_URL", "https://vercel.com/api/blob")
+BASE_URL_VARS = {
+    **{name: e.base_url for name, e in ENDPOINTS.items() if e.base_url is not None}, "blob": BLOB_BASE_URL
 }
+"""(variable, default) of every remote API's base URL: the direct families', the Gateway's, Blob's."""
+DEFAULT_BASE_URLS = {name: default for name, (_, default) in BASE_URL_VARS.items()}
 
 
 class Secret:
@@ -142,12 +142,7 @@ def _auth_url(env: Mapping[str, str], name: str) -> str | None:
     return raw
 
 
-MAX_RUNNING_VARS = {
-    "klingai": "STILLMOTION_MAX_RUNNING_KLINGAI",
-    "alibaba": "STILLMOTION_MAX_RUNNING_ALIBABA",
-    "xai": "STILLMOTION_MAX_RUNNING_XAI",
-    "gateway": "STILLMOTION_MAX_RUNNING_GATEWAY",
-}
+MAX_RUNNING_VARS = {name: e.max_running_var for name, e in ENDPOINTS.items() if e.max_running_var}
 """Concurrency caps: the key is the catalog provider for direct routes, or "gateway"."""
 
 
@@ -162,12 +157,8 @@ class Settings:
     strict_capabilities: bool
     route: Route
     transport: Transport
-    kling_api_key: Secret | None = None
-    kling_access_key: Secret | None = None
-    kling_secret_key: Secret | None = None
-    alibaba_api_key: Secret | None = None
-    xai_api_key: Secret | None = None
-    gateway_api_key: Secret | None = None
+    keys: dict[str, Secret] = field(default_factory=dict)
+    """The providers' credentials, each named by its first variable (`families.Family.keys`)."""
     base_urls: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BASE_URLS))
     http_token: Secret | None = None
     poll_interval_ms: int = 5000
@@ -264,16 +255,13 @@ class Settings:
         if route_raw not in ("auto", "direct", "gateway"):
             raise ValueError(f"STILLMOTION_ROUTE must be auto, direct or gateway, got {route_raw!r}")
         base_urls = dict(DEFAULT_BASE_URLS)
-        for key, var in (
-            ("klingai", "KLINGAI_BASE_URL"),
-            ("alibaba", "ALIBABA_BASE_URL"),
-            ("xai", "XAI_BASE_URL"),
-            ("gateway", "AI_GATEWAY_BASE_URL"),
-            ("blob", "VERCEL_BLOB_API_URL"),
-        ):
+        for key, (var, _) in BASE_URL_VARS.items():
             value = env.get(var, "").strip()
             if value:
                 base_urls[key] = value.rstrip("/")
+        keys = {
+            names[0]: secret for e in ENDPOINTS.values() for names in e.keys if (secret := _secret(env, *names)) is not None
+        }
         hold = env.get("STILLMOTION_TEST_HOLD_FILE", "").strip()
         try:
             prices = load_price_book(env.get("STILLMOTION_PRICES"))
@@ -311,12 +299,7 @@ class Settings:
             strict_capabilities=_flag(env, "STILLMOTION_STRICT_CAPABILITIES", True),
             route=route_raw,  # type: ignore[arg-type]
             transport=transport,
-            kling_api_key=_secret(env, "KLINGAI_API_KEY"),
-            kling_access_key=_secret(env, "KLINGAI_ACCESS_KEY"),
-            kling_secret_key=_secret(env, "KLINGAI_SECRET_KEY"),
-            alibaba_api_key=_secret(env, "ALIBABA_API_KEY", "DASHSCOPE_API_KEY"),
-            xai_api_key=_secret(env, "XAI_API_KEY"),
-            gateway_api_key=_secret(env, "AI_GATEWAY_API_KEY"),
+            keys=keys,
             base_urls=base_urls,
             http_token=_secret(env, "STILLMOTION_HTTP_TOKEN"),
             poll_interval_ms=_int(env, "STILLMOTION_POLL_INTERVAL_MS", 5000),
@@ -362,15 +345,12 @@ class Settings:
         )
 
     def has_direct_key(self, provider: str) -> bool:
-        if provider == "klingai":
-            return self.kling_api_key is not None or (
-                self.kling_access_key is not None and self.kling_secret_key is not None
-            )
-        if provider == "alibaba":
-            return self.alibaba_api_key is not None
-        if provider == "xai":
-            return self.xai_api_key is not None
-        return False
+        family = FAMILIES.get(provider)
+        return family is not None and any(all(n in self.keys for n in group) for group in family.credential_sets())
+
+    @property
+    def gateway_api_key(self) -> Secret | None:
+        return self.keys.get(GATEWAY.keys[0][0])
 
     def trusted_origins(self) -> set[str]:
         """Origins of the configured base URLs: result downloads from them are allowed even on loopback."""
@@ -388,10 +368,3 @@ class Settings:
     @property
     def inputs_dir(self) -> Path:
         return self.home / "inputs"
-
-
-DIRECT_KEY_VARS = {
-    "klingai": "KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY)",
-    "alibaba": "ALIBABA_API_KEY (or DASHSCOPE_API_KEY)",
-    "xai": "XAI_API_KEY",
-}

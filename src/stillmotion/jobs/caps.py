@@ -17,17 +17,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConcurrencyLimited
-from ..settings import MAX_RUNNING_VARS, Settings
+from ..providers.families import ENDPOINTS
+from ..settings import Settings
 
 CAP_RETRY_S = 1.0
-
-PROVIDER_NAMES = {"klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "gateway": "AI Gateway"}
-
 
 @dataclass(frozen=True)
 class RunningCap:
     name: str
-    """klingai | alibaba | xai | gateway"""
+    """A direct family or the Gateway (`providers/families.ENDPOINTS`)."""
     limit: int
     route: str
     """The route the counted jobs use: direct or gateway."""
@@ -35,9 +33,10 @@ class RunningCap:
     """The counted models (direct: that provider's catalog models); None = every model on the route."""
 
     def reached(self, running: int) -> CapReached:
-        var = MAX_RUNNING_VARS[self.name]
+        endpoint = ENDPOINTS[self.name]
+        var = endpoint.max_running_var
         return CapReached(
-            f"{running} of {self.limit} {PROVIDER_NAMES[self.name]} tasks are running across every server on this "
+            f"{running} of {self.limit} {endpoint.label} tasks are running across every server on this "
             f"job store ({var}={self.limit}); this job is sent when one finishes",
             retry_after=CAP_RETRY_S,
         )

@@ -21,11 +21,13 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
+from ..providers.families import ENDPOINTS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The classic text format, which every Prometheus 2.x and 3.x scrapes (what generate_latest writes)."""
 PROVIDER: contextvars.ContextVar[str] = contextvars.ContextVar("stillmotion_provider", default="other")
 """The provider label of the job the current task drives."""
-KNOWN_PROVIDERS = frozenset({"klingai", "alibaba", "xai", "gateway", "local"})
+KNOWN_PROVIDERS = frozenset({*ENDPOINTS, "local"})
 STATUSES = ("queued", "running", "downloading", "succeeded", "failed", "cancelled")
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no `*_created` series next to every counter (noise for dashboards)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalog import MODELS, ToolName
+from ..providers.families import OPTION_FIELDS
 from .requests import (
     CameraControl,
     DynamicMask,
@@ -149,4 +150,4 @@ class MotionBrushArgs(GenerationArgs):
 ARGS_BY_TOOL: dict[str, type[GenerationArgs]] = {
     cls.tool: cls for cls in (AnimateImageArgs, InterpolateFramesArgs, CameraMoveArgs, MotionBrushArgs)
 }
-OPTION_ARGUMENTS = ("kling", "wan", "xai", "veo", "seedance", "local")
+OPTION_ARGUMENTS = tuple(OPTION_FIELDS.values())

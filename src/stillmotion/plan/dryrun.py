@@ -1,7 +1,7 @@
 """The create request a job would send, built without sending anything (for `dry_run: true`).
 
-Each provider's body comes from its own `build_body` (the same function its `start` sends), so
-the preview and the real request cannot drift apart. Job-specific values are placeholders:
+Each provider's `create_request` builds it (the very request its `start` sends), so the preview
+and the real request cannot drift apart; credential headers are dropped. Job-specific values are placeholders:
 the job id is `<job_id>` (Kling's `external_task_id`, the Gateway's `idempotency-key`), and every
 base64 image is elided to `<base64 image: N bytes, sha256 PREFIX>`. `elide` applies the same
 replacement to a request that was really sent, so the two can be compared whole.
@@ -67,40 +67,15 @@ def preview_create_request(
     from ..catalog import MODELS
 
     provider = make_provider(client, settings, MODELS[request.model].provider, request.route)
-    ctx = PreviewContext(request, images)
-    body = provider.build_body(ctx)  # type: ignore[attr-defined]
-    base = settings.base_urls[provider.name].rstrip("/")
-    note = None
-    if request.route == "gateway":
-        from ..providers.gateway import PROTOCOL_HEADERS, START_PATH, idempotency_key
-
-        url = base + START_PATH
-        headers = {
-            **PROTOCOL_HEADERS,
-            "ai-model-id": provider.model_id(ctx),  # type: ignore[attr-defined]
-            "content-type": "application/json",
-            "idempotency-key": idempotency_key(JOB_ID),
-        }
-        note = "If the Gateway has no /video-model/start, the same body goes to /video-model as one streamed call."
-    elif provider.name == "klingai":
-        from ..providers.kling import PATH
-
-        url = base + PATH
-        headers = {"Content-Type": "application/json"}
-    elif provider.name == "alibaba":
-        from ..providers.wan import CREATE_PATH
-
-        url = base + CREATE_PATH
-        headers = {"Content-Type": "application/json", "X-DashScope-Async": "enable"}
-    else:
-        from ..providers.xai import CREATE_PATH as XAI_CREATE
-        from ..providers.xai import EXTEND_PATH, XaiProvider
-
-        url = base + (EXTEND_PATH if XaiProvider.native(ctx) else XAI_CREATE)
-        headers = {"Content-Type": "application/json"}
-    out: dict[str, Any] = {"method": "POST", "url": url, "headers": headers, "body": body}
-    if note:
-        out["note"] = note
+    method, url, headers, body = provider.create_request(PreviewContext(request, images))
+    out: dict[str, Any] = {
+        "method": method,
+        "url": url,
+        "headers": {k: v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS},
+        "body": body,
+    }
+    if provider.create_note:
+        out["note"] = provider.create_note
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from ..catalog import CAMERA_TYPES
+from ..providers.families import OPTION_FIELDS as OPTION_FIELDS  # catalog provider -> options field
 
 Strength = Annotated[float, Field(ge=-10, le=10)]
 PollInterval = Annotated[int, Field(ge=50, le=600_000)]
@@ -190,9 +191,6 @@ class LocalOptions(_Strict):
 
 
 ProviderOptionsField = Literal["kling", "wan", "xai", "veo", "seedance", "local"]
-OPTION_FIELDS: dict[str, str] = {
-    "klingai": "kling", "alibaba": "wan", "xai": "xai", "google": "veo", "bytedance": "seedance", "local": "local"
-}  # fmt: skip
 
 
 class StoredImage(BaseModel):

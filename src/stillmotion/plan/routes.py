@@ -10,13 +10,12 @@ from typing import Literal
 
 from ..catalog import GENERATION_TOOLS, MODELS, ModelSpec, model_ids_for_tool
 from ..errors import InvalidInput, MissingCredentials, StillmotionError
-from ..settings import DIRECT_KEY_VARS, Settings
+from ..providers.families import FAMILIES
+from ..settings import Settings
 
 RouteName = Literal["direct", "gateway", "local"]
-PROVIDER_LABEL = {
-    "klingai": "KlingAI", "alibaba": "Alibaba Wan", "xai": "xAI", "google": "Google Veo", "bytedance": "ByteDance Seedance",
-    "local": "the offline engine",
-}  # fmt: skip
+PROVIDER_LABEL = {name: f.label for name, f in FAMILIES.items()}
+DIRECT_KEY_VARS = {name: f.key_hint for name, f in FAMILIES.items() if f.direct}
 SHORT_TOOL = {"animate_image": "animate", "interpolate_frames": "interpolate", "camera_move": "camera", "motion_brush": "brush"}
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from ..catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
 from ..errors import InvalidInput
 from ..media.images import LoadedImage, check_image, rasterize_shape
+from ..providers.families import FAMILIES, OPTION_FIELDS
 from ..providers.local import IGNORED_WITH_SHOTS
 from ..providers.registry import REGISTRY
 from ..providers.rules import OptionContext
@@ -85,7 +86,7 @@ def plan_request(args: RequestArgs, settings: Settings) -> Plan:
     warnings: list[str] = []
     feature = spec.features.get(tool)
     if feature is None:
-        if spec.provider == "klingai" and not settings.strict_capabilities:
+        if FAMILIES[spec.provider].capability_map and not settings.strict_capabilities:
             warnings.append(
                 f"{spec.id} is not listed for {tool} in Kling's capability map; sent anyway because "
                 "STILLMOTION_STRICT_CAPABILITIES=0. Kling may reject or ignore it."
@@ -97,7 +98,7 @@ def plan_request(args: RequestArgs, settings: Settings) -> Plan:
                 f"{spec.id} cannot serve {tool} (Kling's published capability map"
                 + (
                     "; set STILLMOTION_STRICT_CAPABILITIES=0 to send it anyway)."
-                    if spec.provider == "klingai"
+                    if FAMILIES[spec.provider].capability_map
                     else ")."
                 ),
                 capable,

@@ -10,11 +10,18 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
-from ..errors import AmbiguousSubmission, ProviderError
+from ..errors import (
+    AmbiguousSubmission,
+    AuthError,
+    ProviderError,
+    ProviderRejectedInput,
+    RateLimited,
+    StillmotionError,
+)
 from ..ops.metrics import observe_request
 
 API_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=30.0)
@@ -25,6 +32,16 @@ MAX_CONNECTIONS = 208
 #: (a socket probe of each idle one, a count of idle ones per idle one), so one pool of 200
 #: costs 1-4 ms of CPU per request once it is full; a shard of 8 costs a small part of that.
 SHARD_CONNECTIONS = 8
+
+
+class WireRequest(NamedTuple):
+    """One HTTP request as a provider sends it: what `Provider.create_request` returns, what its
+    `start` sends (`send_request`) and what the dry run shows (credential headers dropped)."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: dict[str, Any]
 
 
 class _Released(httpx.AsyncByteStream):
@@ -137,6 +154,11 @@ async def send(
     return resp
 
 
+async def send_request(client: httpx.AsyncClient, request: WireRequest, *, creates: bool = True) -> httpx.Response:
+    """Send a `WireRequest` exactly as it is (a create, unless told otherwise)."""
+    return await send(client, request.method, request.url, headers=request.headers, json=request.body, creates=creates)
+
+
 async def _send(
     client: httpx.AsyncClient, method: str, url: str, *, headers: dict[str, str], json: Any | None, creates: bool,
     timeouts: httpx.Timeout,
@@ -154,6 +176,23 @@ async def _send(
         raise ProviderError(f"{method} {httpx.URL(url).path} failed: {type(exc).__name__}", retryable=True) from exc
     except httpx.HTTPError as exc:
         raise ProviderError(f"{method} {httpx.URL(url).path} failed: {type(exc).__name__}", retryable=True) from exc
+
+
+def http_error(status: int | None, text: str, code: str | None, retry_after: float | None = None) -> StillmotionError:
+    """The one fallback after a provider's own code table: what the HTTP status alone says.
+
+    401/403 -> AuthError, 429 -> RateLimited (honouring Retry-After), 408 and 5xx -> a retryable
+    ProviderError, 400/413/415/422 -> ProviderRejectedInput, anything else (or no status, as in a
+    streamed error event) -> a ProviderError that is not retried."""
+    if status in (401, 403):
+        return AuthError(text, provider_code=code)
+    if status == 429:
+        return RateLimited(text, provider_code=code, retry_after=retry_after)
+    if status is not None and (status >= 500 or status == 408):
+        return ProviderError(text, provider_code=code, retryable=True, retry_after=retry_after)
+    if status in (400, 413, 415, 422):
+        return ProviderRejectedInput(text, provider_code=code)
+    return ProviderError(text, provider_code=code)
 
 
 def json_body(resp: httpx.Response) -> Any:

@@ -3,6 +3,7 @@
 A provider is a mapping between a `GenerationRequest` and one HTTP API. It never sleeps, polls
 or retries: polling, retries, timeouts, idempotency and downloads live once, in `jobs/runner.py`.
 
+    create_request(job)     -> WireRequest(method, url, headers, body)   (start sends it; the dry run shows it)
     start(job)              -> StartResult(operation, provider_task_id, warnings[, completed])
     status(job, operation)  -> Status(pending | completed | failed, progress, video)
     recover(job)            -> StartResult | None   (after a crash or a lost create answer)
@@ -18,15 +19,17 @@ import base64
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
 
 from ..catalog import CAMERA_AXES
-from ..errors import StillmotionError
+from ..errors import MissingCredentials, StillmotionError
 from ..plan.requests import CameraControl, GenerationRequest, StoredClip, StoredImage
 from ..pricing import ActualCost
 from ..settings import Settings
+from ._http import WireRequest
+from .families import ENDPOINTS
 
 
 @dataclass
@@ -93,6 +96,14 @@ class JobContext:
         """Wan's and xAI's form: the original URL if there was one, else a data: URI."""
         return image.url or self.data_uri(image)
 
+    def gateway_file(self, image: StoredImage) -> dict[str, Any]:
+        """An image as the AI SDK takes it: `{type: url, url}`, else inline (`gateway_inline`)."""
+        return {"type": "url", "url": image.url} if image.url else self.gateway_inline(image)
+
+    def gateway_inline(self, image: StoredImage) -> dict[str, Any]:
+        """An image as the AI SDK's inline file: `{type: file, mediaType, data: <raw base64>}`."""
+        return {"type": "file", "mediaType": image.mime, "data": self.raw_b64(image)}
+
     def video_url_or_data_uri(self, clip: StoredClip) -> str:
         """A source video as xAI's extension takes it: its http(s) URL, else the MP4 as a data: URI."""
         if clip.source.startswith(("http://", "https://")):
@@ -127,6 +138,28 @@ class Provider(ABC):
     def _base(self) -> str:
         """The configured base URL of this route (`settings.base_urls` is keyed by provider name)."""
         return self.settings.base_urls[self.name].rstrip("/")
+
+    #: Headers besides the credentials: on a create request, and on every other request.
+    create_headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json"}
+    poll_headers: ClassVar[dict[str, str]] = {}
+
+    def _authorization(self) -> str:
+        """This route's (first) credential as a Bearer token; MissingCredentials names its variables."""
+        endpoint = ENDPOINTS[self.name]
+        secret = self.settings.keys.get(endpoint.keys[0][0])
+        if secret is None:
+            raise MissingCredentials(f"{endpoint.label} needs {endpoint.key_hint}.")
+        return f"Bearer {secret.reveal()}"
+
+    def _headers(self, *, create: bool = False) -> dict[str, str]:
+        return {"Authorization": self._authorization(), **(self.create_headers if create else self.poll_headers)}
+
+    #: A line the dry run adds to the create request it shows (None: nothing to add).
+    create_note: str | None = None
+
+    @abstractmethod
+    def create_request(self, job: JobContext) -> WireRequest:
+        """The create request `start` sends for this job, built without sending anything."""
 
     @abstractmethod
     async def start(self, job: JobContext) -> StartResult: ...

@@ -43,9 +43,10 @@ from ..errors import MissingCredentials, ProviderError, StillmotionError, Unavai
 from ..jobs.async_store import AsyncJobStore, StoreUnavailable
 from ..jobs.ownership import owner_is_gone
 from ..plan.requests import GenerationRequest, StoredAudio, StoredImage
-from ..settings import DIRECT_KEY_VARS, Settings
+from ..settings import Settings
 from ._http import API_TIMEOUT
 from .base import JobContext
+from .families import FAMILIES
 from .gateway import GatewayProvider
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def _inline_images(req: GenerationRequest) -> list[tuple[str, StoredImage]]:
     out: list[tuple[str, StoredImage]] = []
     if req.image is not None:
         out.append(("start_image" if req.tool == "interpolate_frames" else "image", req.image))
-    if MODELS[req.model].provider == "klingai":
+    if FAMILIES[MODELS[req.model].provider].gateway_inline_extras:
         if req.end_image is not None:
             out.append(("end_image", req.end_image))
         if req.static_mask is not None:
@@ -97,10 +98,10 @@ def needed_uploads(req: GenerationRequest, settings: Settings, gateway: GatewayP
     if req.route != "gateway":
         return needs
     inline = _inline_images(req)
-    if spec.provider == "alibaba":
+    if FAMILIES[spec.provider].gateway_urls_only:
         needs += [Need(a, img, "the Gateway's Wan route takes image URLs only") for a, img in inline]
     elif inline and gateway is not None:
-        size = len(json.dumps(gateway.build_body(JobContext("job_measure", req)), separators=(",", ":")))
+        size = len(json.dumps(gateway.create_request(JobContext("job_measure", req)).body, separators=(",", ":")))
         if size > settings.gateway_max_body_bytes:
             why = (
                 f"the Gateway request would be {size} bytes, over STILLMOTION_GATEWAY_MAX_BODY_BYTES="
@@ -119,7 +120,7 @@ def refusal(req: GenerationRequest, needs: list[Need]) -> MissingCredentials:
     )
     if req.route == "gateway" and any(not isinstance(n.target, StoredAudio) for n in needs):
         text += (
-            f", or use the direct route (STILLMOTION_ROUTE=direct with {DIRECT_KEY_VARS[spec.provider]}), "
+            f", or use the direct route (STILLMOTION_ROUTE=direct with {FAMILIES[spec.provider].key_hint}), "
             "which takes local images inline"
         )
     return MissingCredentials(text + ".")

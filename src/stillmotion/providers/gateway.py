@@ -31,6 +31,7 @@ Where each option goes (the references leave some of this open):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -45,19 +46,18 @@ from ..errors import (
     Interrupted,
     InvalidInput,
     JobTimeout,
-    MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
     QuotaError,
     RateLimited,
     StillmotionError,
 )
-from ..plan.requests import StoredImage
 from ..pricing import gateway_actual
 from ..scrub import scrub
 from . import kling, seedance, veo, wan, xai
-from ._http import json_body, retry_after_seconds, send
+from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
+from .families import GATEWAY
 
 SSE_PATH = "/video-model"
 START_PATH = "/video-model/start"
@@ -72,14 +72,10 @@ PROTOCOL_HEADERS = {
 STREAM_TIMEOUTS = httpx.Timeout(connect=10.0, read=300.0, write=60.0, pool=30.0)
 
 
-def rename_fields(fields: dict[str, Any], table: dict[str, tuple[str, str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A direct body's option fields -> (top-level call options, providerOptions) in the SDK's names."""
-    top: dict[str, Any] = {}
-    po: dict[str, Any] = {}
-    for name, value in fields.items():
-        where, theirs, convert = table[name]
-        (top if where == "top" else po)[theirs] = convert(value) if convert is not None else value
-    return top, po
+#: Each family the Gateway serves -> its part of the body, built in its own module.
+GATEWAY_PARTS: dict[str, Callable[[JobContext], dict[str, Any]]] = {
+    m.FAMILY.name: m.gateway_body for m in (kling, wan, xai, veo, seedance)
+}
 
 SSE_WARNING = (
     "the Vercel AI Gateway did not offer its resumable start/status endpoints, so this job ran as one "
@@ -113,28 +109,26 @@ def map_error(
         text += f" [param: {param}]"
     code = etype or (str(status) if status else None)
     quota = any(w in low for w in _QUOTA_WORDS)
-    filtered = any(w in low for w in _FILTER_WORDS)
     if etype in ("insufficient_funds", "payment_required") or status == 402:
         return QuotaError(text, provider_code=code)
-    if etype == "authentication_error" or (etype is None and status == 401):
+    forbidden = etype == "forbidden" or (etype is None and status == 403)
+    limited = etype == "rate_limit_exceeded" or (etype is None and status == 429)
+    if (forbidden or limited) and quota:
+        return QuotaError(text, provider_code=code)  # a 403/429 that says the credits are gone
+    if etype in ("authentication_error", "forbidden"):
         return AuthError(text, provider_code=code)
-    if etype == "forbidden" or (etype is None and status == 403):
-        return QuotaError(text, provider_code=code) if quota else AuthError(text, provider_code=code)
-    if etype == "rate_limit_exceeded" or (etype is None and status == 429):
-        if quota:
-            return QuotaError(text, provider_code=code)
+    if etype == "rate_limit_exceeded":
         return RateLimited(text, provider_code=code, retry_after=retry_after)
-    if filtered:
+    identity = etype is None and status in (401, 403, 429)  # the fallback's auth / rate limit, before words
+    if not identity and any(w in low for w in _FILTER_WORDS):
         return ContentFiltered(text, provider_code=code)
-    if etype == "invalid_request_error" or (etype is None and status in (400, 422)):
+    if etype == "invalid_request_error":
         return ProviderRejectedInput(text, provider_code=code)
     if etype in ("model_not_found", "not_found"):
         return ProviderError(text, provider_code=code)
-    if etype in ("internal_server_error", "failed_dependency") or (
-        status is not None and (status >= 500 or status == 408)
-    ):
+    if etype in ("internal_server_error", "failed_dependency"):
         return ProviderError(text, provider_code=code, retryable=True, retry_after=retry_after)
-    return ProviderError(text, provider_code=code)
+    return http_error(status, text, code, retry_after)
 
 
 def describe_warning(w: Any) -> str:
@@ -170,20 +164,12 @@ def _video(videos: Any) -> VideoResult | StillmotionError:
 
 
 class GatewayProvider(Provider):
-    name = "gateway"
+    name = GATEWAY.name
     route = "gateway"
+    create_note = "If the Gateway has no /video-model/start, the same body goes to /video-model as one streamed call."
 
-
-    def _headers(self, model_id: str, *, stream: bool = False, key: str | None = None) -> dict[str, str]:
-        secret = self.settings.gateway_api_key
-        if secret is None:
-            raise MissingCredentials("The Vercel AI Gateway route needs AI_GATEWAY_API_KEY.")
-        h = {
-            "Authorization": f"Bearer {secret.reveal()}",
-            **PROTOCOL_HEADERS,
-            "ai-model-id": model_id,
-            "content-type": "application/json",
-        }
+    def _gateway_headers(self, model_id: str, *, stream: bool = False, key: str | None = None) -> dict[str, str]:
+        h = {"Authorization": self._authorization(), **PROTOCOL_HEADERS, "ai-model-id": model_id, "content-type": "application/json"}
         if stream:
             h["accept"] = "text/event-stream"
         if key is not None:
@@ -191,7 +177,7 @@ class GatewayProvider(Provider):
         return h
 
     @staticmethod
-    def model_id(job: JobContext) -> str:
+    def _model_id(job: JobContext) -> str:
         spec = MODELS[job.request.model]
         if spec.gateway_id is None:
             raise InvalidInput(
@@ -201,55 +187,32 @@ class GatewayProvider(Provider):
 
     # -- request body ----------------------------------------------------------------------
 
-    @staticmethod
-    def _file(job: JobContext, image: StoredImage) -> dict[str, Any]:
-        if image.url:
-            return {"type": "url", "url": image.url}
-        return GatewayProvider._inline(job, image)
+    def create_request(self, job: JobContext) -> WireRequest:
+        """Flow B's start, keyed by the job (`idempotency-key`); flow A sends the same body."""
+        headers = self._gateway_headers(self._model_id(job), key=idempotency_key(job.job_id))
+        return WireRequest("POST", self._base + START_PATH, headers, self._body(job))
 
-    @staticmethod
-    def _inline(job: JobContext, image: StoredImage) -> dict[str, Any]:
-        return {"type": "file", "mediaType": image.mime, "data": job.raw_b64(image)}
-
-    def build_body(self, job: JobContext) -> dict[str, Any]:
-        """The direct provider's own mapping, renamed to the AI SDK's spelling (its module's GATEWAY_FIELDS);
-        the Gateway-only families (Veo, Seedance) build their part in their own module."""
+    def _body(self, job: JobContext) -> dict[str, Any]:
+        """The call options every family shares, then the family's own part (its module's `gateway_body`)."""
         req = job.request
-        spec = MODELS[req.model]
-        body: dict[str, Any] = {"prompt": req.prompt or "", "n": 1, "duration": req.duration}
-        if spec.provider == "google":
-            return {**body, **veo.gateway_body(job, lambda img: self._inline(job, img))}
-        if spec.provider == "bytedance":
-            return {**body, **seedance.gateway_body(job, lambda img: self._file(job, img))}
-        fields: dict[str, Any]
-        if spec.provider == "klingai":
-            fields, table, key = kling.wire_options(job), kling.GATEWAY_FIELDS, "klingai"
-        elif spec.provider == "alibaba":
-            inputs, params = wan.wire_options(job)
-            fields, table, key = {**inputs, **params}, wan.GATEWAY_FIELDS, "alibaba"
-        elif spec.provider == "xai":
-            fields, table, key = xai.wire_options(job), xai.GATEWAY_FIELDS, "xai"
-        else:  # pragma: no cover - validation never routes local models here
-            raise InvalidInput("model", f"{spec.id} is not served by the Vercel AI Gateway.")
-        top, po = rename_fields(fields, table)
-        body.update(top)
-        body["providerOptions"] = {key: po} if po else {}
-        body["image"] = self._file(job, req.start_image)
-        return body
+        part = GATEWAY_PARTS.get(MODELS[req.model].provider)
+        if part is None:  # pragma: no cover - validation never routes local models here
+            raise InvalidInput("model", f"{req.model} is not served by the Vercel AI Gateway.")
+        return {"prompt": req.prompt or "", "n": 1, "duration": req.duration, **part(job)}
 
     # -- interface -------------------------------------------------------------------------
 
     async def start(self, job: JobContext) -> StartResult:
-        body = self.build_body(job)
-        started = await self._start(job, body)
+        request = self.create_request(job)
+        started = await self._start(request)
         if started is not None:
             return started
-        return await self._generate_streamed(job, body)
+        return await self._generate_streamed(job, request.body)
 
     async def recover(self, job: JobContext) -> StartResult | None:
         """Repeat the start with the same idempotency key: the Gateway answers the same operation.
         Without the start endpoint (a streamed job) there is nothing to look up: None, never a new stream."""
-        return await self._start(job, self.build_body(job))
+        return await self._start(self.create_request(job))
 
     async def status(self, job: JobContext, operation: dict[str, Any]) -> Status:
         if operation.get("flow") != "start":
@@ -261,7 +224,7 @@ class GatewayProvider(Provider):
             self.client,
             "POST",
             self._base + STATUS_PATH,
-            headers=self._headers(self.model_id(job)),
+            headers=self._gateway_headers(self._model_id(job)),
             json={"operation": operation["operation"]},
         )
         body = json_body(resp)
@@ -288,16 +251,9 @@ class GatewayProvider(Provider):
 
     # -- flow B ----------------------------------------------------------------------------
 
-    async def _start(self, job: JobContext, body: dict[str, Any]) -> StartResult | None:
+    async def _start(self, request: WireRequest) -> StartResult | None:
         """POST /video-model/start; None when the Gateway has no such endpoint (404)."""
-        resp = await send(
-            self.client,
-            "POST",
-            self._base + START_PATH,
-            headers=self._headers(self.model_id(job), key=idempotency_key(job.job_id)),
-            json=body,
-            creates=True,
-        )
+        resp = await send_request(self.client, request)
         answer = json_body(resp)
         if resp.status_code in (404, 405):
             etype = _error_type(answer)
@@ -323,7 +279,7 @@ class GatewayProvider(Provider):
 
     async def _generate_streamed(self, job: JobContext, body: dict[str, Any]) -> StartResult:
         url = self._base + SSE_PATH
-        headers = self._headers(self.model_id(job), stream=True)
+        headers = self._gateway_headers(self._model_id(job), stream=True)
         limit = job.request.poll_timeout_ms / 1000
         event: dict[str, Any] | None = None
         try:

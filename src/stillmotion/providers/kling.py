@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import jwt
 
-from ..catalog import MODELS
-from ..errors import (
-    AuthError,
-    ConcurrencyLimited,
-    ContentFiltered,
-    InvalidInput,
-    MissingCredentials,
-    ProviderError,
-    ProviderRejectedInput,
-    QuotaError,
-    RateLimited,
-    StillmotionError,
-)
+from .. import errors
+from ..catalog import MODELS, ModelSpec
+from ..errors import InvalidInput, ProviderError, ProviderRejectedInput, StillmotionError
 from ..media.net import path_segment
 from ..plan.requests import KlingOptions, KlingShot
 from ..pricing import kling_actual
 from ..scrub import register_derived
-from ._http import json_body, retry_after_seconds, send
+from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import (
     JobContext,
     ListedTask,
@@ -43,8 +33,10 @@ from .base import (
     camera_payload,
     trajectory_payload,
 )
-from .rules import Checked, OptionContext
+from .families import FAMILIES
+from .rules import Checked, GatewayFields, OptionContext, gateway_part, provider_options
 
+FAMILY = FAMILIES["klingai"]
 PATH = "/v1/videos/image2video"
 RESULT_TTL_S = 30 * 24 * 3600
 _FILTER_WORDS = ("risk control", "safety", "sensitive", "inappropriate", "content policy", "violat")
@@ -56,6 +48,17 @@ SHOT_PROMPT_MAX = 512
 
 class _DuplicateExternalId(StillmotionError):
     pass
+
+
+CODE_ERRORS: dict[int, type[StillmotionError]] = {
+    **dict.fromkeys((1000, 1001, 1002, 1003, 1004, 1103, 1304), errors.AuthError),
+    **dict.fromkeys((1100, 1101, 1102), errors.QuotaError),
+    **dict.fromkeys((1200, 1201), ProviderRejectedInput),
+    **dict.fromkeys((1202, 1203), ProviderError),
+    **dict.fromkeys((1300, 1301), errors.ContentFiltered),
+}
+"""Kling's business codes -> the error tree; 1201 on a create (a duplicate external id), 1302 (rate),
+1303 (the concurrency limit) and 5000-5002 (retryable) are read apart, then the HTTP fallback."""
 
 
 # -- option rules (pure) ---------------------------------------------------------------------
@@ -145,6 +148,29 @@ def check_options(given: KlingOptions | None, ctx: OptionContext) -> Checked[Kli
         poll_interval_ms=opts.poll_interval_ms,
         poll_timeout_ms=opts.poll_timeout_ms,
     )
+
+
+def _short(m: ModelSpec) -> str:
+    return m.id.removeprefix("klingai/kling-").removesuffix("-i2v")
+
+
+def schema(k: dict[str, Any], tool: str, kling: list[ModelSpec]) -> None:
+    """The `kling` object in a tool's schema: which of this tool's models take sound, cfg_scale, shots."""
+    sound = [m for m in kling if m.sound and not (tool == "interpolate_frames" and m.interpolation_silent_only)]
+    cfg = [m for m in kling if m.cfg_scale]
+    voices = [m for m in sound if m.voices]
+    if sound:
+        k["sound"]["description"] = "Audio on " + ", ".join(
+            _short(m) + ("" if set(m.sound) == set(m.modes) else " " + "|".join(m.sound)) for m in sound
+        ) + "; default off."
+    if cfg:
+        k["cfg_scale"]["description"] = f"Default 0.5; only {', '.join(_short(m) for m in cfg)}."
+    shots = [m for m in kling if m.shots] if tool == "animate_image" else []  # local/preview previews them too
+    elements = shots
+    for name, keep in (("sound", sound), ("voices", voices), ("cfg_scale", cfg), ("mode", any(m.modes for m in kling)),
+                       ("shots", shots), ("shot_type", shots), ("elements", elements)):  # fmt: skip
+        if not keep:
+            k.pop(name, None)
 
 
 def check_voice_refs(argument: str, text: str | None, n_voices: int) -> None:
@@ -266,51 +292,50 @@ def _gateway_voices(voices: Any) -> Any:
     return [{"voice_id": v["voice_id"], "voiceId": v["voice_id"]} for v in voices]
 
 
-#: direct field -> (where on the Gateway body, its name there, value conversion or None)
-GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
-    "image_tail": ("po", "imageTail", None),
-    "negative_prompt": ("po", "negativePrompt", None),
-    "sound": ("po", "sound", None),
-    "cfg_scale": ("po", "cfgScale", None),
-    "mode": ("po", "mode", None),
-    "camera_control": ("po", "cameraControl", None),
-    "static_mask": ("po", "staticMask", None),
-    "dynamic_masks": ("po", "dynamicMasks", None),
-    "multi_shot": ("po", "multiShot", None),
-    "shot_type": ("po", "shotType", None),
-    "multi_prompt": ("po", "multiPrompt", None),
-    "element_list": ("po", "elementList", None),
+GATEWAY_FIELDS: GatewayFields = {
+    **provider_options(
+        image_tail="imageTail", negative_prompt="negativePrompt", sound="sound", cfg_scale="cfgScale", mode="mode",
+        camera_control="cameraControl", static_mask="staticMask", dynamic_masks="dynamicMasks", multi_shot="multiShot",
+        shot_type="shotType", multi_prompt="multiPrompt", element_list="elementList",
+    ),
     "voice_list": ("po", "voiceList", _gateway_voices),
     "watermark_info": ("po", "watermarkEnabled", lambda v: bool(v["enabled"])),
 }
 
 
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """Kling's part of a Gateway body: its own fields in the AI SDK's spelling."""
+    return gateway_part(FAMILY.name, wire_options(job), GATEWAY_FIELDS, job.gateway_file(job.request.start_image))
+
+
 class KlingProvider(Provider):
-    name = "klingai"
+    name = FAMILY.name
     route = "direct"
 
-    def _token(self) -> str:
-        s = self.settings
-        if s.kling_api_key is not None:
-            return s.kling_api_key.reveal()
-        if s.kling_access_key is not None and s.kling_secret_key is not None:
-            now = int(time.time())
-            token = jwt.encode(
-                {"iss": s.kling_access_key.reveal(), "exp": now + 1800, "nbf": now - 5},
-                s.kling_secret_key.reveal(),
-                algorithm="HS256",
-                headers={"alg": "HS256", "typ": "JWT"},
-            )
-            register_derived(token)  # an echoed JWT is scrubbed like the keys it was made from
-            return token
-        raise MissingCredentials("KlingAI needs KLINGAI_API_KEY (or KLINGAI_ACCESS_KEY + KLINGAI_SECRET_KEY).")
+    poll_headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json"}
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token()}", "Content-Type": "application/json"}
+    def _authorization(self) -> str:
+        """KLINGAI_API_KEY, else an HS256 JWT made from the access and secret keys (fresh each time)."""
+        keys = self.settings.keys
+        access, secret = keys.get("KLINGAI_ACCESS_KEY"), keys.get("KLINGAI_SECRET_KEY")
+        if "KLINGAI_API_KEY" in keys or access is None or secret is None:
+            return super()._authorization()
+        now = int(time.time())
+        token = jwt.encode(
+            {"iss": access.reveal(), "exp": now + 1800, "nbf": now - 5},
+            secret.reveal(),
+            algorithm="HS256",
+            headers={"alg": "HS256", "typ": "JWT"},
+        )
+        register_derived(token)  # an echoed JWT is scrubbed like the keys it was made from
+        return f"Bearer {token}"
 
     # -- request body ----------------------------------------------------------------------
 
-    def build_body(self, job: JobContext) -> dict[str, Any]:
+    def create_request(self, job: JobContext) -> WireRequest:
+        return WireRequest("POST", self._base + PATH, self._headers(create=True), self._body(job))
+
+    def _body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         body: dict[str, Any] = {"model_name": spec.direct_name}
@@ -325,8 +350,7 @@ class KlingProvider(Provider):
     # -- interface -------------------------------------------------------------------------
 
     async def start(self, job: JobContext) -> StartResult:
-        body = self.build_body(job)
-        resp = await send(self.client, "POST", self._base + PATH, headers=self._headers(), json=body, creates=True)
+        resp = await send_request(self.client, self.create_request(job))
         try:
             data = self._data(resp, creating=True)
         except _DuplicateExternalId as dup:
@@ -428,31 +452,18 @@ class KlingProvider(Provider):
         pcode = str(code) if code is not None else str(resp.status_code)
         retry_after = retry_after_seconds(resp)
         if isinstance(code, int):
-            if 1000 <= code <= 1004 or code in (1103, 1304):
-                return AuthError(text, provider_code=pcode)
-            if 1100 <= code <= 1102:
-                return QuotaError(text, provider_code=pcode)
             if code == 1201 and creating:
                 return _DuplicateExternalId(text, provider_code=pcode)
-            if code in (1200, 1201):
-                return ProviderRejectedInput(text, provider_code=pcode)
-            if code in (1202, 1203):
-                return ProviderError(text, provider_code=pcode)
-            if code in (1300, 1301):
-                return ContentFiltered(text, provider_code=pcode)
+            if code == 1303:  # the account's parallel-task limit: wait locally, a second at least
+                return errors.ConcurrencyLimited(text, provider_code=pcode, retry_after=max(1.0, retry_after or 1.0))
             if code == 1302:
-                return RateLimited(text, provider_code=pcode, retry_after=retry_after)
-            if code == 1303:
-                return ConcurrencyLimited(text, provider_code=pcode, retry_after=max(1.0, retry_after or 1.0))
+                return errors.RateLimited(text, provider_code=pcode, retry_after=retry_after)
             if 5000 <= code <= 5002:
                 return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
-        if resp.status_code == 401:
-            return AuthError(text, provider_code=pcode)
-        if resp.status_code == 429:
-            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
-        if resp.status_code >= 500 or resp.status_code == 408:
-            return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
-        return ProviderError(text, provider_code=pcode)
+            kind = CODE_ERRORS.get(code)
+            if kind is not None:
+                return kind(text, provider_code=pcode)
+        return http_error(resp.status_code, text, pcode, retry_after)
 
     def _status(self, data: dict[str, Any]) -> Status:
         st = data.get("task_status")
@@ -471,7 +482,7 @@ class KlingProvider(Provider):
             msg = str(data.get("task_status_msg") or "no reason given")
             err: StillmotionError
             if any(w in msg.lower() for w in _FILTER_WORDS):
-                err = ContentFiltered(f"Kling: {msg}")
+                err = errors.ContentFiltered(f"Kling: {msg}")
             else:
                 err = ProviderError(f"Kling task failed: {msg}")
             return Status("failed", error=err)

@@ -10,10 +10,12 @@ import time
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from ..catalog import ModelSpec
 from ..errors import Cancelled, InvalidInput
 from ..media.images import decode_mask, decode_rgb
 from ..media.join import ClipFacts, can_stream_copy, join, planned_frames
@@ -30,6 +32,7 @@ from ..render import (
     working_size,
 )
 from .base import JobContext
+from .families import FAMILIES
 from .rules import Checked, OptionContext
 
 FPS = 24
@@ -37,6 +40,7 @@ SHOTS_WARNING = (
     "local/preview renders kling.shots as one camera move per shot with a cut between them: it shows the "
     "structure of the paid request, not its content (nothing is generated)."
 )
+FAMILY = FAMILIES["local"]
 IGNORED_WITH_SHOTS = frozenset({"shots", "shot_type"})
 
 
@@ -57,6 +61,11 @@ def check_options(given: LocalOptions | None, ctx: OptionContext) -> Checked[Loc
         duration=total,
         kling_shots=KlingOptions(shots=kl.shots, shot_type="customize"),
     )
+
+
+def schema(lo: dict[str, Any], tool: str, models: list[ModelSpec]) -> None:
+    if tool != "animate_image":
+        lo.pop("fps", None)  # still taken (24/25/30); listed where a frame rate matters most
 
 
 def _fit_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:

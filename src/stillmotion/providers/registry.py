@@ -1,5 +1,6 @@
-"""The one provider registry: for each catalog provider, its options object, its option rules and
-its route classes. Validation, the service and the runner all look providers up here."""
+"""The one provider registry: for each catalog provider, its facts (`families.py`), its options
+object, its option rules and its route classes. Validation, the service and the runner all look
+providers up here; what must stay light (settings, `stillmotion models`) reads `families.py`."""
 
 from __future__ import annotations
 
@@ -14,33 +15,45 @@ from ..plan.requests import KlingOptions, LocalOptions, SeedanceOptions, VeoOpti
 from ..settings import Settings
 from . import kling, local, seedance, veo, wan, xai
 from .base import Provider
+from .families import FAMILIES, Family
 from .gateway import GatewayProvider
-from .rules import Checked, OptionContext
+from .rules import Checked, OptionContext, SchemaHook, family_schema
 
 
 @dataclass(frozen=True)
 class ProviderEntry:
-    name: str
-    """The catalog provider (klingai, alibaba, xai, local)."""
-    field: str
-    """Its options object: the tool argument and the stored request field (kling, wan, xai, local)."""
+    family: Family
+    """Its plain facts (`families.py`): name, labels, options field, keys, base URL, cap."""
     options: type[BaseModel]
     check: Callable[[Any, OptionContext], Checked[Any]]
     direct: type[Provider] | None
     """The direct route's class (None: rendered locally, or served by the Gateway only)."""
+    schema: SchemaHook | None = None
+    """Tailors its options object in a tool's JSON schema to the catalog (`rules.SchemaHook`)."""
+
+    @property
+    def name(self) -> str:
+        """The catalog provider (klingai, alibaba, xai, local, ...)."""
+        return self.family.name
+
+    @property
+    def field(self) -> str:
+        """Its options object: the tool argument and the stored request field (kling, wan, xai, local, ...)."""
+        return self.family.field
 
 
 REGISTRY: dict[str, ProviderEntry] = {
     e.name: e
     for e in (
-        ProviderEntry("klingai", "kling", KlingOptions, kling.check_options, kling.KlingProvider),
-        ProviderEntry("alibaba", "wan", WanOptions, wan.check_options, wan.WanProvider),
-        ProviderEntry("xai", "xai", XaiOptions, xai.check_options, xai.XaiProvider),
-        ProviderEntry("google", "veo", VeoOptions, veo.check_options, None),
-        ProviderEntry("bytedance", "seedance", SeedanceOptions, seedance.check_options, None),
-        ProviderEntry("local", "local", LocalOptions, local.check_options, None),
+        ProviderEntry(kling.FAMILY, KlingOptions, kling.check_options, kling.KlingProvider, kling.schema),
+        ProviderEntry(wan.FAMILY, WanOptions, wan.check_options, wan.WanProvider, wan.schema),
+        ProviderEntry(xai.FAMILY, XaiOptions, xai.check_options, xai.XaiProvider, xai.schema),
+        ProviderEntry(veo.FAMILY, VeoOptions, veo.check_options, None, family_schema),
+        ProviderEntry(seedance.FAMILY, SeedanceOptions, seedance.check_options, None, family_schema),
+        ProviderEntry(local.FAMILY, LocalOptions, local.check_options, None, local.schema),
     )
 }
+assert list(REGISTRY) == list(FAMILIES), "every family in families.py has one entry, in the same order"
 
 
 def make_provider(client: httpx.AsyncClient, settings: Settings, provider: str, route: str) -> Provider:

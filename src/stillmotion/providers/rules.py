@@ -9,6 +9,7 @@ main prompt that shots make unused).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -52,6 +53,11 @@ class Checked(Generic[OptionsT]):
     """local/preview: the Kling shots it honours, stored as the request's `kling` object."""
 
 
+SchemaHook = Callable[[dict[str, Any], str, list[ModelSpec]], None]
+"""(the options object's JSON schema properties, the tool, this tool's models of the family) -> edits
+the properties in place: descriptions from the catalog, fields none of these models can use removed."""
+
+
 def check_catalog_choices(field_name: str, values: dict[str, object], spec: ModelSpec) -> None:
     """`resolution`, `aspect_ratio` and `audio` of an options object against the model's catalog
     entry (one family's object serves models with different limits). Raises InvalidInput."""
@@ -82,6 +88,35 @@ def check_family_options(field_name: str, cls: type[OptionsT], given: OptionsT |
     if ctx.spec.audio:
         values.setdefault("audio", False)
     return Checked(cls.model_validate(values), poll_interval_ms=poll_interval_ms, poll_timeout_ms=poll_timeout_ms)
+
+
+GatewayFields = dict[str, tuple[str, str, Any]]
+"""A direct family's wire field -> (where on the Gateway body: "top" or "po", its AI SDK name, conversion or None)."""
+
+
+def provider_options(**names: str) -> GatewayFields:
+    """Wire fields that go to `providerOptions.<key>` under another name, unconverted."""
+    return {ours: ("po", theirs, None) for ours, theirs in names.items()}
+
+
+def gateway_part(key: str, fields: dict[str, Any], table: GatewayFields, image: dict[str, Any]) -> dict[str, Any]:
+    """A direct family's own option fields renamed to the AI SDK's spelling: the top-level call options,
+    `providerOptions.<key>` and the start image."""
+    top: dict[str, Any] = {}
+    po: dict[str, Any] = {}
+    for name, value in fields.items():
+        where, theirs, convert = table[name]
+        (top if where == "top" else po)[theirs] = convert(value) if convert is not None else value
+    return {**top, "providerOptions": {key: po} if po else {}, "image": image}
+
+
+def family_schema(props: dict[str, Any], tool: str, models: list[ModelSpec]) -> None:
+    """A Gateway-only family's object (Veo, Seedance): no aspect ratio between two frames, no audio
+    field where none of the models has sound (both still taken and checked)."""
+    if tool == "interpolate_frames":
+        props.pop("aspect_ratio", None)  # the two frames give the shape; still taken
+    if not any(m.audio for m in models):
+        props.pop("audio", None)
 
 
 def call_options(opts: Any, sizes: dict[str, str]) -> dict[str, Any]:

@@ -16,31 +16,30 @@ Wire (the AI SDK's ByteDance video model, provider key `bytedance`):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from ..catalog import MODELS
-from ..plan.requests import SeedanceOptions, StoredImage
+from ..plan.requests import SeedanceOptions
 from .base import JobContext
-from .rules import Checked, OptionContext, call_options, check_family_options
+from .families import FAMILIES
+from .rules import call_options, check_family_options
 
-KEY = "bytedance"
+FAMILY = FAMILIES["bytedance"]
+KEY = FAMILY.name
 RESOLUTIONS = {"480p": "864x480", "720p": "1280x720", "1080p": "1920x1080"}
 
 
-def check_options(given: SeedanceOptions | None, ctx: OptionContext) -> Checked[SeedanceOptions]:
-    return check_family_options("seedance", SeedanceOptions, given, ctx)
+check_options = partial(check_family_options, FAMILY.field, SeedanceOptions)
 
 
-def gateway_body(job: JobContext, file: Callable[[StoredImage], dict[str, Any]]) -> dict[str, Any]:
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """Seedance's part of a Gateway body."""
     req = job.request
     opts = req.seedance or SeedanceOptions()
-    body = call_options(opts, RESOLUTIONS)
     po: dict[str, Any] = {}
     if MODELS[req.model].audio:
         po["generateAudio"] = bool(opts.audio)
     if req.end_image is not None:
         po["lastFrameImage"] = job.url_or_data_uri(req.end_image)
-    body["providerOptions"] = {KEY: po} if po else {}
-    body["image"] = file(req.start_image)
-    return body
+    return {**call_options(opts, RESOLUTIONS), "providerOptions": {KEY: po} if po else {}, "image": job.gateway_file(req.start_image)}

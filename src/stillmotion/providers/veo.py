@@ -19,32 +19,36 @@ Wire (the AI SDK v4 call options the Gateway forwards to Vertex):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from ..plan.requests import StoredImage, VeoOptions
+from ..plan.requests import VeoOptions
 from .base import JobContext
-from .rules import Checked, OptionContext, call_options, check_family_options
+from .families import FAMILIES
+from .rules import call_options, check_family_options
 
+FAMILY = FAMILIES["google"]
 KEY = "vertex"
 RESOLUTIONS = {"720p": "1280x720", "1080p": "1920x1080"}
 
 
-def check_options(given: VeoOptions | None, ctx: OptionContext) -> Checked[VeoOptions]:
-    return check_family_options("veo", VeoOptions, given, ctx)
+check_options = partial(check_family_options, FAMILY.field, VeoOptions)
 
 
-def gateway_body(job: JobContext, inline: Callable[[StoredImage], dict[str, Any]]) -> dict[str, Any]:
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """Veo's part of a Gateway body (images always inline: Vertex ignores image URLs)."""
     req = job.request
     opts = req.veo or VeoOptions()
-    body = call_options(opts, RESOLUTIONS)
-    body["generateAudio"] = bool(opts.audio)
-    body["providerOptions"] = {KEY: {"negativePrompt": req.negative_prompt}} if req.negative_prompt else {}
-    first = inline(req.start_image)
+    first = job.gateway_inline(req.start_image)
+    body = {
+        **call_options(opts, RESOLUTIONS),
+        "generateAudio": bool(opts.audio),
+        "providerOptions": {KEY: {"negativePrompt": req.negative_prompt}} if req.negative_prompt else {},
+    }
     body["image"] = first
     if req.end_image is not None:
         body["frameImages"] = [
             {"frameType": "first_frame", "image": first},
-            {"frameType": "last_frame", "image": inline(req.end_image)},
+            {"frameType": "last_frame", "image": job.gateway_inline(req.end_image)},
         ]
     return body

@@ -11,17 +11,16 @@ the job `interrupted` rather than risk paying twice.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 
-from ..catalog import MODELS
+from ..catalog import MODELS, ModelSpec
 from ..errors import (
     AuthError,
     ContentFiltered,
     Expired,
     InvalidInput,
-    MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
     QuotaError,
@@ -31,11 +30,12 @@ from ..errors import (
 from ..media.net import path_segment
 from ..media.sources import AudioFacts, audio_facts
 from ..plan.requests import WanOptions
-from ..scrub import scrub
-from ._http import json_body, retry_after_seconds, send
+from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
-from .rules import Checked, OptionContext
+from .families import FAMILIES
+from .rules import Checked, GatewayFields, OptionContext, gateway_part, provider_options
 
+FAMILY = FAMILIES["alibaba"]
 CREATE_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
 TASKS_PATH = "/api/v1/tasks"
 RESULT_TTL_S = 24 * 3600
@@ -88,6 +88,13 @@ def check_options(given: WanOptions | None, ctx: OptionContext) -> Checked[WanOp
     )
 
 
+def schema(w: dict[str, Any], tool: str, wan: list[ModelSpec]) -> None:
+    """The `wan` object in a tool's schema: which models take audio, the default resolution."""
+    audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
+    w["audio"]["description"] = f"{', '.join(audio)} only; default false."
+    w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
+
+
 def check_audio(data: bytes, argument: str = "wan.audio_url") -> AudioFacts:
     """DashScope's audio_url rules (wav/mp3 by content, <= 15 MB, 3-30 s), before anything is sent.
     Decodes the container: call from a worker thread."""
@@ -127,38 +134,34 @@ def wire_options(job: JobContext) -> tuple[dict[str, Any], dict[str, Any]]:
 WAN_RESOLUTIONS = {"480P": "832x480", "720P": "1280x720", "1080P": "1920x1080"}
 """Wan tiers as the AI SDK's `resolution: "WxH"` (its Alibaba provider maps these back to the tier);
 the SDK's Alibaba provider drops unknown providerOptions keys, so seed and resolution go top-level."""
-#: direct field (input.* / parameters.*) -> (where on the Gateway body, its name there, conversion)
-GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
-    "negative_prompt": ("po", "negativePrompt", None),
-    "audio_url": ("po", "audioUrl", None),
-    "audio": ("po", "audio", None),
-    "prompt_extend": ("po", "promptExtend", None),
-    "watermark": ("po", "watermark", None),
-    "shot_type": ("po", "shotType", None),
+GATEWAY_FIELDS: GatewayFields = {
+    **provider_options(
+        negative_prompt="negativePrompt", audio_url="audioUrl", audio="audio", prompt_extend="promptExtend",
+        watermark="watermark", shot_type="shotType",
+    ),
     "seed": ("top", "seed", None),
     "resolution": ("top", "resolution", lambda v: WAN_RESOLUTIONS.get(v, v)),
 }
 
 
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """Wan's part of a Gateway body: `input.*` and `parameters.*` in the AI SDK's spelling."""
+    inputs, params = wire_options(job)
+    return gateway_part(FAMILY.name, {**inputs, **params}, GATEWAY_FIELDS, job.gateway_file(job.request.start_image))
+
+
 class WanProvider(Provider):
-    name = "alibaba"
+    name = FAMILY.name
     route = "direct"
 
-    def _key(self) -> str:
-        if self.settings.alibaba_api_key is None:
-            raise MissingCredentials("Alibaba Wan needs ALIBABA_API_KEY (or DASHSCOPE_API_KEY).")
-        return self.settings.alibaba_api_key.reveal()
-
-    def _headers(self, *, create: bool = False) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key()}"}
-        if create:
-            headers["Content-Type"] = "application/json"
-            headers["X-DashScope-Async"] = "enable"
-        return headers
+    create_headers: ClassVar[dict[str, str]] = {"Content-Type": "application/json", "X-DashScope-Async": "enable"}
 
     # -- request body ----------------------------------------------------------------------
 
-    def build_body(self, job: JobContext) -> dict[str, Any]:
+    def create_request(self, job: JobContext) -> WireRequest:
+        return WireRequest("POST", self._base + CREATE_PATH, self._headers(create=True), self._body(job))
+
+    def _body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         inputs, params = wire_options(job)
@@ -172,15 +175,7 @@ class WanProvider(Provider):
     # -- interface -------------------------------------------------------------------------
 
     async def start(self, job: JobContext) -> StartResult:
-        body = self.build_body(job)
-        resp = await send(
-            self.client,
-            "POST",
-            self._base + CREATE_PATH,
-            headers=self._headers(create=True),
-            json=body,
-            creates=True,
-        )
+        resp = await send_request(self.client, self.create_request(job))
         output = self._output(resp)
         task_id = str(output.get("task_id") or "")
         if not task_id:
@@ -213,19 +208,15 @@ class WanProvider(Provider):
             )
         raise self._error(resp, body)
 
-    def _scrub(self, text: str) -> str:
-        return scrub(text)  # the one scrubber: every credential and derived token
-
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         code = str(body.get("code") or "") if isinstance(body, dict) else ""
         message = str(body.get("message") or "") if isinstance(body, dict) else ""
-        message = self._scrub(message or resp.reason_phrase or f"HTTP {resp.status_code}")
+        message = message or resp.reason_phrase or f"HTTP {resp.status_code}"
         rid = body.get("request_id") if isinstance(body, dict) else None
         text = f"DashScope: {message} ({code or 'HTTP'} {resp.status_code}" + (
             f", request_id {rid})" if rid else ")"
         )
         pcode = code or str(resp.status_code)
-        status = resp.status_code
         retry_after = retry_after_seconds(resp)
         if code == "InvalidApiKey" or code.startswith("AccessDenied") or code.endswith(".AccessDenied"):
             return AuthError(text, provider_code=pcode)
@@ -239,15 +230,9 @@ class WanProvider(Provider):
             return ProviderRejectedInput(text, provider_code=pcode)
         if code == "ModelNotFound":
             return ProviderError(text, provider_code=pcode)
-        if code in RETRY_CODES or status >= 500 or status == 408:
+        if code in RETRY_CODES:
             return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
-        if status in (401, 403):
-            return AuthError(text, provider_code=pcode)
-        if status == 429:
-            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
-        if status == 400:
-            return ProviderRejectedInput(text, provider_code=pcode)
-        return ProviderError(text, provider_code=pcode)
+        return http_error(resp.status_code, text, pcode, retry_after)
 
     def _status(self, task_id: str, output: dict[str, Any]) -> Status:
         st = str(output.get("task_status") or "").upper()
@@ -264,12 +249,7 @@ class WanProvider(Provider):
             )
         if st in ("FAILED", "CANCELED"):
             code = str(output.get("code") or "")
-            message = self._scrub(
-                str(
-                    output.get("message")
-                    or ("the task was canceled" if st == "CANCELED" else "no reason given")
-                )
-            )
+            message = str(output.get("message") or ("the task was canceled" if st == "CANCELED" else "no reason given"))
             text = f"DashScope task {st.lower()}: {message}" + (f" ({code})" if code else "")
             err: StillmotionError
             if code in FILTER_CODES:

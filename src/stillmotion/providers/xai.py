@@ -13,27 +13,25 @@ from typing import Any
 
 import httpx
 
-from ..catalog import MODELS
+from ..catalog import MODELS, ModelSpec
 from ..errors import (
     AuthError,
     ContentFiltered,
     Expired,
     InvalidInput,
-    MissingCredentials,
     ProviderError,
-    ProviderRejectedInput,
     QuotaError,
-    RateLimited,
     StillmotionError,
 )
 from ..media.net import path_segment
 from ..plan.requests import XaiOptions
 from ..pricing import xai_actual
-from ..scrub import scrub
-from ._http import json_body, retry_after_seconds, send
+from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
-from .rules import Checked, OptionContext, check_catalog_choices
+from .families import FAMILIES
+from .rules import Checked, GatewayFields, OptionContext, check_catalog_choices, gateway_part
 
+FAMILY = FAMILIES["xai"]
 CREATE_PATH = "/videos/generations"
 EXTEND_PATH = "/videos/extensions"
 #: xAI's Video Extension (docs.x.ai, Model Capabilities > Video > Video Extension): an MP4 of 2-15 s
@@ -54,13 +52,17 @@ def check_options(given: XaiOptions | None, ctx: OptionContext) -> Checked[XaiOp
     warnings: list[str] = []
     if opts.native:
         return _check_native(opts, ctx)
-    check_catalog_choices("xai", opts.model_dump(exclude_none=True), ctx.spec)
+    check_catalog_choices(FAMILY.field, opts.model_dump(exclude_none=True), ctx.spec)
     if opts.aspect_ratio is not None:
         warnings.append(f"aspect_ratio {opts.aspect_ratio} stretches the input image to that shape.")
     resolved = opts.model_copy(
         update={"resolution": opts.resolution or ctx.spec.default_resolution, "poll_interval_ms": None, "poll_timeout_ms": None}
     )
     return Checked(resolved, warnings, poll_interval_ms=opts.poll_interval_ms, poll_timeout_ms=opts.poll_timeout_ms)
+
+
+def schema(x: dict[str, Any], tool: str, models: list[ModelSpec]) -> None:
+    x.pop("native", None)  # extend_video only (its own schema keeps it)
 
 
 def _check_native(opts: XaiOptions, ctx: OptionContext) -> Checked[XaiOptions]:
@@ -110,27 +112,20 @@ def wire_options(job: JobContext) -> dict[str, Any]:
     return body
 
 
-#: direct field -> (where on the Gateway body, its name there, conversion)
-GATEWAY_FIELDS: dict[str, tuple[str, str, Any]] = {
+GATEWAY_FIELDS: GatewayFields = {
     "aspect_ratio": ("top", "aspectRatio", None),
     "resolution": ("po", "resolution", None),
 }
 
 
+def gateway_body(job: JobContext) -> dict[str, Any]:
+    """xAI's part of a Gateway body: its own fields in the AI SDK's spelling."""
+    return gateway_part(FAMILY.name, wire_options(job), GATEWAY_FIELDS, job.gateway_file(job.request.start_image))
+
+
 class XaiProvider(Provider):
-    name = "xai"
+    name = FAMILY.name
     route = "direct"
-
-    def _key(self) -> str:
-        if self.settings.xai_api_key is None:
-            raise MissingCredentials("xAI needs XAI_API_KEY.")
-        return self.settings.xai_api_key.reveal()
-
-    def _headers(self, *, create: bool = False) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {self._key()}"}
-        if create:
-            headers["Content-Type"] = "application/json"
-        return headers
 
     # -- request body ----------------------------------------------------------------------
 
@@ -139,7 +134,11 @@ class XaiProvider(Provider):
         req = job.request
         return req.tool == "extend_video" and req.xai is not None and bool(req.xai.native)
 
-    def build_body(self, job: JobContext) -> dict[str, Any]:
+    def create_request(self, job: JobContext) -> WireRequest:
+        path = EXTEND_PATH if self.native(job) else CREATE_PATH
+        return WireRequest("POST", self._base + path, self._headers(create=True), self._body(job))
+
+    def _body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         body: dict[str, Any] = {"model": spec.direct_name}
@@ -159,15 +158,7 @@ class XaiProvider(Provider):
     # -- interface -------------------------------------------------------------------------
 
     async def start(self, job: JobContext) -> StartResult:
-        body = self.build_body(job)
-        resp = await send(
-            self.client,
-            "POST",
-            self._base + (EXTEND_PATH if self.native(job) else CREATE_PATH),
-            headers=self._headers(create=True),
-            json=body,
-            creates=True,
-        )
+        resp = await send_request(self.client, self.create_request(job))
         data = json_body(resp)
         if resp.status_code != 200 or not isinstance(data, dict):
             raise self._error(resp, data)
@@ -200,32 +191,22 @@ class XaiProvider(Provider):
 
     # -- answers ---------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        return scrub(text)  # the one scrubber: every credential and derived token
-
     def _error(self, resp: httpx.Response, body: Any) -> StillmotionError:
         message, code = _error_fields(body)
-        message = self._scrub(message or resp.reason_phrase or f"HTTP {resp.status_code}")
+        message = message or resp.reason_phrase or f"HTTP {resp.status_code}"
         status = resp.status_code
         text = f"xAI: {message} (HTTP {status})"
         pcode = code or str(status)
         lower = f"{message} {code or ''}".lower()
-        retry_after = retry_after_seconds(resp)
         if status in (402, 403, 429) and any(w in lower for w in _CREDIT_WORDS):
             return QuotaError(text, provider_code=pcode)
-        if status in (401, 403) or (status == 400 and any(w in lower for w in _KEY_WORDS)):
+        if status == 400 and any(w in lower for w in _KEY_WORDS):  # xAI answers a bad key with 400
             return AuthError(text, provider_code=pcode)
-        if status == 429:
-            return RateLimited(text, provider_code=pcode, retry_after=retry_after)
         if status in (400, 422) and any(w in lower for w in _MODERATION_WORDS):
             return ContentFiltered(text, provider_code=pcode)
-        if status in (400, 413, 415, 422):
-            return ProviderRejectedInput(text, provider_code=pcode)
-        if status >= 500 or status == 408:
-            return ProviderError(text, provider_code=pcode, retryable=True, retry_after=retry_after)
         if status == 200:
             return ProviderError(f"xAI answered with an unreadable body: {resp.text[:200]!r}")
-        return ProviderError(text, provider_code=pcode)
+        return http_error(status, text, pcode, retry_after_seconds(resp))
 
     def _status(self, request_id: str, data: dict[str, Any]) -> Status:
         st = str(data.get("status") or "").lower()
@@ -238,7 +219,7 @@ class XaiProvider(Provider):
             )
         if st == "failed":
             message, code = _error_fields(data)
-            text = f"xAI video generation failed: {self._scrub(message or code or 'no reason given')}"
+            text = f"xAI video generation failed: {message or code or 'no reason given'}"
             err: StillmotionError
             if any(w in (message or "").lower() for w in _MODERATION_WORDS):
                 err = ContentFiltered(text, provider_code=code or "failed")

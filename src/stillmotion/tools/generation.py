@@ -22,6 +22,8 @@ from ..catalog import (
 from ..plan.arguments import ARGS_BY_TOOL, OPTION_ARGUMENTS, GenerationArgs, RequestArgs
 from ..plan.requests import CameraConfig
 from ..plan.validation import Plan, max_trajectory_points
+from ..providers.families import FAMILIES
+from ..providers.registry import REGISTRY
 from ..render.camera import PAN_TILT_DEG_PER_UNIT, ROLL_DEG_PER_UNIT, TRANSLATION_FRACTION_PER_UNIT
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import Asker, GenerationResult, confirm, dry_run_result
@@ -34,9 +36,7 @@ knobs (STILLMOTION_POLL_INTERVAL_MS / _TIMEOUT_MS set them for the server), and 
 `seed`, rarely wanted and listed by list_models (options.seed) and the README: they cost every
 tool's schema tokens (the tool list's budget, docs/decisions.md)."""
 
-PROVIDER_NAMES = {
-    "klingai": "Kling", "alibaba": "Wan", "xai": "xAI", "google": "Veo", "bytedance": "Seedance", "local": "local/preview"
-}  # fmt: skip
+PROVIDER_NAMES = {name: f.short for name, f in FAMILIES.items()}
 
 
 def _durations(model: ModelSpec, tool: str) -> tuple[int, ...]:
@@ -148,12 +148,9 @@ def _prompt_maxima(models: list[ModelSpec]) -> str:
     return ", ".join(f"{'/'.join(ps)} {n}" for n, ps in by_max.items())
 
 
-def _short(m: ModelSpec) -> str:
-    return m.id.removeprefix("klingai/kling-").removesuffix("-i2v")
-
-
 def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
-    """Option fields from the catalog: which models take them (for this tool), their defaults.
+    """Option fields from the catalog: which models take them (for this tool), their defaults
+    (each family's `schema` hook in its provider module writes its own object's).
 
     Fields no model of this tool can use leave the schema; the server still refuses them with
     the reason (e.g. sound on camera_move, where no model serving it has sound)."""
@@ -164,46 +161,10 @@ def _option_fields(props: JSON, tool: str, models: list[ModelSpec]) -> None:
         found: JSON = next(m for m in props[name]["anyOf"] if m.get("type") == "object")["properties"]
         return found
 
-    kling = [m for m in models if m.provider == "klingai"]
-    k = fields_of("kling")
-    if k is not None and kling:
-        sound = [m for m in kling if m.sound and not (tool == "interpolate_frames" and m.interpolation_silent_only)]
-        cfg = [m for m in kling if m.cfg_scale]
-        voices = [m for m in sound if m.voices]
-        if sound:
-            k["sound"]["description"] = "Audio on " + ", ".join(
-                _short(m) + ("" if set(m.sound) == set(m.modes) else " " + "|".join(m.sound)) for m in sound
-            ) + "; default off."
-        if cfg:
-            k["cfg_scale"]["description"] = f"Default 0.5; only {', '.join(_short(m) for m in cfg)}."
-        shots = [m for m in kling if m.shots] if tool == "animate_image" else []  # local/preview previews them too
-        elements = shots
-        for name, keep in (("sound", sound), ("voices", voices), ("cfg_scale", cfg), ("mode", any(m.modes for m in kling)),
-                           ("shots", shots), ("shot_type", shots), ("elements", elements)):  # fmt: skip
-            if not keep:
-                k.pop(name, None)
-    w = fields_of("wan")
-    wan = [m for m in models if m.provider == "alibaba"]
-    if w is not None and wan:
-        audio = [m.id.removeprefix("alibaba/") for m in wan if m.audio]
-        w["audio"]["description"] = f"{', '.join(audio)} only; default false."
-        w["resolution"]["description"] = f"Default {wan[0].default_resolution}."
-    lo = fields_of("local")
-    if lo is not None and tool != "animate_image":
-        lo.pop("fps", None)  # still taken (24/25/30); listed where a frame rate matters most
-    x = fields_of("xai")
-    xai = [m for m in models if m.provider == "xai"]
-    if x is not None and xai:
-        x.pop("native", None)  # extend_video only
-    for name, provider in (("veo", "google"), ("seedance", "bytedance")):
-        family = [m for m in models if m.provider == provider]
-        obj = fields_of(name)
-        if obj is not None and family:
-            if tool == "interpolate_frames":
-                obj.pop("aspect_ratio", None)  # the two frames give the shape; still taken
-            if not any(m.audio for m in family):
-                obj.pop("audio", None)
-
+    for entry in REGISTRY.values():
+        obj, served = fields_of(entry.field), [m for m in models if m.provider == entry.name]
+        if obj is not None and served and entry.schema is not None:
+            entry.schema(obj, tool, served)
 
 def lean_controls(props: JSON) -> None:
     """The call controls' bounds that no caller trips by accident (a 200-character key, a negative
