@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from ..catalog import CAMERA_AXES, GENERATION_TOOLS, MODELS, ModelSpec, models_for_tool, resolve_model_id
 from ..errors import InvalidInput
 from ..media.images import LoadedImage, check_image, rasterize_shape
-from ..providers.families import FAMILIES, OPTION_FIELDS
+from ..providers.families import FAMILIES
 from ..providers.local import IGNORED_WITH_SHOTS
 from ..providers.registry import REGISTRY
 from ..providers.rules import OptionContext
