@@ -10,15 +10,10 @@ from typing import Any
 import pytest
 
 from stillmotion.catalog import MODELS
-from stillmotion.pricing import (
-    BUILT_IN,
-    PriceBook,
-    PriceFileError,
-    gateway_actual,
-    kling_actual,
-    load_price_book,
-    xai_actual,
-)
+from stillmotion.pricing import BUILT_IN, PriceBook, PriceFileError, load_price_book
+from stillmotion.providers.gateway import gateway_actual
+from stillmotion.providers.kling import kling_actual
+from stillmotion.providers.xai import xai_actual
 from stillmotion.settings import Settings
 
 # (model, route, mode, sound, resolution, audio) -> USD per second. Every other combination is unknown.

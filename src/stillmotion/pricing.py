@@ -119,8 +119,6 @@ BUILT_IN: tuple[Price, ...] = (
 KLING_USD_PER_UNIT: float | None = None
 """Kling bills in units (`final_unit_deduction`); the USD price of a unit depends on the account's
 resource pack and is published nowhere we can cite, so it comes only from the price file."""
-XAI_TICKS_PER_USD = 10_000_000_000
-"""xAI's `cost_in_usd_ticks`: 1 USD = 10^10 ticks (docs.x.ai/developers/cost-tracking)."""
 
 
 # -- the price book -----------------------------------------------------------------------------
@@ -177,16 +175,16 @@ class PriceBook:
         tag = "estimate" if price.estimate else "provider price"
         src = price.source or "no source given"
         origin = "price file" if price.user else "built-in"
-        return Cost(_round(usd), f"{label}: {how} ({tag}, {origin}; source: {src})", estimate=price.estimate)
+        return Cost(round_usd(usd), f"{label}: {how} ({tag}, {origin}; source: {src})", estimate=price.estimate)
 
     def kling_units_usd(self, units: float) -> float | None:
-        return None if self.kling_usd_per_unit is None else _round(units * self.kling_usd_per_unit)
+        return None if self.kling_usd_per_unit is None else round_usd(units * self.kling_usd_per_unit)
 
     def table(self) -> list[dict[str, Any]]:
         return [p.to_public() for p in self.entries]
 
 
-def _round(usd: float) -> float:
+def round_usd(usd: float) -> float:
     return round(usd, 6)
 
 
@@ -371,7 +369,7 @@ def _parse_entry(item: Any, where: str) -> Price:
 
 @dataclass(frozen=True)
 class ActualCost:
-    """What the provider's own answer says the job cost."""
+    """What the provider's own answer says the job cost (read by each provider module's status)."""
 
     usd: float | None = None
     units: float | None = None
@@ -382,49 +380,16 @@ class ActualCost:
         return {"usd": self.usd, "units": self.units, "source": self.source}
 
 
-def xai_actual(usage: Any, where: str = "xAI") -> ActualCost | None:
-    """`usage.cost_in_usd_ticks` (xAI, or the AI SDK's `costInUsdTicks`) -> dollars."""
-    if not isinstance(usage, Mapping):
-        return None
-    ticks = usage.get("cost_in_usd_ticks", usage.get("costInUsdTicks"))
-    if isinstance(ticks, bool) or not isinstance(ticks, int | float | str):
-        return None
-    try:
-        value = float(ticks)
-    except ValueError:
-        return None
-    if not math.isfinite(value) or value < 0:
-        return None
-    return ActualCost(usd=_round(value / XAI_TICKS_PER_USD), source=f"{where} cost_in_usd_ticks {ticks}")
-
-
-def kling_actual(data: Any) -> ActualCost | None:
-    """Kling's `final_unit_deduction` (a string of units)."""
-    raw = data.get("final_unit_deduction") if isinstance(data, Mapping) else None
+def reported_amount(raw: Any) -> float | None:
+    """A figure from a provider's answer (a number or a numeric string) when it is finite and >= 0,
+    else None. Each provider module reads its own answer's fields into an `ActualCost` with it."""
     if raw is None or isinstance(raw, bool):
         return None
     try:
-        units = float(raw)
+        value = float(raw)
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(units) or units < 0:
-        return None
-    return ActualCost(units=units, source=f"Kling final_unit_deduction {raw}")
-
-
-def gateway_actual(metadata: Any) -> ActualCost | None:
-    """The Gateway's answer: `providerMetadata.gateway.cost` (USD) when present, else xAI's ticks."""
-    if not isinstance(metadata, Mapping):
-        return None
-    gw = metadata.get("gateway")
-    if isinstance(gw, Mapping) and gw.get("cost") is not None and not isinstance(gw.get("cost"), bool):
-        try:
-            usd = float(gw["cost"])
-        except (TypeError, ValueError):
-            usd = math.nan
-        if math.isfinite(usd) and usd >= 0:
-            return ActualCost(usd=_round(usd), source=f"Vercel AI Gateway providerMetadata.gateway.cost {gw['cost']}")
-    return xai_actual(metadata.get("xai"), "Vercel AI Gateway providerMetadata.xai")
+    return value if math.isfinite(value) and value >= 0 else None
 
 
 def actual_usd(actual: ActualCost | None, book: PriceBook) -> float | None:

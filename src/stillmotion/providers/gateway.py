@@ -31,7 +31,7 @@ Where each option goes (the references leave some of this open):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -52,7 +52,7 @@ from ..errors import (
     RateLimited,
     StillmotionError,
 )
-from ..pricing import gateway_actual
+from ..pricing import ActualCost, reported_amount, round_usd
 from ..scrub import scrub
 from . import kling, seedance, veo, wan, xai
 from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
@@ -161,6 +161,18 @@ def _video(videos: Any) -> VideoResult | StillmotionError:
     return ProviderError(
         f"Vercel AI Gateway: the video came back as {first.get('type')!r}, which has no URL or data to download"
     )
+
+
+def gateway_actual(metadata: Any) -> ActualCost | None:
+    """The Gateway's answer: `providerMetadata.gateway.cost` (USD) when present, else xAI's ticks."""
+    if not isinstance(metadata, Mapping):
+        return None
+    gw = metadata.get("gateway")
+    cost = gw.get("cost") if isinstance(gw, Mapping) else None
+    usd = reported_amount(cost)
+    if usd is not None:
+        return ActualCost(usd=round_usd(usd), source=f"Vercel AI Gateway providerMetadata.gateway.cost {cost}")
+    return xai.xai_actual(metadata.get("xai"), "Vercel AI Gateway providerMetadata.xai")
 
 
 class GatewayProvider(Provider):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import httpx
@@ -20,7 +21,7 @@ from ..catalog import MODELS, ModelSpec
 from ..errors import InvalidInput, ProviderError, ProviderRejectedInput, StillmotionError
 from ..media.net import path_segment
 from ..plan.requests import KlingOptions, KlingShot
-from ..pricing import kling_actual
+from ..pricing import ActualCost, reported_amount
 from ..scrub import register_derived
 from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import (
@@ -306,6 +307,13 @@ GATEWAY_FIELDS: GatewayFields = {
 def gateway_body(job: JobContext) -> dict[str, Any]:
     """Kling's part of a Gateway body: its own fields in the AI SDK's spelling."""
     return gateway_part(FAMILY.name, wire_options(job), GATEWAY_FIELDS, job.gateway_file(job.request.start_image))
+
+
+def kling_actual(data: Any) -> ActualCost | None:
+    """Kling's `final_unit_deduction` (a string of units)."""
+    raw = data.get("final_unit_deduction") if isinstance(data, Mapping) else None
+    units = reported_amount(raw)
+    return None if units is None else ActualCost(units=units, source=f"Kling final_unit_deduction {raw}")
 
 
 class KlingProvider(Provider):

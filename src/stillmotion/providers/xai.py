@@ -9,6 +9,7 @@ the runner ends the job `interrupted` rather than risk paying twice.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
@@ -25,7 +26,7 @@ from ..errors import (
 )
 from ..media.net import path_segment
 from ..plan.requests import XaiOptions
-from ..pricing import xai_actual
+from ..pricing import ActualCost, reported_amount, round_usd
 from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 from .families import FAMILIES
@@ -99,6 +100,21 @@ def check_native_source(duration_s: float) -> None:
             "video", f"is {duration_s:.2f} s; xAI's video extension takes a {lo:g}-{hi:g} s MP4.",
             [f"a {lo:g}-{hi:g} s video", "(xai.native absent) any length, continued from its last frame"],
         )  # fmt: skip
+
+
+XAI_TICKS_PER_USD = 10_000_000_000
+"""xAI's `cost_in_usd_ticks`: 1 USD = 10^10 ticks (docs.x.ai/developers/cost-tracking)."""
+
+
+def xai_actual(usage: Any, where: str = "xAI") -> ActualCost | None:
+    """`usage.cost_in_usd_ticks` (xAI, or the AI SDK's `costInUsdTicks`) -> dollars."""
+    if not isinstance(usage, Mapping):
+        return None
+    ticks = usage.get("cost_in_usd_ticks", usage.get("costInUsdTicks"))
+    value = reported_amount(ticks) if isinstance(ticks, int | float | str) else None
+    if value is None:
+        return None
+    return ActualCost(usd=round_usd(value / XAI_TICKS_PER_USD), source=f"{where} cost_in_usd_ticks {ticks}")
 
 
 def wire_options(job: JobContext) -> dict[str, Any]:
