@@ -14,7 +14,6 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import httpx
-from pydantic import BaseModel
 
 from ..catalog import MODELS
 from ..errors import Unavailable
@@ -22,7 +21,7 @@ from ..jobs.async_store import unavailable
 from ..media.images import LoadedImage, ResourceResolver, load_image, off_loop
 from ..media.net import Fetched, UrlGuard, fetched_temp
 from ..media.sources import AudioFacts, LoadedMedia, load_media
-from ..providers import wan
+from ..providers.registry import REGISTRY
 from ..settings import Settings
 from .arguments import RequestArgs
 from .requests import (
@@ -33,7 +32,6 @@ from .requests import (
     StoredAudio,
     StoredImage,
     StoredMask,
-    WanOptions,
 )
 from .validation import LoadedInputs, Plan, check_images, check_masks_and_paths, shape_to_image
 
@@ -89,7 +87,7 @@ class Intake:
             held[path] = img.data
             return _stored(img, path)
 
-        audio = await self._load_audio(plan.provider_options, fetched)
+        audio = await self._load_audio(plan, fetched)
         held_audio = _audio(audio, f"<dry-run>/audio.{audio[1].format}") if audio is not None else None
         return request(args, plan, inputs, hold, held_audio), held
 
@@ -99,7 +97,7 @@ class Intake:
         """Read, decode, check, hash and write a submission's inputs (inside its admission slot).
         The images' bytes are dropped once written: what the submission keeps is the files."""
         inputs = await self._checked(args, plan, fetched)
-        audio = await self._load_audio(plan.provider_options, fetched)
+        audio = await self._load_audio(plan, fetched)
         kept: dict[str, StoredImage] = {}
 
         def write_all() -> None:
@@ -131,18 +129,20 @@ class Intake:
 
     @asynccontextmanager
     async def prefetched(self, args: RequestArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
-        """Every http(s) input of the call (images, masks, `wan.audio_url`) fetched to a temporary
-        file before the submission takes an admission slot: a slow URL holds no slot and no bytes.
-        The files are removed when the block ends."""
+        """Every http(s) input of the call (images, masks, the model's audio track such as
+        `wan.audio_url`) fetched to a temporary file before the submission takes an admission slot:
+        a slow URL holds no slot and no bytes. The files are removed when the block ends."""
         image_cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
-        static, wan_options = args.argument("static_mask"), args.argument("wan")
+        entry = REGISTRY[MODELS[model].provider]
+        audio = entry.audio_source(args.argument(entry.field))
+        static = args.argument("static_mask")
         wanted: list[tuple[str | None, str, int]] = [
             (args.start_frame(), args.image_argument, image_cap),
             (args.argument("end_image"), "end_image", image_cap),
             (static if isinstance(static, str) else None, "static_mask", image_cap),
             *[(m.mask if isinstance(m.mask, str) else None, f"dynamic_masks[{i}].mask", image_cap)
               for i, m in enumerate(args.argument("dynamic_masks") or [])],
-            (wan_options.audio_url if wan_options is not None else None, "wan.audio_url", wan.AUDIO_MAX_BYTES + 1),
+            *([(audio.value, audio.argument, audio.rules.max_bytes + 1)] if audio is not None else []),
         ]  # fmt: skip
         guard = UrlGuard(self.settings.allow_private_network, frozenset())
         async with AsyncExitStack() as stack:
@@ -156,28 +156,30 @@ class Intake:
             yield fetched
 
     async def _load_audio(
-        self, options: BaseModel, fetched: dict[str, Fetched] | None = None
+        self, plan: Plan, fetched: dict[str, Fetched] | None = None
     ) -> tuple[LoadedMedia, AudioFacts] | None:
-        """Wan's driving track (`wan.audio_url`): fetched under the image inputs' rules and checked."""
-        value = getattr(options, "audio_url", None) if isinstance(options, WanOptions) else None
-        if value is None:
+        """The model's audio track (its registry entry's `audio`, e.g. `wan.audio_url`): fetched
+        under the image inputs' rules and checked by its provider's rules."""
+        source = REGISTRY[plan.spec.provider].audio_source(plan.provider_options)
+        if source is None:
             return None
+        value, argument, rules = source
         got = (fetched or {}).get(value)
         if got is not None:
             data = await anyio.to_thread.run_sync(got.path.read_bytes)
-            return LoadedMedia(data, got.final_url), await anyio.to_thread.run_sync(wan.check_audio, data)
+            return LoadedMedia(data, got.final_url), await anyio.to_thread.run_sync(rules.check, data, argument)
         media = await load_media(
             value,
-            argument="wan.audio_url",
+            argument=argument,
             client=self.client,
             guard=UrlGuard(self.settings.allow_private_network, frozenset()),
             input_roots=self.settings.input_roots,
             resolve_resource=self.resolve_resource,
-            max_bytes=wan.AUDIO_MAX_BYTES + 1,
-            resources="a local wav/mp3 file or an http(s) URL",
+            max_bytes=rules.max_bytes + 1,
+            resources=rules.resources,
             deadline_s=self.settings.fetch_timeout_s,
         )
-        facts = await anyio.to_thread.run_sync(wan.check_audio, media.data)
+        facts = await anyio.to_thread.run_sync(rules.check, media.data, argument)
         return media, facts
 
     async def _load_inputs(self, args: RequestArgs, model: str, fetched: dict[str, Fetched] | None = None) -> LoadedInputs:

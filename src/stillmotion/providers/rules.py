@@ -16,6 +16,7 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel
 
 from ..catalog import ModelSpec
+from ..media.sources import AudioFacts
 from ..plan.requests import KlingOptions
 from ..settings import Settings
 
@@ -51,6 +52,36 @@ class Checked(Generic[OptionsT]):
     poll_timeout_ms: int | None = None
     kling_shots: KlingOptions | None = None
     """local/preview: the Kling shots it honours, stored as the request's `kling` object."""
+
+
+@dataclass(frozen=True)
+class AudioInput:
+    """An audio track a family's options object takes by URL or path (its `attribute`): fetched
+    before the admission slot, checked by content and kept like the images (`plan/intake.py`),
+    stored as the request's `audio`."""
+
+    attribute: str
+    max_bytes: int
+    """The largest track the provider takes (a fetch stops one byte past it)."""
+    check: Callable[[bytes, str], AudioFacts]
+    """The provider's rules on (the bytes, the argument's name) -> InvalidInput; decodes, so it runs
+    on a worker thread."""
+    resources: str
+    """What the argument accepts, as a refusal names it."""
+
+
+@dataclass(frozen=True)
+class NativeExtension:
+    """A family that extends a video itself (`extend_video`), asked for by a boolean in its options
+    object (`flag`): its answer is the whole video, so nothing is joined and no crossfade applies."""
+
+    flag: str
+    """The options field that asks for it; the only one of the object `extend_video`'s schema shows."""
+    check_source: Callable[[float], None]
+    """The source video's length (seconds) against the provider's rule (InvalidInput on `video`)."""
+
+    def asked(self, options: object) -> bool:
+        return bool(getattr(options, self.flag, None))
 
 
 SchemaHook = Callable[[dict[str, Any], str, list[ModelSpec]], None]

@@ -33,7 +33,7 @@ from ..plan.requests import WanOptions
 from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 from .families import FAMILIES
-from .rules import Checked, GatewayFields, OptionContext, gateway_part, provider_options
+from .rules import AudioInput, Checked, GatewayFields, OptionContext, gateway_part, provider_options
 
 FAMILY = FAMILIES["alibaba"]
 CREATE_PATH = "/api/v1/services/aigc/video-generation/video-synthesis"
@@ -107,6 +107,10 @@ def check_audio(data: bytes, argument: str = "wan.audio_url") -> AudioFacts:
             argument, f"is {facts.duration_s:.2f} s long; DashScope takes 3-30 s (longer than the clip is cut).", "3-30 s"
         )
     return facts
+
+
+AUDIO_INPUT = AudioInput("audio_url", AUDIO_MAX_BYTES, check_audio, "a local wav/mp3 file or an http(s) URL")
+"""`wan.audio_url`, the driving track: fetched, checked and kept like the images (plan/intake.py)."""
 
 
 def wire_options(job: JobContext) -> tuple[dict[str, Any], dict[str, Any]]:

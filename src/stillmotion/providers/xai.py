@@ -30,7 +30,7 @@ from ..pricing import ActualCost, reported_amount, round_usd
 from ._http import WireRequest, http_error, json_body, retry_after_seconds, send, send_request
 from .base import JobContext, Provider, StartResult, Status, VideoResult
 from .families import FAMILIES
-from .rules import Checked, GatewayFields, OptionContext, check_catalog_choices, gateway_part
+from .rules import Checked, GatewayFields, NativeExtension, OptionContext, check_catalog_choices, gateway_part
 
 FAMILY = FAMILIES["xai"]
 CREATE_PATH = "/videos/generations"
@@ -100,6 +100,10 @@ def check_native_source(duration_s: float) -> None:
             "video", f"is {duration_s:.2f} s; xAI's video extension takes a {lo:g}-{hi:g} s MP4.",
             [f"a {lo:g}-{hi:g} s video", "(xai.native absent) any length, continued from its last frame"],
         )  # fmt: skip
+
+
+EXTENSION = NativeExtension("native", check_native_source)
+"""`xai.native`: xAI's own video extension (`extend_video`), the whole video in and out."""
 
 
 XAI_TICKS_PER_USD = 10_000_000_000
