@@ -159,8 +159,10 @@ class Delivery:
             from ..media.extend import append_continuation
 
             # the source followed by its continuation (a native extension already is the whole video)
+            native = job.provider is not None and job.provider.extends_video(job.ctx)
+            append = functools.partial(append_continuation, job.ctx.request, tmp, native=native)
             try:
-                tmp = await anyio.to_thread.run_sync(append_continuation, job.ctx.request, tmp, limiter=self._publish_limiter)
+                tmp = await anyio.to_thread.run_sync(append, limiter=self._publish_limiter)
             except (ValueError, OSError, av.error.FFmpegError) as exc:
                 raise ProviderError(f"the continuation could not be joined to the video: {exc}", retryable=False) from exc
             samples = None

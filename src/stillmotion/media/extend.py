@@ -34,15 +34,10 @@ def facts_of(clip: StoredClip) -> ClipFacts:
     )
 
 
-def is_native(req: GenerationRequest) -> bool:
-    """A provider's own extension: its answer already holds the source and the continuation."""
-    return req.xai is not None and bool(req.xai.native)
-
-
-def append_continuation(req: GenerationRequest, continuation: Path) -> Path:
+def append_continuation(req: GenerationRequest, continuation: Path, *, native: bool) -> Path:
     """The source followed by `continuation`, written next to it; returns the new file (the input is removed).
-    A native extension's answer is returned as it is."""
-    if is_native(req) or not req.clips:
+    A provider's own extension (`native`: its answer already holds the source) is returned as it is."""
+    if native or not req.clips:
         return continuation
     out = continuation.with_name(continuation.name.removesuffix(".mp4.part") + ".joined.mp4.part")
     try:

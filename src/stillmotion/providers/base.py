@@ -157,6 +157,11 @@ class Provider(ABC):
     #: A line the dry run adds to the create request it shows (None: nothing to add).
     create_note: str | None = None
 
+    def extends_video(self, job: JobContext) -> bool:
+        """`extend_video` through the provider's own extension (its registry entry's `extension`):
+        the answer is already the source and its continuation, so nothing is joined."""
+        return False
+
     @abstractmethod
     def create_request(self, job: JobContext) -> WireRequest:
         """The create request `start` sends for this job, built without sending anything."""

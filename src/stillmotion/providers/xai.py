@@ -149,20 +149,18 @@ class XaiProvider(Provider):
 
     # -- request body ----------------------------------------------------------------------
 
-    @staticmethod
-    def native(job: JobContext) -> bool:
-        req = job.request
-        return req.tool == "extend_video" and req.xai is not None and bool(req.xai.native)
+    def extends_video(self, job: JobContext) -> bool:
+        return job.request.tool == "extend_video" and EXTENSION.asked(job.request.xai)
 
     def create_request(self, job: JobContext) -> WireRequest:
-        path = EXTEND_PATH if self.native(job) else CREATE_PATH
+        path = EXTEND_PATH if self.extends_video(job) else CREATE_PATH
         return WireRequest("POST", self._base + path, self._headers(create=True), self._body(job))
 
     def _body(self, job: JobContext) -> dict[str, Any]:
         req = job.request
         spec = MODELS[req.model]
         body: dict[str, Any] = {"model": spec.direct_name}
-        if self.native(job):  # the documented extension body: the source goes in whole
+        if self.extends_video(job):  # the documented extension body: the source goes in whole
             if req.prompt:
                 body["prompt"] = req.prompt
             body["duration"] = int(req.duration)

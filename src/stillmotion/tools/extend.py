@@ -3,8 +3,9 @@ as one MP4, made as an ordinary job (result, cost, dry run, budget and confirmat
 
 By default the continuation is the chosen model's image-to-video from the source's exact last
 decoded frame (sent losslessly as PNG), and the job joins the source and the continuation with
-join_clips' engine (media/extend.py). `xai.native` uses xAI's own extension instead (the whole video
-goes in, the whole video comes back). The source goes through join_clips' intake (`keep_clip`), the
+join_clips' engine (media/extend.py). A family with its own extension (its registry entry's
+`extension`, e.g. xAI's `native` flag) is asked instead: the whole video goes in, the whole video
+comes back. The source goes through join_clips' intake (`keep_clip`), the
 request through the generation tools' path (`run_request`: validation, estimate, budget, job).
 """
 
@@ -35,7 +36,7 @@ from ..plan.requests import (
     XaiOptions,
 )
 from ..plan.validation import Plan
-from ..providers.xai import check_native_source
+from ..providers.registry import REGISTRY, native_extension
 from .base import GEN_ANNOTATIONS, Build, Call, ToolSpec
 from .cost import GenerationResult
 from .generation import lean_controls, run_request
@@ -43,7 +44,6 @@ from .join import MAX_CROSSFADE_S, keep_clip
 from .schema import JSON
 
 DESCRIPTION = "The video then its continuation from its last frame, as one MP4 (models and options as animate_image). Returns a job."
-_OTHER_OPTIONS = ("kling", "wan", "veo", "seedance", "local")
 
 
 class ExtendVideoArgs(RequestArgs):
@@ -108,11 +108,14 @@ async def build_request(args: ExtendVideoArgs, call: Call, clip: StoredClip) -> 
     """The continuation as an image-to-video request from the source's last frame (checked, not sent)."""
     settings = call.service.settings
     duration_s = float(facts_of(clip).duration)
-    native = args.xai is not None and bool(args.xai.native)
-    if native:
-        check_native_source(duration_s)
+    native = native_extension(args.argument)
+    if native is not None and native.extension is not None:
+        native.extension.check_source(duration_s)
         if args.crossfade_s:
-            raise InvalidInput("crossfade_s", "does not apply to xAI's native extension (it returns the whole video).", ["0"])
+            raise InvalidInput(
+                "crossfade_s", f"does not apply to {native.family.label}'s native extension (it returns the whole video).",
+                ["0"],
+            )  # fmt: skip
     if args.crossfade_s and args.crossfade_s >= duration_s:
         raise InvalidInput(
             "crossfade_s", f"is {args.crossfade_s} s, not shorter than the video ({duration_s:.2f} s).",
@@ -152,14 +155,18 @@ async def extend_video(args: ExtendVideoArgs, call: Call) -> CallToolResult | In
 
 
 def _specialise(schema: JSON) -> JSON:
-    """Lean: the other models' option objects are taken as in animate_image but not repeated here;
-    `xai` shows its one extend-only field."""
+    """Lean: the option objects are taken as in animate_image but not repeated here (the list's
+    budget); a family with its own extension shows its one extend-only flag."""
     props = schema["properties"]
     lean_controls(props)
-    for name in (*_OTHER_OPTIONS, "idempotency_key", "wait_seconds"):  # taken, not advertised (the list's budget)
+    for name in ("idempotency_key", "wait_seconds"):  # taken, not advertised
         props.pop(name, None)
-    xai = next(m for m in props["xai"]["anyOf"] if m.get("type") == "object")
-    xai["properties"] = {"native": {"type": "boolean"}}
+    for entry in REGISTRY.values():
+        if entry.extension is None:
+            props.pop(entry.field, None)
+        else:
+            options = next(m for m in props[entry.field]["anyOf"] if m.get("type") == "object")
+            options["properties"] = {entry.extension.flag: {"type": "boolean"}}
     return schema
 
 
