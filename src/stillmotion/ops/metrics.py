@@ -2,8 +2,9 @@
 
 Counters and the histogram are this process's (Prometheus sums them over replicas); the
 `stillmotion_jobs` gauge is read from the job store at scrape time, so every replica reports the
-same numbers for it. Labels are bounded: provider (klingai, alibaba, xai, gateway, local, other),
-status, request kind (create, poll) and outcome; never a job id or a user.
+same numbers for it. Labels are bounded: provider (each API with its own key in
+`providers/families.ENDPOINTS`, local, other), status, request kind (create, poll) and outcome;
+never a job id or a user.
 
 The provider a request is for is known where the job is driven, not where the request is sent:
 the runner sets `PROVIDER` (a context variable, one per job task) and `providers/_http.send`

@@ -129,9 +129,9 @@ class Intake:
 
     @asynccontextmanager
     async def prefetched(self, args: RequestArgs, model: str) -> AsyncIterator[dict[str, Fetched]]:
-        """Every http(s) input of the call (images, masks, the model's audio track such as
-        `wan.audio_url`) fetched to a temporary file before the submission takes an admission slot:
-        a slow URL holds no slot and no bytes. The files are removed when the block ends."""
+        """Every http(s) input of the call (images, masks, the audio track the model's registry entry
+        declares) fetched to a temporary file before the submission takes an admission slot: a slow
+        URL holds no slot and no bytes. The files are removed when the block ends."""
         image_cap = max(MODELS[model].image_rules.max_bytes + 1, self.settings.max_fetch_bytes)
         entry = REGISTRY[MODELS[model].provider]
         audio = entry.audio_source(args.argument(entry.field))
@@ -158,8 +158,8 @@ class Intake:
     async def _load_audio(
         self, plan: Plan, fetched: dict[str, Fetched] | None = None
     ) -> tuple[LoadedMedia, AudioFacts] | None:
-        """The model's audio track (its registry entry's `audio`, e.g. `wan.audio_url`): fetched
-        under the image inputs' rules and checked by its provider's rules."""
+        """The model's audio track (its registry entry's `audio`): fetched under the image inputs'
+        rules and checked by its provider's rules."""
         source = REGISTRY[plan.spec.provider].audio_source(plan.provider_options)
         if source is None:
             return None

@@ -190,9 +190,6 @@ class LocalOptions(_Strict):
     fps: Literal[24, 25, 30] = 24
 
 
-ProviderOptionsField = Literal["kling", "wan", "xai", "veo", "seedance", "local"]
-
-
 class StoredImage(BaseModel):
     """An input image (or mask) as the job keeps it: a checked local copy, plus the URL it came from."""
 
@@ -255,7 +252,7 @@ class GenerationRequest(BaseModel):
     dynamic_masks: list[StoredMask] = Field(default_factory=list)
     static_mask: StoredImage | None = None
     audio: StoredAudio | None = None
-    """Wan's driving audio (`wan.audio_url`), checked and kept like the images."""
+    """The model's audio track (its registry entry's `audio`), checked and kept like the images."""
     kling: KlingOptions | None = None
     wan: WanOptions | None = None
     xai: XaiOptions | None = None
