@@ -20,6 +20,7 @@ from stillmotion.errors import (
     ConcurrencyLimited,
     ContentFiltered,
     Expired,
+    InvalidInput,
     MissingCredentials,
     ProviderError,
     ProviderRejectedInput,
@@ -27,13 +28,13 @@ from stillmotion.errors import (
     RateLimited,
     StillmotionError,
 )
-from stillmotion.plan.requests import GenerationRequest, StoredClip, StoredImage, XaiOptions
+from stillmotion.plan.requests import GenerationRequest, StoredClip, StoredImage, WanOptions, XaiOptions
 from stillmotion.providers._http import WireRequest, http_error
 from stillmotion.providers.base import JobContext, Provider, Status
 from stillmotion.providers.families import FAMILIES
 from stillmotion.providers.gateway import GatewayProvider, map_error
 from stillmotion.providers.kling import KlingProvider
-from stillmotion.providers.registry import REGISTRY
+from stillmotion.providers.registry import REGISTRY, native_extension
 from stillmotion.providers.wan import WanProvider
 from stillmotion.providers.xai import XaiProvider
 from tests.conftest import SettingsFactory, write_image
@@ -366,6 +367,36 @@ def test_families_cover_the_catalog_and_the_registry() -> None:
     assert list(REGISTRY) == list(FAMILIES)
     assert all(REGISTRY[n].field == f.field for n, f in FAMILIES.items())
     assert {n for n, e in REGISTRY.items() if e.direct is not None} == {n for n, f in FAMILIES.items() if f.direct}
+
+
+async def test_registry_hooks_audio_input_and_native_extension(make_settings: SettingsFactory, img: Path) -> None:
+    wan_entry, xai_entry = REGISTRY["alibaba"], REGISTRY["xai"]
+    audio = wan_entry.audio_source(WanOptions(audio_url="https://a.test/t.mp3"))
+    assert audio is not None and (audio.value, audio.argument, audio.rules.max_bytes) == (
+        "https://a.test/t.mp3", "wan.audio_url", 15 * 1024 * 1024)
+    assert wan_entry.audio_source(WanOptions()) is None and xai_entry.audio_source(XaiOptions()) is None
+    with pytest.raises(InvalidInput) as bad:
+        audio.rules.check(b"not audio", audio.argument)
+    assert bad.value.argument == "wan.audio_url"
+    # the options that ask for a family's own extension, whichever tool argument carries them
+    assert native_extension({"xai": XaiOptions(native=True)}.get) is xai_entry
+    assert native_extension({"xai": XaiOptions(), "wan": WanOptions()}.get) is None and native_extension({}.get) is None
+    assert xai_entry.extension is not None and xai_entry.extension.flag == "native"
+    with pytest.raises(InvalidInput) as short:
+        xai_entry.extension.check_source(1.0)
+    assert short.value.argument == "video" and "2-15 s" in short.value.message
+    xai_entry.extension.check_source(2.0)
+    # its route says its answer is the whole video (nothing joined) only for extend_video with the flag
+    settings = make_settings(XAI_API_KEY="x-unit")
+    ctx = job("xai/grok-imagine-video", img)
+    async with httpx.AsyncClient() as client:
+        provider = XaiProvider(client, settings)
+        assert not provider.extends_video(ctx)
+        ctx.request.xai = XaiOptions(native=True)
+        assert not provider.extends_video(ctx)  # animate_image: the option check refuses it before this
+        ctx.request.tool = "extend_video"
+        assert provider.extends_video(ctx)
+        assert not WanProvider(client, make_settings(ALIBABA_API_KEY="a-unit")).extends_video(ctx)
 
 
 async def test_settings_read_each_familys_variables(make_settings: SettingsFactory) -> None:
