@@ -1,7 +1,7 @@
 """Polls outlast throttling (#21): status queries and downloads answered 429 (or 5xx) are retried
 with backoff until the job's poll timeout, with or without the task list; only creates keep the
 small retry count. The issue's 60 s of 429s is scaled down through settings: the retry base is
-20 ms and STILLMOTION_MAX_RETRIES is 2, so the old policy gave up after 3 refusals (~0.1 s); each
+10 ms and STILLMOTION_MAX_RETRIES is 2, so the old policy gave up after 3 refusals (~0.05 s); each
 job here is refused at least 12 times in a row (seconds) before the provider lets it through."""
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ async def test_status_queries_and_downloads_throttled_for_long_every_job_succeed
         fake.polls_until_done = None  # tasks run until released
         fake.distinct_videos = True
         env = {"KLINGAI_API_KEY": KEY, "KLINGAI_BASE_URL": fake.base_url, "STILLMOTION_POLL_INTERVAL_MS": "100",
-               "STILLMOTION_MAX_RETRIES": str(MAX_RETRIES)}  # fmt: skip
+               "STILLMOTION_MAX_RETRIES": str(MAX_RETRIES), "STILLMOTION_RETRY_BASE_MS": "10"}  # fmt: skip
         headers = {"retry-after-ms": retry_after} if retry_after else None
         async with connect(make_settings(**env)) as client:
             ids = await submit_kling_jobs(client, img, jobs)
