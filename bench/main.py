@@ -18,7 +18,7 @@ from .report import markdown, text_table
 
 SECTIONS: dict[str, str] = {
     "1": "engine", "2": "overhead", "3": "download", "4": "many_processes", "5": "team", "6": "waiters", "7": "join",
-    "9": "burst", "10": "nothing_lost",
+    "9": "burst", "10": "nothing_lost", "11": "refusals",
 }
 
 
@@ -55,6 +55,10 @@ def _runner(name: str) -> Callable[..., Section]:
         from . import burst
 
         return burst.run
+    if name == "refusals":
+        from . import refusals
+
+        return refusals.run
     if name == "nothing_lost":
         from . import burst
 
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, 100 jobs instead of 500 (~4 min)")
     ap.add_argument("--sections", default="1,2,3,4",
                     help="comma-separated: 1 engine, 2 server overhead, 3 download, 4 two servers on one home, 5 team server (PostgreSQL replicas; on request), "
-                    "6 agents waiting in check_job (on request), 7 join_clips (on request), 9 memory under a burst (on request), 10 four bursts of 500 xAI jobs, nothing lost (issue #21; on request)")
+                    "6 agents waiting in check_job (on request), 7 join_clips (on request), 9 memory under a burst (on request), 10 four bursts of 500 xAI jobs, nothing lost (issue #21; on request), "
+                    "11 refusals of hostile inputs and list_models meanwhile (issue #25; on request)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md", help="markdown report to write")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "results.json", help="raw results")
     ap.add_argument("--baseline", type=Path, default=ROOT / "bench" / "baseline-before.json",

@@ -496,14 +496,17 @@ def test_generation_seconds_finishes_by_wall_time(client: httpx.Client) -> None:
     with KlingFake() as fake:
         fake.generation_seconds = 0.3
         tid = client.post(fake.url(KLING), json=kling_body(), headers=auth).json()["data"]["task_id"]
-        for _ in range(3):
-            assert (
-                client.get(fake.url(f"{KLING}/{tid}"), headers=auth).json()["data"]["task_status"]
-                == "processing"
-            )
-        time.sleep(0.35)
-        assert client.get(fake.url(f"{KLING}/{tid}"), headers=auth).json()["data"]["task_status"] == "succeed"
         task = fake.tasks[tid]
+        answers: list[str] = []
+        deadline = time.monotonic() + 30
+        while not answers or answers[-1] != "succeed":  # poll until done, as a client does
+            assert time.monotonic() < deadline, answers
+            answers.append(client.get(fake.url(f"{KLING}/{tid}"), headers=auth).json()["data"]["task_status"])
+            time.sleep(0.02)
+        # each answer follows the clock at the fake's receipt: processing before 0.3 s, done after
+        received = [r.at for r in fake.calls("GET", f"{KLING}/{tid}")]
+        assert answers == ["processing" if at < task.created_at + 0.3 else "succeed" for at in received], answers
+        assert answers[0] == "processing" and answers[-1] == "succeed", answers
         assert fake.task_done_at[tid] == pytest.approx(task.created_at + 0.3)
 
 

@@ -64,12 +64,40 @@ class ListingProvider:
         return [ListedTask(t, NOW, Status("completed" if t == "t0" else "pending")) for t in rows]
 
 
+class Barrier:
+    """Until `n` tasks have arrived (anyio has no barrier)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.all_in = anyio.Event()
+
+    async def arrive(self) -> None:
+        self.n -= 1
+        if self.n <= 0:
+            self.all_in.set()
+        with anyio.fail_after(10):
+            await self.all_in.wait()
+
+
+async def _until(cond: Any) -> None:
+    with anyio.fail_after(10):
+        while not cond():
+            await anyio.sleep(0.005)
+
+
+def _batched(batcher: StatusBatcher, provider: ListingProvider) -> int:
+    """Polls waiting in the batch that is gathering now."""
+    group = batcher._groups.get(provider.list_key())
+    return sum(len(waiting) for waiting in group.batch.values()) if group is not None else 0
+
+
 async def _poll_all(batcher: StatusBatcher, provider: Any, ids: list[str], rounds: int, interval: float = 0.2) -> list[Status]:
     got: list[Status] = []
+    everyone = Barrier(len(ids))
 
     async def job(task_id: str) -> None:
         with batcher.polling(provider):
-            await anyio.sleep(0.02)  # every job is polling before the first poll comes due
+            await everyone.arrive()  # every job is polling before the first poll comes due
             for _ in range(rounds):
                 got.append(await batcher.status(provider, None, {"task_id": task_id}, interval=interval, submitted_at=NOW))
                 await anyio.sleep(interval)
@@ -137,13 +165,16 @@ async def test_a_cancelled_gatherer_leaves_nobody_waiting() -> None:
     batcher = StatusBatcher(window_cap_s=0.5)
     answered: list[str] = []
 
+    everyone = Barrier(len(p.all))
+
     async def job(task_id: str, scope: anyio.CancelScope | None = None) -> None:
         with batcher.polling(p):
-            await anyio.sleep(0.02 if scope is not None else 0.05)
-            if scope is not None:
+            await everyone.arrive()  # all ten count towards the batch
+            if scope is not None:  # t0 leads the batch...
                 with scope:
                     await batcher.status(p, None, {"task_id": task_id}, interval=2.0, submitted_at=NOW)
                 return
+            await _until(lambda: _batched(batcher, p) >= 1)  # ...the others join the batch it gathers
             await batcher.status(p, None, {"task_id": task_id}, interval=2.0, submitted_at=NOW)
             answered.append(task_id)
 
@@ -153,8 +184,8 @@ async def test_a_cancelled_gatherer_leaves_nobody_waiting() -> None:
             tg.start_soon(job, "t0", leader)
             for t in p.all[1:]:
                 tg.start_soon(job, t)
-            await anyio.sleep(0.2)  # the others joined t0's batch; t0's job is cancelled (a cancel_job)
-            leader.cancel()
+            await _until(lambda: _batched(batcher, p) == len(p.all))  # all joined t0's batch
+            leader.cancel()  # t0's job is cancelled (a cancel_job) while its batch gathers
     assert sorted(answered) == sorted(p.all[1:])
     assert sorted(p.singles) == sorted(p.all[1:]) and p.pages == []
 

@@ -272,13 +272,7 @@ KLING_MODELS = (
     _kling("v2-master", modes=(), features={}, cfg_scale=False),
     _kling("v2.1", modes=_STD_PRO, features={"interpolate_frames": Feature(modes=_PRO)}, cfg_scale=False),
     _kling("v2.1-master", modes=(), features={}, cfg_scale=False),
-    _kling(
-        "v2.5-turbo",
-        modes=_STD_PRO,
-        features={"interpolate_frames": Feature(modes=_PRO)},
-        cfg_scale=False,
-        gateway=True,
-    ),
+    _kling("v2.5-turbo", modes=_STD_PRO, features={"interpolate_frames": Feature(modes=_PRO)}, cfg_scale=False, gateway=True),
     _kling(
         "v2.6",
         modes=_STD_PRO,
@@ -309,47 +303,21 @@ KLING_MODELS = (
 
 # -- Wan, xAI, local -----------------------------------------------------------------------
 
+def _wan(version: str, variant: str, title: str, summary: str, *, audio: bool = False) -> ModelSpec:
+    return ModelSpec(
+        id=f"alibaba/wan-v{version}-{variant}", provider="alibaba", title=title, summary=summary,
+        direct_name=f"wan{version}-{variant}", gateway_id=f"alibaba/wan-v{version}-{variant}", durations=tuple(range(2, 16)), default_duration=5, modes=(), prompt_max=1500,
+        negative_prompt_max=500, prompt_required=True, image_rules=WAN_IMAGES, features={"animate_image": Feature()},
+        audio=audio, resolutions=("720P", "1080P"), default_resolution="720P", seed=True,
+    )  # fmt: skip
+
+
 WAN_MODELS = (
-    ModelSpec(
-        id="alibaba/wan-v2.6-i2v",
-        provider="alibaba",
-        title="Alibaba Wan 2.6 image-to-video",
-        summary="Wan 2.6: standard quality image animation, 2-15 s, 720P or 1080P.",
-        direct_name="wan2.6-i2v",
-        gateway_id="alibaba/wan-v2.6-i2v",
-        durations=tuple(range(2, 16)),
-        default_duration=5,
-        modes=(),
-        prompt_max=1500,
-        negative_prompt_max=500,
-        prompt_required=True,
-        image_rules=WAN_IMAGES,
-        features={"animate_image": Feature()},
-        resolutions=("720P", "1080P"),
-        default_resolution="720P",
-        seed=True,
-    ),
-    ModelSpec(
-        id="alibaba/wan-v2.6-i2v-flash",
-        provider="alibaba",
-        title="Alibaba Wan 2.6 Flash image-to-video",
-        summary="Wan 2.6 Flash: faster generation, optional generated audio.",
-        direct_name="wan2.6-i2v-flash",
-        gateway_id="alibaba/wan-v2.6-i2v-flash",
-        durations=tuple(range(2, 16)),
-        default_duration=5,
-        modes=(),
-        prompt_max=1500,
-        negative_prompt_max=500,
-        prompt_required=True,
-        image_rules=WAN_IMAGES,
-        features={"animate_image": Feature()},
-        audio=True,
-        resolutions=("720P", "1080P"),
-        default_resolution="720P",
-        seed=True,
-    ),
-)
+    _wan("2.6", "i2v", "Alibaba Wan 2.6 image-to-video",
+         "Wan 2.6: standard quality image animation, 2-15 s, 720P or 1080P."),
+    _wan("2.6", "i2v-flash", "Alibaba Wan 2.6 Flash image-to-video",
+         "Wan 2.6 Flash: faster generation, optional generated audio.", audio=True),
+)  # fmt: skip
 
 XAI_ASPECTS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3")
 

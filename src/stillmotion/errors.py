@@ -50,6 +50,15 @@ class StillmotionError(Exception):
     kind: ErrorKind = "provider_error"
     retryable: bool = False
 
+    def __init_subclass__(cls, *, kind: ErrorKind | None = None, retryable: bool | None = None, **kw: Any) -> None:
+        """`class AuthError(StillmotionError, kind="auth")`: a subclass names its kind (and whether it
+        is retried) in its header."""
+        super().__init_subclass__(**kw)
+        if kind is not None:
+            cls.kind = kind
+        if retryable is not None:
+            cls.retryable = retryable
+
     def __init__(
         self,
         message: str,
@@ -83,10 +92,8 @@ def _fmt_allowed(allowed: object) -> str:
     return str(allowed)
 
 
-class InvalidInput(StillmotionError):
+class InvalidInput(StillmotionError, kind="invalid_input"):
     """A request that breaks a rule. The text names the argument, the rule and what is allowed."""
-
-    kind: ErrorKind = "invalid_input"
 
     def __init__(self, argument: str, rule: str, allowed: object | None = None) -> None:
         text = f"Invalid argument '{argument}': {rule}"
@@ -98,52 +105,41 @@ class InvalidInput(StillmotionError):
         self.allowed = allowed
 
 
-class MissingCredentials(StillmotionError):
-    kind: ErrorKind = "auth"
+class MissingCredentials(StillmotionError, kind="auth"): ...
 
 
-class AuthError(StillmotionError):
-    kind: ErrorKind = "auth"
+class AuthError(StillmotionError, kind="auth"): ...
 
 
-class QuotaError(StillmotionError):
-    kind: ErrorKind = "quota"
+class QuotaError(StillmotionError, kind="quota"): ...
 
 
-class RateLimited(StillmotionError):
-    kind: ErrorKind = "rate_limited"
-    retryable = True
+class RateLimited(StillmotionError, kind="rate_limited", retryable=True): ...
 
 
 class ConcurrencyLimited(RateLimited):
     """The account's parallel-task limit: the job waits in our queue and is submitted later."""
 
 
-class ContentFiltered(StillmotionError):
-    kind: ErrorKind = "content_filtered"
+class ContentFiltered(StillmotionError, kind="content_filtered"): ...
 
 
-class ProviderError(StillmotionError):
-    kind: ErrorKind = "provider_error"
+class ProviderError(StillmotionError, kind="provider_error"): ...
 
 
-class JobTimeout(StillmotionError):
-    kind: ErrorKind = "timeout"
+class JobTimeout(StillmotionError, kind="timeout"): ...
 
 
-class Expired(StillmotionError):
-    kind: ErrorKind = "expired"
+class Expired(StillmotionError, kind="expired"): ...
 
 
-class Cancelled(StillmotionError):
-    kind: ErrorKind = "cancelled"
+class Cancelled(StillmotionError, kind="cancelled"): ...
 
 
-class Interrupted(StillmotionError):
-    kind: ErrorKind = "interrupted"
+class Interrupted(StillmotionError, kind="interrupted"): ...
 
 
-class AmbiguousSubmission(StillmotionError):
+class AmbiguousSubmission(StillmotionError, kind="interrupted"):
     """The create request was sent but its answer was lost (read timeout, dropped connection).
 
     Whether the provider started the task is unknown; the runner asks the provider to recover
@@ -151,30 +147,19 @@ class AmbiguousSubmission(StillmotionError):
     ``interrupted``. It is never turned into a blind second submission.
     """
 
-    kind: ErrorKind = "interrupted"
 
-
-class ProviderRejectedInput(StillmotionError):
+class ProviderRejectedInput(StillmotionError, kind="invalid_input"):
     """The provider refused a request parameter that our own checks let through."""
 
-    kind: ErrorKind = "invalid_input"
 
-
-class BudgetExceeded(StillmotionError):
+class BudgetExceeded(StillmotionError, kind="budget"):
     """Refused before any request: the estimate would take the period's spend over the budget."""
 
-    kind: ErrorKind = "budget"
 
-
-class ConfirmationRequired(StillmotionError):
+class ConfirmationRequired(StillmotionError, kind="confirmation_required"):
     """The estimate is above STILLMOTION_CONFIRM_ABOVE_USD and nobody confirmed it."""
 
-    kind: ErrorKind = "confirmation_required"
 
-
-class Unavailable(StillmotionError):
+class Unavailable(StillmotionError, kind="unavailable", retryable=True):
     """Something the server needs (the job store, the disk) cannot be used right now; nothing was
     accepted, and the same call may simply be retried (issue #21)."""
-
-    kind: ErrorKind = "unavailable"
-    retryable = True

@@ -25,7 +25,7 @@ import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +91,7 @@ class Cost:
     actual_usd: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "estimated_usd": self.estimated_usd,
-            "basis": self.basis,
-            "estimate": self.estimate,
-            "actual_usd": self.actual_usd,
-        }
+        return asdict(self)
 
 
 # -- the built-in table -------------------------------------------------------------------------

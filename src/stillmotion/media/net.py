@@ -284,7 +284,7 @@ async def fetch_to_file(
     (one byte more ends the read), the whole fetch within `deadline_s`. Errors are InvalidInput
     naming the argument; `dest` is removed on every failure, cancellation included."""
     _check_form(url, argument)
-    total = 0
+    sink = _FileSink(dest)
     try:
         with anyio.fail_after(deadline_s):
             async with open_url(guard, url) as resp:
@@ -293,26 +293,18 @@ async def fetch_to_file(
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > max_bytes:
                     raise InvalidInput(argument, f"the URL's file is {int(declared)} bytes, over the {max_bytes}-byte cap.")
-                fh = await anyio.to_thread.run_sync(open, dest, "wb")
-                sink = _FileSink(fh)
-                try:
-                    async for chunk in resp.aiter_raw():
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise InvalidInput(argument, f"the URL's file is over the {max_bytes}-byte cap.")
-                        await sink.add(chunk)
-                    sha256 = await sink.finish()
-                finally:
-                    sink.close()
-                    fh.close()
-                return Fetched(dest, total, sha256, resp.headers.get("content-type"), str(resp.extensions[FINAL_URL]))
+                sha256 = await sink.stream(
+                    resp, max_bytes=max_bytes,
+                    over_cap=lambda: InvalidInput(argument, f"the URL's file is over the {max_bytes}-byte cap."),
+                )  # fmt: skip
+                return Fetched(dest, sink.total, sha256, resp.headers.get("content-type"), str(resp.extensions[FINAL_URL]))
     except BaseException as exc:
         await remove_file(dest)
         if isinstance(exc, TimeoutError):
             raise InvalidInput(
                 argument,
                 f"fetching {url} did not finish within {deadline_s:g} s (STILLMOTION_FETCH_TIMEOUT_S); "
-                f"{total} bytes had arrived.",
+                f"{sink.total} bytes had arrived.",
             ) from None
         if isinstance(exc, BlockedURL | TooManyRedirects):
             raise InvalidInput(argument, exc.message) from exc
@@ -373,8 +365,12 @@ class _FileSink:
     anyio's worker threads).
     """
 
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
+    _fh: BinaryIO
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.total = 0
+        """Bytes received so far (a timeout's message says how many had arrived)."""
         self._digest = hashlib.sha256()
         self._batch: list[bytes] = []
         self._batch_bytes = 0
@@ -393,6 +389,28 @@ class _FileSink:
         if not fut.done():
             await anyio.to_thread.run_sync(fut.exception)
         fut.result()  # re-raises the worker's error (a full disk, say)
+
+    async def stream(
+        self, resp: httpx.Response, *, max_bytes: int, over_cap: Callable[[], StillmotionError],
+        on_progress: Callable[[int, int | None], None] | None = None, declared: int | None = None,
+    ) -> str:
+        """Stream `resp`'s body into `dest`: one byte over `max_bytes` ends the read with `over_cap()`;
+        `on_progress(total, declared)` after each chunk. The SHA-256 hex digest of the whole body."""
+        self._fh = await anyio.to_thread.run_sync(open, self.dest, "wb")
+        try:
+            # the transport's own chunks (<= 64 KiB): re-chunking them costs copies, and small
+            # chunks stay in the CPU cache from the socket read to the hash and the write
+            async for chunk in resp.aiter_raw():
+                self.total += len(chunk)
+                if self.total > max_bytes:
+                    raise over_cap()
+                await self.add(chunk)
+                if on_progress is not None:
+                    on_progress(self.total, declared)
+            return await self.finish()
+        finally:
+            self.close()
+            self._fh.close()  # (finish() flushed and fsynced it: nothing left to write)
 
     async def add(self, chunk: bytes) -> None:
         self._batch.append(chunk)
@@ -447,7 +465,7 @@ async def download_to_file(
     `client` is unused (the guard's own connections are); it stays for existing callers.
     With `deadline_s`, the whole download must end within it (a non-retryable ProviderError).
     """
-    total = 0
+    sink = _FileSink(dest)
     try:
         with anyio.fail_after(deadline_s):
             async with open_url(guard, url) as resp:
@@ -468,38 +486,24 @@ async def download_to_file(
                     raise ProviderError(
                         f"result is {declared} bytes, over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
                     )
-                fh = await anyio.to_thread.run_sync(open, dest, "wb")
-                sink = _FileSink(fh)
-                try:
-                    # the transport's own chunks (<= 64 KiB): re-chunking them costs copies, and small
-                    # chunks stay in the CPU cache from the socket read to the hash and the write
-                    async for chunk in resp.aiter_raw():
-                        total += len(chunk)
-                        if total > max_bytes:
-                            raise ProviderError(
-                                f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"
-                            )
-                        await sink.add(chunk)
-                        if on_progress is not None:
-                            on_progress(total, declared)
-                    sha256 = await sink.finish()
-                finally:
-                    sink.close()
-                    fh.close()  # (finish() flushed and fsynced it: nothing left to write)
-                if declared is not None and total != declared:
-                    raise ProviderError(f"result download truncated: {total} of {declared} bytes", retryable=True)
+                sha256 = await sink.stream(
+                    resp, max_bytes=max_bytes, on_progress=on_progress, declared=declared,
+                    over_cap=lambda: ProviderError(f"result is over the {max_bytes}-byte cap (STILLMOTION_MAX_RESULT_BYTES)"),
+                )  # fmt: skip
+                if declared is not None and sink.total != declared:
+                    raise ProviderError(f"result download truncated: {sink.total} of {declared} bytes", retryable=True)
     except BaseException as exc:
         await remove_file(dest)
         if isinstance(exc, TimeoutError):
             raise ProviderError(
-                f"result download did not finish within {deadline_s:g} s (STILLMOTION_FETCH_TIMEOUT_S); {total} bytes arrived"
+                f"result download did not finish within {deadline_s:g} s (STILLMOTION_FETCH_TIMEOUT_S); {sink.total} bytes arrived"
             ) from None
         if isinstance(exc, BlockedURL):
             raise ProviderError(f"result download refused: {exc.message}") from exc
         if isinstance(exc, httpx.HTTPError):
             raise ProviderError(f"result download failed: {type(exc).__name__}", retryable=True) from exc
         raise
-    return Downloaded(dest, total, sha256)
+    return Downloaded(dest, sink.total, sha256)
 
 
 def write_base64_file(data: str, dest: Path, *, max_bytes: int) -> int:

@@ -57,6 +57,7 @@ def _rx(text: str) -> re.Pattern[str]:
 
 _MOVE = r"mov(?:e|es|ing|ed)"
 _TO = r"(?:\s+(?:to\s+the\s+)?)"
+_TRUCK = r"(?:" + _MOVE + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)" + _TO
 
 _RULES: tuple[_Rule, ...] = (
     # zoom / dolly
@@ -87,30 +88,8 @@ _RULES: tuple[_Rule, ...] = (
         _rx(r"clockwise|rotat(?:e|es|ing|ed|ion)|spin(?:s|ning)?|twist(?:s|ing|ed)?"), "simple", "roll", -1
     ),
     # truck
-    _Rule(
-        _rx(
-            r"(?:"
-            + _MOVE
-            + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)"
-            + _TO
-            + r"left"
-        ),
-        "simple",
-        "horizontal",
-        -1,
-    ),
-    _Rule(
-        _rx(
-            r"(?:"
-            + _MOVE
-            + r"|slid(?:e|es|ing)|truck(?:s|ing)?|track(?:s|ing)?|strafe(?:s)?)"
-            + _TO
-            + r"right"
-        ),
-        "simple",
-        "horizontal",
-        1,
-    ),
+    _Rule(_rx(_TRUCK + r"left"), "simple", "horizontal", -1),
+    _Rule(_rx(_TRUCK + r"right"), "simple", "horizontal", 1),
     # presets (before the plain rise/ascend words they may contain)
     _Rule(
         _rx(

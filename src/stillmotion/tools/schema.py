@@ -19,6 +19,7 @@ tools/argerrors.py, which walks it along an error's location.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +29,15 @@ JSON = dict[str, Any]
 
 
 def raw_schema(model: type[BaseModel]) -> JSON:
-    """The model's schema with every `$ref` inlined, otherwise as pydantic wrote it."""
+    """The model's schema with every `$ref` inlined, otherwise as pydantic wrote it (a copy of its own
+    that the caller may change)."""
+    return copy.deepcopy(_inlined(model))
+
+
+@functools.cache
+def _inlined(model: type[BaseModel]) -> JSON:
+    # once per model class: pydantic's schema generation is most of what building the tool list
+    # costs, and every server (each test's in-process one included) builds it again
     schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
     inlined: JSON = _inline(schema, defs)
