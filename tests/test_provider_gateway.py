@@ -127,10 +127,18 @@ def file_of(path: Path, media: str = "image/png") -> dict[str, Any]:
     return {"type": "file", "mediaType": media, "data": path.read_bytes()}
 
 
-async def run_job(env: dict[str, str], make_settings: SettingsFactory, tool: str, args: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+async def run_job(
+    env: dict[str, str], make_settings: SettingsFactory, tool: str, args: dict[str, Any], blob: BlobFake | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One job to its end; with `blob`, also until the janitor (it runs beside the job's end, not
+    before it) has deleted every upload, while the server still runs."""
     async with connect(make_settings(**env)) as client:
         job = structured(await client.call_tool(tool, args))
         done = await wait_done(client, job["job_id"])
+        if blob is not None:
+            with anyio.fail_after(30):
+                while blob.stored or not blob.deleted:
+                    await anyio.sleep(0.02)
     return job, done
 
 
@@ -223,7 +231,7 @@ async def test_wan_flash_audio_body_and_base64_result(
         "duration": 7,
         "wan": {"audio": True, "resolution": "1080P", "prompt_extend": False, "seed": 42, "watermark": True},
     }
-    job, done = await run_job(env_for(fake), make_settings, "animate_image", args)
+    job, done = await run_job(env_for(fake), make_settings, "animate_image", args, blob)
     assert_video(done)
     assert done["video"]["provider_url"] is None
     assert await anyio.Path(done["video"]["path"]).read_bytes() == fake.result_bytes()
