@@ -519,9 +519,12 @@ class FaultyStore(SqliteStore):
     """A real SQLite store whose every write about the jobs in `broken` fails (a disk I/O error)."""
 
     broken: ClassVar[set[str]] = set()
+    failed_writes: ClassVar[int] = 0
+    """How many writes about a broken job failed."""
 
     def update_owned(self, job_id: str, owner: str, values: Any, *, lease_s: float | None = None) -> Any:
         if job_id in self.broken:
+            type(self).failed_writes += 1
             raise sqlite3.OperationalError("disk I/O error")
         return super().update_owned(job_id, owner, values, lease_s=lease_s)
 
@@ -543,11 +546,15 @@ def test_a_failing_mark_failed_write_never_takes_the_server_down(
     seed.create(job_id=doomed, tool="animate_image", model="local/preview", route="local", request={"bad": True},
                 args_hash="h", idempotency_key=None, warnings=[])
     FaultyStore.broken = {doomed}  # ... and that write fails, and so does releasing it
+    FaultyStore.failed_writes = 0
 
     async def main() -> tuple[dict[str, Any], bool]:
         async with connect(settings) as client:
-            for _ in range(3):  # the doomed job is claimed, fails, cannot be recorded: several rounds
-                await anyio.sleep(settings.lease_ms / 1000)
+            # the doomed job is claimed, fails, and its end cannot be recorded, again and again
+            # (retried while its lease lasts, which the heartbeat keeps renewing)
+            with anyio.fail_after(60):
+                while FaultyStore.failed_writes < 3:
+                    await anyio.sleep(0.02)
             job = await client.call_tool("animate_image", {"image": str(image_480), "duration": 1,
                                                            "local": {"resolution": "480p"}, "wait_seconds": 45})
             assert job.structured_content is not None, job.content
