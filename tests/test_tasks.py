@@ -388,6 +388,22 @@ async def test_join_clips_shows_the_player_and_answers_with_a_task(make_settings
         assert _wire(done.result) == _wire(await _check_job(client, _job_id(res)))
 
 
+async def test_extend_video_answers_with_a_task_like_every_tool_that_makes_a_job(
+    make_settings: SettingsFactory, image_480: Path
+) -> None:
+    async with _task_client(make_settings()) as client:
+        source = structured(await client.call_tool("animate_image", {"image": str(image_480), **LOCAL}))
+        assert source["status"] == "succeeded", source  # the task client resolves this one transparently
+        res = await client.session.call_tool(
+            "extend_video", {"video": source["job_id"], "prompt": "pan left", "duration": 1}, allow_claimed=True
+        )
+        assert isinstance(res, CreateTaskResult), res
+        done = await _until(client, res.task_id, "completed")
+        assert done.result is not None and done.result["structuredContent"]["tool"] == "extend_video"
+        assert done.result["structuredContent"]["status"] == "succeeded"
+        assert _wire(done.result) == _wire(await _check_job(client, _job_id(res)))
+
+
 async def test_on_postgresql_the_task_lives_in_the_shared_database(
     make_settings: SettingsFactory, image_480: Path, pg_url: str
 ) -> None:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Provider = Literal["klingai", "alibaba", "xai", "google", "bytedance", "local"]
 ToolName = Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush"]
 GENERATION_TOOLS: tuple[ToolName, ...] = ("animate_image", "interpolate_frames", "camera_move", "motion_brush")
+JobTool = Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips", "extend_video"]
+JOB_TOOLS: tuple[JobTool, ...] = get_args(JobTool)
+"""Every tool that makes a job: its result carries a job id, and tasks clients get a task back."""
 CAMERA_TYPES = ("simple", "down_back", "forward_up", "right_turn_forward", "left_turn_forward")
 CAMERA_AXES = ("horizontal", "vertical", "pan", "tilt", "roll", "zoom")
 

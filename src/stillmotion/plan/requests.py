@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from ..catalog import CAMERA_TYPES
+from ..catalog import CAMERA_TYPES, JobTool
 from ..providers.families import OPTION_FIELDS as OPTION_FIELDS  # catalog provider -> options field
 
 Strength = Annotated[float, Field(ge=-10, le=10)]
@@ -239,7 +239,7 @@ class StoredMask(BaseModel):
 class GenerationRequest(BaseModel):
     """The normalised, validated request a job stores and a provider maps to its wire format."""
 
-    tool: Literal["animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips", "extend_video"]
+    tool: JobTool
     model: str
     route: Literal["direct", "gateway", "local"]
     prompt: str | None = None

@@ -41,6 +41,7 @@ from mcp_types.jsonrpc import HEADER_MISMATCH
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..catalog import JOB_TOOLS
 from ..jobs.store import JobRow
 from ..tools import _sdk
 from .store import TaskRow, TaskStore
@@ -48,7 +49,7 @@ from .store import TaskRow, TaskStore
 log = logging.getLogger(__name__)
 
 EXTENSION_ID = "io.modelcontextprotocol/tasks"
-TASK_TOOLS = frozenset({"animate_image", "interpolate_frames", "camera_move", "motion_brush", "join_clips"})
+TASK_TOOLS = frozenset(JOB_TOOLS)  # every tool that makes a job (extend_video included)
 TTL_MS = 7 * 24 * 3600 * 1000  # a week: a person may come back to a clip the next day
 POLL_MS = {"local": 1000}  # local renders take seconds; provider jobs take minutes
 DEFAULT_POLL_MS = 5000
