@@ -33,7 +33,10 @@ logger = logging.getLogger(__name__)
 
 Frame = NDArray[np.uint8]
 
-ENCODER_THREADS = 2
+ENCODER_THREADS = 1
+"""x264 with frame threads made a different file for the same frames once under heavy CPU load
+(README: `local/preview` is deterministic); one thread costs about 0.4 s of wall time on a 4 s 720p
+clip and no CPU."""
 DEFAULT_CRF = 23.0
 # I420 frames from the renderer carry 2x2 box-averaged chroma, which x264 codes in fewer bits
 # than swscale's conversion of RGB frames (at CRF 23 the clip came out 7 % smaller at 0.0001
