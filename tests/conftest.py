@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
 import numpy as np
 import pytest
 from hypothesis import settings as hyp_settings
@@ -85,6 +86,25 @@ def structured(result: Any) -> dict[str, Any]:
 def error_text(result: Any) -> str:
     assert result.is_error, f"expected a tool error, got {result.structured_content}"
     return str(result.content[0].text)
+
+
+async def until(cond: Callable[[], object], timeout: float = 30.0, step: float = 0.02) -> None:
+    """Until `cond()` holds (an event a test waits for), failing after `timeout` seconds."""
+    with anyio.fail_after(timeout):
+        while not cond():
+            await anyio.sleep(step)
+
+
+FakeT = TypeVar("FakeT", bound=Any)
+
+
+@contextmanager
+def running(fake: FakeT) -> Iterator[FakeT]:
+    """A loopback fake started for one test and stopped after it; it must have seen no wire-format
+    violation."""
+    with fake:
+        yield fake
+        assert fake.violations == []
 
 
 async def wait_done(client: Client, job_id: str, rounds: int = 20) -> dict[str, Any]:

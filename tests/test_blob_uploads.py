@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from stillmotion.jobs.store import SqliteStore
-from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
+from tests.conftest import SettingsFactory, connect, error_text, structured, until, wait_done, write_image
 from tests.fakes import BlobFake, GatewayFake, WanFake, sample_wav
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +58,7 @@ async def run(
         job = structured(await client.call_tool("animate_image", args))
         done = await wait_done(client, job["job_id"])
         if blob is not None:
-            await _until(lambda: not blob.stored)
+            await until(lambda: not blob.stored)
         return done
 
 
@@ -149,7 +149,7 @@ async def test_cancelled_job_and_next_process_delete_blobs(
         job = structured(await client.call_tool("animate_image", {"model": WAN, "image": str(img), "prompt": "x"}))
         await gateway_started(gateway)
         structured(await client.call_tool("cancel_job", {"job_id": job["job_id"]}))
-        await _until(lambda: len(blob.deleted) == 1)  # the janitor deletes beside the answer, not before it
+        await until(lambda: len(blob.deleted) == 1)  # the janitor deletes beside the answer, not before it
     assert len(blob.deleted) == 1 and blob.stored == {}
 
     # a job that ended while no server could delete (here: its row is ended by hand, as another
@@ -165,7 +165,7 @@ async def test_cancelled_job_and_next_process_delete_blobs(
         await wait_done(client, job["job_id"])
         # the start-up sweep runs beside the session: wait for its delete, not for the session's end
         # (a server that stops first leaves the record for the start after)
-        await _until(lambda: len(blob.deleted) == 1)
+        await until(lambda: len(blob.deleted) == 1)
     assert len(blob.deleted) == 1 and blob.stored == {}
 
 
@@ -178,14 +178,6 @@ async def gateway_started(gateway: GatewayFake) -> None:
 
 
 # -- #21: blobs are recorded before they exist ------------------------------------------------
-
-
-async def _until(cond: Any, timeout: float = 30.0) -> None:
-    import anyio
-
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.02)
 
 
 def _records(home: Path) -> dict[str, str]:
@@ -217,8 +209,8 @@ async def test_a_process_killed_during_uploads_leaves_no_blob(
             srv.initialize()
             srv.send_request("tools/call", {"name": "animate_image",
                                             "arguments": {"model": WAN, "image": str(img), "prompt": f"kill {i}"}})  # fmt: skip
-            await _until(lambda i=i: len(blob.calls("PUT", "/")) == i + 1)  # the upload is in flight
-            await _until(lambda: len(blob.stored) >= 1)  # and its blob exists
+            await until(lambda i=i: len(blob.calls("PUT", "/")) == i + 1)  # the upload is in flight
+            await until(lambda: len(blob.stored) >= 1)  # and its blob exists
         finally:
             srv.kill()
     # each server's start-up sweep deleted what the one killed before it left behind; the last
@@ -229,8 +221,8 @@ async def test_a_process_killed_during_uploads_leaves_no_blob(
     assert gateway.calls("POST", START) == []  # no job was ever stored, so nothing was sent
 
     async with connect(make_settings(**gw_env(gateway, blob))):
-        await _until(lambda: not blob.stored)
-        await _until(lambda: set(_records(home).values()) == {"-"})
+        await until(lambda: not blob.stored)
+        await until(lambda: set(_records(home).values()) == {"-"})
     uploaded = {f"{blob.base_url}/files/blob/{c.query['pathname']}" for c in blob.calls("PUT", "/")}
     assert len(uploaded) == 3 and set(blob.deleted) == uploaded and blob.stored == {}
 
@@ -249,8 +241,8 @@ async def test_deletes_that_fail_are_retried_while_the_server_runs(
                 for p in ("one", "two")]  # fmt: skip
         done = [await wait_done(client, j["job_id"]) for j in jobs]
         assert [d["status"] for d in done] == ["succeeded"] * 2
-        await _until(lambda: not blob.stored)
-        await _until(lambda: set(_records(home).values()) == {"-"})
+        await until(lambda: not blob.stored)
+        await until(lambda: set(_records(home).values()) == {"-"})
     assert blob.pending_injections() == 0  # every failing answer was used: the deletes were retried
     assert len(blob.calls("POST", "/delete")) >= failures + 2
     assert len(set(blob.deleted)) == 2 and blob.stored == {}
@@ -276,7 +268,7 @@ async def test_the_sweep_covers_every_recorded_upload_not_the_newest_jobs(
         store.close()
     assert len(blob.stored) == 1
     async with connect(make_settings(**env)):
-        await _until(lambda: not blob.stored)
+        await until(lambda: not blob.stored)
     assert len(blob.deleted) == 1
 
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import write_image
+from tests.conftest import running, write_image
 from tests.fakes import XaiFake
 from tests.replicas import base_env, free_port, start_replica
 
@@ -41,13 +41,8 @@ def _prometheus() -> str:
 
 @pytest.fixture
 def xai() -> Iterator[XaiFake]:
-    fake = XaiFake(api_key=XAI_KEY)
-    fake.start()
-    try:
+    with running(XaiFake(api_key=XAI_KEY)) as fake:
         yield fake
-        assert fake.violations == []
-    finally:
-        fake.stop()
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -27,7 +27,7 @@ from stillmotion.media.video import probe_video
 from stillmotion.plan.requests import GenerationRequest, StoredImage
 from stillmotion.providers.base import JobContext
 from stillmotion.providers.gateway import GatewayProvider, map_error
-from tests.conftest import SettingsFactory, connect, error_text, structured, wait_done, write_image
+from tests.conftest import SettingsFactory, connect, error_text, structured, until, wait_done, write_image
 from tests.fakes import BlobFake, GatewayFake, KlingFake
 from tests.fakes.base import Recorded
 from tests.stdio_client import StdioServer
@@ -136,9 +136,7 @@ async def run_job(
         job = structured(await client.call_tool(tool, args))
         done = await wait_done(client, job["job_id"])
         if blob is not None:
-            with anyio.fail_after(30):
-                while blob.stored or not blob.deleted:
-                    await anyio.sleep(0.02)
+            await until(lambda: not blob.stored and blob.deleted)
     return job, done
 
 

@@ -3,6 +3,7 @@ many Kling jobs end to end against the strict fake."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from stillmotion.errors import ProviderError, RateLimited
 from stillmotion.jobs.batch import MIN_BATCH, StatusBatcher
 from stillmotion.providers.base import ListedTask, Status
 from stillmotion.providers.kling import KlingProvider
-from tests.conftest import SettingsFactory, connect, structured, wait_done, write_image
+from tests.conftest import SettingsFactory, connect, structured, until, wait_done, write_image
 from tests.fakes import KlingFake
 
 pytestmark = pytest.mark.anyio
@@ -79,10 +80,7 @@ class Barrier:
             await self.all_in.wait()
 
 
-async def _until(cond: Any) -> None:
-    with anyio.fail_after(10):
-        while not cond():
-            await anyio.sleep(0.005)
+_until = functools.partial(until, timeout=10.0, step=0.005)
 
 
 def _batched(batcher: StatusBatcher, provider: ListingProvider) -> int:

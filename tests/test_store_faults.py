@@ -33,7 +33,7 @@ from stillmotion.jobs.async_store import AsyncJobStore, StoreUnavailable, store_
 from stillmotion.jobs.pg_store import PgStore
 from stillmotion.jobs.store import JobStore, SqliteStore, new_job_id
 from stillmotion.settings import Settings
-from tests.conftest import connect, write_image
+from tests.conftest import connect, running, write_image
 from tests.fakes import XaiFake
 from tests.pg import pg_cluster
 from tests.replicas import EXE, Replica, base_env, replicas
@@ -62,13 +62,8 @@ db.close()
 
 @pytest.fixture
 def xai() -> Iterator[XaiFake]:
-    fake = XaiFake(api_key=KEY)
-    fake.start()
-    try:
+    with running(XaiFake(api_key=KEY)) as fake:
         yield fake
-        assert fake.violations == []
-    finally:
-        fake.stop()
 
 
 def stdio_env(home: Path, img: Path, fake: XaiFake, **extra: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ job here is refused at least 12 times in a row (seconds) before the provider let
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 
 from stillmotion.errors import ProviderError, RateLimited
 from stillmotion.jobs.retry import RetryPolicy
-from tests.conftest import SettingsFactory, connect, structured, wait_done, write_image
+from tests.conftest import SettingsFactory, connect, structured, until, wait_done, write_image
 from tests.fakes import KlingFake
 from tests.test_status_batch import submit_kling_jobs
 
@@ -46,10 +47,7 @@ def _refused_per_task(fake: KlingFake, since: int, ids: list[str], files: bool =
     return counts
 
 
-async def _until(cond: Any, timeout: float = 60.0) -> None:
-    with anyio.fail_after(timeout):
-        while not cond():
-            await anyio.sleep(0.05)
+_until = functools.partial(until, timeout=60.0, step=0.05)
 
 
 @pytest.mark.parametrize("jobs", [3, 12], ids=["single-polls", "batched"])
