@@ -93,3 +93,19 @@ def test_the_graph_is_read() -> None:
 
 def test_no_module_imports_itself_back() -> None:
     assert _circles(_graph()) == []
+
+
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_is_over_600_lines() -> None:
+    """#25: a module that grows past this is split along a real seam (the built player is HTML)."""
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text(encoding="utf-8").splitlines()) for p in ROOT.rglob("*.py")}
+    assert len(sizes) > 50 and max(sizes.values()) > 300  # the package was read
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_the_package_root_holds_few_modules() -> None:
+    """#25: the folders name the rooms; the root keeps what starts the program and what every room uses."""
+    root = sorted(p.stem for p in ROOT.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(root) <= 8, root
